@@ -1,0 +1,43 @@
+# FS: `make run` starts the server, `make test` runs every test. Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Debian packages that real-program tests and benchmarks need (installed only if missing).
+TEST_DEBS :=
+BENCH_DEBS := rsync
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format bench setup clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/fsserver $(ARGS)
+
+test: setup
+	@bash .ci/apt-install $(TEST_DEBS)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	@bash .ci/apt-install $(BENCH_DEBS)
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info bench/.work

@@ -1,0 +1,106 @@
+"""Encode messages to packets and decode packet bodies to messages.
+
+Codecs are built once from the dataclass annotations in ``common.messages``: the fixed-size
+fields share one precompiled ``struct.Struct``; variable fields follow. Decoding is strict: a
+body must be consumed exactly, and every failure is a ``RemoteProtocolError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import typing
+from functools import cache
+from typing import Any
+
+from common.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from common.fields import FixedKind, VarKind
+from common.limits import HEADER_SIZE
+from common.messages import PACKET_CLASSES, Message, PacketType
+
+HEADER = struct.Struct(">IB")
+DATA_HEADER = struct.Struct(">IBI")
+
+
+class RecordCodec:
+    """Encoder/decoder for one dataclass: fixed fields via one Struct, then variable fields."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        hints = typing.get_type_hints(cls, include_extras=True)
+        self.fixed: list[tuple[str, FixedKind]] = []
+        self.var: list[tuple[str, VarKind]] = []
+        for field in dataclasses.fields(cls):
+            kind = hints[field.name].__metadata__[0]
+            if isinstance(kind, FixedKind):
+                if self.var:
+                    raise TypeError(f"{cls.__name__}.{field.name}: fixed field after variable")
+                self.fixed.append((field.name, kind))
+            else:
+                self.var.append((field.name, kind))
+        self.struct = struct.Struct(">" + "".join(kind.code for _, kind in self.fixed))
+
+    def encode_into(self, parts: list[bytes], msg: Any) -> None:
+        items: list[Any] = []
+        for name, kind in self.fixed:
+            kind.put(items, getattr(msg, name))
+        parts.append(self.struct.pack(*items))
+        for name, kind in self.var:
+            kind.encode(parts, getattr(msg, name))
+
+    def decode_from(self, body: memoryview, pos: int) -> tuple[Any, int]:
+        end = pos + self.struct.size
+        if end > len(body):
+            raise RemoteProtocolError(f"{self.cls.__name__} truncated")
+        items = self.struct.unpack_from(body, pos)
+        values = []
+        index = 0
+        for _, kind in self.fixed:
+            values.append(kind.take(items, index))
+            index += kind.width
+        for _, kind in self.var:
+            value, end = kind.decode(body, end)
+            values.append(value)
+        return self.cls(*values), end
+
+
+@cache
+def record_codec(cls: type) -> RecordCodec:
+    return RecordCodec(cls)
+
+
+_TYPE_OF: dict[type, PacketType] = {cls: ptype for ptype, cls in PACKET_CLASSES.items()}
+
+
+def packet_type_of(msg: Message) -> PacketType:
+    return _TYPE_OF[type(msg)]
+
+
+def encode_body(msg: Message) -> bytes:
+    parts: list[bytes] = []
+    try:
+        record_codec(type(msg)).encode_into(parts, msg)
+    except (struct.error, ValueError, TypeError, UnicodeEncodeError, AttributeError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+    return b"".join(parts)
+
+
+def encode(msg: Message) -> bytes:
+    """The whole packet: header (length, type) then body."""
+    body = encode_body(msg)
+    return HEADER.pack(HEADER_SIZE + len(body), packet_type_of(msg)) + body
+
+
+def decode_body(ptype: int, body: memoryview) -> Message:
+    """Decode one packet body of type *ptype*; raises only RemoteProtocolError."""
+    try:
+        cls = PACKET_CLASSES[PacketType(ptype)]
+    except ValueError:
+        raise RemoteProtocolError(f"unknown packet type {ptype}", ErrorCode.UNKNOWN_TYPE) from None
+    try:
+        msg, end = record_codec(cls).decode_from(body, 0)
+    except (struct.error, ValueError, TypeError) as exc:
+        raise RemoteProtocolError(f"malformed {cls.__name__}: {exc}") from exc
+    if end != len(body):
+        raise RemoteProtocolError(f"{len(body) - end} trailing bytes after {cls.__name__}")
+    return msg

@@ -1,0 +1,443 @@
+"""``FSConnection``: one end of an FS connection as a sans-IO state machine.
+
+Bytes in (``receive``) become events; messages out (``send``) become bytes. Both directions run
+through the same checks: packet size, handshake first, which role may send which packet, and the
+per-file session table of ``common.state``. Nothing but ``RemoteProtocolError`` escapes
+``receive``, and after one the connection stays in the ERROR phase.
+
+Payloads are the hot path. A caller may attach a *sink* to a file id; payload bytes for that file
+are then copied straight into it instead of surfacing as ``DataChunk`` events, and while a large
+payload is in flight ``direct_target()`` hands out the sink's memory so the caller can read from
+the socket directly into it (zero-copy).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Protocol
+
+from common import messages as m
+from common.codec import DATA_HEADER, HEADER, decode_body, encode, packet_type_of
+from common.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from common.limits import (
+    ABSOLUTE_MAX_PACKET,
+    DATA_HEADER_SIZE,
+    DEFAULT_MAX_PACKET,
+    HEADER_SIZE,
+    MAX_CLIENT_CONTROL_PACKET,
+    MAX_IN_FLIGHT,
+    MIN_MAX_PACKET,
+    NO_FILE,
+    SERVER_MAX_PACKET,
+)
+from common.messages import PacketType as T
+from common.state import RequestTable, Role, SessionTable, Step
+
+_U32 = struct.Struct(">I")
+
+
+class ConnPhase(Enum):
+    HANDSHAKE = auto()
+    AWAIT_HANDSHAKE_RESPONSE = auto()
+    HANDSHAKE_RECEIVED = auto()
+    READY = auto()
+    CLOSED = auto()
+    ERROR = auto()
+
+
+@dataclass(slots=True)
+class DataChunk:
+    """Payload bytes of a file with no sink. ``data`` is only valid until the next receive."""
+
+    file_id: int
+    data: memoryview | bytes
+
+
+Event = m.Message | DataChunk
+
+
+class PayloadSink(Protocol):
+    def target(self) -> memoryview:
+        """Writable memory for the next payload bytes (never empty while bytes are due)."""
+        ...
+
+    def advance(self, nbytes: int) -> None:
+        """*nbytes* were written at the start of the last ``target()``."""
+        ...
+
+
+class ViewSink:
+    """A sink that fills one memoryview front to back (an extent of the store)."""
+
+    __slots__ = ("pos", "view")
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+        self.pos = 0
+
+    def target(self) -> memoryview:
+        return self.view[self.pos :]
+
+    def advance(self, nbytes: int) -> None:
+        self.pos += nbytes
+
+
+CLIENT_SENDS = frozenset(
+    {
+        T.ERROR,
+        T.PING,
+        T.VERSION_HANDSHAKE,
+        T.FILE_SYNC_INIT,
+        T.FILE_SYNC_DATA,
+        T.FILE_SYNC_CHECK_HASH,
+        T.FILE_SYNC_CHECK_HASH_RESPONSE,
+        T.FILE_SYNC_CANCEL,
+        T.LIST_REQUEST,
+        T.STAT_REQUEST,
+        T.DOWNLOAD_REQUEST,
+        T.DELETE_REQUEST,
+    }
+)
+SERVER_SENDS = frozenset(
+    {
+        T.ERROR,
+        T.PING,
+        T.VERSION_HANDSHAKE_RESPONSE,
+        T.FILE_SYNC_INIT_RESPONSE,
+        T.FILE_SYNC_DATA,
+        T.FILE_SYNC_CHECK_HASH,
+        T.FILE_SYNC_CHECK_HASH_RESPONSE,
+        T.FILE_SYNC_RETRY_UPLOAD,
+        T.FILE_SYNC_FINISH,
+        T.LIST_RESPONSE,
+        T.STAT_RESPONSE,
+        T.DOWNLOAD_RESPONSE,
+        T.DELETE_RESPONSE,
+    }
+)
+_RESPONSE_OF: dict[type, type] = {
+    m.ListRequest: m.ListResponse,
+    m.StatRequest: m.StatResponse,
+    m.DeleteRequest: m.DeleteResponse,
+}
+_INIT_STEPS = {
+    m.InitStatus.ACCEPTED: Step.ACCEPTED,
+    m.InitStatus.ALREADY_HAVE_CONTENT: Step.ALREADY_HAVE,
+}
+
+
+def _session_step(msg: m.Message) -> tuple[int, Step, int | None] | None:
+    """The session transition a message makes, or None if it is not a session packet."""
+    match msg:
+        case m.FileSyncInit(file_id=fid, size=size):
+            return fid, Step.INIT, size
+        case m.FileSyncInitResponse(file_id=fid, status=status):
+            return fid, _INIT_STEPS.get(status, Step.REFUSED), None
+        case m.FileSyncCheckHash(file_id=fid):
+            return fid, Step.CHECK_HASH, None
+        case m.FileSyncCheckHashResponse(file_id=fid, status=status):
+            ok = status is m.HashStatus.OK
+            return fid, Step.HASH_OK if ok else Step.HASH_MISMATCH, None
+        case m.FileSyncRetryUpload(file_id=fid):
+            return fid, Step.RETRY, None
+        case m.FileSyncFinish(file_id=fid):
+            return fid, Step.FINISH, None
+        case m.FileSyncCancel(file_id=fid):
+            return fid, Step.CANCEL, None
+        case m.DownloadRequest(file_id=fid):
+            return fid, Step.DOWNLOAD_REQUEST, None
+        case m.DownloadResponse(file_id=fid, status=status, entry=entry):
+            if status is not m.LookupStatus.OK:
+                return fid, Step.REFUSED, None
+            if entry is None:
+                raise LocalProtocolError("DownloadResponse OK without an entry")
+            return fid, Step.DOWNLOAD_OK, entry.size
+    return None
+
+
+class FSConnection:
+    """Protocol state of one connection end. See the module docstring."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_packet_limit: int = SERVER_MAX_PACKET,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        if not MIN_MAX_PACKET <= max_packet_limit <= ABSOLUTE_MAX_PACKET:
+            raise ValueError(f"max packet must be {MIN_MAX_PACKET}..{ABSOLUTE_MAX_PACKET}")
+        self.role = role
+        self.peer = Role.SERVER if role is Role.CLIENT else Role.CLIENT
+        self.phase = ConnPhase.HANDSHAKE
+        self.max_packet = DEFAULT_MAX_PACKET
+        self.max_packet_limit = max_packet_limit
+        self.sessions = SessionTable(max_in_flight)
+        self.requests = RequestTable()
+        self._sends = CLIENT_SENDS if role is Role.CLIENT else SERVER_SENDS
+        self._peer_sends = SERVER_SENDS if role is Role.CLIENT else CLIENT_SENDS
+        self._sinks: dict[int, PayloadSink] = {}
+        self._payload_left = 0
+        self._payload_file = 0
+        self._payload_sink: PayloadSink | None = None
+        self._pending = bytearray()
+        self.max_control_packet = (
+            MAX_CLIENT_CONTROL_PACKET if role is Role.SERVER else ABSOLUTE_MAX_PACKET
+        )
+
+    # -- sinks -----------------------------------------------------------------------------
+
+    def attach_sink(self, file_id: int, sink: PayloadSink) -> None:
+        self._sinks[file_id] = sink
+
+    def detach_sink(self, file_id: int) -> None:
+        self._sinks.pop(file_id, None)
+        if self._payload_file == file_id:
+            self._payload_sink = None
+
+    def direct_target(self) -> memoryview | None:
+        """Memory for the rest of the current payload, if it goes to a sink; else None."""
+        if not self._payload_left or self._payload_sink is None:
+            return None
+        target = self._payload_sink.target()
+        return target[: self._payload_left] if len(target) > self._payload_left else target
+
+    def direct_received(self, nbytes: int) -> None:
+        """*nbytes* were read straight into ``direct_target()``."""
+        assert self._payload_sink is not None and nbytes <= self._payload_left
+        self._payload_sink.advance(nbytes)
+        self._payload_left -= nbytes
+
+    # -- inbound -------------------------------------------------------------------------------
+
+    def receive(self, buf: memoryview) -> tuple[list[Event], int]:
+        """Parse whole packets from *buf*; return the events and how many bytes were used.
+
+        Unused bytes (an incomplete packet) must be passed again, with more, next time.
+        """
+        if self.phase is ConnPhase.ERROR:
+            raise RemoteProtocolError("connection already failed")
+        events: list[Event] = []
+        try:
+            used = self._parse(buf, events)
+        except LocalProtocolError as exc:
+            self.phase = ConnPhase.ERROR
+            raise RemoteProtocolError(exc.message, exc.code) from None
+        except RemoteProtocolError:
+            self.phase = ConnPhase.ERROR
+            raise
+        return events, used
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Convenience for tests and simple tools: buffer *data* and return whole events.
+
+        DataChunk payloads are copied to ``bytes`` so they outlive the call.
+        """
+        self._pending += data
+        events, used = self.receive(memoryview(self._pending))
+        events = [
+            DataChunk(e.file_id, bytes(e.data)) if isinstance(e, DataChunk) else e for e in events
+        ]
+        del self._pending[:used]
+        return events
+
+    def _parse(self, buf: memoryview, events: list[Event]) -> int:
+        pos, end = 0, len(buf)
+        while pos < end:
+            if self._payload_left:
+                pos = self._take_payload(buf, pos, end, events)
+                continue
+            if end - pos < HEADER_SIZE:
+                break
+            length, ptype = HEADER.unpack_from(buf, pos)
+            if length > self.max_packet:
+                raise LocalProtocolError(
+                    f"packet of {length} bytes exceeds the maximum of {self.max_packet}",
+                    ErrorCode.PACKET_TOO_LARGE,
+                )
+            if ptype == T.FILE_SYNC_DATA:
+                if end - pos < DATA_HEADER_SIZE:
+                    break
+                self._start_payload(length, _U32.unpack_from(buf, pos + HEADER_SIZE)[0])
+                pos += DATA_HEADER_SIZE
+                continue
+            if length < HEADER_SIZE:
+                raise LocalProtocolError(f"packet length {length} is shorter than its header")
+            if length > self.max_control_packet:
+                raise LocalProtocolError(
+                    f"{length}-byte packet of type {ptype} exceeds {self.max_control_packet}",
+                    ErrorCode.PACKET_TOO_LARGE,
+                )
+            if end - pos < length:
+                break
+            msg = decode_body(ptype, buf[pos + HEADER_SIZE : pos + length])
+            pos += length
+            self._apply(msg, self.peer)
+            events.append(msg)
+        return pos
+
+    def _start_payload(self, length: int, file_id: int) -> None:
+        if length < DATA_HEADER_SIZE:
+            raise LocalProtocolError(f"FileSyncData length {length} is shorter than its header")
+        self._require_ready(T.FILE_SYNC_DATA, self.peer)
+        nbytes = length - DATA_HEADER_SIZE
+        self.sessions.count_data(file_id, nbytes, self.peer)
+        self._payload_left = nbytes
+        self._payload_file = file_id
+        self._payload_sink = self._sinks.get(file_id)
+
+    def _take_payload(self, buf: memoryview, pos: int, end: int, events: list[Event]) -> int:
+        take = min(self._payload_left, end - pos)
+        chunk = buf[pos : pos + take]
+        sink = self._payload_sink
+        if sink is None:
+            events.append(DataChunk(self._payload_file, chunk))
+        else:
+            while chunk:
+                target = sink.target()
+                if not target:
+                    raise LocalProtocolError("sink is full", ErrorCode.INTERNAL)
+                n = min(len(target), len(chunk))
+                target[:n] = chunk[:n]
+                sink.advance(n)
+                chunk = chunk[n:]
+        self._payload_left -= take
+        return pos + take
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    def send(self, msg: m.Message) -> bytes:
+        """Check that this side may send *msg* now, apply it, and return its packet."""
+        if self.phase is ConnPhase.ERROR:
+            raise LocalProtocolError("connection already failed")
+        if isinstance(msg, m.FileSyncData):
+            return self.data_header(msg.file_id, len(msg.payload)) + msg.payload
+        packet = encode(msg)
+        if len(packet) > self.max_packet:
+            raise LocalProtocolError(
+                f"{type(msg).__name__} of {len(packet)} bytes exceeds the maximum packet size "
+                f"{self.max_packet}",
+                ErrorCode.PACKET_TOO_LARGE,
+            )
+        self._apply(msg, self.role)
+        return packet
+
+    def data_header(self, file_id: int, nbytes: int) -> bytes:
+        """Header of a FileSyncData packet whose *nbytes* payload the caller sends after it."""
+        if nbytes + DATA_HEADER_SIZE > self.max_packet:
+            raise LocalProtocolError(
+                f"{nbytes} payload bytes exceed the maximum packet size {self.max_packet}",
+                ErrorCode.PACKET_TOO_LARGE,
+            )
+        self._require_ready(T.FILE_SYNC_DATA, self.role)
+        self.sessions.count_data(file_id, nbytes, self.role)
+        return DATA_HEADER.pack(nbytes + DATA_HEADER_SIZE, T.FILE_SYNC_DATA, file_id)
+
+    def frame_data(self, file_id: int, data: memoryview, out: bytearray) -> None:
+        """Append *data* to *out* as FileSyncData packets of the largest allowed size.
+
+        One accounting step for the whole chunk keeps small packets cheap to build.
+        """
+        self._require_ready(T.FILE_SYNC_DATA, self.role)
+        self.sessions.count_data(file_id, len(data), self.role)
+        step = self.max_payload
+        full = DATA_HEADER.pack(self.max_packet, T.FILE_SYNC_DATA, file_id)
+        total = len(data)
+        pos = 0
+        while total - pos >= step:
+            out += full
+            out += data[pos : pos + step]
+            pos += step
+        if pos < total:
+            out += DATA_HEADER.pack(total - pos + DATA_HEADER_SIZE, T.FILE_SYNC_DATA, file_id)
+            out += data[pos:]
+
+    @property
+    def max_payload(self) -> int:
+        return self.max_packet - DATA_HEADER_SIZE
+
+    def negotiate(self, proposed: int) -> int:
+        """Server side: the packet size to agree on for a client's proposal."""
+        if proposed < MIN_MAX_PACKET:
+            raise LocalProtocolError(f"proposed packet size {proposed} is below {MIN_MAX_PACKET}")
+        return min(proposed, self.max_packet_limit)
+
+    # -- shared rules ------------------------------------------------------------------------
+
+    def _require_ready(self, ptype: T, sender: Role) -> None:
+        sends = self._sends if sender is self.role else self._peer_sends
+        if ptype not in sends:
+            raise LocalProtocolError(
+                f"{ptype.name} may not be sent by the {sender.name.lower()}",
+                ErrorCode.UNEXPECTED_PACKET,
+            )
+        if self.phase is not ConnPhase.READY:
+            raise LocalProtocolError(
+                f"{ptype.name} before the handshake completed", ErrorCode.UNEXPECTED_PACKET
+            )
+
+    def _apply(self, msg: m.Message, sender: Role) -> None:
+        ptype = packet_type_of(msg)
+        if isinstance(msg, m.Error):
+            self._apply_error(msg)
+            return
+        if ptype is T.VERSION_HANDSHAKE or ptype is T.VERSION_HANDSHAKE_RESPONSE:
+            self._apply_handshake(msg, sender)
+            return
+        self._require_ready(ptype, sender)
+        step = _session_step(msg)
+        if step is not None:
+            file_id, what, size = step
+            self.sessions.apply(file_id, what, sender, size)
+            if what in (Step.CHECK_HASH, Step.CANCEL) and sender is not self.role:
+                self.detach_sink(file_id)
+        elif type(msg) in _RESPONSE_OF:
+            self.requests.open(msg.request_id, _RESPONSE_OF[type(msg)])  # type: ignore[union-attr]
+        elif ptype in (T.LIST_RESPONSE, T.STAT_RESPONSE, T.DELETE_RESPONSE):
+            self.requests.close(msg.request_id, type(msg))  # type: ignore[union-attr]
+
+    def _apply_error(self, msg: m.Error) -> None:
+        if msg.file_id == NO_FILE:
+            self.phase = ConnPhase.CLOSED
+        else:
+            self.sessions.end(msg.file_id)
+            self.detach_sink(msg.file_id)
+
+    def _apply_handshake(self, msg: m.Message, sender: Role) -> None:
+        if isinstance(msg, m.VersionHandshake):
+            if sender is not Role.CLIENT or self.phase is not ConnPhase.HANDSHAKE:
+                raise LocalProtocolError(
+                    f"VersionHandshake not allowed now ({self.phase.name})",
+                    ErrorCode.UNEXPECTED_PACKET,
+                )
+            if msg.max_packet < MIN_MAX_PACKET:
+                raise LocalProtocolError(f"proposed packet size {msg.max_packet} too small")
+            self.phase = (
+                ConnPhase.AWAIT_HANDSHAKE_RESPONSE
+                if self.role is Role.CLIENT
+                else ConnPhase.HANDSHAKE_RECEIVED
+            )
+            return
+        assert isinstance(msg, m.VersionHandshakeResponse)
+        waiting = (
+            ConnPhase.AWAIT_HANDSHAKE_RESPONSE
+            if self.role is Role.CLIENT
+            else ConnPhase.HANDSHAKE_RECEIVED
+        )
+        if sender is not Role.SERVER or self.phase is not waiting:
+            raise LocalProtocolError(
+                f"VersionHandshakeResponse not allowed now ({self.phase.name})",
+                ErrorCode.UNEXPECTED_PACKET,
+            )
+        if msg.status is not m.HandshakeStatus.OK:
+            self.phase = ConnPhase.CLOSED
+            return
+        if not MIN_MAX_PACKET <= msg.max_packet <= self.max_packet_limit:
+            raise LocalProtocolError(
+                f"agreed packet size {msg.max_packet} outside {MIN_MAX_PACKET}.."
+                f"{self.max_packet_limit}"
+            )
+        self.max_packet = msg.max_packet
+        self.phase = ConnPhase.READY

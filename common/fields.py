@@ -1,0 +1,257 @@
+"""Wire kinds of message fields: how one field becomes bytes and back.
+
+A message is a frozen dataclass whose fields are annotated ``Annotated[type, KIND]``; the codec
+reads those annotations once and builds one ``struct.Struct`` for the fixed-size fields, which
+always come first, followed by the variable-size ones. Every length is checked before anything
+is sliced or allocated.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from common.errors import RemoteProtocolError
+from common.limits import DIGEST_SIZE
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_ZERO_DIGEST = bytes(DIGEST_SIZE)
+
+
+class FixedKind:
+    """A fixed-size field: ``code`` is its struct format; ``put``/``take`` convert values."""
+
+    code: str = ""
+    width: int = 1
+
+    def put(self, items: list[Any], value: Any) -> None:
+        items.append(value)
+
+    def take(self, items: tuple[Any, ...], index: int) -> Any:
+        return items[index]
+
+
+@dataclass(frozen=True)
+class Int(FixedKind):
+    code: str
+
+
+@dataclass(frozen=True)
+class Digest(FixedKind):
+    code: str = f"{DIGEST_SIZE}s"
+
+    def put(self, items: list[Any], value: Any) -> None:
+        if len(value) != DIGEST_SIZE:
+            raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
+        items.append(value)
+
+
+@dataclass(frozen=True)
+class OptionalDigest(FixedKind):
+    """A presence byte then 16 digest bytes (zeros when absent)."""
+
+    code: str = f"B{DIGEST_SIZE}s"
+    width: int = 2
+
+    def put(self, items: list[Any], value: Any) -> None:
+        if value is None:
+            items += (0, _ZERO_DIGEST)
+        elif len(value) != DIGEST_SIZE:
+            raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
+        else:
+            items += (1, value)
+
+    def take(self, items: tuple[Any, ...], index: int) -> Any:
+        flag = items[index]
+        if flag == 0:
+            if items[index + 1] != _ZERO_DIGEST:
+                raise RemoteProtocolError("absent digest must be zero bytes")
+            return None
+        if flag != 1:
+            raise RemoteProtocolError(f"bad digest presence flag {flag}")
+        return items[index + 1]
+
+
+@dataclass(frozen=True)
+class Bool(FixedKind):
+    code: str = "B"
+
+    def put(self, items: list[Any], value: Any) -> None:
+        items.append(1 if value else 0)
+
+    def take(self, items: tuple[Any, ...], index: int) -> Any:
+        flag = items[index]
+        if flag > 1:
+            raise RemoteProtocolError(f"bad boolean {flag}")
+        return flag == 1
+
+
+@dataclass(frozen=True)
+class Enum(FixedKind):
+    enum: type[IntEnum]
+    code: str = "B"
+
+    def take(self, items: tuple[Any, ...], index: int) -> Any:
+        try:
+            return self.enum(items[index])
+        except ValueError:
+            raise RemoteProtocolError(
+                f"unknown {self.enum.__name__} value {items[index]}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Magic(FixedKind):
+    expected: bytes
+    code: str = "4s"
+
+    def take(self, items: tuple[Any, ...], index: int) -> Any:
+        if items[index] != self.expected:
+            raise RemoteProtocolError(f"bad magic {items[index]!r}")
+        return items[index]
+
+
+class VarKind:
+    """A variable-size field after the fixed part: length-prefixed or the rest of the body."""
+
+    def encode(self, parts: list[bytes], value: Any) -> None:
+        raise TypeError(type(self).__name__)
+
+    def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
+        raise TypeError(type(self).__name__)
+
+
+def _take_prefixed(
+    body: memoryview, pos: int, prefix: struct.Struct, limit: int
+) -> tuple[memoryview, int]:
+    end = pos + prefix.size
+    if end > len(body):
+        raise RemoteProtocolError("truncated length prefix")
+    (length,) = prefix.unpack_from(body, pos)
+    if length > limit:
+        raise RemoteProtocolError(f"field of {length} bytes exceeds its limit of {limit}")
+    if end + length > len(body):
+        raise RemoteProtocolError("field runs past the end of the packet")
+    return body[end : end + length], end + length
+
+
+@dataclass(frozen=True)
+class Text(VarKind):
+    """UTF-8 text with a u16 byte length; invalid UTF-8 is malformed."""
+
+    max_bytes: int
+
+    def encode(self, parts: list[bytes], value: Any) -> None:
+        raw = value.encode("utf-8")
+        if len(raw) > self.max_bytes:
+            raise ValueError(f"text of {len(raw)} bytes exceeds {self.max_bytes}")
+        parts += (_U16.pack(len(raw)), raw)
+
+    def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
+        view, pos = _take_prefixed(body, pos, _U16, self.max_bytes)
+        try:
+            return str(view, "utf-8"), pos
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("text field is not valid UTF-8") from None
+
+
+@dataclass(frozen=True)
+class Blob(VarKind):
+    """Opaque bytes with a u32 length."""
+
+    max_bytes: int
+
+    def encode(self, parts: list[bytes], value: Any) -> None:
+        if len(value) > self.max_bytes:
+            raise ValueError(f"blob of {len(value)} bytes exceeds {self.max_bytes}")
+        parts += (_U32.pack(len(value)), bytes(value))
+
+    def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
+        view, pos = _take_prefixed(body, pos, _U32, self.max_bytes)
+        return bytes(view), pos
+
+
+@dataclass(frozen=True)
+class Rest(VarKind):
+    """Everything up to the end of the packet, with no prefix (FileSyncData payloads)."""
+
+    def encode(self, parts: list[bytes], value: Any) -> None:
+        parts.append(bytes(value))
+
+    def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
+        return bytes(body[pos:]), len(body)
+
+
+@dataclass(frozen=True)
+class Records(VarKind):
+    """A u16 count then that many records of one record type (list pages)."""
+
+    record: type
+    max_count: int
+
+    def encode(self, parts: list[bytes], value: Any) -> None:
+        from common.codec import record_codec
+
+        if len(value) > self.max_count:
+            raise ValueError(f"{len(value)} records exceed {self.max_count}")
+        parts.append(_U16.pack(len(value)))
+        codec = record_codec(self.record)
+        for item in value:
+            codec.encode_into(parts, item)
+
+    def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
+        from common.codec import record_codec
+
+        if pos + 2 > len(body):
+            raise RemoteProtocolError("truncated record count")
+        (count,) = _U16.unpack_from(body, pos)
+        if count > self.max_count:
+            raise RemoteProtocolError(f"{count} records exceed {self.max_count}")
+        codec = record_codec(self.record)
+        items = []
+        pos += 2
+        for _ in range(count):
+            item, pos = codec.decode_from(body, pos)
+            items.append(item)
+        return tuple(items), pos
+
+
+@dataclass(frozen=True)
+class OptionalRecord(VarKind):
+    """A presence byte, then one record if present."""
+
+    record: type
+
+    def encode(self, parts: list[bytes], value: Any) -> None:
+        from common.codec import record_codec
+
+        if value is None:
+            parts.append(b"\x00")
+        else:
+            parts.append(b"\x01")
+            record_codec(self.record).encode_into(parts, value)
+
+    def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
+        from common.codec import record_codec
+
+        if pos >= len(body):
+            raise RemoteProtocolError("truncated record flag")
+        flag = body[pos]
+        if flag == 0:
+            return None, pos + 1
+        if flag != 1:
+            raise RemoteProtocolError(f"bad record presence flag {flag}")
+        return record_codec(self.record).decode_from(body, pos + 1)
+
+
+U8 = Int("B")
+U16 = Int("H")
+U32 = Int("I")
+U64 = Int("Q")
+I64 = Int("q")
+DIGEST = Digest()
+OPT_DIGEST = OptionalDigest()
+BOOL = Bool()

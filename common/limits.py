@@ -1,0 +1,43 @@
+"""Every bound the protocol enforces, in one place, so a reader sees the limits at a glance."""
+
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+MAGIC: Final = b"FSYN"
+
+HEADER_SIZE: Final = 5
+"""u32 length (whole packet, header included) + u8 packet type."""
+DATA_HEADER_SIZE: Final = HEADER_SIZE + 4
+"""A FileSyncData packet also carries its u32 file id before the payload."""
+
+DEFAULT_MAX_PACKET: Final = 4096
+"""The seed protocol's packet size; it applies until the handshake agrees on another."""
+MIN_MAX_PACKET: Final = DEFAULT_MAX_PACKET
+SERVER_MAX_PACKET: Final = 1 << 20
+"""The largest packet a server allows unless configured otherwise."""
+ABSOLUTE_MAX_PACKET: Final = 16 << 20
+"""No configuration may negotiate more than this."""
+
+MAX_CLIENT_CONTROL_PACKET: Final = 64 * 1024
+"""Packets from a client other than FileSyncData are never larger (the largest legal one is a
+ListRequest of about 8 KiB), so a server never buffers more than this for one."""
+
+MAX_PATH_BYTES: Final = 4096
+MAX_SEGMENT_BYTES: Final = 255
+MAX_NAME_BYTES: Final = 64
+"""Share names and client ids."""
+MAX_AUTH_BYTES: Final = 1024
+MAX_MESSAGE_BYTES: Final = 1024
+MAX_FILE_SIZE: Final = (1 << 63) - 1
+MAX_LIST_ENTRIES: Final = 10_000
+MAX_IN_FLIGHT: Final = 4096
+"""File sessions plus requests outstanding on one connection."""
+
+NO_FILE: Final = 0xFFFFFFFF
+"""The file id of an Error that concerns the whole connection."""
+ANY_VERSION: Final = (1 << 64) - 1
+"""base_version meaning "whatever is there now": an unconditional write."""
+NO_VERSION: Final = 0
+"""base_version meaning "the path must not exist yet"."""
+
+DIGEST_SIZE: Final = 16

@@ -1,0 +1,314 @@
+"""The packets of the FS protocol, one frozen dataclass each.
+
+Field order is wire order. ``Annotated`` metadata names the wire kind (see ``common.fields``);
+``docs/PROTOCOL.md`` spells out the same layouts in bytes. Packet type numbers 0-11 are the seed
+protocol's and never change; new packets take new numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Annotated
+
+from common.errors import ErrorCode
+from common.fields import (
+    BOOL,
+    DIGEST,
+    I64,
+    OPT_DIGEST,
+    U8,
+    U16,
+    U32,
+    U64,
+    Blob,
+    Enum,
+    Magic,
+    OptionalRecord,
+    Records,
+    Rest,
+    Text,
+)
+from common.limits import (
+    MAGIC,
+    MAX_AUTH_BYTES,
+    MAX_LIST_ENTRIES,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+)
+
+PATH = Text(MAX_PATH_BYTES)
+NAME = Text(MAX_NAME_BYTES)
+MESSAGE = Text(MAX_MESSAGE_BYTES)
+
+
+class PacketType(IntEnum):
+    ERROR = 0
+    PING = 1
+    DATA = 2
+    FILE_SYNC_INIT = 3
+    FILE_SYNC_INIT_RESPONSE = 4
+    FILE_SYNC_DATA = 5
+    FILE_SYNC_CHECK_HASH = 6
+    FILE_SYNC_CHECK_HASH_RESPONSE = 7
+    FILE_SYNC_RETRY_UPLOAD = 8
+    FILE_SYNC_FINISH = 9
+    VERSION_HANDSHAKE = 10
+    VERSION_HANDSHAKE_RESPONSE = 11
+    LIST_REQUEST = 12
+    LIST_RESPONSE = 13
+    STAT_REQUEST = 14
+    STAT_RESPONSE = 15
+    DOWNLOAD_REQUEST = 16
+    DOWNLOAD_RESPONSE = 17
+    DELETE_REQUEST = 18
+    DELETE_RESPONSE = 19
+    FILE_SYNC_CANCEL = 20
+
+
+class HandshakeStatus(IntEnum):
+    OK = 0
+    UNSUPPORTED_VERSION = 1
+    INVALID_SHARE = 2
+    AUTH_FAILED = 3
+    SHUTTING_DOWN = 4
+
+
+class InitStatus(IntEnum):
+    ACCEPTED = 0
+    ALREADY_HAVE_CONTENT = 1
+    NO_SPACE = 2
+    INVALID_PATH = 3
+    CONFLICT = 4
+    TOO_LARGE = 5
+
+
+class HashStatus(IntEnum):
+    OK = 0
+    MISMATCH = 1
+
+
+class LookupStatus(IntEnum):
+    """Outcome of a request that names a path: stat, download, delete."""
+
+    OK = 0
+    NOT_FOUND = 1
+    INVALID_PATH = 2
+    CONFLICT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file as the server's index knows it (a record inside list/stat/download replies)."""
+
+    size: Annotated[int, U64]
+    version: Annotated[int, U64]
+    mtime_ns: Annotated[int, I64]
+    mode: Annotated[int, U32]
+    digest: Annotated[bytes, DIGEST]
+    path: Annotated[str, PATH]
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: Annotated[ErrorCode, Enum(ErrorCode, "H")]
+    file_id: Annotated[int, U32]
+    message: Annotated[str, MESSAGE]
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: Annotated[int, U64]
+    reply: Annotated[bool, BOOL]
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Seed packet for opaque data outside a file session; FS servers refuse it."""
+
+    payload: Annotated[bytes, Rest()]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSyncInit:
+    file_id: Annotated[int, U32]
+    size: Annotated[int, U64]
+    mtime_ns: Annotated[int, I64]
+    mode: Annotated[int, U32]
+    base_version: Annotated[int, U64]
+    digest: Annotated[bytes | None, OPT_DIGEST]
+    path: Annotated[str, PATH]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSyncInitResponse:
+    file_id: Annotated[int, U32]
+    status: Annotated[InitStatus, Enum(InitStatus)]
+    version: Annotated[int, U64]
+    message: Annotated[str, MESSAGE]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSyncData:
+    file_id: Annotated[int, U32]
+    payload: Annotated[bytes, Rest()]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSyncCheckHash:
+    file_id: Annotated[int, U32]
+    digest: Annotated[bytes, DIGEST]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSyncCheckHashResponse:
+    file_id: Annotated[int, U32]
+    status: Annotated[HashStatus, Enum(HashStatus)]
+    digest: Annotated[bytes, DIGEST]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSyncRetryUpload:
+    file_id: Annotated[int, U32]
+    attempt: Annotated[int, U8]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSyncFinish:
+    file_id: Annotated[int, U32]
+    version: Annotated[int, U64]
+
+
+@dataclass(frozen=True, slots=True)
+class FileSyncCancel:
+    file_id: Annotated[int, U32]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionHandshake:
+    magic: Annotated[bytes, Magic(MAGIC)]
+    version: Annotated[int, U16]
+    max_packet: Annotated[int, U32]
+    client_id: Annotated[str, NAME]
+    share: Annotated[str, NAME]
+    auth: Annotated[bytes, Blob(MAX_AUTH_BYTES)]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionHandshakeResponse:
+    status: Annotated[HandshakeStatus, Enum(HandshakeStatus)]
+    version: Annotated[int, U16]
+    max_packet: Annotated[int, U32]
+    worker_id: Annotated[int, U16]
+    store_id: Annotated[bytes, DIGEST]
+    message: Annotated[str, MESSAGE]
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    request_id: Annotated[int, U32]
+    limit: Annotated[int, U32]
+    prefix: Annotated[str, PATH]
+    after: Annotated[str, PATH]
+
+
+@dataclass(frozen=True, slots=True)
+class ListResponse:
+    request_id: Annotated[int, U32]
+    status: Annotated[LookupStatus, Enum(LookupStatus)]
+    more: Annotated[bool, BOOL]
+    message: Annotated[str, MESSAGE]
+    entries: Annotated[tuple[FileEntry, ...], Records(FileEntry, MAX_LIST_ENTRIES)]
+
+
+@dataclass(frozen=True, slots=True)
+class StatRequest:
+    request_id: Annotated[int, U32]
+    path: Annotated[str, PATH]
+
+
+@dataclass(frozen=True, slots=True)
+class StatResponse:
+    request_id: Annotated[int, U32]
+    status: Annotated[LookupStatus, Enum(LookupStatus)]
+    message: Annotated[str, MESSAGE]
+    entry: Annotated[FileEntry | None, OptionalRecord(FileEntry)]
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadRequest:
+    file_id: Annotated[int, U32]
+    path: Annotated[str, PATH]
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadResponse:
+    file_id: Annotated[int, U32]
+    status: Annotated[LookupStatus, Enum(LookupStatus)]
+    message: Annotated[str, MESSAGE]
+    entry: Annotated[FileEntry | None, OptionalRecord(FileEntry)]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRequest:
+    request_id: Annotated[int, U32]
+    base_version: Annotated[int, U64]
+    path: Annotated[str, PATH]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResponse:
+    request_id: Annotated[int, U32]
+    status: Annotated[LookupStatus, Enum(LookupStatus)]
+    version: Annotated[int, U64]
+    message: Annotated[str, MESSAGE]
+
+
+Message = (
+    Error
+    | Ping
+    | Data
+    | FileSyncInit
+    | FileSyncInitResponse
+    | FileSyncData
+    | FileSyncCheckHash
+    | FileSyncCheckHashResponse
+    | FileSyncRetryUpload
+    | FileSyncFinish
+    | FileSyncCancel
+    | VersionHandshake
+    | VersionHandshakeResponse
+    | ListRequest
+    | ListResponse
+    | StatRequest
+    | StatResponse
+    | DownloadRequest
+    | DownloadResponse
+    | DeleteRequest
+    | DeleteResponse
+)
+
+PACKET_CLASSES: dict[PacketType, type] = {
+    PacketType.ERROR: Error,
+    PacketType.PING: Ping,
+    PacketType.DATA: Data,
+    PacketType.FILE_SYNC_INIT: FileSyncInit,
+    PacketType.FILE_SYNC_INIT_RESPONSE: FileSyncInitResponse,
+    PacketType.FILE_SYNC_DATA: FileSyncData,
+    PacketType.FILE_SYNC_CHECK_HASH: FileSyncCheckHash,
+    PacketType.FILE_SYNC_CHECK_HASH_RESPONSE: FileSyncCheckHashResponse,
+    PacketType.FILE_SYNC_RETRY_UPLOAD: FileSyncRetryUpload,
+    PacketType.FILE_SYNC_FINISH: FileSyncFinish,
+    PacketType.VERSION_HANDSHAKE: VersionHandshake,
+    PacketType.VERSION_HANDSHAKE_RESPONSE: VersionHandshakeResponse,
+    PacketType.LIST_REQUEST: ListRequest,
+    PacketType.LIST_RESPONSE: ListResponse,
+    PacketType.STAT_REQUEST: StatRequest,
+    PacketType.STAT_RESPONSE: StatResponse,
+    PacketType.DOWNLOAD_REQUEST: DownloadRequest,
+    PacketType.DOWNLOAD_RESPONSE: DownloadResponse,
+    PacketType.DELETE_REQUEST: DeleteRequest,
+    PacketType.DELETE_RESPONSE: DeleteResponse,
+    PacketType.FILE_SYNC_CANCEL: FileSyncCancel,
+}

@@ -1,0 +1,64 @@
+"""Remote path and name rules, shared by the server (paths from clients) and the client (paths
+from the server), so that neither side can be tricked into leaving its tree."""
+
+import unicodedata
+
+from common.errors import InvalidName, InvalidPath
+from common.limits import MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_SEGMENT_BYTES
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+
+
+def normalize_path(path: str) -> str:
+    """Return *path* in canonical form (NFC, relative, ``/``-separated) or raise InvalidPath.
+
+    Refused: empty paths, absolute paths, empty, ``.`` or ``..`` segments, backslashes, NUL and
+    other control characters, more than 4096 bytes, or a segment of more than 255 bytes.
+    """
+    if not path:
+        raise InvalidPath("empty path")
+    if "\x00" in path:
+        raise InvalidPath("path contains a NUL byte")
+    if _has_control(path):
+        raise InvalidPath(f"path contains a control character: {path!r}")
+    if path.startswith("/"):
+        raise InvalidPath(f"absolute path not allowed: {path!r}")
+    if "\\" in path:
+        raise InvalidPath(f"backslash not allowed in path: {path!r}")
+    path = unicodedata.normalize("NFC", path)
+    encoded = path.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_PATH_BYTES:
+        raise InvalidPath(f"path longer than {MAX_PATH_BYTES} bytes")
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidPath(f"path segment {segment!r} not allowed: {path!r}")
+        if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+            raise InvalidPath(f"path segment longer than {MAX_SEGMENT_BYTES} bytes")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPath("path is not valid UTF-8") from exc
+    return path
+
+
+def normalize_prefix(prefix: str) -> str:
+    """A listing prefix: like a path but may be empty or end in ``/`` or mid-segment."""
+    if not prefix:
+        return ""
+    stripped = prefix.rstrip("/")
+    if not stripped:
+        raise InvalidPath("prefix '/' is absolute; use an empty prefix to list everything")
+    return normalize_path(stripped) + ("/" if prefix.endswith("/") else "")
+
+
+def check_name(name: str, what: str = "share name") -> str:
+    """Share names and client ids: 1-64 of ``[A-Za-z0-9._-]``, not starting with a dot."""
+    if not name or len(name.encode()) > MAX_NAME_BYTES:
+        raise InvalidName(f"{what} must be 1 to {MAX_NAME_BYTES} characters")
+    if name.startswith(".") or not set(name) <= _NAME_CHARS:
+        raise InvalidName(f"{what} {name!r} may only use letters, digits, '.', '_' and '-'")
+    return name

@@ -1,0 +1,191 @@
+"""Per-file session state machines, shared by both ends of a connection.
+
+Theory of operation
+-------------------
+Every upload and every download is a *session* named by a file id that the client picks. Both
+peers run the same table below: the side that sends a packet applies the transition before the
+bytes leave (a violation is a ``LocalProtocolError``: a bug on this side), and the side that
+receives it applies the same transition (a violation is the peer's fault, and the connection
+turns it into a ``RemoteProtocolError``). So both sides always agree on every session's phase.
+
+Rules the table keeps:
+
+- A transition is keyed by ``(phase, step, sender)``. A key the table does not list is an error.
+- Response packets become steps by their status (``FileSyncInitResponse(ACCEPTED)`` is
+  ``Step.ACCEPTED``), so refusals and successes read as separate rows.
+- Data is counted: a session never carries more bytes than the size announced for it, and
+  CheckHash is allowed only once every byte has arrived. Lengths are checked from the packet
+  header, before a byte of payload is accepted.
+- A session that reaches ``DONE`` is forgotten and its file id may be reused.
+- An ``Error`` packet that names a file id ends that session from any phase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from common.errors import ErrorCode, LocalProtocolError
+from common.limits import MAX_IN_FLIGHT
+
+
+class Role(Enum):
+    CLIENT = auto()
+    SERVER = auto()
+
+
+class Phase(Enum):
+    AWAIT_INIT_RESPONSE = auto()
+    UPLOADING = auto()
+    AWAIT_HASH_RESULT = auto()
+    AWAIT_RETRY = auto()
+    AWAIT_FINISH = auto()
+    AWAIT_DOWNLOAD_RESPONSE = auto()
+    DOWNLOADING = auto()
+    AWAIT_VERDICT = auto()
+    DONE = auto()
+
+
+class Step(Enum):
+    INIT = auto()
+    ACCEPTED = auto()
+    ALREADY_HAVE = auto()
+    REFUSED = auto()
+    DATA = auto()
+    CHECK_HASH = auto()
+    HASH_OK = auto()
+    HASH_MISMATCH = auto()
+    RETRY = auto()
+    FINISH = auto()
+    CANCEL = auto()
+    DOWNLOAD_REQUEST = auto()
+    DOWNLOAD_OK = auto()
+
+
+C, S = Role.CLIENT, Role.SERVER
+P = Phase
+
+TRANSITIONS: dict[tuple[Phase | None, Step, Role], Phase] = {
+    # upload: Init -> InitResponse -> Data... -> CheckHash -> CheckHashResponse -> Finish
+    (None, Step.INIT, C): P.AWAIT_INIT_RESPONSE,
+    (P.AWAIT_INIT_RESPONSE, Step.ACCEPTED, S): P.UPLOADING,
+    (P.AWAIT_INIT_RESPONSE, Step.ALREADY_HAVE, S): P.AWAIT_FINISH,
+    (P.AWAIT_INIT_RESPONSE, Step.REFUSED, S): P.DONE,
+    (P.UPLOADING, Step.DATA, C): P.UPLOADING,
+    (P.UPLOADING, Step.CHECK_HASH, C): P.AWAIT_HASH_RESULT,
+    (P.UPLOADING, Step.CANCEL, C): P.DONE,
+    (P.AWAIT_HASH_RESULT, Step.HASH_OK, S): P.AWAIT_FINISH,
+    (P.AWAIT_HASH_RESULT, Step.HASH_MISMATCH, S): P.AWAIT_RETRY,
+    (P.AWAIT_RETRY, Step.RETRY, S): P.UPLOADING,
+    (P.AWAIT_FINISH, Step.FINISH, S): P.DONE,
+    # download, the mirror: DownloadRequest -> DownloadResponse -> Data... -> CheckHash
+    # -> CheckHashResponse (from the client, which verified the bytes)
+    (None, Step.DOWNLOAD_REQUEST, C): P.AWAIT_DOWNLOAD_RESPONSE,
+    (P.AWAIT_DOWNLOAD_RESPONSE, Step.DOWNLOAD_OK, S): P.DOWNLOADING,
+    (P.AWAIT_DOWNLOAD_RESPONSE, Step.REFUSED, S): P.DONE,
+    (P.DOWNLOADING, Step.DATA, S): P.DOWNLOADING,
+    (P.DOWNLOADING, Step.CHECK_HASH, S): P.AWAIT_VERDICT,
+    (P.AWAIT_VERDICT, Step.HASH_OK, C): P.DONE,
+    (P.AWAIT_VERDICT, Step.HASH_MISMATCH, C): P.DONE,
+}
+
+
+@dataclass(slots=True)
+class Session:
+    phase: Phase
+    size: int = 0
+    transferred: int = 0
+
+
+class SessionTable:
+    """The phase of every open session on one connection, driven by ``TRANSITIONS``."""
+
+    def __init__(self, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self.sessions: dict[int, Session] = {}
+        self.max_in_flight = max_in_flight
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def phase(self, file_id: int) -> Phase | None:
+        session = self.sessions.get(file_id)
+        return session.phase if session else None
+
+    def apply(self, file_id: int, step: Step, sender: Role, size: int | None = None) -> Phase:
+        """Move *file_id* through *step*; ``size`` is given with INIT and DOWNLOAD_OK."""
+        session = self.sessions.get(file_id)
+        current = session.phase if session else None
+        nxt = TRANSITIONS.get((current, step, sender))
+        if nxt is None:
+            where = current.name if current else "no session"
+            raise LocalProtocolError(
+                f"{step.name} from {sender.name.lower()} not allowed for file {file_id} ({where})",
+                ErrorCode.UNEXPECTED_PACKET if current else ErrorCode.UNKNOWN_FILE,
+            )
+        if session is None:
+            if len(self.sessions) >= self.max_in_flight:
+                raise LocalProtocolError(
+                    f"more than {self.max_in_flight} sessions in flight", ErrorCode.LIMIT_EXCEEDED
+                )
+            session = self.sessions[file_id] = Session(nxt, size or 0)
+        elif step is Step.CHECK_HASH and session.transferred != session.size:
+            raise LocalProtocolError(
+                f"CheckHash for file {file_id} after {session.transferred} of {session.size} bytes",
+                ErrorCode.UNEXPECTED_PACKET,
+            )
+        if size is not None:
+            session.size = size
+        if step is Step.RETRY:
+            session.transferred = 0
+        if nxt is Phase.DONE:
+            del self.sessions[file_id]
+        else:
+            session.phase = nxt
+        return nxt
+
+    def count_data(self, file_id: int, nbytes: int, sender: Role) -> None:
+        """Account *nbytes* of payload for *file_id*, refusing more than its size."""
+        session = self.sessions.get(file_id)
+        wanted = Phase.UPLOADING if sender is Role.CLIENT else Phase.DOWNLOADING
+        if session is None or session.phase is not wanted:
+            where = session.phase.name if session else "no session"
+            raise LocalProtocolError(
+                f"FileSyncData from {sender.name.lower()} for file {file_id} ({where})",
+                ErrorCode.UNEXPECTED_PACKET if session else ErrorCode.UNKNOWN_FILE,
+            )
+        if session.transferred + nbytes > session.size:
+            raise LocalProtocolError(
+                f"file {file_id}: {session.transferred + nbytes} bytes exceed its size "
+                f"{session.size}",
+                ErrorCode.LIMIT_EXCEEDED,
+            )
+        session.transferred += nbytes
+
+    def end(self, file_id: int) -> bool:
+        """Forget a session ended by an Error packet; False if there was none."""
+        return self.sessions.pop(file_id, None) is not None
+
+
+class RequestTable:
+    """Outstanding list/stat/delete requests by request id; each answered exactly once."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, type] = {}
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def open(self, request_id: int, response_type: type) -> None:
+        if request_id in self.pending:
+            raise LocalProtocolError(
+                f"request id {request_id} is already in flight", ErrorCode.UNEXPECTED_PACKET
+            )
+        self.pending[request_id] = response_type
+
+    def close(self, request_id: int, response_type: type) -> None:
+        if self.pending.get(request_id) is not response_type:
+            raise LocalProtocolError(
+                f"{response_type.__name__} for request {request_id} that is not pending",
+                ErrorCode.UNEXPECTED_PACKET,
+            )
+        del self.pending[request_id]

@@ -1,0 +1,157 @@
+"""``fsclient`` command line: put, get, ls, rm.
+
+Exit code 0 on success; 1 with a one-line ``fsclient: error: ...`` on stderr when the operation
+fails; 2 for a usage error. Common options are accepted before or after the subcommand's
+arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from common.errors import FSError
+from common.messages import FileEntry
+
+DEFAULT_SERVER = "127.0.0.1:7878"
+
+
+def _packet_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if value < 4096:
+        raise argparse.ArgumentTypeError("must be at least 4096")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--server",
+        default=default(None),
+        metavar="HOST:PORT",
+        help=f"server address (env FS_SERVER, default {DEFAULT_SERVER})",
+    )
+    parser.add_argument(
+        "--share",
+        default=default(None),
+        metavar="NAME",
+        help="share to use (env FS_SHARE, default 'default')",
+    )
+    parser.add_argument(
+        "--max-packet",
+        type=_packet_size,
+        default=default(None),
+        metavar="BYTES",
+        help="largest packet to negotiate (default: the most the server allows;"
+        " 4096 keeps the seed protocol's size)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsclient", description="FS file-sync client.")
+    _add_common(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        _add_common(sub, suppress=True)
+        return sub
+
+    put = command("put", "upload a local file")
+    put.add_argument("local")
+    put.add_argument("remote")
+    get = command("get", "download a file (atomically: temp file, then rename)")
+    get.add_argument("remote")
+    get.add_argument("local")
+    ls = command("ls", "list files: path, size, version, digest, mtime")
+    ls.add_argument("prefix", nargs="?", default="")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    rm = command("rm", "delete a file")
+    rm.add_argument("remote")
+    return parser
+
+
+def format_entry(entry: FileEntry, as_json: bool) -> str:
+    mtime = datetime.fromtimestamp(entry.mtime_ns / 1e9, UTC).isoformat(timespec="seconds")
+    if as_json:
+        return json.dumps(
+            {
+                "path": entry.path,
+                "size": entry.size,
+                "version": entry.version,
+                "digest": entry.digest.hex(),
+                "mtime": mtime,
+                "mtime_ns": entry.mtime_ns,
+                "mode": f"{entry.mode:o}",
+            },
+            ensure_ascii=False,
+        )
+    return f"{entry.path}\t{entry.size}\t{entry.version}\t{entry.digest.hex()}\t{mtime}"
+
+
+async def run(args: argparse.Namespace) -> int:
+    from fsclient.client import Client
+
+    client = await Client.connect(
+        args.server or os.environ.get("FS_SERVER") or DEFAULT_SERVER,
+        args.share or os.environ.get("FS_SHARE") or "default",
+        max_packet=args.max_packet,
+    )
+    async with client:
+        actions: dict[str, Callable[[], Awaitable[None]]] = {
+            "put": lambda: _put(client, args),
+            "get": lambda: _get(client, args),
+            "ls": lambda: _ls(client, args),
+            "rm": lambda: _rm(client, args),
+        }
+        await actions[args.command]()
+    return 0
+
+
+async def _put(client: Any, args: argparse.Namespace) -> None:
+    entry = await client.put(args.local, args.remote)
+    print(f"uploaded {entry.path} ({entry.size} bytes, version {entry.version})")
+
+
+async def _get(client: Any, args: argparse.Namespace) -> None:
+    entry = await client.get(args.remote, args.local)
+    print(f"downloaded {entry.path} ({entry.size} bytes, version {entry.version})")
+
+
+async def _ls(client: Any, args: argparse.Namespace) -> None:
+    for entry in await client.ls(args.prefix):
+        print(format_entry(entry, args.json))
+
+
+async def _rm(client: Any, args: argparse.Namespace) -> None:
+    version = await client.rm(args.remote)
+    print(f"deleted {args.remote} (version {version})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import uvloop
+
+        return uvloop.run(run(args))
+    except (FSError, OSError, ValueError) as exc:
+        message = exc.message if isinstance(exc, FSError) else str(exc)
+        print(f"fsclient: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fsclient: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""``Client``: the asyncio API to an FS server that the CLI, the sync engine and the tests use.
+
+    async with await Client.connect("127.0.0.1:7878", share="default") as client:
+        await client.put("notes.txt", "docs/notes.txt")
+        entries = await client.ls("docs/")
+
+Many operations may run at once on one connection (``put_many`` keeps a window of uploads in
+flight), each as its own file session on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from common import messages as m
+from common.errors import (
+    AuthError,
+    Conflict,
+    FSError,
+    HashMismatch,
+    InvalidName,
+    InvalidPath,
+    NotFound,
+    RemoteError,
+    StoreFull,
+)
+from common.limits import (
+    ABSOLUTE_MAX_PACKET,
+    ANY_VERSION,
+    DEFAULT_MAX_PACKET,
+    MAGIC,
+    NO_FILE,
+    PROTOCOL_VERSION,
+)
+from common.paths import check_name, normalize_path, normalize_prefix
+from common.state import Phase
+from fsclient.protocol import ClientProtocol, Mailbox
+from fsclient.transfer import BytesSource, DownloadTarget, FileSource, UploadSource
+
+ZERO_COPY_MIN = 64 * 1024
+SEND_CHUNK = 256 * 1024
+MAX_ATTEMPTS = 4
+
+_INIT_ERRORS: dict[m.InitStatus, type[FSError]] = {
+    m.InitStatus.NO_SPACE: StoreFull,
+    m.InitStatus.TOO_LARGE: StoreFull,
+    m.InitStatus.INVALID_PATH: InvalidPath,
+    m.InitStatus.CONFLICT: Conflict,
+}
+_LOOKUP_ERRORS: dict[m.LookupStatus, type[FSError]] = {
+    m.LookupStatus.NOT_FOUND: NotFound,
+    m.LookupStatus.INVALID_PATH: InvalidPath,
+    m.LookupStatus.CONFLICT: Conflict,
+}
+_HANDSHAKE_ERRORS: dict[m.HandshakeStatus, type[FSError]] = {
+    m.HandshakeStatus.AUTH_FAILED: AuthError,
+    m.HandshakeStatus.INVALID_SHARE: InvalidName,
+}
+
+
+def parse_server(server: str) -> tuple[str, int]:
+    """``"host:port"`` (``[v6]:port`` for IPv6) -> (host, port)."""
+    host, sep, port = server.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid server address {server!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class Client:
+    def __init__(self, proto: ClientProtocol, hello: m.VersionHandshakeResponse) -> None:
+        self.proto = proto
+        self.worker_id = hello.worker_id
+        self.store_id = hello.store_id
+        self.max_packet = hello.max_packet
+        self._ids = itertools.count(1)
+
+    @classmethod
+    async def connect(
+        cls,
+        server: str = "127.0.0.1:7878",
+        share: str = "default",
+        *,
+        client_id: str | None = None,
+        max_packet: int | None = None,
+        auth: bytes = b"",
+        timeout: float = 10.0,
+    ) -> Client:
+        """Connect and shake hands; *max_packet* None proposes the largest size there is."""
+        host, port = parse_server(server)
+        check_name(share)
+        client_id = check_name(client_id or f"fsclient-{secrets.token_hex(4)}", "client id")
+        proposal = max_packet or ABSOLUTE_MAX_PACKET
+        if proposal < DEFAULT_MAX_PACKET:
+            raise ValueError(f"--max-packet must be at least {DEFAULT_MAX_PACKET}")
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: ClientProtocol(proposal), host, port), timeout
+            )
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise ConnectionError(f"cannot connect to {host}:{port}: {reason}") from None
+        proto.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, proposal, client_id, share, auth))
+        try:
+            hello = await asyncio.wait_for(proto.handshake, timeout)
+        except TimeoutError:
+            proto.abort(ConnectionError("no handshake answer from server"), send_error=False)
+            raise ConnectionError(f"{host}:{port} did not answer the FS handshake") from None
+        if hello.status is not m.HandshakeStatus.OK:
+            proto.abort(RemoteError(hello.message), send_error=False)
+            raise _HANDSHAKE_ERRORS.get(hello.status, RemoteError)(hello.message)
+        return cls(proto, hello)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        transport = self.proto.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        await self.proto.closed
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    async def put(
+        self, local: str | os.PathLike[str], remote: str, *, base_version: int = ANY_VERSION
+    ) -> m.FileEntry:
+        """Upload a local file; returns its entry as stored (with the new version)."""
+        path = normalize_path(remote)
+        for _ in range(MAX_ATTEMPTS):
+            source = FileSource(local)
+            try:
+                return await self._upload(source, path, base_version)
+            except _SizeChanged:
+                continue
+            finally:
+                source.close()
+        raise HashMismatch(f"{local} keeps changing while it is uploaded")
+
+    async def put_bytes(
+        self,
+        data: bytes,
+        remote: str,
+        *,
+        mtime_ns: int = 0,
+        mode: int = 0o644,
+        base_version: int = ANY_VERSION,
+    ) -> m.FileEntry:
+        return await self._upload(
+            BytesSource(data, mtime_ns, mode), normalize_path(remote), base_version
+        )
+
+    async def put_many(
+        self, pairs: Iterable[tuple[str | os.PathLike[str], str]], *, window: int = 256
+    ) -> list[m.FileEntry | FSError | OSError]:
+        """Upload many files with up to *window* in flight; one result (or error) per pair."""
+        gate = asyncio.Semaphore(window)
+
+        async def one(local: str | os.PathLike[str], remote: str) -> Any:
+            async with gate:
+                try:
+                    return await self.put(local, remote)
+                except (FSError, OSError) as exc:
+                    return exc
+
+        return list(await asyncio.gather(*(one(local, remote) for local, remote in pairs)))
+
+    async def _upload(self, source: UploadSource, path: str, base_version: int) -> m.FileEntry:
+        fid, box = self._open_session()
+        try:
+            meta = source.meta
+            self.proto.send(
+                m.FileSyncInit(
+                    fid, meta.size, meta.mtime_ns, meta.mode, base_version, meta.digest, path
+                )
+            )
+            reply: m.FileSyncInitResponse = await box.next()
+            if reply.status is m.InitStatus.ALREADY_HAVE_CONTENT:
+                return self._entry(source, path, await box.next())
+            if reply.status is not m.InitStatus.ACCEPTED:
+                raise _INIT_ERRORS.get(reply.status, RemoteError)(reply.message)
+            while True:
+                await self._send_payload(fid, source)
+                self.proto.send(m.FileSyncCheckHash(fid, meta.digest))
+                verdict: m.FileSyncCheckHashResponse = await box.next()
+                if verdict.status is m.HashStatus.OK:
+                    return self._entry(source, path, await box.next())
+                await box.next()  # FileSyncRetryUpload, or an Error that raises
+                source.refresh()
+                if source.meta.size != meta.size:
+                    self.proto.send(m.FileSyncCancel(fid))
+                    raise _SizeChanged()
+                meta = source.meta
+        finally:
+            self._close_session(fid)
+
+    async def _send_payload(self, fid: int, source: UploadSource) -> None:
+        size, pos = source.meta.size, 0
+        payload = self.proto.conn.max_payload
+        zero_copy = payload >= ZERO_COPY_MIN
+        step = max(payload, SEND_CHUNK) if zero_copy else SEND_CHUNK
+        while pos < size:
+            await self.proto.writable.wait()
+            chunk = source.read(pos, min(step, size - pos))
+            if zero_copy:
+                for start in range(0, len(chunk), payload):
+                    piece = chunk[start : start + payload]
+                    self.proto.write([self.proto.conn.data_header(fid, len(piece)), piece])
+                if self.proto.buffered():
+                    source.fresh_buffer()
+            else:
+                batch = bytearray()
+                self.proto.conn.frame_data(fid, chunk, batch)
+                self.proto.write([batch])
+            pos += len(chunk)
+
+    @staticmethod
+    def _entry(source: UploadSource, path: str, finish: m.FileSyncFinish) -> m.FileEntry:
+        meta = source.meta
+        return m.FileEntry(meta.size, finish.version, meta.mtime_ns, meta.mode, meta.digest, path)
+
+    # -- downloads ---------------------------------------------------------------------------
+
+    async def get(self, remote: str, local: str | os.PathLike[str]) -> m.FileEntry:
+        """Download to *local* (a file, or an existing folder to put it in), atomically."""
+        path = normalize_path(remote)
+        dest = Path(local)
+        if dest.is_dir():
+            dest = dest / path.rsplit("/", 1)[-1]
+        target = DownloadTarget(dest)
+        fid, box = self._open_session()
+        self.proto.downloads[fid] = target
+        try:
+            self.proto.send(m.DownloadRequest(fid, path))
+            reply: m.DownloadResponse = await box.next()
+            if reply.status is not m.LookupStatus.OK or reply.entry is None:
+                raise _LOOKUP_ERRORS.get(reply.status, RemoteError)(reply.message)
+            ok, actual = await box.next()
+            if not ok:
+                raise HashMismatch(
+                    f"{path}: downloaded bytes have digest {actual.hex()}, "
+                    f"expected {reply.entry.digest.hex()}"
+                )
+            target.commit()
+            return reply.entry
+        finally:
+            self.proto.abandon_download(fid)
+            self._close_session(fid)
+
+    # -- queries -----------------------------------------------------------------------------
+
+    async def ls(self, prefix: str = "", *, page: int = 1000) -> list[m.FileEntry]:
+        prefix = normalize_prefix(prefix)
+        entries: list[m.FileEntry] = []
+        after = ""
+        while True:
+            reply: m.ListResponse = await self._request(
+                lambda rid: m.ListRequest(rid, page, prefix, after)  # noqa: B023
+            )
+            self._check_lookup(reply.status, reply.message)
+            entries.extend(reply.entries)
+            if not reply.more or not reply.entries:
+                return entries
+            after = reply.entries[-1].path
+
+    async def stat(self, remote: str) -> m.FileEntry:
+        path = normalize_path(remote)
+        reply: m.StatResponse = await self._request(lambda rid: m.StatRequest(rid, path))
+        self._check_lookup(reply.status, reply.message)
+        assert reply.entry is not None
+        return reply.entry
+
+    async def rm(self, remote: str, *, base_version: int = ANY_VERSION) -> int:
+        """Delete a file; returns the version of the deletion."""
+        path = normalize_path(remote)
+        reply: m.DeleteResponse = await self._request(
+            lambda rid: m.DeleteRequest(rid, base_version, path)
+        )
+        self._check_lookup(reply.status, reply.message)
+        return reply.version
+
+    async def ping(self) -> None:
+        nonce = secrets.randbits(63)
+        fut = self.proto.pings[nonce] = asyncio.get_running_loop().create_future()
+        self.proto.send(m.Ping(nonce, reply=False))
+        await fut
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_lookup(status: m.LookupStatus, message: str) -> None:
+        if status is not m.LookupStatus.OK:
+            raise _LOOKUP_ERRORS.get(status, RemoteError)(message)
+
+    async def _request(self, make: Any) -> Any:
+        rid = self._new_id(self.proto.requests)
+        fut = self.proto.requests[rid] = asyncio.get_running_loop().create_future()
+        self.proto.send(make(rid))
+        return await fut
+
+    def _open_session(self) -> tuple[int, Mailbox]:
+        fid = self._new_id(self.proto.mailboxes)
+        box = self.proto.mailboxes[fid] = Mailbox(asyncio.get_running_loop())
+        if self.proto.failure is not None:
+            box.fail(self.proto.failure)
+        return fid, box
+
+    def _close_session(self, fid: int) -> None:
+        """Forget the session; if it was cut short mid-upload, tell the server."""
+        self.proto.mailboxes.pop(fid, None)
+        if self.proto.failure is None and self.proto.conn.sessions.phase(fid) is Phase.UPLOADING:
+            self.proto.send(m.FileSyncCancel(fid))
+
+    def _new_id(self, taken: dict[int, Any]) -> int:
+        while True:
+            candidate = next(self._ids) % NO_FILE
+            if (
+                candidate
+                and candidate not in taken
+                and not self.proto.conn.sessions.phase(candidate)
+            ):
+                return candidate
+
+
+class _SizeChanged(Exception):
+    """The file's size changed between the digest and the upload: start over."""

@@ -1,0 +1,262 @@
+"""``ClientProtocol``: the IO side of a client connection.
+
+It feeds received bytes to the sans-IO ``FSConnection`` and routes the events: file-session
+events to that session's ``Mailbox``, responses to the future of their request, and download
+payloads into the download's sink (straight from the socket when packets are large).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, cast
+
+from common import messages as m
+from common.codec import encode
+from common.connection import DataChunk, FSConnection
+from common.errors import ErrorCode, FSError, RemoteError, RemoteProtocolError
+from common.limits import NO_FILE
+from common.state import Role
+from fsclient.transfer import DownloadTarget
+
+log = logging.getLogger(__name__)
+
+STAGING_BYTES = 256 * 1024
+DIRECT_READ_MIN = 64 * 1024
+WRITE_HIGH_WATER = 8 * 1024 * 1024
+WRITE_LOW_WATER = 2 * 1024 * 1024
+
+
+class ConnectionLost(FSError):
+    code = ErrorCode.INTERNAL
+
+
+def error_from(msg: m.Error) -> RemoteError:
+    return RemoteError(f"server error {msg.code.name}: {msg.message}", msg.code)
+
+
+class Mailbox:
+    """Events of one file session, in order, for the coroutine that drives it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.events: deque[Any] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.failure: BaseException | None = None
+
+    def deliver(self, event: Any) -> None:
+        self.events.append(event)
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        self.failure = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next(self) -> Any:
+        while not self.events:
+            if self.failure is not None:
+                raise self.failure
+            self.waiter = self.loop.create_future()
+            await self.waiter
+        event = self.events.popleft()
+        if isinstance(event, m.Error):
+            raise error_from(event)
+        return event
+
+
+class ClientProtocol(asyncio.BufferedProtocol):
+    def __init__(self, max_packet_limit: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.conn = FSConnection(Role.CLIENT, max_packet_limit=max_packet_limit)
+        self.staging = bytearray(STAGING_BYTES)
+        self.view = memoryview(self.staging)
+        self.fill = 0
+        self.direct = False
+        self.transport: asyncio.Transport | None = None
+        self.mailboxes: dict[int, Mailbox] = {}
+        self.downloads: dict[int, DownloadTarget] = {}
+        self.requests: dict[int, asyncio.Future[Any]] = {}
+        self.handshake: asyncio.Future[m.VersionHandshakeResponse] = self.loop.create_future()
+        self.pings: dict[int, asyncio.Future[None]] = {}
+        self.failure: BaseException | None = None
+        self.closed = self.loop.create_future()
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    # -- asyncio protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.fill == 0:
+            target = self.conn.direct_target()
+            if target is not None and len(target) >= DIRECT_READ_MIN:
+                self.direct = True
+                return target
+        self.direct = False
+        return self.view[self.fill :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.direct:
+            self.conn.direct_received(nbytes)
+            return
+        self.fill += nbytes
+        try:
+            events, used = self.conn.receive(self.view[: self.fill])
+            for event in events:
+                self.dispatch(event)
+        except RemoteProtocolError as exc:
+            self.abort(exc, send_error=True)
+            return
+        except (FSError, OSError) as exc:
+            self.abort(exc, send_error=True)
+            return
+        rest = self.fill - used
+        self.staging[:rest] = self.view[used : self.fill]
+        self.fill = rest
+        self._grow_staging()
+
+    def _grow_staging(self) -> None:
+        """After the handshake a whole packet may be larger than the initial buffer."""
+        want = self.conn.max_packet + DIRECT_READ_MIN
+        if len(self.staging) < want:
+            bigger = bytearray(want)
+            bigger[: self.fill] = self.view[: self.fill]
+            self.staging, self.view = bigger, memoryview(bigger)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail_all(
+            self.failure
+            or ConnectionLost(f"connection to server lost{': ' + str(exc) if exc else ''}")
+        )
+        self.writable.set()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(self, msg: m.Message) -> None:
+        if self.failure is not None:
+            raise self.failure
+        assert self.transport is not None
+        self.transport.write(self.conn.send(msg))
+
+    def write(self, chunks: list[bytes | bytearray | memoryview]) -> None:
+        if self.failure is not None:
+            raise self.failure
+        assert self.transport is not None
+        self.transport.writelines(chunks)
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport else 0
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def abandon_download(self, fid: int) -> None:
+        """The download is over, or given up: its sink must never be written again."""
+        self.conn.detach_sink(fid)
+        target = self.downloads.pop(fid, None)
+        if target is not None:
+            target.discard()
+
+    def dispatch(self, event: Any) -> None:
+        if isinstance(event, DataChunk):
+            target = self.downloads.get(event.file_id)
+            if target is not None and target.sink is not None:
+                target.sink.write(event.data)
+        elif isinstance(event, m.DownloadResponse):
+            self.on_download_response(event)
+        elif isinstance(event, m.FileSyncCheckHash):
+            self.on_download_hash(event)
+        elif isinstance(event, m.Error):
+            self.on_error(event)
+        elif isinstance(event, (m.ListResponse, m.StatResponse, m.DeleteResponse)):
+            fut = self.requests.pop(event.request_id)
+            if not fut.done():
+                fut.set_result(event)
+        elif isinstance(event, m.VersionHandshakeResponse):
+            if not self.handshake.done():
+                self.handshake.set_result(event)
+        elif isinstance(event, m.Ping):
+            self.on_ping(event)
+        else:
+            self._deliver(event.file_id, event)
+
+    def on_download_response(self, msg: m.DownloadResponse) -> None:
+        target = self.downloads.get(msg.file_id)
+        if target is None:
+            return
+        if msg.status is m.LookupStatus.OK:
+            assert msg.entry is not None
+            self.conn.attach_sink(msg.file_id, target.open(msg.entry))
+        self._deliver(msg.file_id, msg)
+
+    def on_download_hash(self, msg: m.FileSyncCheckHash) -> None:
+        """The last packet of a download: verify, answer, and wake the waiting ``get``."""
+        target = self.downloads.pop(msg.file_id, None)
+        if target is None or target.entry is None:  # given up: just end the session
+            self.send(m.FileSyncCheckHashResponse(msg.file_id, m.HashStatus.MISMATCH, msg.digest))
+            return
+        actual = target.finish()
+        ok = actual == msg.digest == target.entry.digest
+        status = m.HashStatus.OK if ok else m.HashStatus.MISMATCH
+        self.send(m.FileSyncCheckHashResponse(msg.file_id, status, actual))
+        self._deliver(msg.file_id, (ok, actual))
+
+    def on_error(self, msg: m.Error) -> None:
+        if msg.file_id == NO_FILE:
+            self.abort(error_from(msg), send_error=False)
+        else:
+            self._deliver(msg.file_id, msg)
+
+    def _deliver(self, fid: int, event: Any) -> None:
+        """Hand an event to its session; a session given up by its caller drops it."""
+        box = self.mailboxes.get(fid)
+        if box is not None:
+            box.deliver(event)
+
+    def on_ping(self, msg: m.Ping) -> None:
+        if not msg.reply:
+            self.send(m.Ping(msg.nonce, reply=True))
+        elif msg.nonce in self.pings:
+            fut = self.pings.pop(msg.nonce)
+            if not fut.done():
+                fut.set_result(None)
+
+    # -- failure -----------------------------------------------------------------------------
+
+    def abort(self, exc: BaseException, send_error: bool) -> None:
+        """Fail every pending operation with *exc* and close the connection."""
+        if self.failure is None:
+            self.failure = exc
+        if self.transport is not None and not self.transport.is_closing():
+            if send_error and isinstance(exc, FSError):
+                self.transport.write(encode(m.Error(exc.code, NO_FILE, exc.message[:1000])))
+            self.transport.close()
+        self.fail_all(exc)
+
+    def fail_all(self, exc: BaseException) -> None:
+        for box in self.mailboxes.values():
+            box.fail(exc)
+        for fut in [*self.requests.values(), *self.pings.values(), self.handshake]:
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: nobody may be waiting for a ping
+        self.requests.clear()
+        self.pings.clear()
+        for target in self.downloads.values():
+            target.discard()
+        self.downloads.clear()

@@ -1,0 +1,110 @@
+"""``BlobArena``: the shared-memory segment that holds every stored byte.
+
+Only the supervisor creates and unlinks it; workers and hashers, started by multiprocessing from
+the supervisor, only attach (on Python 3.11 every attach registers with the resource tracker, and
+a tracker of a process not started that way would unlink the segment when it exits). The whole
+segment is reserved with ``posix_fallocate`` at start: a store that does not fit in /dev/shm fails
+at once with a clear message instead of a SIGBUS later, and the pages are touched only once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import secrets
+from multiprocessing import shared_memory
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = Path("/dev/shm")
+PREFIX = "fs-"
+_NAME = re.compile(r"^fs-(\d+)-[0-9a-f]+$")
+
+
+class ArenaError(RuntimeError):
+    """The arena could not be created (for example /dev/shm is too small)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Unlink ``fs-<pid>-*`` segments whose owner process is gone; returns their names."""
+    removed = []
+    if not shm_dir.is_dir():
+        return removed
+    for path in shm_dir.iterdir():
+        match = _NAME.match(path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path.name)
+            log.warning("removed stale shared memory segment %s of a dead server", path.name)
+    return removed
+
+
+class BlobArena:
+    """One shared-memory segment; ``view`` is a writable memoryview over all of it."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
+        self._shm = shm
+        self.owner = owner
+        self.name = shm.name
+        self.size = shm.size
+        self.view: memoryview | None = shm.buf
+
+    @classmethod
+    def create(cls, size: int) -> BlobArena:
+        name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        path = SHM_DIR / name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+                raise ArenaError(
+                    f"cannot reserve a {size}-byte store in {SHM_DIR}: {exc.strerror}. "
+                    f"Lower --store-size or enlarge /dev/shm (docker run --shm-size, "
+                    f"compose shm_size, or a k8s emptyDir with medium: Memory)"
+                ) from None
+            raise
+        os.close(fd)
+        try:
+            shm = shared_memory.SharedMemory(name=name)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return cls(shm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> BlobArena:
+        return cls(shared_memory.SharedMemory(name=name), owner=False)
+
+    def close(self) -> None:
+        """Detach (and, for the creator, unlink). Safe to call twice; tolerates live views."""
+        if self.view is None:
+            return
+        self.view.release()
+        self.view = None
+        try:
+            self._shm.close()
+        except BufferError:
+            log.debug("arena %s still has exported views; left mapped until exit", self.name)
+        if self.owner:
+            with contextlib.suppress(FileNotFoundError):
+                self._shm.unlink()

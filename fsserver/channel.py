@@ -1,0 +1,153 @@
+"""``MessageChannel``: pickled messages, optionally carrying file descriptors, over a
+non-blocking ``SOCK_SEQPACKET`` socket driven by an asyncio loop.
+
+SEQPACKET keeps message boundaries, so a message and the descriptors sent with it arrive
+together. Descriptors are received with ``MSG_CMSG_CLOEXEC`` (``socket.recv_fds`` ignores its
+flags on 3.11) so later children never inherit client sockets, and a truncated control message
+is an error because the kernel silently drops descriptors that did not fit.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import pickle
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 256 * 1024
+"""Largest message read at once; senders keep theirs well below it (see ``split_batches``)."""
+SPLIT_AT = 64 * 1024
+MAX_FDS = 16
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+Handler = Callable[[Any, list[int]], None]
+
+
+def channel_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected SEQPACKET pair with large buffers (the kernel caps them at its maximum)."""
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for sock in (left, right):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    return left, right
+
+
+def split_batches(kind: str, items: list[Any]) -> list[bytes]:
+    """Pickle ``(kind, items)``, halving the list until each message is small enough."""
+    data = pickle.dumps((kind, items), pickle.HIGHEST_PROTOCOL)
+    if len(data) <= SPLIT_AT or len(items) <= 1:
+        return [data]
+    half = len(items) // 2
+    return split_batches(kind, items[:half]) + split_batches(kind, items[half:])
+
+
+def recv_message(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
+    """One message and its descriptors; raises BlockingIOError when none is waiting."""
+    fds = array.array("i")
+    data, ancdata, msg_flags, _ = sock.recvmsg(
+        MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize), flags | socket.MSG_CMSG_CLOEXEC
+    )
+    for level, ctype, cdata in ancdata:
+        if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+    if msg_flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        for fd in fds:
+            socket.close(fd)
+        raise OSError("control channel message truncated")
+    return data, list(fds)
+
+
+def fds_ancillary(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
+    if not fds:
+        return []
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+
+
+class MessageChannel:
+    """One end of a control channel. ``on_message(obj, fds)`` runs on the loop."""
+
+    def __init__(
+        self, sock: socket.socket, on_message: Handler, on_close: Callable[[], None]
+    ) -> None:
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.on_message = on_message
+        self.on_close = on_close
+        self.loop = asyncio.get_running_loop()
+        self._queue: deque[tuple[bytes, list[socket.socket]]] = deque()
+        self._closed = False
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def send(self, obj: Any, socks: Sequence[socket.socket] = ()) -> None:
+        """Queue one message; *socks* are passed along and closed here once sent."""
+        self.send_raw(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), list(socks))
+
+    def send_batch(self, kind: str, items: list[Any]) -> None:
+        for data in split_batches(kind, items):
+            self.send_raw(data, [])
+
+    def send_raw(self, data: bytes, socks: list[socket.socket]) -> None:
+        if self._closed:
+            for sock in socks:
+                sock.close()
+            return
+        self._queue.append((data, socks))
+        if len(self._queue) == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._queue:
+            data, socks = self._queue[0]
+            try:
+                self.sock.sendmsg([data], fds_ancillary([s.fileno() for s in socks]))
+            except BlockingIOError:
+                self.loop.add_writer(self.sock.fileno(), self._writable)
+                return
+            except OSError as exc:
+                log.debug("control channel send failed: %s", exc)
+                self.close()
+                return
+            self._queue.popleft()
+            for sock in socks:
+                sock.close()  # the receiver owns its duplicate now
+
+    def _writable(self) -> None:
+        self.loop.remove_writer(self.sock.fileno())
+        self._flush()
+
+    def _readable(self) -> None:
+        while not self._closed:
+            try:
+                data, fds = recv_message(self.sock)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                self.close()
+                return
+            except OSError as exc:
+                log.warning("control channel receive failed: %s", exc)
+                self.close()
+                return
+            if not data and not fds:
+                self.close()
+                return
+            self.on_message(pickle.loads(data), fds)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        self.loop.remove_writer(self.sock.fileno())
+        for _, socks in self._queue:
+            for sock in socks:
+                sock.close()
+        self._queue.clear()
+        self.sock.close()
+        self.on_close()

@@ -1,0 +1,117 @@
+"""Worker and hasher processes as the supervisor sees them: spawn, watch, stop.
+
+Children are started with multiprocessing's *spawn* method, so they share the supervisor's
+resource tracker (an attach to the arena then never unlinks it) and inherit only the sockets
+passed to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from fsserver.channel import MessageChannel
+
+log = logging.getLogger(__name__)
+
+SPAWN = multiprocessing.get_context("spawn")
+QUICK_DEATH = 5.0
+"""A child that dies sooner than this after starting counts as a failed boot."""
+MAX_QUICK_DEATHS = 5
+
+
+class Role(Enum):
+    WORKER = "worker"
+    HASHER = "hasher"
+
+
+@dataclass(eq=False)
+class Child:
+    role: Role
+    index: int
+    process: BaseProcess
+    started: float = field(default_factory=time.monotonic)
+    channel: MessageChannel | None = None
+    ready: bool = False
+    exited: asyncio.Future[int] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.role.value}-{self.index}"
+
+    @property
+    def alive(self) -> bool:
+        return self.exited is not None and not self.exited.done()
+
+
+def spawn(
+    role: Role,
+    index: int,
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+    on_exit: Callable[[Child], None],
+) -> Child:
+    """Start a child and call *on_exit* on the loop when it ends."""
+    process = SPAWN.Process(target=target, args=args, name=f"{role.value}-{index}", daemon=False)
+    process.start()
+    loop = asyncio.get_running_loop()
+    child = Child(role, index, process, exited=loop.create_future())
+    sentinel = process.sentinel
+
+    def reaped() -> None:
+        loop.remove_reader(sentinel)
+        process.join(0)
+        code = process.exitcode if process.exitcode is not None else -1
+        if child.exited is not None and not child.exited.done():
+            child.exited.set_result(code)
+        on_exit(child)
+
+    loop.add_reader(sentinel, reaped)
+    log.debug("started %s (pid %s)", child.name, process.pid)
+    return child
+
+
+class RestartPolicy:
+    """Back off between restarts, and give up on a child that keeps failing to boot."""
+
+    def __init__(self) -> None:
+        self.quick_deaths: dict[tuple[Role, int], int] = {}
+
+    def delay(self, child: Child) -> float | None:
+        """Seconds to wait before restarting *child*, or None to give up."""
+        key = (child.role, child.index)
+        if time.monotonic() - child.started < QUICK_DEATH:
+            self.quick_deaths[key] = self.quick_deaths.get(key, 0) + 1
+        else:
+            self.quick_deaths[key] = 0
+        deaths = self.quick_deaths[key]
+        if deaths >= MAX_QUICK_DEATHS:
+            return None
+        return min(0.1 * 2**deaths, 5.0) if deaths else 0.0
+
+
+async def stop_all(children: list[Child], grace: float) -> None:
+    """SIGTERM, wait up to *grace* seconds, then SIGKILL what is left."""
+    for child in children:
+        if child.alive and child.process.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid, signal.SIGTERM)
+    pending = [child.exited for child in children if child.alive and child.exited]
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=grace)
+        if still:
+            for child in children:
+                if child.alive and child.process.pid:
+                    log.warning("%s did not stop in %.1f s; killing it", child.name, grace)
+                    child.process.kill()
+            await asyncio.wait(still, timeout=2.0)

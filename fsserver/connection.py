@@ -1,0 +1,393 @@
+"""``ClientConnection``: the IO side of one client connection inside a worker.
+
+The protocol rules live in ``common.FSConnection``; this class moves bytes and runs the store
+operations. Upload payloads are copied (or read directly, for large packets) into the reserved
+extent of the shared-memory arena; downloads are written from the arena without copies when the
+packets are large, and batched into large writes when they are small. Store calls and hash jobs
+complete through callbacks, so many small files are in flight at once on one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+from common import messages as m
+from common.codec import encode
+from common.connection import DataChunk, FSConnection, ViewSink
+from common.errors import (
+    ErrorCode,
+    FSError,
+    InvalidName,
+    InvalidPath,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from common.limits import NO_FILE, PROTOCOL_VERSION
+from common.paths import check_name, normalize_path
+from common.state import Role
+from fsserver.context import WorkerContext
+from fsserver.requests import RequestHandlers
+from fsserver.store import Linked, Refused, Reserved
+from fsserver.transfers import DownloadStream, Upload
+
+log = logging.getLogger(__name__)
+
+STAGING_BYTES = 256 * 1024
+DIRECT_READ_MIN = 64 * 1024
+"""A payload with at least this much left is read straight into its extent."""
+WRITE_HIGH_WATER = 8 * 1024 * 1024
+WRITE_LOW_WATER = 2 * 1024 * 1024
+MAX_HASH_RETRIES = 3
+
+
+class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.loop = asyncio.get_running_loop()
+        self.conn = FSConnection(Role.SERVER, max_packet_limit=ctx.config.max_packet)
+        self.staging = bytearray(STAGING_BYTES)
+        self.view = memoryview(self.staging)
+        self.fill = 0
+        self.direct = False
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.share = ""
+        self.closing = False
+        self.uploads: dict[int, Upload] = {}
+        self.downloads: dict[int, DownloadStream] = {}
+        self.outbox: list[bytes] = []
+        self.flush_scheduled = False
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.handlers: dict[type, Callable[[Any], None]] = {
+            m.VersionHandshake: self.on_handshake,
+            m.FileSyncInit: self.on_init,
+            m.FileSyncCheckHash: self.on_check_hash,
+            m.FileSyncCancel: self.on_cancel,
+            m.FileSyncCheckHashResponse: self.on_download_verdict,
+            m.DownloadRequest: self.on_download,
+            m.ListRequest: self.on_list,
+            m.StatRequest: self.on_stat,
+            m.DeleteRequest: self.on_delete,
+            m.Ping: self.on_ping,
+            m.Error: self.on_error,
+        }
+
+    # -- asyncio protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        peer = self.transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.ctx.connections.add(self)
+        log.debug("connection from %s", self.peer)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.fill == 0:
+            target = self.conn.direct_target()
+            if target is not None and len(target) >= DIRECT_READ_MIN:
+                self.direct = True
+                return target
+        self.direct = False
+        return self.view[self.fill :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.direct:
+            self.conn.direct_received(nbytes)
+            return
+        self.fill += nbytes
+        try:
+            events, used = self.conn.receive(self.view[: self.fill])
+            if used:
+                rest = self.fill - used
+                self.staging[:rest] = self.view[used : self.fill]
+                self.fill = rest
+            for event in events:
+                self.dispatch(event)
+        except RemoteProtocolError as exc:
+            self.fail(exc.code, exc.message)
+        except Exception:
+            log.exception("internal error on connection from %s", self.peer)
+            self.fail(ErrorCode.INTERNAL, "internal server error")
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.writable.set()
+        self.ctx.connections.discard(self)
+        for upload in self.uploads.values():
+            if upload.ticket and not upload.committing:
+                self.ctx.rpc.call("abort", upload.ticket)
+        for stream in self.downloads.values():
+            stream.cancel()
+            self.ctx.rpc.call("release", stream.lease)
+        self.uploads.clear()
+        self.downloads.clear()
+        log.debug("connection from %s closed", self.peer)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send(self, msg: m.Message) -> None:
+        if self.closing:
+            return
+        try:
+            self.outbox.append(self.conn.send(msg))
+        except LocalProtocolError as exc:
+            log.error("bug: refused to send %s to %s: %s", type(msg).__name__, self.peer, exc)
+            self.fail(ErrorCode.INTERNAL, "internal server error")
+            return
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.outbox and not self.closing and self.transport is not None:
+            self.transport.writelines(self.outbox)
+        self.outbox = []
+
+    def write_now(self, chunks: list[bytes | memoryview]) -> None:
+        """Write packets built outside ``send`` (data) after everything queued before them."""
+        self.flush()
+        if not self.closing and self.transport is not None:
+            self.transport.writelines(chunks)
+
+    def fail(self, code: ErrorCode, message: str) -> None:
+        """End the connection with a connection-level Error; other clients are unaffected."""
+        if self.closing or self.transport is None:
+            return
+        log.info("closing connection from %s: %s", self.peer, message)
+        self.flush()
+        self.transport.write(encode(m.Error(code, NO_FILE, message[:1000])))
+        self.closing = True
+        self.transport.close()
+
+    def shutdown(self) -> None:
+        self.fail(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def dispatch(self, event: m.Message | DataChunk) -> None:
+        handler = self.handlers.get(type(event))
+        if handler is None:
+            # The connection layer only lets through what a client may send; payloads always
+            # go to a sink. Anything else is a bug here, not the client's fault.
+            raise RuntimeError(f"no handler for {type(event).__name__}")
+        handler(event)
+
+    def call_store(self, on_result: Callable[[Any], None], op: str, *args: Any) -> None:
+        """Run a store call; *on_result* also runs when the connection closed meanwhile, so
+        it can give back what it was handed (handlers check ``self.closing``)."""
+
+        def deliver(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is not None:
+                log.error("store call %s failed: %s", op, exc)
+                self.fail(ErrorCode.INTERNAL, "store unavailable")
+                return
+            on_result(fut.result())
+
+        self.ctx.rpc.call(op, *args).add_done_callback(deliver)
+
+    # -- handshake, ping, errors -------------------------------------------------------------
+
+    def on_handshake(self, msg: m.VersionHandshake) -> None:
+        status, text = m.HandshakeStatus.OK, ""
+        try:
+            if msg.version != PROTOCOL_VERSION:
+                status = m.HandshakeStatus.UNSUPPORTED_VERSION
+                text = f"protocol version {msg.version} not supported (server speaks 1)"
+            else:
+                check_name(msg.share)
+                check_name(msg.client_id, "client id")
+        except InvalidName as exc:
+            status, text = m.HandshakeStatus.INVALID_SHARE, exc.message
+        agreed = self.conn.negotiate(msg.max_packet)
+        self.send(
+            m.VersionHandshakeResponse(
+                status, PROTOCOL_VERSION, agreed, self.ctx.worker_id, self.ctx.store_id, text
+            )
+        )
+        if status is not m.HandshakeStatus.OK:
+            self.flush()
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.share = msg.share
+        log.debug(
+            "%s: client %s on share %s, packets up to %d bytes",
+            self.peer,
+            msg.client_id,
+            msg.share,
+            agreed,
+        )
+
+    def on_ping(self, msg: m.Ping) -> None:
+        if not msg.reply:
+            self.send(m.Ping(msg.nonce, reply=True))
+
+    def on_error(self, msg: m.Error) -> None:
+        log.info("client %s reported error %s: %s", self.peer, msg.code.name, msg.message)
+        if msg.file_id == NO_FILE and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    def on_init(self, msg: m.FileSyncInit) -> None:
+        fid = msg.file_id
+        try:
+            path = normalize_path(msg.path)
+        except InvalidPath as exc:
+            self.send(m.FileSyncInitResponse(fid, m.InitStatus.INVALID_PATH, 0, exc.message))
+            return
+        self.call_store(
+            lambda result: self.on_reserved(msg, path, result),
+            "reserve",
+            self.share,
+            path,
+            msg.size,
+            msg.mtime_ns,
+            msg.mode,
+            msg.digest,
+            msg.base_version,
+        )
+
+    def on_reserved(self, msg: m.FileSyncInit, path: str, result: Any) -> None:
+        fid = msg.file_id
+        if self.closing:
+            if isinstance(result, Reserved):
+                self.ctx.rpc.call("abort", result.ticket)
+            return
+        if isinstance(result, Linked):
+            self.send(
+                m.FileSyncInitResponse(fid, m.InitStatus.ALREADY_HAVE_CONTENT, result.version, "")
+            )
+            self.send(m.FileSyncFinish(fid, result.version))
+        elif isinstance(result, Refused):
+            self.send(
+                m.FileSyncInitResponse(
+                    fid, m.InitStatus(result.status), result.version, result.message
+                )
+            )
+        else:
+            upload = Upload(
+                fid,
+                path,
+                msg.size,
+                msg.mtime_ns,
+                msg.mode,
+                msg.base_version,
+                result.ticket,
+                result.offset,
+            )
+            self.uploads[fid] = upload
+            self.arm(upload)
+            self.send(m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, ""))
+
+    def arm(self, upload: Upload) -> None:
+        """Point the file's payload at its extent, from the first byte."""
+        extent = self.ctx.arena[upload.offset : upload.offset + upload.size]
+        self.conn.attach_sink(upload.file_id, ViewSink(extent))
+
+    def on_check_hash(self, msg: m.FileSyncCheckHash) -> None:
+        upload = self.uploads[msg.file_id]
+        self.ctx.hashes.digest(upload.offset, upload.size).add_done_callback(
+            lambda fut: self.on_verified(upload, msg.digest, fut.result())
+        )
+
+    def on_verified(self, upload: Upload, claimed: bytes, actual: bytes) -> None:
+        if self.closing:
+            return
+        fid = upload.file_id
+        if actual == claimed:
+            self.send(m.FileSyncCheckHashResponse(fid, m.HashStatus.OK, actual))
+            upload.committing = True
+            self.call_store(
+                lambda result: self.on_committed(upload, result),
+                "commit",
+                upload.ticket,
+                self.share,
+                upload.path,
+                upload.mtime_ns,
+                upload.mode,
+                actual,
+                upload.base_version,
+            )
+            return
+        self.send(m.FileSyncCheckHashResponse(fid, m.HashStatus.MISMATCH, actual))
+        upload.attempts += 1
+        if upload.attempts <= MAX_HASH_RETRIES:
+            self.arm(upload)
+            self.send(m.FileSyncRetryUpload(fid, upload.attempts))
+            return
+        del self.uploads[fid]
+        self.ctx.rpc.call("abort", upload.ticket)
+        self.send(
+            m.Error(
+                ErrorCode.HASH_MISMATCH,
+                fid,
+                f"{upload.path}: digest mismatch {upload.attempts} times, giving up",
+            )
+        )
+
+    def on_committed(self, upload: Upload, result: Any) -> None:
+        self.uploads.pop(upload.file_id, None)
+        if isinstance(result, Refused):
+            self.send(m.Error(ErrorCode.CONFLICT, upload.file_id, result.message))
+        else:
+            self.send(m.FileSyncFinish(upload.file_id, result.version))
+
+    def on_cancel(self, msg: m.FileSyncCancel) -> None:
+        upload = self.uploads.pop(msg.file_id)
+        self.ctx.rpc.call("abort", upload.ticket)
+
+    # -- downloads ---------------------------------------------------------------------------
+
+    def on_download(self, msg: m.DownloadRequest) -> None:
+        fid = msg.file_id
+        try:
+            path = normalize_path(msg.path)
+        except InvalidPath as exc:
+            status = m.LookupStatus.INVALID_PATH
+            self.send(m.DownloadResponse(fid, status, exc.message, None))
+            return
+        self.call_store(lambda result: self.on_opened(fid, result), "open", self.share, path)
+
+    def on_opened(self, fid: int, result: Any) -> None:
+        if isinstance(result, Refused):
+            if not self.closing:
+                status = m.LookupStatus(result.status)
+                self.send(m.DownloadResponse(fid, status, result.message, None))
+            return
+        if self.closing:
+            self.ctx.rpc.call("release", result.lease)
+            return
+        self.send(m.DownloadResponse(fid, m.LookupStatus.OK, "", result.entry))
+        stream = DownloadStream(self, fid, result)
+        self.downloads[fid] = stream
+        stream.start()
+
+    def on_download_verdict(self, msg: m.FileSyncCheckHashResponse) -> None:
+        stream = self.downloads.pop(msg.file_id)
+        self.ctx.rpc.call("release", stream.lease)
+        if msg.status is m.HashStatus.MISMATCH:
+            log.warning("client %s got a bad copy of %s", self.peer, stream.entry.path)
+
+
+__all__ = ["ClientConnection", "FSError"]

@@ -1,0 +1,38 @@
+"""Prometheus exposition of the supervisor's store gauges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from fsserver.store import StoreStats
+
+
+class StoreCollector(Collector):
+    def __init__(self, stats: StoreStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self.stats
+        yield GaugeMetricFamily("fs_store_capacity_bytes", "Arena capacity.", s.capacity_bytes)
+        yield GaugeMetricFamily(
+            "fs_store_used_bytes",
+            "Arena bytes allocated (blobs and uploads in progress).",
+            s.used_bytes,
+        )
+        yield GaugeMetricFamily(
+            "fs_store_dedup_saved_bytes",
+            "Bytes not stored thanks to deduplication.",
+            max(0, s.logical_bytes - s.blob_bytes),
+        )
+        yield GaugeMetricFamily("fs_store_files", "Files stored, over all shares.", s.files)
+        yield GaugeMetricFamily("fs_store_shares", "Shares holding at least one file.", s.shares)
+
+
+def render_metrics(stats: StoreStats) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(stats))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

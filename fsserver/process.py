@@ -1,0 +1,30 @@
+"""Start-up shared by every child process: logging, signals, and dying with the supervisor."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=level.upper(), format=LOG_FORMAT, force=True)
+
+
+def setup_child(name: str, log_level: str) -> None:
+    """Called first in a worker or hasher. Ctrl-C goes to the supervisor, which stops the
+    children in order; if the supervisor dies without that, the kernel sends SIGTERM."""
+    import multiprocessing
+
+    multiprocessing.current_process().name = name
+    setup_logging(log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        logging.getLogger(__name__).debug("prctl(PR_SET_PDEATHSIG) not available")

@@ -1,0 +1,96 @@
+"""List, stat and delete: the request/response part of a connection (a mixin of
+``ClientConnection``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from common import messages as m
+from common.codec import encode
+from common.connection import FSConnection
+from common.errors import InvalidPath
+from common.limits import MAX_LIST_ENTRIES
+from common.paths import normalize_path, normalize_prefix
+from fsserver.store import ListPage, Refused
+
+DEFAULT_PAGE = 1000
+_INVALID = m.LookupStatus.INVALID_PATH
+_OK = m.LookupStatus.OK
+
+
+class RequestHandlers:
+    conn: FSConnection
+    share: str
+    closing: bool
+    send: Callable[[m.Message], None]
+    call_store: Callable[..., None]
+
+    def on_list(self, msg: m.ListRequest) -> None:
+        rid = msg.request_id
+        try:
+            prefix = normalize_prefix(msg.prefix)
+        except InvalidPath as exc:
+            self.send(m.ListResponse(rid, _INVALID, False, exc.message, ()))
+            return
+        limit = max(1, min(msg.limit or DEFAULT_PAGE, MAX_LIST_ENTRIES))
+        self.call_store(
+            lambda page: self.on_page(rid, page), "list", self.share, prefix, msg.after, limit
+        )
+
+    def on_page(self, request_id: int, page: ListPage) -> None:
+        """Send as much of the page as fits one packet; the client asks again for the rest."""
+        if self.closing:
+            return
+        entries, more = page.entries, page.more
+        while True:
+            reply = m.ListResponse(request_id, _OK, more, "", entries)
+            if len(encode(reply)) <= self.conn.max_packet:
+                self.send(reply)
+                return
+            if len(entries) == 1:
+                text = "a path is too long for this packet size; use a larger --max-packet"
+                self.send(m.ListResponse(request_id, _INVALID, False, text, ()))
+                return
+            entries, more = entries[: len(entries) // 2], True
+
+    def on_stat(self, msg: m.StatRequest) -> None:
+        rid = msg.request_id
+        path = self._valid_path(msg.path, lambda text: m.StatResponse(rid, _INVALID, text, None))
+        if path is not None:
+            self.call_store(
+                lambda result: self.on_stat_result(rid, result), "stat", self.share, path
+            )
+
+    def on_stat_result(self, request_id: int, result: Any) -> None:
+        if isinstance(result, Refused):
+            status = m.LookupStatus(result.status)
+            self.send(m.StatResponse(request_id, status, result.message, None))
+        else:
+            self.send(m.StatResponse(request_id, _OK, "", result))
+
+    def on_delete(self, msg: m.DeleteRequest) -> None:
+        rid = msg.request_id
+        path = self._valid_path(msg.path, lambda text: m.DeleteResponse(rid, _INVALID, 0, text))
+        if path is not None:
+            self.call_store(
+                lambda result: self.on_deleted(rid, result),
+                "delete",
+                self.share,
+                path,
+                msg.base_version,
+            )
+
+    def on_deleted(self, request_id: int, result: Any) -> None:
+        if isinstance(result, Refused):
+            status = m.LookupStatus(result.status)
+            self.send(m.DeleteResponse(request_id, status, result.version, result.message))
+        else:
+            self.send(m.DeleteResponse(request_id, _OK, result.version, ""))
+
+    def _valid_path(self, path: str, refusal: Callable[[str], m.Message]) -> str | None:
+        try:
+            return normalize_path(path)
+        except InvalidPath as exc:
+            self.send(refusal(exc.message))
+            return None

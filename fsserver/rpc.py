@@ -1,0 +1,89 @@
+"""Store calls from workers to the supervisor, batched per event-loop iteration.
+
+Every call a worker makes in one loop iteration travels in one control message, and the
+supervisor answers the whole batch in one message: with many small files in flight the cost of a
+round trip is shared by all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from itertools import count
+from typing import Any
+
+from fsserver.channel import MessageChannel
+from fsserver.store import Store
+
+log = logging.getLogger(__name__)
+
+OWNED_OPS = frozenset({"reserve", "commit", "abort", "open", "release"})
+"""Calls that take the calling worker's slot as their first argument."""
+SHARED_OPS = frozenset({"stat", "list", "delete"})
+
+
+class RpcFailed(RuntimeError):
+    """The supervisor could not run a call (a bug or a lost supervisor), not a refusal."""
+
+
+class RpcClient:
+    """Worker side: ``await rpc.call("reserve", ...)``."""
+
+    def __init__(self, channel: MessageChannel) -> None:
+        self.channel = channel
+        self.loop = asyncio.get_running_loop()
+        self._ids = count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._batch: list[tuple[int, str, tuple[Any, ...]]] = []
+
+    def call(self, op: str, *args: Any) -> asyncio.Future[Any]:
+        fut = self.loop.create_future()
+        call_id = next(self._ids)
+        self._waiting[call_id] = fut
+        if not self._batch:
+            self.loop.call_soon(self._flush)
+        self._batch.append((call_id, op, args))
+        return fut
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self.channel.send_batch("rpc", batch)
+
+    def on_replies(self, replies: list[tuple[int, bool, Any]]) -> None:
+        for call_id, ok, value in replies:
+            fut = self._waiting.pop(call_id, None)
+            if fut is None or fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(RpcFailed(value))
+
+    def fail_all(self, reason: str) -> None:
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(RpcFailed(reason))
+        self._waiting.clear()
+
+
+def serve_batch(
+    store: Store,
+    owner: int,
+    batch: list[tuple[int, str, tuple[Any, ...]]],
+) -> list[tuple[int, bool, Any]]:
+    """Supervisor side: run a worker's batch against the store, in order."""
+    replies = []
+    for call_id, op, args in batch:
+        method: Callable[..., Any] | None = getattr(store, op, None)
+        if op in OWNED_OPS and method is not None:
+            args = (owner, *args)
+        elif op not in SHARED_OPS or method is None:
+            replies.append((call_id, False, f"unknown store call {op!r}"))
+            continue
+        try:
+            replies.append((call_id, True, method(*args)))
+        except Exception as exc:  # a bug in a call must not take the supervisor down
+            log.exception("store call %s from worker %d failed", op, owner)
+            replies.append((call_id, False, f"{op} failed: {exc}"))
+    return replies

@@ -1,0 +1,324 @@
+"""``Store``: the index of every share and the ownership of every extent in the blob arena.
+
+It lives in the supervisor only, the single owner of the index and the allocator; workers reach
+it through RPC. Content is addressed by (XXH3-128 digest, size), so identical content is kept
+once. A blob is freed when nothing refers to it: no path, no pending download lease.
+
+Expected outcomes (a conflict, a full store, a missing path) are returned as result objects,
+not raised, so that they cross the process boundary as plain data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from itertools import count
+
+from sortedcontainers import SortedDict
+
+from common.errors import StoreFull
+from common.limits import ANY_VERSION, NO_VERSION
+from common.messages import FileEntry, InitStatus, LookupStatus
+from fsserver.allocator import ExtentAllocator
+
+LIST_PAGE_BYTES = 32 * 1024
+"""A list page stops after this many path bytes, so one RPC reply stays small."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    ticket: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Linked:
+    """The content was already stored; the path now refers to it."""
+
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    entry: FileEntry
+    offset: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    status: int
+    version: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    entries: tuple[FileEntry, ...]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    share: str
+    entry: FileEntry
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    capacity_bytes: int
+    used_bytes: int
+    blob_bytes: int
+    logical_bytes: int
+    files: int
+    shares: int
+
+
+@dataclass(slots=True)
+class Blob:
+    digest: bytes
+    size: int
+    offset: int
+    refs: int = 0
+
+
+@dataclass(slots=True)
+class Entry:
+    version: int
+    mtime_ns: int
+    mode: int
+    blob: Blob | None  # None for a tombstone
+
+    def record(self, path: str) -> FileEntry:
+        blob = self.blob
+        size, digest = (blob.size, blob.digest) if blob else (0, bytes(16))
+        return FileEntry(size, self.version, self.mtime_ns, self.mode, digest, path)
+
+
+@dataclass(slots=True)
+class Share:
+    entries: SortedDict = field(default_factory=SortedDict)
+    seq: int = 0
+    live: int = 0
+
+    def current_version(self, path: str) -> int:
+        entry = self.entries.get(path)
+        return entry.version if entry is not None and entry.blob is not None else NO_VERSION
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A reservation (upload in progress) or a lease (download in progress) of one worker."""
+
+    owner: int
+    offset: int = 0
+    size: int = 0
+    blob: Blob | None = None
+
+
+class Store:
+    def __init__(self, capacity: int) -> None:
+        self.store_id = os.urandom(16)
+        self.allocator = ExtentAllocator(capacity)
+        self.blobs: dict[tuple[bytes, int], Blob] = {}
+        self.shares: dict[str, Share] = {}
+        self.holds: dict[int, _Hold] = {}
+        self.changes: list[Change] = []
+        self.logical_bytes = 0
+        self._ids = count(1)
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        owner: int,
+        share: str,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        mode: int,
+        digest: bytes | None,
+        base_version: int,
+    ) -> Reserved | Linked | Refused:
+        """Room for an upload, or, if its content is already stored, the finished commit."""
+        refused = self._check_base(share, path, base_version, InitStatus.CONFLICT)
+        if refused:
+            return refused
+        blob = self.blobs.get((digest, size)) if digest is not None else None
+        if blob is not None:
+            return Linked(self._put(share, path, blob, mtime_ns, mode))
+        try:
+            offset = self.allocator.allocate(size)
+        except StoreFull as exc:
+            return Refused(InitStatus.NO_SPACE, 0, exc.message)
+        ticket = next(self._ids)
+        self.holds[ticket] = _Hold(owner, offset, size)
+        return Reserved(ticket, offset)
+
+    def commit(
+        self,
+        owner: int,
+        ticket: int,
+        share: str,
+        path: str,
+        mtime_ns: int,
+        mode: int,
+        digest: bytes,
+        base_version: int,
+    ) -> Committed | Refused:
+        """Make a verified upload visible; identical content already stored is reused."""
+        hold = self._take_hold(owner, ticket, lease=False)
+        refused = self._check_base(share, path, base_version, InitStatus.CONFLICT)
+        blob = self.blobs.get((digest, hold.size))
+        if refused or blob is not None:
+            self.allocator.free(hold.offset, hold.size)
+        if refused:
+            return refused
+        if blob is None:
+            blob = self.blobs[(digest, hold.size)] = Blob(digest, hold.size, hold.offset)
+        return Committed(self._put(share, path, blob, mtime_ns, mode))
+
+    def abort(self, owner: int, ticket: int) -> None:
+        hold = self._take_hold(owner, ticket, lease=False)
+        self.allocator.free(hold.offset, hold.size)
+
+    # -- downloads ---------------------------------------------------------------------------
+
+    def open(self, owner: int, share: str, path: str) -> Opened | Refused:
+        """Look a path up and pin its extent until ``release``."""
+        entry = self._live(share, path)
+        if entry is None or entry.blob is None:
+            return Refused(LookupStatus.NOT_FOUND, 0, f"not found: {path}")
+        entry.blob.refs += 1
+        lease = next(self._ids)
+        self.holds[lease] = _Hold(owner, blob=entry.blob)
+        return Opened(entry.record(path), entry.blob.offset, lease)
+
+    def release(self, owner: int, lease: int) -> None:
+        hold = self._take_hold(owner, lease, lease=True)
+        assert hold.blob is not None
+        self._unref(hold.blob)
+
+    def drop_owner(self, owner: int) -> int:
+        """Free every reservation and lease of a worker that died; returns how many."""
+        mine = [hold_id for hold_id, hold in self.holds.items() if hold.owner == owner]
+        for hold_id in mine:
+            hold = self.holds.pop(hold_id)
+            if hold.blob is not None:
+                self._unref(hold.blob)
+            else:
+                self.allocator.free(hold.offset, hold.size)
+        return len(mine)
+
+    # -- queries and deletes -----------------------------------------------------------------
+
+    def stat(self, share: str, path: str) -> FileEntry | Refused:
+        entry = self._live(share, path)
+        if entry is None:
+            return Refused(LookupStatus.NOT_FOUND, 0, f"not found: {path}")
+        return entry.record(path)
+
+    def list(self, share: str, prefix: str, after: str, limit: int) -> ListPage:
+        """Live entries under *prefix*, in path order, strictly after *after*."""
+        sh = self.shares.get(share)
+        if sh is None:
+            return ListPage((), False)
+        start = max(prefix, after)
+        found: list[FileEntry] = []
+        budget = LIST_PAGE_BYTES
+        for path in sh.entries.irange(minimum=start):
+            if not path.startswith(prefix):
+                break
+            if path == after:
+                continue
+            entry = sh.entries[path]
+            if entry.blob is None:
+                continue
+            if len(found) >= limit or budget <= 0:
+                return ListPage(tuple(found), True)
+            found.append(entry.record(path))
+            budget -= len(path)
+        return ListPage(tuple(found), False)
+
+    def delete(self, share: str, path: str, base_version: int) -> Committed | Refused:
+        entry = self._live(share, path)
+        if entry is None or entry.blob is None:
+            return Refused(LookupStatus.NOT_FOUND, 0, f"not found: {path}")
+        refused = self._check_base(share, path, base_version, LookupStatus.CONFLICT)
+        if refused:
+            return refused
+        sh = self.shares[share]
+        sh.seq += 1
+        sh.live -= 1
+        self.logical_bytes -= entry.blob.size
+        self._unref(entry.blob)
+        tombstone = Entry(sh.seq, entry.mtime_ns, entry.mode, None)
+        sh.entries[path] = tombstone
+        self.changes.append(Change(share, tombstone.record(path), deleted=True))
+        return Committed(sh.seq)
+
+    def stats(self) -> StoreStats:
+        return StoreStats(
+            capacity_bytes=self.allocator.capacity,
+            used_bytes=self.allocator.used_bytes,
+            blob_bytes=sum(blob.size for blob in self.blobs.values()),
+            logical_bytes=self.logical_bytes,
+            files=sum(sh.live for sh in self.shares.values()),
+            shares=sum(1 for sh in self.shares.values() if sh.live),
+        )
+
+    def take_changes(self) -> list[Change]:
+        changes, self.changes = self.changes, []
+        return changes
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _live(self, share: str, path: str) -> Entry | None:
+        sh = self.shares.get(share)
+        entry = sh.entries.get(path) if sh else None
+        return entry if entry is not None and entry.blob is not None else None
+
+    def _check_base(self, share: str, path: str, base_version: int, status: int) -> Refused | None:
+        if base_version == ANY_VERSION:
+            return None
+        sh = self.shares.get(share)
+        current = sh.current_version(path) if sh else NO_VERSION
+        if current == base_version:
+            return None
+        return Refused(
+            status, current, f"conflict: {path} is at version {current}, not {base_version}"
+        )
+
+    def _put(self, share: str, path: str, blob: Blob, mtime_ns: int, mode: int) -> int:
+        sh = self.shares.setdefault(share, Share())
+        old = sh.entries.get(path)
+        if old is not None and old.blob is not None:
+            self.logical_bytes -= old.blob.size
+            self._unref(old.blob)
+        else:
+            sh.live += 1
+        sh.seq += 1
+        blob.refs += 1
+        self.logical_bytes += blob.size
+        entry = sh.entries[path] = Entry(sh.seq, mtime_ns, mode, blob)
+        self.changes.append(Change(share, entry.record(path), deleted=False))
+        return sh.seq
+
+    def _unref(self, blob: Blob) -> None:
+        blob.refs -= 1
+        if blob.refs == 0:
+            del self.blobs[(blob.digest, blob.size)]
+            self.allocator.free(blob.offset, blob.size)
+
+    def _take_hold(self, owner: int, hold_id: int, lease: bool) -> _Hold:
+        hold = self.holds.get(hold_id)
+        if hold is None or hold.owner != owner or (hold.blob is not None) != lease:
+            what = "lease" if lease else "reservation"
+            raise KeyError(f"worker {owner} holds no {what} {hold_id}")
+        return self.holds.pop(hold_id)

@@ -1,0 +1,275 @@
+"""``Supervisor``: the acceptor process. It owns the listening socket, the store index and the
+arena, hands every accepted connection to a worker, answers the workers' store calls, and keeps
+the workers and hashers alive.
+
+Lifecycle, top to bottom: ``serve()`` -> ``startup()`` -> wait for a stop signal -> ``shutdown()``.
+Signal handlers only set an event; all the work happens on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from typing import Any
+
+from fsserver.arena import BlobArena, clean_stale_segments
+from fsserver.channel import MessageChannel, channel_pair
+from fsserver.children import Child, RestartPolicy, Role, spawn, stop_all
+from fsserver.config import ServerConfig
+from fsserver.hashing import serve_jobs
+from fsserver.health import HealthServer, Response
+from fsserver.metrics import render_metrics
+from fsserver.process import setup_child
+from fsserver.rpc import serve_batch
+from fsserver.store import Store
+from fsserver.worker import worker_main
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 60.0
+ACCEPT_BATCH = 64
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message says what to change."""
+
+
+def hasher_main(index: int, config: ServerConfig, jobs: socket.socket, arena_name: str) -> None:
+    setup_child(f"hasher-{index}", config.log_level)
+    serve_jobs(arena_name, jobs)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_requested = asyncio.Event()
+        self.stopping = False
+        self.exit_code = 0
+        self.arena: BlobArena | None = None
+        self.store: Store | None = None
+        self.listener: socket.socket | None = None
+        self.jobs_worker_end: socket.socket | None = None
+        self.jobs_hasher_end: socket.socket | None = None
+        self.workers: dict[int, Child] = {}
+        self.hashers: dict[int, Child] = {}
+        self.restarts = RestartPolicy()
+        self.health = HealthServer(
+            {
+                "/healthz": lambda: Response(200, b"ok\n"),
+                "/readyz": self.readiness,
+                "/metrics": self.metrics,
+            }
+        )
+        self._next_worker = 0
+        self.port = 0
+        self.metrics_port = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop, sig)
+        try:
+            await self.startup()
+            await self.stop_requested.wait()
+        except StartupError as exc:
+            log.error("%s", exc)
+            self.exit_code = 1
+        finally:
+            await self.shutdown()
+        return self.exit_code
+
+    def request_stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.stop_requested.is_set() and sig == signal.SIGINT:
+            log.warning("second interrupt: killing children now")
+            for child in [*self.workers.values(), *self.hashers.values()]:
+                child.process.kill()
+        self.stop_requested.set()
+
+    async def startup(self) -> None:
+        cfg = self.config
+        clean_stale_segments()
+        try:
+            self.arena = BlobArena.create(cfg.store_size)
+        except (OSError, RuntimeError) as exc:
+            raise StartupError(str(exc)) from None
+        self.store = Store(cfg.store_size)
+        self.listener = bind_listener(cfg.host, cfg.port)
+        self.port = self.listener.getsockname()[1]
+        try:
+            self.metrics_port = await self.health.start(cfg.host, cfg.metrics_port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {exc.strerror}"
+            ) from None
+        self.jobs_worker_end, self.jobs_hasher_end = channel_pair()
+        for index in range(cfg.hash_workers):
+            self.start_hasher(index)
+        for index in range(cfg.workers):
+            self.start_worker(index)
+        await self.wait_ready()
+        assert self.loop is not None
+        self.loop.add_reader(self.listener.fileno(), self.accept)
+        log.info("fsserver metrics on %s:%d", cfg.host, self.metrics_port)
+        log.info("fsserver ready on %s:%d", cfg.host, self.port)
+
+    async def wait_ready(self) -> None:
+        async def all_ready() -> None:
+            while not all(w.ready for w in self.workers.values()):
+                if self.stop_requested.is_set():
+                    return
+                await asyncio.sleep(0.01)
+
+        try:
+            await asyncio.wait_for(all_ready(), READY_TIMEOUT)
+        except TimeoutError:
+            raise StartupError(f"workers not ready within {READY_TIMEOUT:.0f} s") from None
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        if self.listener is not None:
+            assert self.loop is not None
+            self.loop.remove_reader(self.listener.fileno())
+            self.listener.close()
+        for worker in self.workers.values():
+            if worker.channel is not None:
+                worker.channel.send(("stop",))
+        await stop_all(list(self.workers.values()), self.config.shutdown_grace + 0.5)
+        await stop_all(list(self.hashers.values()), 1.0)
+        for worker in self.workers.values():
+            if worker.channel is not None:
+                worker.channel.close()
+        await self.health.close()
+        for sock in (self.jobs_worker_end, self.jobs_hasher_end):
+            if sock is not None:
+                sock.close()
+        if self.arena is not None:
+            self.arena.close()
+        log.info("fsserver stopped")
+
+    # -- children ----------------------------------------------------------------------------
+
+    def start_worker(self, index: int) -> None:
+        assert self.arena is not None and self.store is not None
+        ours, theirs = channel_pair()
+        args = (
+            index,
+            self.config,
+            theirs,
+            self.jobs_worker_end,
+            self.arena.name,
+            self.store.store_id,
+        )
+        child = spawn(Role.WORKER, index, worker_main, args, self.on_child_exit)
+        theirs.close()
+        child.channel = MessageChannel(
+            ours,
+            lambda msg, fds: self.on_worker_message(child, msg, fds),
+            on_close=lambda: None,
+        )
+        self.workers[index] = child
+
+    def start_hasher(self, index: int) -> None:
+        assert self.arena is not None
+        args = (index, self.config, self.jobs_hasher_end, self.arena.name)
+        self.hashers[index] = spawn(Role.HASHER, index, hasher_main, args, self.on_child_exit)
+
+    def on_child_exit(self, child: Child) -> None:
+        if self.stopping:
+            return
+        assert self.loop is not None and self.store is not None
+        code = child.exited.result() if child.exited else -1
+        log.error("%s (pid %s) exited with code %s", child.name, child.process.pid, code)
+        if child.role is Role.WORKER:
+            if child.channel is not None:
+                child.channel.close()
+            dropped = self.store.drop_owner(child.index)
+            log.info("released %d reservations and leases of %s", dropped, child.name)
+        else:
+            self.broadcast(("hasher_died",))
+        delay = self.restarts.delay(child)
+        if delay is None:
+            log.error("%s keeps failing to start; stopping the server", child.name)
+            self.exit_code = 1
+            self.stop_requested.set()
+            return
+        start = self.start_worker if child.role is Role.WORKER else self.start_hasher
+        self.loop.call_later(delay, lambda: None if self.stopping else start(child.index))
+
+    def on_worker_message(self, child: Child, msg: Any, fds: list[int]) -> None:
+        for fd in fds:
+            socket.close(fd)
+        kind = msg[0]
+        if kind == "rpc":
+            assert self.store is not None and child.channel is not None
+            child.channel.send_batch("rpc", serve_batch(self.store, child.index, msg[1]))
+            self.store.take_changes()
+        elif kind == "ready":
+            child.ready = True
+            log.debug("%s ready (pid %s)", child.name, msg[1])
+
+    def broadcast(self, msg: Any) -> None:
+        for worker in self.workers.values():
+            if worker.channel is not None and worker.alive:
+                worker.channel.send(msg)
+
+    # -- accepting ---------------------------------------------------------------------------
+
+    def accept(self) -> None:
+        assert self.listener is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: keep serving what we have
+                log.warning("accept failed: %s", exc)
+                return
+            worker = self.pick_worker()
+            if worker is None or worker.channel is None:
+                sock.close()
+                continue
+            worker.channel.send(("conn",), [sock])
+
+    def pick_worker(self) -> Child | None:
+        """Round robin over the workers that are alive and ready."""
+        slots = sorted(self.workers)
+        for step in range(len(slots)):
+            index = slots[(self._next_worker + step) % len(slots)]
+            worker = self.workers[index]
+            if worker.ready and worker.alive:
+                self._next_worker = (self._next_worker + step + 1) % len(slots)
+                return worker
+        return None
+
+    # -- health ------------------------------------------------------------------------------
+
+    def readiness(self) -> Response:
+        alive = [w for w in self.workers.values() if w.alive and w.ready]
+        if self.stopping or not self.listener or len(alive) < self.config.workers:
+            return Response(503, f"{len(alive)}/{self.config.workers} workers ready\n".encode())
+        return Response(200, b"ready\n")
+
+    def metrics(self) -> Response:
+        if self.store is None:
+            return Response(503, b"starting\n")
+        body, content_type = render_metrics(self.store.stats())
+        return Response(200, body, content_type)

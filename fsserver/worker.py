@@ -1,0 +1,114 @@
+"""A connection worker process: a uvloop event loop serving the connections the acceptor hands
+it, with store calls to the supervisor and hash jobs to the hashing pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import uvloop
+
+from fsserver.arena import BlobArena
+from fsserver.channel import MessageChannel
+from fsserver.config import ServerConfig
+from fsserver.connection import ClientConnection
+from fsserver.context import WorkerContext
+from fsserver.hashing import HashClient
+from fsserver.process import setup_child
+from fsserver.rpc import RpcClient
+
+log = logging.getLogger(__name__)
+
+
+def worker_main(
+    worker_id: int,
+    config: ServerConfig,
+    ctrl: socket.socket,
+    jobs: socket.socket,
+    arena_name: str,
+    store_id: bytes,
+) -> None:
+    setup_child(f"worker-{worker_id}", config.log_level)
+    uvloop.run(Worker(worker_id, config, ctrl, jobs, arena_name, store_id).run())
+
+
+class Worker:
+    def __init__(
+        self,
+        worker_id: int,
+        config: ServerConfig,
+        ctrl: socket.socket,
+        jobs: socket.socket,
+        arena_name: str,
+        store_id: bytes,
+    ) -> None:
+        self.worker_id = worker_id
+        self.config = config
+        self.ctrl = ctrl
+        self.jobs = jobs
+        self.arena_name = arena_name
+        self.store_id = store_id
+        self.stopped: asyncio.Event | None = None
+        self.ctx: WorkerContext | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
+        arena = BlobArena.attach(self.arena_name)
+        assert arena.view is not None
+        loop.add_signal_handler(signal.SIGTERM, self.stopped.set)
+        channel = MessageChannel(self.ctrl, self.on_control, on_close=self.stopped.set)
+        hashes = HashClient(self.jobs)
+        self.ctx = WorkerContext(
+            self.worker_id, self.config, arena.view, self.store_id, RpcClient(channel), hashes
+        )
+        channel.send(("ready", os.getpid()))
+        log.debug("worker %d ready (pid %d)", self.worker_id, os.getpid())
+        await self.stopped.wait()
+        await self.close_connections()
+        self.ctx.rpc.fail_all("worker stopping")
+        hashes.close()
+        channel.close()
+        self.ctx = None
+        arena.close()
+
+    def on_control(self, msg: Any, fds: list[int]) -> None:
+        assert self.ctx is not None and self.stopped is not None
+        kind = msg[0]
+        if kind == "conn" and fds:
+            sock = socket.socket(fileno=fds[0])
+            asyncio.get_running_loop().create_task(self.adopt(sock))
+            return
+        for fd in fds:
+            os.close(fd)
+        if kind == "rpc":
+            self.ctx.rpc.on_replies(msg[1])
+        elif kind == "hasher_died":
+            self.ctx.hashes.resubmit_all()
+        elif kind == "stop":
+            self.stopped.set()
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Take over an accepted socket; from here its transport owns and closes it."""
+        assert self.ctx is not None
+        ctx = self.ctx
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: ClientConnection(ctx), sock=sock
+            )
+        except OSError as exc:
+            log.info("could not adopt a connection: %s", exc)
+            sock.close()
+
+    async def close_connections(self) -> None:
+        assert self.ctx is not None
+        for conn in list(self.ctx.connections):
+            conn.shutdown()
+        deadline = time.monotonic() + self.config.shutdown_grace
+        while self.ctx.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
