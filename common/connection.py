@@ -182,6 +182,7 @@ class FSConnection:
         self._payload_left = 0
         self._payload_file = 0
         self._payload_sink: PayloadSink | None = None
+        self._evented: set[int] = set()
         self._pending = bytearray()
         self.max_control_packet = (
             MAX_CLIENT_CONTROL_PACKET if role is Role.SERVER else ABSOLUTE_MAX_PACKET
@@ -215,7 +216,10 @@ class FSConnection:
     def receive(self, buf: memoryview) -> tuple[list[Event], int]:
         """Parse whole packets from *buf*; return the events and how many bytes were used.
 
-        Unused bytes (an incomplete packet) must be passed again, with more, next time.
+        Unused bytes (an incomplete packet) must be passed again, with more, next time. Handle
+        the events (DataChunk views point into *buf*) before the next call: a file's payload
+        reaches its sink and its DataChunk events in stream order only if they are consumed
+        in order.
         """
         if self.phase is ConnPhase.ERROR:
             raise RemoteProtocolError("connection already failed")
@@ -245,6 +249,7 @@ class FSConnection:
 
     def _parse(self, buf: memoryview, events: list[Event]) -> int:
         pos, end = 0, len(buf)
+        self._evented.clear()
         while pos < end:
             if self._payload_left:
                 pos = self._take_payload(buf, pos, end, events)
@@ -286,7 +291,10 @@ class FSConnection:
         self.sessions.count_data(file_id, nbytes, self.peer)
         self._payload_left = nbytes
         self._payload_file = file_id
-        self._payload_sink = self._sinks.get(file_id)
+        # Bytes of this file already handed out as DataChunk events in this call must not be
+        # overtaken by later bytes copied straight into a sink: keep to events until next call.
+        sink = self._sinks.get(file_id)
+        self._payload_sink = None if file_id in self._evented else sink
 
     def _take_payload(self, buf: memoryview, pos: int, end: int, events: list[Event]) -> int:
         take = min(self._payload_left, end - pos)
@@ -294,6 +302,7 @@ class FSConnection:
         sink = self._payload_sink
         if sink is None:
             events.append(DataChunk(self._payload_file, chunk))
+            self._evented.add(self._payload_file)
         else:
             while chunk:
                 target = sink.target()

@@ -76,10 +76,11 @@ class HandshakeStatus(IntEnum):
 
 
 class InitStatus(IntEnum):
+    """A bad path is not a status here: it ends the session with an Error(INVALID_PATH)."""
+
     ACCEPTED = 0
     ALREADY_HAVE_CONTENT = 1
     NO_SPACE = 2
-    INVALID_PATH = 3
     CONFLICT = 4
     TOO_LARGE = 5
 

@@ -51,7 +51,6 @@ MAX_ATTEMPTS = 4
 _INIT_ERRORS: dict[m.InitStatus, type[FSError]] = {
     m.InitStatus.NO_SPACE: StoreFull,
     m.InitStatus.TOO_LARGE: StoreFull,
-    m.InitStatus.INVALID_PATH: InvalidPath,
     m.InitStatus.CONFLICT: Conflict,
 }
 _LOOKUP_ERRORS: dict[m.LookupStatus, type[FSError]] = {
@@ -241,8 +240,8 @@ class Client:
             dest = dest / path.rsplit("/", 1)[-1]
         target = DownloadTarget(dest)
         fid, box = self._open_session()
-        self.proto.downloads[fid] = target
         try:
+            self.proto.start_download(fid, target)
             self.proto.send(m.DownloadRequest(fid, path))
             reply: m.DownloadResponse = await box.next()
             if reply.status is not m.LookupStatus.OK or reply.entry is None:

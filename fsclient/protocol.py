@@ -15,7 +15,18 @@ from typing import Any, cast
 from common import messages as m
 from common.codec import encode
 from common.connection import DataChunk, FSConnection
-from common.errors import ErrorCode, FSError, RemoteError, RemoteProtocolError
+from common.errors import (
+    AuthError,
+    Conflict,
+    ErrorCode,
+    FSError,
+    HashMismatch,
+    InvalidPath,
+    NotFound,
+    RemoteError,
+    RemoteProtocolError,
+    StoreFull,
+)
 from common.limits import NO_FILE
 from common.state import Role
 from fsclient.transfer import DownloadTarget
@@ -32,7 +43,21 @@ class ConnectionLost(FSError):
     code = ErrorCode.INTERNAL
 
 
-def error_from(msg: m.Error) -> RemoteError:
+_ERROR_TYPES: dict[ErrorCode, type[FSError]] = {
+    ErrorCode.INVALID_PATH: InvalidPath,
+    ErrorCode.NO_SPACE: StoreFull,
+    ErrorCode.CONFLICT: Conflict,
+    ErrorCode.HASH_MISMATCH: HashMismatch,
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.AUTH_FAILED: AuthError,
+}
+
+
+def error_from(msg: m.Error) -> FSError:
+    """The typed exception for an Error packet from the server."""
+    kind = _ERROR_TYPES.get(msg.code)
+    if kind is not None:
+        return kind(msg.message, msg.code)
     return RemoteError(f"server error {msg.code.name}: {msg.message}", msg.code)
 
 
@@ -195,13 +220,14 @@ class ClientProtocol(asyncio.BufferedProtocol):
         else:
             self._deliver(event.file_id, event)
 
+    def start_download(self, fid: int, target: DownloadTarget) -> None:
+        self.downloads[fid] = target
+        self.conn.attach_sink(fid, target.open())
+
     def on_download_response(self, msg: m.DownloadResponse) -> None:
         target = self.downloads.get(msg.file_id)
-        if target is None:
-            return
-        if msg.status is m.LookupStatus.OK:
-            assert msg.entry is not None
-            self.conn.attach_sink(msg.file_id, target.open(msg.entry))
+        if target is not None:
+            target.entry = msg.entry
         self._deliver(msg.file_id, msg)
 
     def on_download_hash(self, msg: m.FileSyncCheckHash) -> None:

@@ -163,11 +163,12 @@ class DownloadTarget:
         self.sink: FileSink | None = None
         self.entry: FileEntry | None = None
 
-    def open(self, entry: FileEntry) -> FileSink:
-        self.entry = entry
+    def open(self) -> FileSink:
+        """Create the temp file before the request goes out, so that every payload byte
+        lands in the sink, in order, from the first packet on."""
         self.temp = self.dest.with_name(f".{self.dest.name}{TEMP_MARK}{secrets.token_hex(4)}")
         self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self.sink = FileSink(self.fd, entry.size)
+        self.sink = FileSink(self.fd, CHUNK)
         return self.sink
 
     def finish(self) -> bytes:

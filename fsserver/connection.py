@@ -19,7 +19,6 @@ from common.codec import encode
 from common.connection import DataChunk, FSConnection, ViewSink
 from common.errors import (
     ErrorCode,
-    FSError,
     InvalidName,
     InvalidPath,
     LocalProtocolError,
@@ -251,10 +250,8 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
 
     def on_init(self, msg: m.FileSyncInit) -> None:
         fid = msg.file_id
-        try:
-            path = normalize_path(msg.path)
-        except InvalidPath as exc:
-            self.send(m.FileSyncInitResponse(fid, m.InitStatus.INVALID_PATH, 0, exc.message))
+        path = self.session_path(fid, msg.path)
+        if path is None:
             return
         self.call_store(
             lambda result: self.on_reserved(msg, path, result),
@@ -267,6 +264,15 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             msg.digest,
             msg.base_version,
         )
+
+    def session_path(self, fid: int, path: str) -> str | None:
+        """The canonical form of a path a file session names; a bad one ends the session with
+        a file-scoped Error (the connection and the client's other files carry on)."""
+        try:
+            return normalize_path(path)
+        except InvalidPath as exc:
+            self.send(m.Error(ErrorCode.INVALID_PATH, fid, exc.message))
+            return None
 
     def on_reserved(self, msg: m.FileSyncInit, path: str, result: Any) -> None:
         fid = msg.file_id
@@ -361,13 +367,9 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
 
     def on_download(self, msg: m.DownloadRequest) -> None:
         fid = msg.file_id
-        try:
-            path = normalize_path(msg.path)
-        except InvalidPath as exc:
-            status = m.LookupStatus.INVALID_PATH
-            self.send(m.DownloadResponse(fid, status, exc.message, None))
-            return
-        self.call_store(lambda result: self.on_opened(fid, result), "open", self.share, path)
+        path = self.session_path(fid, msg.path)
+        if path is not None:
+            self.call_store(lambda result: self.on_opened(fid, result), "open", self.share, path)
 
     def on_opened(self, fid: int, result: Any) -> None:
         if isinstance(result, Refused):
@@ -389,5 +391,3 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         if msg.status is m.HashStatus.MISMATCH:
             log.warning("client %s got a bad copy of %s", self.peer, stream.entry.path)
 
-
-__all__ = ["ClientConnection", "FSError"]

@@ -1,0 +1,127 @@
+"""``python -m bench``: FS against raw TCP and rsync on loopback; see ``bench/__init__.py``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import rsyncbench
+from bench.procs import ROOT
+from bench.report import (
+    TARGETS,
+    commit,
+    machine,
+    now,
+    ratio_table,
+    results_table,
+    write_section,
+)
+from bench.run import MiB, Outcome, Settings, run_suite, say
+
+DOC = ROOT / "docs" / "PERFORMANCE.md"
+SECTION = "core"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from bench.profiling import KINDS
+
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes, 1 round, no doc update (smoke test)"
+    )
+    p.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
+    p.add_argument("--repeats", type=int, help="rounds (default 3, or 1 with --quick)")
+    p.add_argument("--big-mib", type=int, help="big file size in MiB (default 256, quick 32)")
+    p.add_argument("--small-count", type=int, help="small files (default 2000, quick 200)")
+    p.add_argument("--doc", type=Path, default=DOC, help="document to update")
+    p.add_argument(
+        "--profile",
+        choices=sorted(KINDS),
+        help="profile one FS transfer in the client (cProfile) instead of benchmarking",
+    )
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = Settings()
+    if args.quick:
+        s.big_size, s.small_count, s.repeats = 32 * MiB, 200, 1
+    if args.repeats:
+        s.repeats = max(1, args.repeats)
+    if args.big_mib:
+        s.big_size = args.big_mib * MiB
+    if args.small_count:
+        s.small_count = args.small_count
+    return s
+
+
+def document(s: Settings, outcome: Outcome, tables: list[str], quick: bool) -> str:
+    info = machine()
+    info["rsync"] = rsyncbench.version()
+    size = f"{s.big_size // MiB} MiB"
+    lines = [
+        "## Core transfer benchmark",
+        "",
+        f"Run {now()} on commit {commit(ROOT)}"
+        + (" — **quick smoke run, not representative**." if quick else "."),
+        "",
+        *(f"- {k}: {v}" for k, v in info.items()),
+        "",
+        "Method (`python -m bench`, all on 127.0.0.1, the same bytes for every contender):",
+        "",
+        f"- Data: one {size} file of random bytes, page-cached (written, then read once), and "
+        f"{s.small_count} files of {s.small_size} random bytes each.",
+        f"- FS: `fsserver {' '.join(s.server_args())}` as a subprocess; the client "
+        "(`fsclient.Client`, uvloop) runs in the benchmark process and is connected before "
+        "the clock starts: only `put()` / `get()` / `put_many()` is timed. "
+        f"Big file with `max_packet=4096` and with the largest the handshake allows "
+        f"({outcome.negotiated_packet} bytes). Every upload carries content new to the server "
+        "(random 16-byte tag), and is checked against `ls` (size and digest) and "
+        "`fs_store_dedup_saved_bytes == 0`, so deduplication never skips data. Downloads go "
+        "to a file on disk whose digest is checked afterwards. Small files: one `put_many` "
+        "(default window and packet size) on one connection.",
+        "- Raw TCP: the same bytes from memory, uvloop sender with pause/resume flow control, "
+        "to a uvloop `BufferedProtocol` receiver in another process that reads into a "
+        "preallocated 1 MiB buffer and discards; timed from the first write until the "
+        "receiver acknowledges the last byte.",
+        "- rsync: a real `rsync --daemon` on a free loopback port; the whole "
+        "`rsync -a FILE rsync://127.0.0.1:PORT/mod/`, `rsync -a rsync://.../mod/big.bin DIR/` "
+        "and `rsync -a SMALL_DIR/ rsync://.../mod/dir/` commands are timed, into emptied "
+        "destinations.",
+        f"- {s.repeats} interleaved round(s); best and median per series; ratios compare best "
+        "rates (median ratio alongside). The machine is shared and noisy: "
+        "expect ±15 % between runs.",
+        "",
+        *tables,
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = settings_from(args)
+    if args.profile:
+        from bench.profiling import profile
+
+        profile(args.profile, s)
+        return 0
+    try:
+        outcome = run_suite(s)
+    except KeyboardInterrupt:
+        say("bench: interrupted, everything stopped")
+        return 130
+    results = results_table(outcome.results)
+    ratios, all_pass = ratio_table(outcome.results)
+    tables = [*results, "", *ratios]
+    print("\n".join(tables))
+    print(f"\nnegotiated packet size: {outcome.negotiated_packet} bytes; "
+          f"{'all' if all_pass else 'not all'} {len(TARGETS)} targets met")  # fmt: skip
+    if not (args.no_write or args.quick):
+        write_section(args.doc, SECTION, document(s, outcome, tables, args.quick))
+        say(f"bench: wrote the '{SECTION}' section of {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Start real ``fsserver`` processes for integration tests, and clean up after them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READY = re.compile(r"fsserver ready on (\S+):(\d+)")
+METRICS = re.compile(r"fsserver metrics on (\S+):(\d+)")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
+    """Poll *predicate* until it returns something truthy, or fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class ServerLog:
+    lines: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def text(self) -> str:
+        with self.lock:
+            return "".join(self.lines)
+
+    def find(self, pattern: re.Pattern[str]) -> re.Match[str] | None:
+        with self.lock:
+            for line in self.lines:
+                match = pattern.search(line)
+                if match:
+                    return match
+        return None
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    log: ServerLog
+    host: str = ""
+    port: int = 0
+    metrics_port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        url = f"http://{self.host}:{self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metric(self, name: str) -> float:
+        _, body = self.http_get("/metrics")
+        for line in body.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise KeyError(name)
+
+    def shm_segments(self) -> list[str]:
+        return sorted(p.name for p in Path("/dev/shm").glob(f"fs-{self.pid}-*"))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> float:
+        """Signal the server and wait for it; returns how long it took to exit."""
+        start = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill_group()
+                raise
+        return time.monotonic() - start
+
+    def kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+
+def start_server(*args: str, env: dict[str, str] | None = None,
+                 timeout: float = 60.0) -> ServerProcess:  # fmt: skip
+    cmd = [sys.executable, "-m", "fsserver", "--host", "127.0.0.1", "--port", "0",
+           "--metrics-port", "0", *args]  # fmt: skip
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    log = ServerLog()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with log.lock:
+                log.lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    server = ServerProcess(proc, log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"fsserver exited with {proc.returncode}:\n{log.text()}")
+        return log.find(READY) is not None
+
+    try:
+        wait_for(ready, timeout, "fsserver ready line")
+    except BaseException:
+        server.kill_group()
+        raise
+    ready_match = log.find(READY)
+    metrics_match = log.find(METRICS)
+    assert ready_match and metrics_match
+    server.host, server.port = ready_match.group(1), int(ready_match.group(2))
+    server.metrics_port = int(metrics_match.group(2))
+    return server
