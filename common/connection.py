@@ -175,7 +175,7 @@ class FSConnection:
         self.max_packet = DEFAULT_MAX_PACKET
         self.max_packet_limit = max_packet_limit
         self.sessions = SessionTable(max_in_flight)
-        self.requests = RequestTable()
+        self.requests = RequestTable(max_in_flight)
         self._sends = CLIENT_SENDS if role is Role.CLIENT else SERVER_SENDS
         self._peer_sends = SERVER_SENDS if role is Role.CLIENT else CLIENT_SENDS
         self._sinks: dict[int, PayloadSink] = {}
@@ -263,6 +263,8 @@ class FSConnection:
                     ErrorCode.PACKET_TOO_LARGE,
                 )
             if ptype == T.FILE_SYNC_DATA:
+                if length < DATA_HEADER_SIZE:
+                    raise LocalProtocolError(f"FileSyncData length {length} is below 9")
                 if end - pos < DATA_HEADER_SIZE:
                     break
                 self._start_payload(length, _U32.unpack_from(buf, pos + HEADER_SIZE)[0])
@@ -284,8 +286,6 @@ class FSConnection:
         return pos
 
     def _start_payload(self, length: int, file_id: int) -> None:
-        if length < DATA_HEADER_SIZE:
-            raise LocalProtocolError(f"FileSyncData length {length} is shorter than its header")
         self._require_ready(T.FILE_SYNC_DATA, self.peer)
         nbytes = length - DATA_HEADER_SIZE
         self.sessions.count_data(file_id, nbytes, self.peer)

@@ -140,12 +140,19 @@ def _take_prefixed(
 
 @dataclass(frozen=True)
 class Text(VarKind):
-    """UTF-8 text with a u16 byte length; invalid UTF-8 is malformed."""
+    """UTF-8 text with a u16 byte length; invalid UTF-8 is malformed.
+
+    ``clip`` is for human-readable messages: a long one is cut at a character boundary when
+    sent (a path quoted in an error can be longer than a message may be), never refused.
+    """
 
     max_bytes: int
+    clip: bool = False
 
     def encode(self, parts: list[bytes], value: Any) -> None:
         raw = value.encode("utf-8")
+        if len(raw) > self.max_bytes and self.clip:
+            raw = raw[: self.max_bytes].decode("utf-8", "ignore").encode("utf-8")
         if len(raw) > self.max_bytes:
             raise ValueError(f"text of {len(raw)} bytes exceeds {self.max_bytes}")
         parts += (_U16.pack(len(raw)), raw)

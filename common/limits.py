@@ -31,7 +31,7 @@ MAX_MESSAGE_BYTES: Final = 1024
 MAX_FILE_SIZE: Final = (1 << 63) - 1
 MAX_LIST_ENTRIES: Final = 10_000
 MAX_IN_FLIGHT: Final = 4096
-"""File sessions plus requests outstanding on one connection."""
+"""File sessions outstanding on one connection; requests have a limit of the same size."""
 
 NO_FILE: Final = 0xFFFFFFFF
 """The file id of an Error that concerns the whole connection."""

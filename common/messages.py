@@ -40,7 +40,7 @@ from common.limits import (
 
 PATH = Text(MAX_PATH_BYTES)
 NAME = Text(MAX_NAME_BYTES)
-MESSAGE = Text(MAX_MESSAGE_BYTES)
+MESSAGE = Text(MAX_MESSAGE_BYTES, clip=True)
 
 
 class PacketType(IntEnum):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 from common.errors import ErrorCode, LocalProtocolError
-from common.limits import MAX_IN_FLIGHT
+from common.limits import MAX_IN_FLIGHT, NO_FILE
 
 
 class Role(Enum):
@@ -123,6 +123,10 @@ class SessionTable:
                 ErrorCode.UNEXPECTED_PACKET if current else ErrorCode.UNKNOWN_FILE,
             )
         if session is None:
+            if file_id == NO_FILE:
+                raise LocalProtocolError(
+                    f"file id {NO_FILE:#x} is reserved for connection-level errors"
+                )
             if len(self.sessions) >= self.max_in_flight:
                 raise LocalProtocolError(
                     f"more than {self.max_in_flight} sessions in flight", ErrorCode.LIMIT_EXCEEDED
@@ -169,8 +173,9 @@ class SessionTable:
 class RequestTable:
     """Outstanding list/stat/delete requests by request id; each answered exactly once."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.pending: dict[int, type] = {}
+        self.max_in_flight = max_in_flight
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -179,6 +184,10 @@ class RequestTable:
         if request_id in self.pending:
             raise LocalProtocolError(
                 f"request id {request_id} is already in flight", ErrorCode.UNEXPECTED_PACKET
+            )
+        if len(self.pending) >= self.max_in_flight:
+            raise LocalProtocolError(
+                f"more than {self.max_in_flight} requests in flight", ErrorCode.LIMIT_EXCEEDED
             )
         self.pending[request_id] = response_type
 

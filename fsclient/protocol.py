@@ -270,7 +270,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
             self.failure = exc
         if self.transport is not None and not self.transport.is_closing():
             if send_error and isinstance(exc, FSError):
-                self.transport.write(encode(m.Error(exc.code, NO_FILE, exc.message[:1000])))
+                self.transport.write(encode(m.Error(exc.code, NO_FILE, exc.message)))
             self.transport.close()
         self.fail_all(exc)
 

@@ -26,7 +26,7 @@ from common.errors import (
 )
 from common.limits import NO_FILE, PROTOCOL_VERSION
 from common.paths import check_name, normalize_path
-from common.state import Role
+from common.state import Phase, Role
 from fsserver.context import WorkerContext
 from fsserver.requests import RequestHandlers
 from fsserver.store import Linked, Refused, Reserved
@@ -169,7 +169,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             return
         log.info("closing connection from %s: %s", self.peer, message)
         self.flush()
-        self.transport.write(encode(m.Error(code, NO_FILE, message[:1000])))
+        self.transport.write(encode(m.Error(code, NO_FILE, message)))
         self.closing = True
         self.transport.close()
 
@@ -241,10 +241,20 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             self.send(m.Ping(msg.nonce, reply=True))
 
     def on_error(self, msg: m.Error) -> None:
+        """A client's Error ends its connection, or one session (whose resources go back)."""
         log.info("client %s reported error %s: %s", self.peer, msg.code.name, msg.message)
-        if msg.file_id == NO_FILE and self.transport is not None:
-            self.closing = True
-            self.transport.close()
+        if msg.file_id == NO_FILE:
+            if self.transport is not None:
+                self.closing = True
+                self.transport.close()
+            return
+        upload = self.uploads.pop(msg.file_id, None)
+        if upload is not None and not upload.committing:
+            self.ctx.rpc.call("abort", upload.ticket)
+        stream = self.downloads.pop(msg.file_id, None)
+        if stream is not None:
+            stream.cancel()
+            self.ctx.rpc.call("release", stream.lease)
 
     # -- uploads -----------------------------------------------------------------------------
 
@@ -274,9 +284,13 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             self.send(m.Error(ErrorCode.INVALID_PATH, fid, exc.message))
             return None
 
+    def still_waiting(self, fid: int, phase: Phase) -> bool:
+        """False if the connection closed or the client ended the session (Error) meanwhile."""
+        return not self.closing and self.conn.sessions.phase(fid) is phase
+
     def on_reserved(self, msg: m.FileSyncInit, path: str, result: Any) -> None:
         fid = msg.file_id
-        if self.closing:
+        if not self.still_waiting(fid, Phase.AWAIT_INIT_RESPONSE):
             if isinstance(result, Reserved):
                 self.ctx.rpc.call("abort", result.ticket)
             return
@@ -318,7 +332,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         )
 
     def on_verified(self, upload: Upload, claimed: bytes, actual: bytes) -> None:
-        if self.closing:
+        if self.closing or self.uploads.get(upload.file_id) is not upload:
             return
         fid = upload.file_id
         if actual == claimed:
@@ -353,7 +367,9 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         )
 
     def on_committed(self, upload: Upload, result: Any) -> None:
-        self.uploads.pop(upload.file_id, None)
+        if self.uploads.get(upload.file_id) is not upload:
+            return
+        del self.uploads[upload.file_id]
         if isinstance(result, Refused):
             self.send(m.Error(ErrorCode.CONFLICT, upload.file_id, result.message))
         else:
@@ -373,11 +389,11 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
 
     def on_opened(self, fid: int, result: Any) -> None:
         if isinstance(result, Refused):
-            if not self.closing:
+            if self.still_waiting(fid, Phase.AWAIT_DOWNLOAD_RESPONSE):
                 status = m.LookupStatus(result.status)
                 self.send(m.DownloadResponse(fid, status, result.message, None))
             return
-        if self.closing:
+        if not self.still_waiting(fid, Phase.AWAIT_DOWNLOAD_RESPONSE):
             self.ctx.rpc.call("release", result.lease)
             return
         self.send(m.DownloadResponse(fid, m.LookupStatus.OK, "", result.entry))
@@ -390,4 +406,3 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         self.ctx.rpc.call("release", stream.lease)
         if msg.status is m.HashStatus.MISMATCH:
             log.warning("client %s got a bad copy of %s", self.peer, stream.entry.path)
-

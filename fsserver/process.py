@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
@@ -17,7 +18,8 @@ def setup_logging(level: str) -> None:
 
 def setup_child(name: str, log_level: str) -> None:
     """Called first in a worker or hasher. Ctrl-C goes to the supervisor, which stops the
-    children in order; if the supervisor dies without that, the kernel sends SIGTERM."""
+    children in order; if the supervisor dies without that, the kernel sends SIGTERM. The
+    process is named ``fs-<name>`` so that ps and top tell the roles apart."""
     import multiprocessing
 
     multiprocessing.current_process().name = name
@@ -26,5 +28,6 @@ def setup_child(name: str, log_level: str) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_NAME, f"fs-{name}".encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         logging.getLogger(__name__).debug("prctl(PR_SET_PDEATHSIG) not available")

@@ -153,6 +153,12 @@ class Store:
         blob = self.blobs.get((digest, size)) if digest is not None else None
         if blob is not None:
             return Linked(self._put(share, path, blob, mtime_ns, mode))
+        if size > self.allocator.capacity:
+            return Refused(
+                InitStatus.TOO_LARGE,
+                0,
+                f"{path} is {size} bytes, more than the whole store ({self.allocator.capacity})",
+            )
         try:
             offset = self.allocator.allocate(size)
         except StoreFull as exc:
@@ -243,7 +249,7 @@ class Store:
             if len(found) >= limit or budget <= 0:
                 return ListPage(tuple(found), True)
             found.append(entry.record(path))
-            budget -= len(path)
+            budget -= len(path.encode())
         return ListPage(tuple(found), False)
 
     def delete(self, share: str, path: str, base_version: int) -> Committed | Refused:

@@ -1,0 +1,179 @@
+"""Acceptance: bad input gets an Error packet or a closed connection, the server keeps serving
+everyone else, nothing stored is lost, and the CLI prints a clear error."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from common import messages as m
+from common.errors import ErrorCode, InvalidPath
+from common.limits import ANY_VERSION
+from fsclient import Client
+from tests.conftest import run
+from tests.rawclient import RawClient
+from tests.serverproc import wait_for
+
+HEADER = struct.Struct(">IB")
+
+
+def header(length: int, ptype: int) -> bytes:
+    return HEADER.pack(length, ptype)
+
+
+FATAL_CASES = {
+    "garbage-before-handshake": (False, os.urandom(64) + b"\xff" * 64, None),
+    "garbage-after-handshake": (True, b"\xff\xff\xff\xff\x00garbage", ErrorCode.PACKET_TOO_LARGE),
+    "packet-over-maximum": (True, header(5000, 1) + bytes(4995), ErrorCode.PACKET_TOO_LARGE),
+    "short-length": (True, header(2, 1), ErrorCode.MALFORMED),
+    "unknown-type": (True, header(5, 200), ErrorCode.UNKNOWN_TYPE),
+    "data-before-init": (True, header(13, 5) + struct.pack(">I", 7) + b"abcd",
+                         ErrorCode.UNKNOWN_FILE),
+    "seed-data-packet": (True, header(9, 2) + b"abcd", ErrorCode.UNEXPECTED_PACKET),
+    "request-before-handshake": (
+        False, header(19, 14) + struct.pack(">IH", 1, 8) + b"abc.txt!", ErrorCode.UNEXPECTED_PACKET
+    ),
+    "truncated-init": (True, header(12, 3) + bytes(7), ErrorCode.MALFORMED),
+}  # fmt: skip
+
+
+class HonestClient:
+    """Keeps uploading and verifying in the background while the bad clients do their worst."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.stop = threading.Event()
+        self.rounds = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def loop():
+            async with await Client.connect(self.address, client_id="honest") as client:
+                while not self.stop.is_set():
+                    data = os.urandom(3000 + self.rounds)
+                    entry = await client.put_bytes(data, f"honest/{self.rounds % 10}.bin")
+                    assert entry.size == len(data)
+                    got = await client.stat(f"honest/{self.rounds % 10}.bin")
+                    assert got.digest == entry.digest
+                    self.rounds += 1
+
+        try:
+            asyncio.run(loop())
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> HonestClient:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert self.error is None, f"the honest client failed: {self.error!r}"
+        assert self.rounds > 0
+
+
+def test_each_kind_of_bad_input_is_refused_while_others_are_served(server):
+    run(put(server, "precious.txt", b"stored before the attack\n"))
+    with HonestClient(server.address) as honest:
+        for name, (handshake, payload, code) in FATAL_CASES.items():
+            raw = RawClient(server.address, handshake=handshake)
+            raw.send_raw(payload)
+            error = raw.error_or_close()
+            raw.close()
+            if code is not None:
+                assert error is not None, f"{name}: closed without an Error packet"
+                assert error.code is code, f"{name}: {error}"
+                assert error.file_id == 0xFFFFFFFF
+        before = honest.rounds
+        wait_for(lambda: honest.rounds > before + 3, 30, "the honest client to keep going")
+    assert run(get_bytes(server, "precious.txt")) == b"stored before the attack\n"
+
+
+@pytest.mark.parametrize("path", ["../escape.txt", "a/../../b", "/etc/passwd", "nul\x00byte",
+                                  "ctl\x01char", "a//b", ""])  # fmt: skip
+def test_bad_paths_end_only_their_session(server, path):
+    raw = RawClient(server.address)
+    raw.send(m.FileSyncInit(3, 4, 0, 0o644, ANY_VERSION, None, path))
+    error = raw.expect(m.Error)
+    assert (error.code, error.file_id) == (ErrorCode.INVALID_PATH, 3)
+    raw.send(m.DownloadRequest(4, path))
+    error = raw.expect(m.Error)
+    assert (error.code, error.file_id) == (ErrorCode.INVALID_PATH, 4)
+    raw.send(m.StatRequest(5, path))
+    assert raw.expect(m.StatResponse).status is m.LookupStatus.INVALID_PATH
+    raw.send(m.DeleteRequest(6, ANY_VERSION, path))
+    assert raw.expect(m.DeleteResponse).status is m.LookupStatus.INVALID_PATH
+    # The same connection goes on working, and nothing was written anywhere.
+    raw.send(m.ListRequest(7, 100, "", ""))
+    listing = raw.expect(m.ListResponse)
+    assert listing.entries == ()
+    raw.close()
+
+
+def test_client_refuses_bad_paths_before_sending(server):
+    async def main():
+        async with await Client.connect(server.address) as client:
+            for path in ["../x", "/abs", "a\x00b"]:
+                with pytest.raises(InvalidPath):
+                    await client.put_bytes(b"x", path)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("remote", "expected"),
+    [("../x", "path segment '..' not allowed"), ("/etc/x", "absolute path not allowed")],
+)
+def test_cli_prints_a_clear_one_line_error(server, tmp_path, remote, expected):
+    local = tmp_path / "f.txt"
+    local.write_text("x")
+    result = subprocess.run(
+        [sys.executable, "-m", "fsclient", "put", str(local), remote, "--server", server.address],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("fsclient: error: ")
+    assert expected in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_cli_errors_for_unreachable_server_and_bad_arguments(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fsclient", "ls", "--server", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("fsclient: error: cannot connect to 127.0.0.1:1")
+    result = subprocess.run(
+        [sys.executable, "-m", "fsclient", "ls", "--server", "no-port"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "expected HOST:PORT" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "fsclient", "frobnicate"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+
+
+async def put(server, path: str, data: bytes) -> None:
+    async with await Client.connect(server.address) as client:
+        await client.put_bytes(data, path)
+
+
+async def get_bytes(server, path: str) -> bytes:
+    async with await Client.connect(server.address) as client:
+        target = f"/tmp/fs-bad-input-{os.getpid()}"
+        await client.get(path, target)
+        try:
+            with open(target, "rb") as f:
+                return f.read()
+        finally:
+            os.unlink(target)

@@ -1,0 +1,147 @@
+"""Acceptance: SIGTERM stops every server process within 5 s and leaves nothing in /dev/shm.
+Also: stale segments of a killed server are cleaned at the next start, a restarted server binds
+its port at once, and a crashed worker is replaced without losing stored files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fsclient import Client
+from tests.conftest import run
+from tests.serverproc import start_server, wait_for
+
+
+def server_family(pid: int) -> list[psutil.Process]:
+    return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+
+
+def gone(procs: list[psutil.Process]) -> bool:
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_every_process_within_5s_and_frees_shm(server_factory, tmp_path, sig):
+    server = server_factory("--workers", "3", "--hash-workers", "2", "--store-size", "32MiB")
+    family = server_family(server.pid)
+    # supervisor + 3 workers + 2 hashers + multiprocessing's resource tracker
+    assert len(family) >= 6
+    assert len(server.shm_segments()) == 1
+
+    async def busy():
+        async with await Client.connect(server.address) as client:
+            await client.put_bytes(os.urandom(1 << 20), "x.bin")
+            return client
+
+    run(busy())
+    took = server.stop(sig)
+    assert took < 5.0
+    wait_for(lambda: gone(family), 5.0, "every server process to exit")
+    assert server.proc.returncode == 0
+    assert server.shm_segments() == []
+    log = server.log.text()
+    assert "fsserver stopped" in log
+    assert "leaked shared_memory" not in log
+    assert "resource_tracker" not in log
+
+
+def test_stale_segments_of_a_killed_server_are_removed_at_start(server_factory):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = Path(f"/dev/shm/fs-{dead.pid}-0123456789ab")
+    stale.write_bytes(b"left by a server killed with SIGKILL")
+    try:
+        server = server_factory("--store-size", "8MiB")
+        assert not stale.exists()
+        assert f"removed stale shared memory segment {stale.name}" in server.log.text()
+    finally:
+        stale.unlink(missing_ok=True)
+
+
+def test_killed_supervisor_takes_its_children_and_segment_with_it():
+    server = start_server("--workers", "2", "--store-size", "8MiB")
+    try:
+        family = server_family(server.pid)
+        segment = Path("/dev/shm") / server.shm_segments()[0]
+        os.kill(server.pid, signal.SIGKILL)
+        server.proc.wait(5)
+        wait_for(lambda: gone(family[1:]), 10.0, "children to follow the supervisor")
+        # multiprocessing's resource tracker unlinks what the dead supervisor registered
+        wait_for(lambda: not segment.exists(), 10.0, "the arena to be unlinked")
+    finally:
+        server.kill_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_restarted_server_binds_the_same_port_at_once(server_factory):
+    port = str(free_port())
+    first = server_factory("--port", port, "--store-size", "8MiB")
+
+    async def touch(address: str):
+        async with await Client.connect(address) as client:
+            await client.put_bytes(b"x", "x")
+
+    run(touch(first.address))  # leaves TIME_WAIT sockets behind on the server's port
+    first.stop()
+    second = server_factory("--port", port, "--store-size", "8MiB")
+    assert second.port == int(port)
+    run(touch(second.address))
+
+
+def test_crashed_worker_is_replaced_and_files_survive(server_factory):
+    server = server_factory("--workers", "2", "--store-size", "16MiB")
+    data = os.urandom(100_000)
+
+    async def put_and_find_worker():
+        async with await Client.connect(server.address) as client:
+            await client.put_bytes(data, "kept.bin")
+            return client.worker_id
+
+    run(put_and_find_worker())
+    children = psutil.Process(server.pid).children()
+    names = sorted(p.name() for p in children if p.name().startswith("fs-"))
+    assert names == ["fs-hasher-0", "fs-worker-0", "fs-worker-1"]
+    victim = next(p for p in children if p.name() == "fs-worker-1")
+    victim.kill()
+    wait_for(lambda: "worker-1 (pid" in server.log.text(), 10, "the supervisor to notice")
+
+    def replaced() -> bool:
+        current = psutil.Process(server.pid).children()
+        return victim.pid not in [p.pid for p in current] and "fs-worker-1" in [
+            p.name() for p in current
+        ]
+
+    wait_for(replaced, 10, "a replacement worker")
+    wait_for(lambda: server.http_get("/readyz")[0] == 200, 10, "readiness")
+
+    async def check():
+        seen = set()
+        for _ in range(6):
+            async with await Client.connect(server.address) as client:
+                seen.add(client.worker_id)
+                target = f"/tmp/fs-crash-{os.getpid()}"
+                await client.get("kept.bin", target)
+                with open(target, "rb") as f:
+                    assert f.read() == data
+                os.unlink(target)
+        assert seen == {0, 1}
+
+    run(check())

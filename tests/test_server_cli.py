@@ -1,0 +1,96 @@
+"""The ``fsserver`` command line: flags, ``FS_*`` variables, sizes, ready line, health
+endpoints, and clear errors with a non-zero exit for bad settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from fsclient import Client
+from fsserver.cli import config_from
+from fsserver.config import ServerConfig, parse_size
+from tests.conftest import run
+
+
+def test_sizes_accept_kib_mib_gib():
+    assert parse_size("4096") == 4096
+    assert parse_size("512KiB") == 512 << 10
+    assert parse_size("256MiB") == 256 << 20
+    assert parse_size("2gib") == 2 << 30
+    for bad in ["12XB", "MiB", "-1MiB", "1.5GiB", ""]:
+        with pytest.raises(ValueError, match="invalid size"):
+            parse_size(bad)
+
+
+def test_flags_win_over_environment_which_wins_over_defaults():
+    env = {"FS_PORT": "9000", "FS_WORKERS": "3", "FS_STORE_SIZE": "64MiB", "FS_LOG_LEVEL": "DEBUG"}
+    config = config_from(["--workers", "5"], env)
+    assert config == ServerConfig(port=9000, workers=5, store_size=64 << 20, log_level="debug")
+    assert config_from([], {}) == ServerConfig()
+
+
+def fsserver(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fsserver", "--port", "0", "--metrics-port", "0", *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--store-size", "12XB"], {}, "--store-size: invalid size '12XB'"),
+        (["--workers", "0"], {}, "--workers must be 1..256"),
+        ([], {"FS_WORKERS": "lots"}, "FS_WORKERS: invalid literal"),
+        ([], {"FS_LOG_LEVEL": "loud"}, "--log-level must be one of"),
+        (["--max-packet", "1024"], {}, "--max-packet must be 4096.."),
+    ],
+)
+def test_bad_settings_exit_2_with_a_clear_message(args, env, message):
+    result = fsserver(*args, env=env)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_port_in_use_is_a_clear_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = fsserver("--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+
+
+def test_store_larger_than_dev_shm_fails_at_start_with_advice():
+    shm = os.statvfs("/dev/shm")
+    too_big = shm.f_blocks * shm.f_frsize * 2
+    result = fsserver("--store-size", str(too_big))
+    assert result.returncode == 1
+    assert "cannot reserve a" in result.stderr
+    assert "--shm-size" in result.stderr
+    assert not [name for name in os.listdir("/dev/shm") if name.startswith("fs-")
+                and int(name.split("-")[1]) == os.getpid()]  # fmt: skip
+
+
+def test_environment_configures_a_real_server(server_factory):
+    server = server_factory(env={"FS_WORKERS": "3", "FS_STORE_SIZE": "24MiB",
+                                 "FS_HASH_WORKERS": "2"})  # fmt: skip
+    assert server.metric("fs_store_capacity_bytes") == 24 << 20
+    assert server.http_get("/healthz") == (200, "ok\n")
+    assert server.http_get("/readyz") == (200, "ready\n")
+    assert server.http_get("/nope")[0] == 404
+    assert f"fsserver ready on 127.0.0.1:{server.port}" in server.log.text()
+
+    async def workers_seen():
+        seen = set()
+        for _ in range(6):
+            async with await Client.connect(server.address) as client:
+                seen.add(client.worker_id)
+        return seen
+
+    assert run(workers_seen()) == {0, 1, 2}
