@@ -98,6 +98,7 @@ CLIENT_SENDS = frozenset(
         T.STAT_REQUEST,
         T.DOWNLOAD_REQUEST,
         T.DELETE_REQUEST,
+        T.SUBSCRIBE_REQUEST,
     }
 )
 SERVER_SENDS = frozenset(
@@ -115,13 +116,17 @@ SERVER_SENDS = frozenset(
         T.STAT_RESPONSE,
         T.DOWNLOAD_RESPONSE,
         T.DELETE_RESPONSE,
+        T.SUBSCRIBE_RESPONSE,
+        T.CHANGE_NOTIFICATION,
     }
 )
 _RESPONSE_OF: dict[type, type] = {
     m.ListRequest: m.ListResponse,
     m.StatRequest: m.StatResponse,
     m.DeleteRequest: m.DeleteResponse,
+    m.SubscribeRequest: m.SubscribeResponse,
 }
+_RESPONSES = frozenset(_RESPONSE_OF.values())
 _INIT_STEPS = {
     m.InitStatus.ACCEPTED: Step.ACCEPTED,
     m.InitStatus.ALREADY_HAVE_CONTENT: Step.ALREADY_HAVE,
@@ -176,6 +181,7 @@ class FSConnection:
         self.max_packet_limit = max_packet_limit
         self.sessions = SessionTable(max_in_flight)
         self.requests = RequestTable(max_in_flight)
+        self.subscribed = False
         self._sends = CLIENT_SENDS if role is Role.CLIENT else SERVER_SENDS
         self._peer_sends = SERVER_SENDS if role is Role.CLIENT else CLIENT_SENDS
         self._sinks: dict[int, PayloadSink] = {}
@@ -403,9 +409,17 @@ class FSConnection:
             if what in (Step.CHECK_HASH, Step.CANCEL) and sender is not self.role:
                 self.detach_sink(file_id)
         elif type(msg) in _RESPONSE_OF:
+            if isinstance(msg, m.SubscribeRequest) and self.subscribed:
+                raise LocalProtocolError("already subscribed", ErrorCode.UNEXPECTED_PACKET)
             self.requests.open(msg.request_id, _RESPONSE_OF[type(msg)])  # type: ignore[union-attr]
-        elif ptype in (T.LIST_RESPONSE, T.STAT_RESPONSE, T.DELETE_RESPONSE):
+        elif type(msg) in _RESPONSES:
             self.requests.close(msg.request_id, type(msg))  # type: ignore[union-attr]
+            if isinstance(msg, m.SubscribeResponse) and msg.status is m.LookupStatus.OK:
+                self.subscribed = True
+        elif isinstance(msg, m.ChangeNotification) and not self.subscribed:
+            raise LocalProtocolError(
+                "ChangeNotification without a subscription", ErrorCode.UNEXPECTED_PACKET
+            )
 
     def _apply_error(self, msg: m.Error) -> None:
         if msg.file_id == NO_FILE:

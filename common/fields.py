@@ -227,6 +227,23 @@ class Records(VarKind):
 
 
 @dataclass(frozen=True)
+class Record(VarKind):
+    """Exactly one record, inline."""
+
+    record: type
+
+    def encode(self, parts: list[bytes], value: Any) -> None:
+        from common.codec import record_codec
+
+        record_codec(self.record).encode_into(parts, value)
+
+    def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
+        from common.codec import record_codec
+
+        return record_codec(self.record).decode_from(body, pos)
+
+
+@dataclass(frozen=True)
 class OptionalRecord(VarKind):
     """A presence byte, then one record if present."""
 

@@ -25,6 +25,7 @@ from common.fields import (
     Enum,
     Magic,
     OptionalRecord,
+    Record,
     Records,
     Rest,
     Text,
@@ -65,6 +66,9 @@ class PacketType(IntEnum):
     DELETE_REQUEST = 18
     DELETE_RESPONSE = 19
     FILE_SYNC_CANCEL = 20
+    SUBSCRIBE_REQUEST = 21
+    SUBSCRIBE_RESPONSE = 22
+    CHANGE_NOTIFICATION = 23
 
 
 class HandshakeStatus(IntEnum):
@@ -266,6 +270,30 @@ class DeleteResponse:
     message: Annotated[str, MESSAGE]
 
 
+@dataclass(frozen=True, slots=True)
+class SubscribeRequest:
+    """Ask for every change to the share with a version above *since*, then live ones."""
+
+    request_id: Annotated[int, U32]
+    since: Annotated[int, U64]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeResponse:
+    request_id: Annotated[int, U32]
+    status: Annotated[LookupStatus, Enum(LookupStatus)]
+    seq: Annotated[int, U64]
+    message: Annotated[str, MESSAGE]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeNotification:
+    """One path's new state; ``entry.version`` is the change's sequence number."""
+
+    deleted: Annotated[bool, BOOL]
+    entry: Annotated[FileEntry, Record(FileEntry)]
+
+
 Message = (
     Error
     | Ping
@@ -288,6 +316,9 @@ Message = (
     | DownloadResponse
     | DeleteRequest
     | DeleteResponse
+    | SubscribeRequest
+    | SubscribeResponse
+    | ChangeNotification
 )
 
 PACKET_CLASSES: dict[PacketType, type] = {
@@ -312,4 +343,7 @@ PACKET_CLASSES: dict[PacketType, type] = {
     PacketType.DELETE_REQUEST: DeleteRequest,
     PacketType.DELETE_RESPONSE: DeleteResponse,
     PacketType.FILE_SYNC_CANCEL: FileSyncCancel,
+    PacketType.SUBSCRIBE_REQUEST: SubscribeRequest,
+    PacketType.SUBSCRIBE_RESPONSE: SubscribeResponse,
+    PacketType.CHANGE_NOTIFICATION: ChangeNotification,
 }

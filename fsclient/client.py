@@ -290,6 +290,15 @@ class Client:
         self._check_lookup(reply.status, reply.message)
         return reply.version
 
+    async def subscribe(self, since: int = 0) -> ChangeStream:
+        """Every change to the share after version *since*, then live ones, in order."""
+        if self.proto.notifications is not None:
+            raise RuntimeError("this connection is already subscribed")
+        self.proto.notifications = asyncio.Queue()
+        reply: m.SubscribeResponse = await self._request(lambda rid: m.SubscribeRequest(rid, since))
+        self._check_lookup(reply.status, reply.message)
+        return ChangeStream(reply.seq, self.proto.notifications)
+
     async def ping(self) -> None:
         nonce = secrets.randbits(63)
         fut = self.proto.pings[nonce] = asyncio.get_running_loop().create_future()
@@ -331,6 +340,25 @@ class Client:
                 and not self.proto.conn.sessions.phase(candidate)
             ):
                 return candidate
+
+
+class ChangeStream:
+    """``async for note in stream``: ChangeNotifications; ``seq`` was the share's latest
+    version when the subscription started."""
+
+    def __init__(self, seq: int, queue: asyncio.Queue[m.ChangeNotification | BaseException]):
+        self.seq = seq
+        self._queue = queue
+
+    def __aiter__(self) -> ChangeStream:
+        return self
+
+    async def __anext__(self) -> m.ChangeNotification:
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(item)
+            raise item
+        return item
 
 
 class _SizeChanged(Exception):

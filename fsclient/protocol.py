@@ -108,6 +108,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.requests: dict[int, asyncio.Future[Any]] = {}
         self.handshake: asyncio.Future[m.VersionHandshakeResponse] = self.loop.create_future()
         self.pings: dict[int, asyncio.Future[None]] = {}
+        self.notifications: asyncio.Queue[m.ChangeNotification | BaseException] | None = None
         self.failure: BaseException | None = None
         self.closed = self.loop.create_future()
         self.writable = asyncio.Event()
@@ -208,7 +209,11 @@ class ClientProtocol(asyncio.BufferedProtocol):
             self.on_download_hash(event)
         elif isinstance(event, m.Error):
             self.on_error(event)
-        elif isinstance(event, (m.ListResponse, m.StatResponse, m.DeleteResponse)):
+        elif isinstance(event, m.ChangeNotification):
+            assert self.notifications is not None
+            self.notifications.put_nowait(event)
+        elif isinstance(event, (m.ListResponse, m.StatResponse, m.DeleteResponse,
+                                m.SubscribeResponse)):  # fmt: skip
             fut = self.requests.pop(event.request_id)
             if not fut.done():
                 fut.set_result(event)
@@ -286,3 +291,5 @@ class ClientProtocol(asyncio.BufferedProtocol):
         for target in self.downloads.values():
             target.discard()
         self.downloads.clear()
+        if self.notifications is not None:
+            self.notifications.put_nowait(exc)

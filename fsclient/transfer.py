@@ -9,7 +9,6 @@ the digest checks out.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import secrets
 import stat
@@ -69,8 +68,8 @@ class BytesSource(UploadSource):
 
 
 class FileSource(UploadSource):
-    """A local file. Small ones are read whole; big ones are hashed through a read-only map
-    and then read chunk by chunk, so memory stays bounded whatever the size."""
+    """A local file. Small ones are read whole; big ones are read chunk by chunk, once to
+    hash and once to send, so memory stays bounded whatever the size."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -91,9 +90,17 @@ class FileSource(UploadSource):
             digest = digest_of(self.whole)
         else:
             self.whole = None
-            with mmap.mmap(self.file.fileno(), size, access=mmap.ACCESS_READ) as mapped:
-                digest = digest_of(mapped)
+            digest = self._hash_chunks(size)
         self.meta = SourceMeta(size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
+
+    def _hash_chunks(self, size: int) -> bytes:
+        hasher = StreamingDigest()
+        pos = 0
+        while pos < size:
+            view = self.read(pos, min(CHUNK, size - pos))
+            hasher.update(view)
+            pos += len(view)
+        return hasher.digest()
 
     def fresh_buffer(self) -> None:
         self.buffer = bytearray(CHUNK)

@@ -43,6 +43,7 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     channel: MessageChannel | None = None
     ready: bool = False
+    watching: frozenset[str] = frozenset()
     exited: asyncio.Future[int] | None = None
 
     @property

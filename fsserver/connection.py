@@ -28,6 +28,7 @@ from common.limits import NO_FILE, PROTOCOL_VERSION
 from common.paths import check_name, normalize_path
 from common.state import Phase, Role
 from fsserver.context import WorkerContext
+from fsserver.feed import Subscription
 from fsserver.requests import RequestHandlers
 from fsserver.store import Linked, Refused, Reserved
 from fsserver.transfers import DownloadStream, Upload
@@ -61,6 +62,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         self.flush_scheduled = False
         self.writable = asyncio.Event()
         self.writable.set()
+        self.subscription: Subscription | None = None
         self.handlers: dict[type, Callable[[Any], None]] = {
             m.VersionHandshake: self.on_handshake,
             m.FileSyncInit: self.on_init,
@@ -71,6 +73,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             m.ListRequest: self.on_list,
             m.StatRequest: self.on_stat,
             m.DeleteRequest: self.on_delete,
+            m.SubscribeRequest: self.on_subscribe,
             m.Ping: self.on_ping,
             m.Error: self.on_error,
         }
@@ -134,6 +137,8 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             self.ctx.rpc.call("release", stream.lease)
         self.uploads.clear()
         self.downloads.clear()
+        if self.subscription is not None:
+            self.subscription.stop()
         log.debug("connection from %s closed", self.peer)
 
     # -- sending -----------------------------------------------------------------------------
@@ -235,6 +240,10 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             msg.share,
             agreed,
         )
+
+    def on_subscribe(self, msg: m.SubscribeRequest) -> None:
+        self.subscription = Subscription(self, self.ctx.feed, msg.request_id, msg.since)
+        self.subscription.start()
 
     def on_ping(self, msg: m.Ping) -> None:
         if not msg.reply:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fsserver.config import ServerConfig
+from fsserver.feed import ChangeFeed
 from fsserver.hashing import HashClient
 from fsserver.rpc import RpcClient
 
@@ -21,4 +22,5 @@ class WorkerContext:
     store_id: bytes
     rpc: RpcClient
     hashes: HashClient
+    feed: ChangeFeed
     connections: set[ClientConnection] = field(default_factory=set)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 OWNED_OPS = frozenset({"reserve", "commit", "abort", "open", "release"})
 """Calls that take the calling worker's slot as their first argument."""
-SHARED_OPS = frozenset({"stat", "list", "delete"})
+SHARED_OPS = frozenset({"stat", "list", "delete", "changes_since"})
 
 
 class RpcFailed(RuntimeError):

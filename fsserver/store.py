@@ -71,6 +71,15 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangePage:
+    """Changes after a sequence number, oldest first; ``seq`` is the share's latest."""
+
+    changes: tuple[Change, ...]
+    more: bool
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     capacity_bytes: int
     used_bytes: int
@@ -104,8 +113,17 @@ class Entry:
 @dataclass(slots=True)
 class Share:
     entries: SortedDict = field(default_factory=SortedDict)
+    by_version: SortedDict = field(default_factory=SortedDict)
+    """version -> path, for "what changed since N"; each path appears once, at its latest."""
     seq: int = 0
     live: int = 0
+
+    def record(self, path: str, entry: Entry) -> None:
+        old = self.entries.get(path)
+        if old is not None:
+            del self.by_version[old.version]
+        self.entries[path] = entry
+        self.by_version[entry.version] = path
 
     def current_version(self, path: str) -> int:
         entry = self.entries.get(path)
@@ -265,9 +283,23 @@ class Store:
         self.logical_bytes -= entry.blob.size
         self._unref(entry.blob)
         tombstone = Entry(sh.seq, entry.mtime_ns, entry.mode, None)
-        sh.entries[path] = tombstone
+        sh.record(path, tombstone)
         self.changes.append(Change(share, tombstone.record(path), deleted=True))
         return Committed(sh.seq)
+
+    def changes_since(self, share: str, since: int, limit: int) -> ChangePage:
+        """The current state of every path changed after *since* (deletes included)."""
+        sh = self.shares.get(share)
+        if sh is None:
+            return ChangePage((), False, 0)
+        changes = []
+        for version in sh.by_version.irange(minimum=since, inclusive=(False, True)):
+            if len(changes) >= limit:
+                return ChangePage(tuple(changes), True, sh.seq)
+            path = sh.by_version[version]
+            entry = sh.entries[path]
+            changes.append(Change(share, entry.record(path), deleted=entry.blob is None))
+        return ChangePage(tuple(changes), False, sh.seq)
 
     def stats(self) -> StoreStats:
         return StoreStats(
@@ -312,7 +344,8 @@ class Store:
         sh.seq += 1
         blob.refs += 1
         self.logical_bytes += blob.size
-        entry = sh.entries[path] = Entry(sh.seq, mtime_ns, mode, blob)
+        entry = Entry(sh.seq, mtime_ns, mode, blob)
+        sh.record(path, entry)
         self.changes.append(Change(share, entry.record(path), deleted=False))
         return sh.seq
 

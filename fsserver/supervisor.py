@@ -23,7 +23,7 @@ from fsserver.health import HealthServer, Response
 from fsserver.metrics import render_metrics
 from fsserver.process import setup_child
 from fsserver.rpc import serve_batch
-from fsserver.store import Store
+from fsserver.store import Change, Store
 from fsserver.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -221,10 +221,22 @@ class Supervisor:
         if kind == "rpc":
             assert self.store is not None and child.channel is not None
             child.channel.send_batch("rpc", serve_batch(self.store, child.index, msg[1]))
-            self.store.take_changes()
+            self.publish(self.store.take_changes())
+        elif kind == "watch":
+            child.watching = frozenset(msg[1])
         elif kind == "ready":
             child.ready = True
             log.debug("%s ready (pid %s)", child.name, msg[1])
+
+    def publish(self, changes: list[Change]) -> None:
+        """The change feed: each worker gets the changes of the shares it watches."""
+        if not changes:
+            return
+        for worker in self.workers.values():
+            if worker.watching and worker.channel is not None and worker.alive:
+                mine = [change for change in changes if change.share in worker.watching]
+                if mine:
+                    worker.channel.send_batch("feed", mine)
 
     def broadcast(self, msg: Any) -> None:
         for worker in self.workers.values():

@@ -18,6 +18,7 @@ from fsserver.channel import MessageChannel
 from fsserver.config import ServerConfig
 from fsserver.connection import ClientConnection
 from fsserver.context import WorkerContext
+from fsserver.feed import ChangeFeed
 from fsserver.hashing import HashClient
 from fsserver.process import setup_child
 from fsserver.rpc import RpcClient
@@ -64,8 +65,10 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stopped.set)
         channel = MessageChannel(self.ctrl, self.on_control, on_close=self.stopped.set)
         hashes = HashClient(self.jobs)
+        feed = ChangeFeed(lambda shares: channel.send(("watch", shares)))
+        rpc = RpcClient(channel)
         self.ctx = WorkerContext(
-            self.worker_id, self.config, arena.view, self.store_id, RpcClient(channel), hashes
+            self.worker_id, self.config, arena.view, self.store_id, rpc, hashes, feed
         )
         channel.send(("ready", os.getpid()))
         log.debug("worker %d ready (pid %d)", self.worker_id, os.getpid())
@@ -88,6 +91,8 @@ class Worker:
             os.close(fd)
         if kind == "rpc":
             self.ctx.rpc.on_replies(msg[1])
+        elif kind == "feed":
+            self.ctx.feed.publish(msg[1])
         elif kind == "hasher_died":
             self.ctx.hashes.resubmit_all()
         elif kind == "stop":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import xxhash
@@ -103,3 +104,45 @@ def test_cli_put_ls_get_rm(server, tmp_path):
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"fsclient: error: not found: {remote}"
     assert not (tmp_path / "x").exists()
+
+
+def peak_rss_mib(args: list[str]) -> tuple[int, float]:
+    """Run the CLI; return its exit code and its peak resident memory in MiB.
+
+    VmHWM is read while the process runs (it only grows). ``ru_maxrss`` from wait4 would not
+    do: it includes the RSS of this test process, which the child was forked from.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "fsclient", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    peak_kib = 0
+    status = f"/proc/{proc.pid}/status"
+    while proc.poll() is None:
+        try:
+            with open(status) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak_kib = max(peak_kib, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.005)  # sampling, not synchronisation: poll() ends the loop
+    return proc.wait(60), peak_kib / 1024
+
+
+@pytest.mark.parametrize("max_packet", ["4096", "1048576"])
+def test_large_files_stream_in_bounded_memory(big_server, tmp_path, max_packet):
+    size = 200 * 1024 * 1024
+    local = tmp_path / "large.bin"
+    with open(local, "wb") as f:
+        for _ in range(size // (8 << 20)):
+            f.write(os.urandom(8 << 20))
+    common = ["--server", big_server.address, "--max-packet", max_packet]
+    code, put_peak = peak_rss_mib(["put", str(local), "large.bin", *common])
+    assert code == 0
+    code, get_peak = peak_rss_mib(["get", "large.bin", str(tmp_path / "back.bin"), *common])
+    assert code == 0
+    assert xxhash.xxh3_128_digest((tmp_path / "back.bin").read_bytes()) == (
+        xxhash.xxh3_128_digest(local.read_bytes())
+    )
+    # The whole file is 200 MiB; the client's footprint must not grow with it.
+    assert put_peak < 100, f"upload peaked at {put_peak:.0f} MiB"
+    assert get_peak < 100, f"download peaked at {get_peak:.0f} MiB"

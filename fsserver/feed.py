@@ -1,0 +1,112 @@
+"""The change feed inside a worker: ``ChangeFeed`` fans the supervisor's commit and delete
+broadcasts out to subscribed connections, and ``Subscription`` gives one client the backlog
+since its sequence number, then the live changes, each version once and in order.
+
+The supervisor only sends a worker the changes of shares it watches. A subscription starts
+watching *before* it asks for its backlog, so no change can fall between the two; changes that
+arrive while the backlog is on its way wait, and duplicates are dropped by version.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from common import messages as m
+from fsserver.store import Change, ChangePage
+
+log = logging.getLogger(__name__)
+
+BACKLOG_PAGE = 1000
+
+
+class Subscriber(Protocol):
+    def deliver(self, change: Change) -> None: ...
+
+
+class ChangeFeed:
+    def __init__(self, on_watch: Callable[[list[str]], None]) -> None:
+        self.on_watch = on_watch
+        self.subscribers: dict[str, set[Subscriber]] = {}
+
+    def add(self, share: str, subscriber: Subscriber) -> None:
+        first = share not in self.subscribers
+        self.subscribers.setdefault(share, set()).add(subscriber)
+        if first:
+            self.on_watch(sorted(self.subscribers))
+
+    def remove(self, share: str, subscriber: Subscriber) -> None:
+        group = self.subscribers.get(share)
+        if group is None or subscriber not in group:
+            return
+        group.discard(subscriber)
+        if not group:
+            del self.subscribers[share]
+            self.on_watch(sorted(self.subscribers))
+
+    def publish(self, changes: list[Change]) -> None:
+        for change in changes:
+            for subscriber in list(self.subscribers.get(change.share, ())):
+                subscriber.deliver(change)
+
+
+class Connection(Protocol):
+    share: str
+    closing: bool
+
+    def send(self, msg: m.Message) -> None: ...
+
+    def call_store(self, on_result: Callable[[Any], None], op: str, *args: Any) -> None: ...
+
+
+class Subscription:
+    """One client's subscription: backlog first, then live changes."""
+
+    def __init__(self, conn: Connection, feed: ChangeFeed, request_id: int, since: int) -> None:
+        self.conn = conn
+        self.feed = feed
+        self.request_id = request_id
+        self.last = since
+        self.live = False
+        self.answered = False
+        self.waiting: list[Change] = []
+
+    def start(self) -> None:
+        self.feed.add(self.conn.share, self)
+        self._fetch()
+
+    def stop(self) -> None:
+        self.feed.remove(self.conn.share, self)
+
+    def _fetch(self) -> None:
+        self.conn.call_store(self._on_page, "changes_since", self.conn.share, self.last,
+                             BACKLOG_PAGE)  # fmt: skip
+
+    def _on_page(self, page: ChangePage) -> None:
+        if self.conn.closing:
+            return
+        if not self.answered:
+            self.answered = True
+            self.conn.send(m.SubscribeResponse(self.request_id, m.LookupStatus.OK, page.seq, ""))
+        for change in page.changes:
+            self._send(change)
+        if page.more:
+            self._fetch()
+            return
+        self.live = True
+        waiting, self.waiting = self.waiting, []
+        for change in waiting:
+            self._send(change)
+
+    def deliver(self, change: Change) -> None:
+        if self.live:
+            self._send(change)
+        else:
+            self.waiting.append(change)
+
+    def _send(self, change: Change) -> None:
+        if change.entry.version <= self.last:
+            return
+        self.last = change.entry.version
+        self.conn.send(m.ChangeNotification(change.deleted, change.entry))
