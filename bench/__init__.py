@@ -5,7 +5,7 @@ On loopback, on the same bytes, it measures FS (a real ``fsserver`` subprocess a
 ``rsync --daemon`` (``bench.rsyncbench``). It prints the results and the FS/baseline ratios
 against the targets, and rewrites its section of ``docs/PERFORMANCE.md``.
 
-    python -m bench                      # full run (256 MiB, 2000 small files, 3 rounds)
+    python -m bench                      # full run (256 MiB, 2000 small files, warm-up + 7 rounds)
     python -m bench --quick              # smoke test: small sizes, 1 round, no doc update
     python -m bench --no-write           # full run, leave the document alone
     python -m bench --profile upload4k   # cProfile one 4096-byte-packet upload in the client

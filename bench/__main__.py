@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="small sizes, 1 round, no doc update (smoke test)"
     )
     p.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
-    p.add_argument("--repeats", type=int, help="rounds (default 3, or 1 with --quick)")
+    p.add_argument("--repeats", type=int, help="timed rounds (default 7, or 1 with --quick)")
     p.add_argument("--big-mib", type=int, help="big file size in MiB (default 256, quick 32)")
     p.add_argument("--small-count", type=int, help="small files (default 2000, quick 200)")
     p.add_argument("--doc", type=Path, default=DOC, help="document to update")
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings()
     if args.quick:
-        s.big_size, s.small_count, s.repeats = 32 * MiB, 200, 1
+        s.big_size, s.small_count, s.repeats, s.warmup = 32 * MiB, 200, 1, False
     if args.repeats:
         s.repeats = max(1, args.repeats)
     if args.big_mib:
@@ -89,9 +89,17 @@ def document(s: Settings, outcome: Outcome, tables: list[str], quick: bool) -> s
         "`rsync -a FILE rsync://127.0.0.1:PORT/mod/`, `rsync -a rsync://.../mod/big.bin DIR/` "
         "and `rsync -a SMALL_DIR/ rsync://.../mod/dir/` commands are timed, into emptied "
         "destinations.",
-        f"- {s.repeats} interleaved round(s); best and median per series; ratios compare best "
-        "rates (median ratio alongside). The machine is shared and noisy: "
-        "expect ±15 % between runs.",
+        f"- {s.repeats} timed round(s)"
+        + (" after an untimed warm-up round" if s.warmup else "")
+        + "; the contenders take turns within a round, in an order rotated every round. "
+        "Best and median per series; the ratios compare best rates (median ratio alongside).",
+        "- Noise: a shared 2-vCPU VM whose balloon does free-page reporting (first touch of "
+        "fresh memory is ~4x slower than of reused memory). Runs that write files (downloads, "
+        "rsync) are bimodal, probably because of that (rsync: ~300 vs ~1,000 MB/s; its slow "
+        "mode shows up only while the fsserver's 1 GiB arena exists). Read best and median "
+        "together.",
+        "- Profiling: `python -m bench --profile upload4k` (or `download4k`, `upload`, "
+        "`download`, `small`) runs one FS transfer under cProfile in the client.",
         "",
         *tables,
     ]

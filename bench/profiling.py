@@ -77,7 +77,13 @@ def profile(kind: str, s: Settings) -> None:
             seconds = run.download_s if which else run.upload_s
             rate = s.big_size / 1e6 / seconds
             say(f"profile {kind}: {rate:,.1f} MB/s with {run.packet}-byte packets (under cProfile)")
-        _print(pstats.Stats(profiler), f"client, {kind}")
+        stats = pstats.Stats(profiler)
+        _print(stats, f"client, {kind}")
+        python_s = getattr(stats, "total_tt", 0.0)
+        say(
+            f"profile {kind}: {seconds:.3f} s wall for the call, {python_s:.3f} s of it in "
+            "client Python code; the rest is the event loop's C code and waiting on the server"
+        )
         server.stop()
         _print_server(prof_dir)
 

@@ -1,7 +1,8 @@
 """One benchmark run: start everything, measure in interleaved rounds, stop everything.
 
 Rounds interleave the measurements (raw TCP, rsync, FS 4096-byte packets, FS negotiated
-packets, small files) so slow drift on a noisy machine hits every series alike. Every child
+packets, small files), in an order rotated every round, so slow drift on a noisy machine hits
+every series alike; an untimed warm-up round comes first. Every child
 process and the work folder are registered on an ``ExitStack`` as soon as they exist, so an
 error or Ctrl-C (SIGTERM and SIGHUP are turned into KeyboardInterrupt) still cleans up.
 """
@@ -13,7 +14,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -34,14 +35,15 @@ class Settings:
     big_size: int = 256 * MiB
     small_count: int = 2000
     small_size: int = 4096
-    repeats: int = 3
+    repeats: int = 7
+    warmup: bool = True
     workers: int = 2
     hash_workers: int = 1
 
     @property
     def store_size(self) -> int:
         """Room for one big file in flight plus every round's small files, at least 1 GiB."""
-        need = 2 * self.big_size + self.repeats * self.small_count * self.small_size
+        need = 2 * self.big_size + (self.repeats + 1) * self.small_count * self.small_size
         return max(1024 * MiB, -(-need // MiB) * MiB + 64 * MiB)
 
     def server_args(self) -> list[str]:
@@ -100,9 +102,48 @@ class Outcome:
     negotiated_packet: int
 
 
+@dataclass
+class Contenders:
+    settings: Settings
+    work: Workload
+    scratch: Path
+    module_root: Path
+    payload: bytes
+    server: FsServer
+    receiver: RawReceiver
+    daemon: RsyncDaemon
+    negotiated: int = 0
+
+    def steps(self, r: int) -> list[Callable[[], dict[str, float]]]:
+        """One round: each step returns {series key: seconds}."""
+        return [
+            lambda: {"raw": rawtcp.send(self.receiver.port, self.payload)},
+            self.rsync_big,
+            lambda: self.fs_big(r, "4k", 4096),
+            lambda: self.fs_big(r, "max", None),
+            lambda: self.small(r),
+        ]
+
+    def rsync_big(self) -> dict[str, float]:
+        up, down = rsyncbench.big_round(self.daemon, self.module_root, self.work, self.scratch)
+        return {"rsync_up": up, "rsync_down": down}
+
+    def fs_big(self, r: int, key: str, packet: int | None) -> dict[str, float]:
+        name = f"big-{key}-{r}.bin"
+        big = uvloop.run(fsbench.big_round(self.server, self.work, self.scratch, packet, name))
+        if packet is None:
+            self.negotiated = big.packet
+        return {f"fs_up_{key}": big.upload_s, f"fs_down_{key}": big.download_s}
+
+    def small(self, r: int) -> dict[str, float]:
+        digests = self.work.refresh_small()
+        fs_s = uvloop.run(fsbench.small_round(self.server, self.work, digests, f"small-{r}"))
+        rsync_s = rsyncbench.small_round(self.daemon, self.module_root, self.work)
+        return {"fs_small": fs_s, "rsync_small": rsync_s}
+
+
 def run_suite(s: Settings) -> Outcome:
     results = new_series(s)
-    negotiated = 0
     with interruptible(), contextlib.ExitStack() as stack:
         work_dir = workdir(stack)
         say(f"bench: writing {s.big_size // MiB} MiB + {s.small_count} small files in {work_dir}")
@@ -110,8 +151,6 @@ def run_suite(s: Settings) -> Outcome:
         scratch, module_root = work_dir / "scratch", work_dir / "rsync-module"
         scratch.mkdir()
         module_root.mkdir()
-        payload = work.read_big()
-
         server = FsServer(s.server_args())
         stack.callback(server.stop)
         receiver = RawReceiver()
@@ -120,25 +159,18 @@ def run_suite(s: Settings) -> Outcome:
         stack.callback(daemon.stop)
         say(f"bench: fsserver {' '.join(s.server_args())} on {server.address}, rsync daemon "
             f"on port {daemon.port}, raw receiver on port {receiver.port}")  # fmt: skip
-
-        for r in range(1, s.repeats + 1):
-            tag = f"round {r}/{s.repeats}"
-            results["raw"].seconds.append(rawtcp.send(receiver.port, payload))
-            up, down = rsyncbench.big_round(daemon, module_root, work, scratch)
-            results["rsync_up"].seconds.append(up)
-            results["rsync_down"].seconds.append(down)
-            for key, packet in (("4k", 4096), ("max", None)):
-                big = uvloop.run(
-                    fsbench.big_round(server, work, scratch, packet, f"big-{key}-{r}.bin")
-                )
-                results[f"fs_up_{key}"].seconds.append(big.upload_s)
-                results[f"fs_down_{key}"].seconds.append(big.download_s)
-                if packet is None:
-                    negotiated = big.packet
-            digests = work.refresh_small()
-            small_s = uvloop.run(fsbench.small_round(server, work, digests, f"small-{r}"))
-            results["fs_small"].seconds.append(small_s)
-            results["rsync_small"].seconds.append(rsyncbench.small_round(daemon, module_root, work))
-            say(f"bench: {tag}: " + ", ".join(
+        c = Contenders(s, work, scratch, module_root, work.read_big(), server, receiver, daemon)
+        for r in range(0 if s.warmup else 1, s.repeats + 1):
+            steps = c.steps(r)
+            shift = r % len(steps)  # rotate the order: no contender always follows another
+            samples: dict[str, float] = {}
+            for step in steps[shift:] + steps[:shift]:
+                samples.update(step())
+            if r == 0:
+                say("bench: warm-up round done (not counted)")
+                continue
+            for key, seconds in samples.items():
+                results[key].seconds.append(seconds)
+            say(f"bench: round {r}/{s.repeats}: " + ", ".join(
                 f"{k} {v.rates()[-1]:,.0f}" for k, v in results.items()))  # fmt: skip
-    return Outcome(results, negotiated)
+    return Outcome(results, c.negotiated)

@@ -179,6 +179,7 @@ class FSConnection:
         self.phase = ConnPhase.HANDSHAKE
         self.max_packet = DEFAULT_MAX_PACKET
         self.max_packet_limit = max_packet_limit
+        self._proposed = max_packet_limit
         self.sessions = SessionTable(max_in_flight)
         self.requests = RequestTable(max_in_flight)
         self.subscribed = False
@@ -189,6 +190,10 @@ class FSConnection:
         self._payload_file = 0
         self._payload_sink: PayloadSink | None = None
         self._evented: set[int] = set()
+        # File ids whose session this side ended with an Error: the peer may still have
+        # packets for them on the wire. Cleared when the peer opens the id again.
+        self._ended: dict[int, None] = {}
+        self._skip_payload = False
         self._pending = bytearray()
         self.max_control_packet = (
             MAX_CLIENT_CONTROL_PACKET if role is Role.SERVER else ABSOLUTE_MAX_PACKET
@@ -275,6 +280,8 @@ class FSConnection:
                     break
                 self._start_payload(length, _U32.unpack_from(buf, pos + HEADER_SIZE)[0])
                 pos += DATA_HEADER_SIZE
+                if self._payload_sink is not None:
+                    pos = self._fill_run(buf, pos, end)
                 continue
             if length < HEADER_SIZE:
                 raise LocalProtocolError(f"packet length {length} is shorter than its header")
@@ -287,23 +294,68 @@ class FSConnection:
                 break
             msg = decode_body(ptype, buf[pos + HEADER_SIZE : pos + length])
             pos += length
-            self._apply(msg, self.peer)
-            events.append(msg)
+            if self._apply(msg, self.peer):
+                events.append(msg)
         return pos
 
     def _start_payload(self, length: int, file_id: int) -> None:
         self._require_ready(T.FILE_SYNC_DATA, self.peer)
         nbytes = length - DATA_HEADER_SIZE
-        self.sessions.count_data(file_id, nbytes, self.peer)
         self._payload_left = nbytes
         self._payload_file = file_id
+        self._skip_payload = file_id in self._ended and self.sessions.phase(file_id) is None
+        if self._skip_payload:  # sent before the peer saw our Error: drop it
+            self._payload_sink = None
+            return
+        self.sessions.count_data(file_id, nbytes, self.peer)
         # Bytes of this file already handed out as DataChunk events in this call must not be
         # overtaken by later bytes copied straight into a sink: keep to events until next call.
         sink = self._sinks.get(file_id)
         self._payload_sink = None if file_id in self._evented else sink
 
+    def _fill_run(self, buf: memoryview, pos: int, end: int) -> int:
+        """The hot path: copy this payload, and those of the whole data packets of the same
+        file that follow it, into the sink's target in one tight loop. Anything unusual (a
+        packet of another type or file, a full target, a limit) is left to the general path,
+        which checks it again and raises if needed."""
+        sink = self._payload_sink
+        assert sink is not None
+        fid = self._payload_file
+        session = self.sessions.sessions[fid]
+        target = sink.target()
+        room = len(target)
+        filled = 0
+        left = self._payload_left
+        max_packet = self.max_packet
+        while True:
+            take = min(left, end - pos, room - filled)
+            target[filled : filled + take] = buf[pos : pos + take]
+            filled += take
+            pos += take
+            left -= take
+            if left or filled == room or end - pos < DATA_HEADER_SIZE:
+                break
+            length, ptype, next_fid = DATA_HEADER.unpack_from(buf, pos)
+            nbytes = length - DATA_HEADER_SIZE
+            if (
+                ptype != T.FILE_SYNC_DATA
+                or next_fid != fid
+                or not 0 <= nbytes <= max_packet - DATA_HEADER_SIZE
+                or session.transferred + nbytes > session.size
+            ):
+                break
+            session.transferred += nbytes
+            left = nbytes
+            pos += DATA_HEADER_SIZE
+        sink.advance(filled)
+        self._payload_left = left
+        return pos
+
     def _take_payload(self, buf: memoryview, pos: int, end: int, events: list[Event]) -> int:
         take = min(self._payload_left, end - pos)
+        if self._skip_payload:
+            self._payload_left -= take
+            return pos + take
         chunk = buf[pos : pos + take]
         sink = self._payload_sink
         if sink is None:
@@ -350,24 +402,27 @@ class FSConnection:
         self.sessions.count_data(file_id, nbytes, self.role)
         return DATA_HEADER.pack(nbytes + DATA_HEADER_SIZE, T.FILE_SYNC_DATA, file_id)
 
-    def frame_data(self, file_id: int, data: memoryview, out: bytearray) -> None:
-        """Append *data* to *out* as FileSyncData packets of the largest allowed size.
+    def frame_data(self, file_id: int, data: memoryview) -> bytes:
+        """*data* as FileSyncData packets of the largest allowed size, in one bytes object.
 
-        One accounting step for the whole chunk keeps small packets cheap to build.
+        One accounting step for the whole chunk and one join keep small packets cheap; the
+        result is immutable, so a transport may hold on to it without copying.
         """
         self._require_ready(T.FILE_SYNC_DATA, self.role)
         self.sessions.count_data(file_id, len(data), self.role)
         step = self.max_payload
         full = DATA_HEADER.pack(self.max_packet, T.FILE_SYNC_DATA, file_id)
         total = len(data)
-        pos = 0
-        while total - pos >= step:
-            out += full
-            out += data[pos : pos + step]
-            pos += step
-        if pos < total:
-            out += DATA_HEADER.pack(total - pos + DATA_HEADER_SIZE, T.FILE_SYNC_DATA, file_id)
-            out += data[pos:]
+        parts: list[bytes | memoryview] = []
+        append = parts.append
+        last = total - total % step
+        for pos in range(0, last, step):
+            append(full)
+            append(data[pos : pos + step])
+        if last < total:
+            append(DATA_HEADER.pack(total - last + DATA_HEADER_SIZE, T.FILE_SYNC_DATA, file_id))
+            append(data[last:])
+        return b"".join(parts)
 
     @property
     def max_payload(self) -> int:
@@ -393,23 +448,31 @@ class FSConnection:
                 f"{ptype.name} before the handshake completed", ErrorCode.UNEXPECTED_PACKET
             )
 
-    def _apply(self, msg: m.Message, sender: Role) -> None:
+    def _apply(self, msg: m.Message, sender: Role) -> bool:
+        """Apply *msg*; False if it is a stale packet to drop (it crossed our Error)."""
         ptype = packet_type_of(msg)
         if isinstance(msg, m.Error):
-            self._apply_error(msg)
-            return
+            self._apply_error(msg, sender)
+            return True
         if ptype is T.VERSION_HANDSHAKE or ptype is T.VERSION_HANDSHAKE_RESPONSE:
             self._apply_handshake(msg, sender)
-            return
+            return True
         self._require_ready(ptype, sender)
         step = _session_step(msg)
         if step is not None:
             file_id, what, size = step
+            if sender is not self.role and file_id in self._ended:
+                if what in (Step.INIT, Step.DOWNLOAD_REQUEST):
+                    del self._ended[file_id]  # the peer saw our Error and reuses the id
+                elif self.sessions.phase(file_id) is None:
+                    return False
             self.sessions.apply(file_id, what, sender, size)
             if what in (Step.CHECK_HASH, Step.CANCEL) and sender is not self.role:
                 self.detach_sink(file_id)
         elif type(msg) in _RESPONSE_OF:
-            if isinstance(msg, m.SubscribeRequest) and self.subscribed:
+            if isinstance(msg, m.SubscribeRequest) and (
+                self.subscribed or m.SubscribeResponse in self.requests.pending.values()
+            ):
                 raise LocalProtocolError("already subscribed", ErrorCode.UNEXPECTED_PACKET)
             self.requests.open(msg.request_id, _RESPONSE_OF[type(msg)])  # type: ignore[union-attr]
         elif type(msg) in _RESPONSES:
@@ -420,13 +483,20 @@ class FSConnection:
             raise LocalProtocolError(
                 "ChangeNotification without a subscription", ErrorCode.UNEXPECTED_PACKET
             )
+        return True
 
-    def _apply_error(self, msg: m.Error) -> None:
+    def _apply_error(self, msg: m.Error, sender: Role) -> None:
         if msg.file_id == NO_FILE:
             self.phase = ConnPhase.CLOSED
-        else:
-            self.sessions.end(msg.file_id)
-            self.detach_sink(msg.file_id)
+            return
+        ended = self.sessions.end(msg.file_id)
+        self.detach_sink(msg.file_id)
+        if sender is self.role and ended:
+            self._ended[msg.file_id] = None
+            if len(self._ended) > self.sessions.max_in_flight:
+                del self._ended[next(iter(self._ended))]
+        elif sender is not self.role:
+            self._ended.pop(msg.file_id, None)
 
     def _apply_handshake(self, msg: m.Message, sender: Role) -> None:
         if isinstance(msg, m.VersionHandshake):
@@ -437,6 +507,7 @@ class FSConnection:
                 )
             if msg.max_packet < MIN_MAX_PACKET:
                 raise LocalProtocolError(f"proposed packet size {msg.max_packet} too small")
+            self._proposed = msg.max_packet
             self.phase = (
                 ConnPhase.AWAIT_HANDSHAKE_RESPONSE
                 if self.role is Role.CLIENT
@@ -457,10 +528,10 @@ class FSConnection:
         if msg.status is not m.HandshakeStatus.OK:
             self.phase = ConnPhase.CLOSED
             return
-        if not MIN_MAX_PACKET <= msg.max_packet <= self.max_packet_limit:
+        limit = min(self.max_packet_limit, self._proposed)
+        if not MIN_MAX_PACKET <= msg.max_packet <= limit:
             raise LocalProtocolError(
-                f"agreed packet size {msg.max_packet} outside {MIN_MAX_PACKET}.."
-                f"{self.max_packet_limit}"
+                f"agreed packet size {msg.max_packet} outside {MIN_MAX_PACKET}..{limit}"
             )
         self.max_packet = msg.max_packet
         self.phase = ConnPhase.READY

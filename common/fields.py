@@ -94,6 +94,9 @@ class Enum(FixedKind):
     enum: type[IntEnum]
     code: str = "B"
 
+    def put(self, items: list[Any], value: Any) -> None:
+        items.append(self.enum(value))  # ValueError for a value the enumeration does not list
+
     def take(self, items: tuple[Any, ...], index: int) -> Any:
         try:
             return self.enum(items[index])
@@ -107,6 +110,11 @@ class Enum(FixedKind):
 class Magic(FixedKind):
     expected: bytes
     code: str = "4s"
+
+    def put(self, items: list[Any], value: Any) -> None:
+        if value != self.expected:
+            raise ValueError(f"magic must be {self.expected!r}")
+        items.append(value)
 
     def take(self, items: tuple[Any, ...], index: int) -> Any:
         if items[index] != self.expected:

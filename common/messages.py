@@ -114,6 +114,12 @@ class FileEntry:
     digest: Annotated[bytes, DIGEST]
     path: Annotated[str, PATH]
 
+    def __reduce__(self) -> tuple[type, tuple[int, int, int, int, bytes, str]]:
+        # The server passes entries between processes; the dataclass default goes through
+        # dataclasses.fields() on every object.
+        return FileEntry, (self.size, self.version, self.mtime_ns, self.mode, self.digest,
+                           self.path)  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Error:

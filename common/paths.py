@@ -57,7 +57,7 @@ def normalize_prefix(prefix: str) -> str:
 
 def check_name(name: str, what: str = "share name") -> str:
     """Share names and client ids: 1-64 of ``[A-Za-z0-9._-]``, not starting with a dot."""
-    if not name or len(name.encode()) > MAX_NAME_BYTES:
+    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise InvalidName(f"{what} must be 1 to {MAX_NAME_BYTES} characters")
     if name.startswith(".") or not set(name) <= _NAME_CHARS:
         raise InvalidName(f"{what} {name!r} may only use letters, digits, '.', '_' and '-'")

@@ -11,6 +11,8 @@ turns it into a ``RemoteProtocolError``). So both sides always agree on every se
 Rules the table keeps:
 
 - A transition is keyed by ``(phase, step, sender)``. A key the table does not list is an error.
+  (The enums are IntEnums: hashing a plain Enum runs Python code, and this table is looked up
+  for every packet.)
 - Response packets become steps by their status (``FileSyncInitResponse(ACCEPTED)`` is
   ``Step.ACCEPTED``), so refusals and successes read as separate rows.
 - Data is counted: a session never carries more bytes than the size announced for it, and
@@ -23,18 +25,18 @@ Rules the table keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum, auto
+from enum import IntEnum, auto
 
 from common.errors import ErrorCode, LocalProtocolError
 from common.limits import MAX_IN_FLIGHT, NO_FILE
 
 
-class Role(Enum):
+class Role(IntEnum):
     CLIENT = auto()
     SERVER = auto()
 
 
-class Phase(Enum):
+class Phase(IntEnum):
     AWAIT_INIT_RESPONSE = auto()
     UPLOADING = auto()
     AWAIT_HASH_RESULT = auto()
@@ -46,7 +48,7 @@ class Phase(Enum):
     DONE = auto()
 
 
-class Step(Enum):
+class Step(IntEnum):
     INIT = auto()
     ACCEPTED = auto()
     ALREADY_HAVE = auto()

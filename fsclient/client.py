@@ -20,16 +20,11 @@ from types import TracebackType
 from typing import Any
 
 from common import messages as m
+from common.digest import EMPTY_DIGEST, StreamingDigest
 from common.errors import (
-    AuthError,
-    Conflict,
     FSError,
     HashMismatch,
-    InvalidName,
-    InvalidPath,
-    NotFound,
     RemoteError,
-    StoreFull,
 )
 from common.limits import (
     ABSOLUTE_MAX_PACKET,
@@ -41,27 +36,22 @@ from common.limits import (
 )
 from common.paths import check_name, normalize_path, normalize_prefix
 from common.state import Phase
-from fsclient.protocol import ClientProtocol, Mailbox
-from fsclient.transfer import BytesSource, DownloadTarget, FileSource, UploadSource
+from fsclient.batch import BatchUpload
+from fsclient.protocol import ClientProtocol, Mailbox, refusal
+from fsclient.transfer import (
+    CHUNK,
+    BufferRing,
+    BytesSource,
+    DownloadTarget,
+    FileChanged,
+    FileSource,
+    SourceMeta,
+    UploadSource,
+)
 
 ZERO_COPY_MIN = 64 * 1024
 SEND_CHUNK = 256 * 1024
 MAX_ATTEMPTS = 4
-
-_INIT_ERRORS: dict[m.InitStatus, type[FSError]] = {
-    m.InitStatus.NO_SPACE: StoreFull,
-    m.InitStatus.TOO_LARGE: StoreFull,
-    m.InitStatus.CONFLICT: Conflict,
-}
-_LOOKUP_ERRORS: dict[m.LookupStatus, type[FSError]] = {
-    m.LookupStatus.NOT_FOUND: NotFound,
-    m.LookupStatus.INVALID_PATH: InvalidPath,
-    m.LookupStatus.CONFLICT: Conflict,
-}
-_HANDSHAKE_ERRORS: dict[m.HandshakeStatus, type[FSError]] = {
-    m.HandshakeStatus.AUTH_FAILED: AuthError,
-    m.HandshakeStatus.INVALID_SHARE: InvalidName,
-}
 
 
 def parse_server(server: str) -> tuple[str, int]:
@@ -114,7 +104,7 @@ class Client:
             raise ConnectionError(f"{host}:{port} did not answer the FS handshake") from None
         if hello.status is not m.HandshakeStatus.OK:
             proto.abort(RemoteError(hello.message), send_error=False)
-            raise _HANDSHAKE_ERRORS.get(hello.status, RemoteError)(hello.message)
+            raise refusal(hello.status, hello.message)
         return cls(proto, hello)
 
     async def __aenter__(self) -> Client:
@@ -128,6 +118,7 @@ class Client:
     async def close(self) -> None:
         transport = self.proto.transport
         if transport is not None and not transport.is_closing():
+            self.proto.flush()
             transport.close()
         await self.proto.closed
 
@@ -142,7 +133,7 @@ class Client:
             source = FileSource(local)
             try:
                 return await self._upload(source, path, base_version)
-            except _SizeChanged:
+            except FileChanged:
                 continue
             finally:
                 source.close()
@@ -164,71 +155,72 @@ class Client:
     async def put_many(
         self, pairs: Iterable[tuple[str | os.PathLike[str], str]], *, window: int = 256
     ) -> list[m.FileEntry | FSError | OSError]:
-        """Upload many files with up to *window* in flight; one result (or error) per pair."""
-        gate = asyncio.Semaphore(window)
-
-        async def one(local: str | os.PathLike[str], remote: str) -> Any:
-            async with gate:
-                try:
-                    return await self.put(local, remote)
-                except (FSError, OSError) as exc:
-                    return exc
-
-        return list(await asyncio.gather(*(one(local, remote) for local, remote in pairs)))
+        """Upload many files with up to *window* in flight; one result (or error) per pair,
+        in order. Small files are pipelined without a coroutine each (see ``BatchUpload``)."""
+        return await BatchUpload(self, pairs, window).run()
 
     async def _upload(self, source: UploadSource, path: str, base_version: int) -> m.FileEntry:
         fid, box = self._open_session()
         try:
             meta = source.meta
-            self.proto.send(
-                m.FileSyncInit(
-                    fid, meta.size, meta.mtime_ns, meta.mode, base_version, meta.digest, path
-                )
-            )
+            self.proto.send(m.FileSyncInit(fid, meta.size, meta.mtime_ns, meta.mode,
+                                           base_version, meta.digest, path))  # fmt: skip
             reply: m.FileSyncInitResponse = await box.next()
             if reply.status is m.InitStatus.ALREADY_HAVE_CONTENT:
-                return self._entry(source, path, await box.next())
+                assert meta.digest is not None
+                return self._entry(meta, meta.digest, path, await box.next())
             if reply.status is not m.InitStatus.ACCEPTED:
-                raise _INIT_ERRORS.get(reply.status, RemoteError)(reply.message)
+                raise refusal(reply.status, reply.message)
             while True:
-                await self._send_payload(fid, source)
-                self.proto.send(m.FileSyncCheckHash(fid, meta.digest))
+                digest = await self._send_payload(fid, source)
+                source.check_unchanged()
+                self.proto.send(m.FileSyncCheckHash(fid, digest))
                 verdict: m.FileSyncCheckHashResponse = await box.next()
                 if verdict.status is m.HashStatus.OK:
-                    return self._entry(source, path, await box.next())
+                    return self._entry(meta, digest, path, await box.next())
                 await box.next()  # FileSyncRetryUpload, or an Error that raises
                 source.refresh()
                 if source.meta.size != meta.size:
-                    self.proto.send(m.FileSyncCancel(fid))
-                    raise _SizeChanged()
+                    raise FileChanged(f"{path} changed size during the upload")
                 meta = source.meta
         finally:
             self._close_session(fid)
 
-    async def _send_payload(self, fid: int, source: UploadSource) -> None:
-        size, pos = source.meta.size, 0
-        payload = self.proto.conn.max_payload
-        zero_copy = payload >= ZERO_COPY_MIN
-        step = max(payload, SEND_CHUNK) if zero_copy else SEND_CHUNK
+    async def _send_payload(self, fid: int, source: UploadSource) -> bytes:
+        """Send every byte of *source*; returns the digest of what was sent."""
+        size, known = source.meta.size, source.meta.digest
+        hasher = None if known else StreamingDigest()
+        proto, conn = self.proto, self.proto.conn
+        zero_copy = conn.max_payload >= ZERO_COPY_MIN
+        step = min(conn.max_payload, CHUNK) if zero_copy else SEND_CHUNK
+        ring: BufferRing | None = None
+        pos = 0
         while pos < size:
-            await self.proto.writable.wait()
-            chunk = source.read(pos, min(step, size - pos))
+            await proto.writable.wait()
+            n = min(step, size - pos)
+            buffer = None
+            chunk = source.view(pos, n)
+            if chunk is None:  # read from disk into a buffer the transport may keep a while
+                ring = ring or BufferRing(step)
+                buffer = ring.take(proto.written - proto.buffered())
+                chunk = source.read_into(pos, memoryview(buffer)[:n])
+            if hasher:
+                hasher.update(chunk)
             if zero_copy:
-                for start in range(0, len(chunk), payload):
-                    piece = chunk[start : start + payload]
-                    self.proto.write([self.proto.conn.data_header(fid, len(piece)), piece])
-                if self.proto.buffered():
-                    source.fresh_buffer()
-            else:
-                batch = bytearray()
-                self.proto.conn.frame_data(fid, chunk, batch)
-                self.proto.write([batch])
-            pos += len(chunk)
+                proto.write([conn.data_header(fid, n), chunk])
+            elif n == size:  # a small file: its packets leave with those around them
+                proto.queue(conn.frame_data(fid, chunk))
+            else:  # written now, so that the transport's flow control applies
+                proto.write([conn.frame_data(fid, chunk)])
+            if ring and buffer:
+                ring.lend(buffer, proto.written if zero_copy else 0)
+            pos += n
+        return hasher.digest() if hasher else known or EMPTY_DIGEST
 
     @staticmethod
-    def _entry(source: UploadSource, path: str, finish: m.FileSyncFinish) -> m.FileEntry:
-        meta = source.meta
-        return m.FileEntry(meta.size, finish.version, meta.mtime_ns, meta.mode, meta.digest, path)
+    def _entry(meta: SourceMeta, digest: bytes, path: str, finish: m.FileSyncFinish
+               ) -> m.FileEntry:  # fmt: skip
+        return m.FileEntry(meta.size, finish.version, meta.mtime_ns, meta.mode, digest, path)
 
     # -- downloads ---------------------------------------------------------------------------
 
@@ -245,7 +237,7 @@ class Client:
             self.proto.send(m.DownloadRequest(fid, path))
             reply: m.DownloadResponse = await box.next()
             if reply.status is not m.LookupStatus.OK or reply.entry is None:
-                raise _LOOKUP_ERRORS.get(reply.status, RemoteError)(reply.message)
+                raise refusal(reply.status, reply.message)
             ok, actual = await box.next()
             if not ok:
                 raise HashMismatch(
@@ -310,7 +302,7 @@ class Client:
     @staticmethod
     def _check_lookup(status: m.LookupStatus, message: str) -> None:
         if status is not m.LookupStatus.OK:
-            raise _LOOKUP_ERRORS.get(status, RemoteError)(message)
+            raise refusal(status, message)
 
     async def _request(self, make: Any) -> Any:
         rid = self._new_id(self.proto.requests)
@@ -318,8 +310,11 @@ class Client:
         self.proto.send(make(rid))
         return await fut
 
+    def new_file_id(self) -> int:
+        return self._new_id(self.proto.mailboxes)
+
     def _open_session(self) -> tuple[int, Mailbox]:
-        fid = self._new_id(self.proto.mailboxes)
+        fid = self.new_file_id()
         box = self.proto.mailboxes[fid] = Mailbox(asyncio.get_running_loop())
         if self.proto.failure is not None:
             box.fail(self.proto.failure)
@@ -359,7 +354,3 @@ class ChangeStream:
             self._queue.put_nowait(item)
             raise item
         return item
-
-
-class _SizeChanged(Exception):
-    """The file's size changed between the digest and the upload: start over."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from enum import IntEnum
 from typing import Any, cast
 
 from common import messages as m
@@ -21,6 +22,7 @@ from common.errors import (
     ErrorCode,
     FSError,
     HashMismatch,
+    InvalidName,
     InvalidPath,
     NotFound,
     RemoteError,
@@ -51,6 +53,26 @@ _ERROR_TYPES: dict[ErrorCode, type[FSError]] = {
     ErrorCode.NOT_FOUND: NotFound,
     ErrorCode.AUTH_FAILED: AuthError,
 }
+
+
+_REFUSALS: dict[tuple[type, int], type[FSError]] = {
+    (type(status), status): kind
+    for status, kind in [
+        (m.InitStatus.NO_SPACE, StoreFull),
+        (m.InitStatus.TOO_LARGE, StoreFull),
+        (m.InitStatus.CONFLICT, Conflict),
+        (m.LookupStatus.NOT_FOUND, NotFound),
+        (m.LookupStatus.INVALID_PATH, InvalidPath),
+        (m.LookupStatus.CONFLICT, Conflict),
+        (m.HandshakeStatus.AUTH_FAILED, AuthError),
+        (m.HandshakeStatus.INVALID_SHARE, InvalidName),
+    ]
+}  # keyed by type too: IntEnums of different types compare equal by value
+
+
+def refusal(status: IntEnum, message: str) -> FSError:
+    """The typed exception for a refusing status in a response."""
+    return _REFUSALS.get((type(status), status), RemoteError)(message)
 
 
 def error_from(msg: m.Error) -> FSError:
@@ -110,6 +132,9 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.pings: dict[int, asyncio.Future[None]] = {}
         self.notifications: asyncio.Queue[m.ChangeNotification | BaseException] | None = None
         self.failure: BaseException | None = None
+        self.outbox: list[bytes | bytearray] = []
+        self.written = 0
+        """Bytes handed to the transport so far; minus ``buffered()``, the bytes sent."""
         self.closed = self.loop.create_future()
         self.writable = asyncio.Event()
         self.writable.set()
@@ -175,15 +200,31 @@ class ClientProtocol(asyncio.BufferedProtocol):
     # -- sending -----------------------------------------------------------------------------
 
     def send(self, msg: m.Message) -> None:
+        """Queue a packet; everything queued in one loop iteration leaves in one write."""
+        self.queue(self.conn.send(msg))
+
+    def queue(self, packet: bytes | bytearray) -> None:
+        """Queue bytes the caller will not touch again (they may leave later)."""
         if self.failure is not None:
             raise self.failure
-        assert self.transport is not None
-        self.transport.write(self.conn.send(msg))
+        self.outbox.append(packet)
+        if len(self.outbox) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self.outbox and self.transport is not None and not self.transport.is_closing():
+            data = b"".join(self.outbox)  # one write: writev over many small packets is slow
+            self.written += len(data)
+            self.transport.write(data)
+        self.outbox = []
 
     def write(self, chunks: list[bytes | bytearray | memoryview]) -> None:
+        """Write data packets now, after whatever was queued before them."""
         if self.failure is not None:
             raise self.failure
         assert self.transport is not None
+        self.flush()
+        self.written += sum(len(chunk) for chunk in chunks)
         self.transport.writelines(chunks)
 
     def buffered(self) -> int:
@@ -274,6 +315,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         if self.failure is None:
             self.failure = exc
         if self.transport is not None and not self.transport.is_closing():
+            self.flush()
             if send_error and isinstance(exc, FSError):
                 self.transport.write(encode(m.Error(exc.code, NO_FILE, exc.message)))
             self.transport.close()

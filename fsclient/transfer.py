@@ -13,6 +13,7 @@ import os
 import secrets
 import stat
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +23,14 @@ from common.messages import FileEntry
 CHUNK = 1 << 20
 SMALL_FILE = 1 << 20
 """Files up to this size are read once into memory, hashed, and sent from there."""
+PREHASH_MAX = 64 << 20
+"""Files up to this size are hashed before they are sent, so the server can skip content it
+already holds. Bigger ones are hashed as they stream: one read of the file, not two."""
 TEMP_MARK = ".fs-tmp-"
 
 
 class FileChanged(OSError):
-    """The local file changed size while it was being uploaded."""
+    """The local file changed while it was being uploaded."""
 
 
 @dataclass
@@ -34,23 +38,28 @@ class SourceMeta:
     size: int
     mtime_ns: int
     mode: int
-    digest: bytes
+    digest: bytes | None
+    """None until the bytes have been read once (large files are hashed as they stream)."""
 
 
 class UploadSource(ABC):
-    """The bytes of one upload; ``read(pos, n)`` gives a view of up to *n* bytes at *pos*."""
+    """The bytes of one upload."""
 
     meta: SourceMeta
 
     @abstractmethod
-    def read(self, pos: int, n: int) -> memoryview:
-        """A view that stays valid until the next read (or ``fresh_buffer``)."""
+    def view(self, pos: int, n: int) -> memoryview | None:
+        """*n* bytes at *pos* if they are in memory already, else None (use ``read_into``)."""
 
-    def fresh_buffer(self) -> None:
-        """The transport still holds views of earlier reads: do not overwrite them."""
+    def read_into(self, pos: int, into: memoryview) -> memoryview:
+        """Fill *into* with the bytes at *pos*."""
+        raise TypeError(f"{type(self).__name__} holds its bytes in memory")
 
     def refresh(self) -> None:
         """Look at the data again (after a digest mismatch it may have changed)."""
+
+    def check_unchanged(self) -> None:
+        """Raise FileChanged if the data changed since ``refresh``."""
 
     def close(self) -> None:
         """Release the file, if any."""
@@ -63,59 +72,87 @@ class BytesSource(UploadSource):
         self.data = memoryview(data)
         self.meta = SourceMeta(len(data), mtime_ns, mode, digest or digest_of(data))
 
-    def read(self, pos: int, n: int) -> memoryview:
+    def view(self, pos: int, n: int) -> memoryview | None:
         return self.data[pos : pos + n]
 
 
 class FileSource(UploadSource):
-    """A local file. Small ones are read whole; big ones are read chunk by chunk, once to
-    hash and once to send, so memory stays bounded whatever the size."""
+    """A local file, read with ``preadv`` into buffers the caller lends, so memory stays
+    bounded whatever the size. (Not mmap: a file truncated under a mapping raises SIGBUS.)"""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
-        self.buffer = bytearray(CHUNK)
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.whole: bytes | None = None
-        self.refresh()
+        self.stamp: tuple[int, int] = (0, 0)
+        try:
+            self.refresh()
+        except BaseException:
+            self.close()
+            raise
 
     def refresh(self) -> None:
-        st = os.fstat(self.file.fileno())
+        st = os.fstat(self.fd)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(f"{self.path} is not a regular file")
-        size = st.st_size
+        size, digest = st.st_size, None
+        self.whole = None
         if size <= SMALL_FILE:
-            self.file.seek(0)
-            self.whole = self.file.read()
-            size = len(self.whole)
+            self.whole = os.pread(self.fd, size + 1, 0)
+            if len(self.whole) != size:
+                raise FileChanged(f"{self.path} changed size while it was read")
             digest = digest_of(self.whole)
-        else:
-            self.whole = None
-            digest = self._hash_chunks(size)
+        elif size <= PREHASH_MAX:
+            digest = self._hash(size)
+        self.stamp = (st.st_size, st.st_mtime_ns)
         self.meta = SourceMeta(size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
 
-    def _hash_chunks(self, size: int) -> bytes:
+    def _hash(self, size: int) -> bytes:
         hasher = StreamingDigest()
-        pos = 0
-        while pos < size:
-            view = self.read(pos, min(CHUNK, size - pos))
-            hasher.update(view)
-            pos += len(view)
+        buffer = memoryview(bytearray(CHUNK))
+        for pos in range(0, size, CHUNK):
+            hasher.update(self.read_into(pos, buffer[: min(CHUNK, size - pos)]))
         return hasher.digest()
 
-    def fresh_buffer(self) -> None:
-        self.buffer = bytearray(CHUNK)
+    def view(self, pos: int, n: int) -> memoryview | None:
+        return None if self.whole is None else memoryview(self.whole)[pos : pos + n]
 
-    def read(self, pos: int, n: int) -> memoryview:
-        if self.whole is not None:
-            return memoryview(self.whole)[pos : pos + n]
-        view = memoryview(self.buffer)[: min(n, CHUNK)]
-        got = os.preadv(self.file.fileno(), [view], pos)
-        if got < len(view):
+    def read_into(self, pos: int, into: memoryview) -> memoryview:
+        if os.preadv(self.fd, [into], pos) < len(into):
             raise FileChanged(f"{self.path} shrank while it was being uploaded")
-        return view
+        return into
+
+    def check_unchanged(self) -> None:
+        if self.whole is not None:  # sent from memory: what was hashed is what was sent
+            return
+        st = os.fstat(self.fd)
+        if (st.st_size, st.st_mtime_ns) != self.stamp:
+            raise FileChanged(f"{self.path} changed while it was being uploaded")
 
     def close(self) -> None:
-        self.file.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class BufferRing:
+    """Read buffers for zero-copy sends: the transport keeps a view of each until the bytes
+    are on the wire, so a buffer is reused only once everything written from it was sent."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free: list[bytearray] = []
+        self.busy: deque[tuple[int, bytearray]] = deque()
+
+    def take(self, sent: int) -> bytearray:
+        """A buffer; *sent* is how many bytes the transport has sent so far."""
+        while self.busy and self.busy[0][0] <= sent:
+            self.free.append(self.busy.popleft()[1])
+        return self.free.pop() if self.free else bytearray(self.size)
+
+    def lend(self, buffer: bytearray, written: int) -> None:
+        """*buffer* is in use until the transport has sent *written* bytes in all."""
+        self.busy.append((written, buffer))
 
 
 class FileSink:

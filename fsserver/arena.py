@@ -1,8 +1,9 @@
 """``BlobArena``: the shared-memory segment that holds every stored byte.
 
-Only the supervisor creates and unlinks it; workers and hashers, started by multiprocessing from
-the supervisor, only attach (on Python 3.11 every attach registers with the resource tracker, and
-a tracker of a process not started that way would unlink the segment when it exits). The whole
+Only the supervisor creates and unlinks it. Workers and hashers attach with a plain ``mmap`` of
+the segment's file: on Python 3.11 every ``SharedMemory`` attach registers with a resource
+tracker, and a tracker that did not start with the supervisor unlinks the segment when its
+process exits (CPython gh-82300), so attachers stay away from ``SharedMemory`` altogether. The whole
 segment is reserved with ``posix_fallocate`` at start: a store that does not fit in /dev/shm fails
 at once with a clear message instead of a SIGBUS later, and the pages are touched only once.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import mmap
 import os
 import re
 import secrets
+from collections.abc import Callable
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 PREFIX = "fs-"
 _NAME = re.compile(r"^fs-(\d+)-[0-9a-f]+$")
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class ArenaError(RuntimeError):
@@ -59,15 +63,18 @@ def clean_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
 class BlobArena:
     """One shared-memory segment; ``view`` is a writable memoryview over all of it."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
-        self._shm = shm
+    def __init__(self, name: str, size: int, view: memoryview, closer: Callable[[], None],
+                 owner: bool) -> None:  # fmt: skip
+        self.name = name
+        self.size = size
+        self.view: memoryview | None = view
+        self._closer = closer
         self.owner = owner
-        self.name = shm.name
-        self.size = shm.size
-        self.view: memoryview | None = shm.buf
 
     @classmethod
     def create(cls, size: int) -> BlobArena:
+        """Reserve the segment (creator only). It is registered with multiprocessing's
+        resource tracker, which unlinks it even if this process is killed."""
         name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         path = SHM_DIR / name
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -89,11 +96,36 @@ class BlobArena:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return cls(shm, owner=True)
+
+        def close() -> None:
+            try:
+                shm.close()
+            except BufferError:
+                log.debug("arena %s still has exported views; left mapped until exit", name)
+            with contextlib.suppress(FileNotFoundError):
+                shm.unlink()
+
+        return cls(name, size, shm.buf, close, owner=True)
 
     @classmethod
     def attach(cls, name: str) -> BlobArena:
-        return cls(shared_memory.SharedMemory(name=name), owner=False)
+        """Map an existing segment, with every page mapped up front (MAP_POPULATE) so that
+        the data path never takes a page fault. A plain mmap, not SharedMemory: it does not
+        register with any resource tracker, so no process's exit can unlink the arena."""
+        fd = os.open(SHM_DIR / name, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+        finally:
+            os.close(fd)
+
+        def close() -> None:
+            try:
+                mapped.close()
+            except BufferError:
+                log.debug("arena %s still has exported views; left mapped until exit", name)
+
+        return cls(name, size, memoryview(mapped), close, owner=False)
 
     def close(self) -> None:
         """Detach (and, for the creator, unlink). Safe to call twice; tolerates live views."""
@@ -101,10 +133,4 @@ class BlobArena:
             return
         self.view.release()
         self.view = None
-        try:
-            self._shm.close()
-        except BufferError:
-            log.debug("arena %s still has exported views; left mapped until exit", self.name)
-        if self.owner:
-            with contextlib.suppress(FileNotFoundError):
-                self._shm.unlink()
+        self._closer()

@@ -84,13 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from(argv, dict(os.environ))
     import uvloop
 
-    from fsserver.process import setup_logging
+    from fsserver.process import profiled, setup_logging
     from fsserver.supervisor import Supervisor
 
     setup_logging(config.log_level)
     logging.getLogger(__name__).debug("configuration: %s", config)
-    code = uvloop.run(Supervisor(config).serve())
-    return code
+    return profiled("supervisor", lambda: uvloop.run(Supervisor(config).serve()))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ it through RPC. Content is addressed by (XXH3-128 digest, size), so identical co
 once. A blob is freed when nothing refers to it: no path, no pending download lease.
 
 Expected outcomes (a conflict, a full store, a missing path) are returned as result objects,
-not raised, so that they cross the process boundary as plain data.
+not raised, so that they cross the process boundary as plain data (named tuples: they pickle
+several times faster than slotted dataclasses).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from itertools import count
+from typing import NamedTuple
 
 from sortedcontainers import SortedDict
 
@@ -25,53 +27,45 @@ LIST_PAGE_BYTES = 32 * 1024
 """A list page stops after this many path bytes, so one RPC reply stays small."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reserved:
+class Reserved(NamedTuple):
     ticket: int
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class Linked:
+class Linked(NamedTuple):
     """The content was already stored; the path now refers to it."""
 
     version: int
 
 
-@dataclass(frozen=True, slots=True)
-class Committed:
+class Committed(NamedTuple):
     version: int
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     entry: FileEntry
     offset: int
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
+class Refused(NamedTuple):
     status: int
     version: int
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class ListPage:
+class ListPage(NamedTuple):
     entries: tuple[FileEntry, ...]
     more: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     share: str
     entry: FileEntry
     deleted: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ChangePage:
+class ChangePage(NamedTuple):
     """Changes after a sequence number, oldest first; ``seq`` is the share's latest."""
 
     changes: tuple[Change, ...]
@@ -334,7 +328,9 @@ class Store:
         )
 
     def _put(self, share: str, path: str, blob: Blob, mtime_ns: int, mode: int) -> int:
-        sh = self.shares.setdefault(share, Share())
+        sh = self.shares.get(share)
+        if sh is None:
+            sh = self.shares[share] = Share()
         old = sh.entries.get(path)
         if old is not None and old.blob is not None:
             self.logical_bytes -= old.blob.size

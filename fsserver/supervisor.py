@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 from typing import Any
 
 from fsserver.arena import BlobArena, clean_stale_segments
@@ -21,7 +22,7 @@ from fsserver.config import ServerConfig
 from fsserver.hashing import serve_jobs
 from fsserver.health import HealthServer, Response
 from fsserver.metrics import render_metrics
-from fsserver.process import setup_child
+from fsserver.process import profiled, setup_child
 from fsserver.rpc import serve_batch
 from fsserver.store import Change, Store
 from fsserver.worker import worker_main
@@ -38,7 +39,8 @@ class StartupError(RuntimeError):
 
 def hasher_main(index: int, config: ServerConfig, jobs: socket.socket, arena_name: str) -> None:
     setup_child(f"hasher-{index}", config.log_level)
-    serve_jobs(arena_name, jobs)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop in recvmsg, run finally blocks
+    profiled(f"hasher-{index}", lambda: serve_jobs(arena_name, jobs))
 
 
 def bind_listener(host: str, port: int) -> socket.socket:

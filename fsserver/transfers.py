@@ -71,10 +71,8 @@ class DownloadStream:
                 owner.write_now([conn.data_header(fid, n), data])
                 pos += n
             else:
-                batch = bytearray()
                 n = min(BATCH_BYTES, size - pos)
-                conn.frame_data(fid, arena[start + pos : start + pos + n], batch)
+                owner.write_now([conn.frame_data(fid, arena[start + pos : start + pos + n])])
                 pos += n
-                owner.write_now([batch])
             await asyncio.sleep(0)  # let the worker's other connections run
         owner.send(m.FileSyncCheckHash(fid, self.entry.digest))

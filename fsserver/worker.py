@@ -20,7 +20,7 @@ from fsserver.connection import ClientConnection
 from fsserver.context import WorkerContext
 from fsserver.feed import ChangeFeed
 from fsserver.hashing import HashClient
-from fsserver.process import setup_child
+from fsserver.process import profiled, setup_child
 from fsserver.rpc import RpcClient
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ def worker_main(
     store_id: bytes,
 ) -> None:
     setup_child(f"worker-{worker_id}", config.log_level)
-    uvloop.run(Worker(worker_id, config, ctrl, jobs, arena_name, store_id).run())
+    worker = Worker(worker_id, config, ctrl, jobs, arena_name, store_id)
+    profiled(f"worker-{worker_id}", lambda: uvloop.run(worker.run()))
 
 
 class Worker:

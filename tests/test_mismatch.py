@@ -24,9 +24,7 @@ def upload_with_digest(raw: RawClient, fid: int, path: str, data: bytes, claimed
 
 
 def send_data(raw: RawClient, fid: int, data: bytes) -> None:
-    out = bytearray()
-    raw.conn.frame_data(fid, memoryview(data), out)
-    raw.send_raw(bytes(out))
+    raw.send_raw(raw.conn.frame_data(fid, memoryview(data)))
 
 
 def read_back(server, path: str) -> tuple[bytes, m.FileEntry]:

@@ -91,9 +91,7 @@ def test_a_session_the_client_gives_up_frees_its_space(server_factory):
         raw = RawClient(server.address)
         raw.send(m.FileSyncInit(1, len(data), 0, 0o644, ANY_VERSION, None, f"{how}.bin"))
         assert raw.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
-        out = bytearray()
-        raw.conn.frame_data(1, memoryview(data)[: 1 * MiB], out)
-        raw.send_raw(bytes(out))
+        raw.send_raw(raw.conn.frame_data(1, memoryview(data)[: 1 * MiB]))
         if how == "cancel":
             raw.send(m.FileSyncCancel(1))
         elif how == "error":
