@@ -14,9 +14,7 @@ the socket directly into it (zero-copy).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Protocol
 
 from common import messages as m
 from common.codec import DATA_HEADER, HEADER, decode_body, encode, packet_type_of
@@ -33,7 +31,11 @@ from common.limits import (
     SERVER_MAX_PACKET,
 )
 from common.messages import PacketType as T
+from common.rules import CLIENT_SENDS, RESPONSE_OF, RESPONSES, SERVER_SENDS, session_step
+from common.sinks import DataChunk, Event, PayloadSink, ViewSink
 from common.state import RequestTable, Role, SessionTable, Step
+
+__all__ = ["ConnPhase", "DataChunk", "Event", "FSConnection", "PayloadSink", "ViewSink"]
 
 _U32 = struct.Struct(">I")
 
@@ -45,121 +47,6 @@ class ConnPhase(Enum):
     READY = auto()
     CLOSED = auto()
     ERROR = auto()
-
-
-@dataclass(slots=True)
-class DataChunk:
-    """Payload bytes of a file with no sink. ``data`` is only valid until the next receive."""
-
-    file_id: int
-    data: memoryview | bytes
-
-
-Event = m.Message | DataChunk
-
-
-class PayloadSink(Protocol):
-    def target(self) -> memoryview:
-        """Writable memory for the next payload bytes (never empty while bytes are due)."""
-        ...
-
-    def advance(self, nbytes: int) -> None:
-        """*nbytes* were written at the start of the last ``target()``."""
-        ...
-
-
-class ViewSink:
-    """A sink that fills one memoryview front to back (an extent of the store)."""
-
-    __slots__ = ("pos", "view")
-
-    def __init__(self, view: memoryview) -> None:
-        self.view = view
-        self.pos = 0
-
-    def target(self) -> memoryview:
-        return self.view[self.pos :]
-
-    def advance(self, nbytes: int) -> None:
-        self.pos += nbytes
-
-
-CLIENT_SENDS = frozenset(
-    {
-        T.ERROR,
-        T.PING,
-        T.VERSION_HANDSHAKE,
-        T.FILE_SYNC_INIT,
-        T.FILE_SYNC_DATA,
-        T.FILE_SYNC_CHECK_HASH,
-        T.FILE_SYNC_CHECK_HASH_RESPONSE,
-        T.FILE_SYNC_CANCEL,
-        T.LIST_REQUEST,
-        T.STAT_REQUEST,
-        T.DOWNLOAD_REQUEST,
-        T.DELETE_REQUEST,
-        T.SUBSCRIBE_REQUEST,
-    }
-)
-SERVER_SENDS = frozenset(
-    {
-        T.ERROR,
-        T.PING,
-        T.VERSION_HANDSHAKE_RESPONSE,
-        T.FILE_SYNC_INIT_RESPONSE,
-        T.FILE_SYNC_DATA,
-        T.FILE_SYNC_CHECK_HASH,
-        T.FILE_SYNC_CHECK_HASH_RESPONSE,
-        T.FILE_SYNC_RETRY_UPLOAD,
-        T.FILE_SYNC_FINISH,
-        T.LIST_RESPONSE,
-        T.STAT_RESPONSE,
-        T.DOWNLOAD_RESPONSE,
-        T.DELETE_RESPONSE,
-        T.SUBSCRIBE_RESPONSE,
-        T.CHANGE_NOTIFICATION,
-    }
-)
-_RESPONSE_OF: dict[type, type] = {
-    m.ListRequest: m.ListResponse,
-    m.StatRequest: m.StatResponse,
-    m.DeleteRequest: m.DeleteResponse,
-    m.SubscribeRequest: m.SubscribeResponse,
-}
-_RESPONSES = frozenset(_RESPONSE_OF.values())
-_INIT_STEPS = {
-    m.InitStatus.ACCEPTED: Step.ACCEPTED,
-    m.InitStatus.ALREADY_HAVE_CONTENT: Step.ALREADY_HAVE,
-}
-
-
-def _session_step(msg: m.Message) -> tuple[int, Step, int | None] | None:
-    """The session transition a message makes, or None if it is not a session packet."""
-    match msg:
-        case m.FileSyncInit(file_id=fid, size=size):
-            return fid, Step.INIT, size
-        case m.FileSyncInitResponse(file_id=fid, status=status):
-            return fid, _INIT_STEPS.get(status, Step.REFUSED), None
-        case m.FileSyncCheckHash(file_id=fid):
-            return fid, Step.CHECK_HASH, None
-        case m.FileSyncCheckHashResponse(file_id=fid, status=status):
-            ok = status is m.HashStatus.OK
-            return fid, Step.HASH_OK if ok else Step.HASH_MISMATCH, None
-        case m.FileSyncRetryUpload(file_id=fid):
-            return fid, Step.RETRY, None
-        case m.FileSyncFinish(file_id=fid):
-            return fid, Step.FINISH, None
-        case m.FileSyncCancel(file_id=fid):
-            return fid, Step.CANCEL, None
-        case m.DownloadRequest(file_id=fid):
-            return fid, Step.DOWNLOAD_REQUEST, None
-        case m.DownloadResponse(file_id=fid, status=status, entry=entry):
-            if status is not m.LookupStatus.OK:
-                return fid, Step.REFUSED, None
-            if entry is None:
-                raise LocalProtocolError("DownloadResponse OK without an entry")
-            return fid, Step.DOWNLOAD_OK, entry.size
-    return None
 
 
 class FSConnection:
@@ -458,7 +345,7 @@ class FSConnection:
             self._apply_handshake(msg, sender)
             return True
         self._require_ready(ptype, sender)
-        step = _session_step(msg)
+        step = session_step(msg)
         if step is not None:
             file_id, what, size = step
             if sender is not self.role and file_id in self._ended:
@@ -469,13 +356,13 @@ class FSConnection:
             self.sessions.apply(file_id, what, sender, size)
             if what in (Step.CHECK_HASH, Step.CANCEL) and sender is not self.role:
                 self.detach_sink(file_id)
-        elif type(msg) in _RESPONSE_OF:
+        elif type(msg) in RESPONSE_OF:
             if isinstance(msg, m.SubscribeRequest) and (
                 self.subscribed or m.SubscribeResponse in self.requests.pending.values()
             ):
                 raise LocalProtocolError("already subscribed", ErrorCode.UNEXPECTED_PACKET)
-            self.requests.open(msg.request_id, _RESPONSE_OF[type(msg)])  # type: ignore[union-attr]
-        elif type(msg) in _RESPONSES:
+            self.requests.open(msg.request_id, RESPONSE_OF[type(msg)])  # type: ignore[union-attr]
+        elif type(msg) in RESPONSES:
             self.requests.close(msg.request_id, type(msg))  # type: ignore[union-attr]
             if isinstance(msg, m.SubscribeResponse) and msg.status is m.LookupStatus.OK:
                 self.subscribed = True

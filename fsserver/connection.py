@@ -29,9 +29,10 @@ from common.paths import check_name, normalize_path
 from common.state import Phase, Role
 from fsserver.context import WorkerContext
 from fsserver.feed import Subscription
+from fsserver.hashing import STREAM_MIN
 from fsserver.requests import RequestHandlers
 from fsserver.store import Linked, Refused, Reserved
-from fsserver.transfers import DownloadStream, Upload
+from fsserver.transfers import DownloadStream, StreamingSink, Upload
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         self.writable.set()
         self.ctx.connections.discard(self)
         for upload in self.uploads.values():
-            if upload.ticket and not upload.committing:
-                self.ctx.rpc.call("abort", upload.ticket)
+            self.drop(upload)
         for stream in self.downloads.values():
             stream.cancel()
             self.ctx.rpc.call("release", stream.lease)
@@ -259,8 +259,8 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
                 self.transport.close()
             return
         upload = self.uploads.pop(msg.file_id, None)
-        if upload is not None and not upload.committing:
-            self.ctx.rpc.call("abort", upload.ticket)
+        if upload is not None:
+            self.drop(upload)
         stream = self.downloads.pop(msg.file_id, None)
         if stream is not None:
             stream.cancel()
@@ -331,15 +331,30 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             self.send(m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, ""))
 
     def arm(self, upload: Upload) -> None:
-        """Point the file's payload at its extent, from the first byte."""
+        """Point the file's payload at its extent, from the first byte; a big upload is
+        hashed while it arrives."""
         extent = self.ctx.arena[upload.offset : upload.offset + upload.size]
-        self.conn.attach_sink(upload.file_id, ViewSink(extent))
+        if upload.size >= STREAM_MIN:
+            upload.stream = self.ctx.hashes.stream(upload.offset, upload.size)
+            self.conn.attach_sink(upload.file_id, StreamingSink(extent, upload.stream))
+        else:
+            self.conn.attach_sink(upload.file_id, ViewSink(extent))
+
+    def drop(self, upload: Upload) -> None:
+        """Give back what an upload that will not be committed holds."""
+        if upload.stream is not None:
+            upload.stream.abort()
+            upload.stream = None
+        if not upload.committing:
+            self.ctx.rpc.call("abort", upload.ticket)
 
     def on_check_hash(self, msg: m.FileSyncCheckHash) -> None:
         upload = self.uploads[msg.file_id]
-        self.ctx.hashes.digest(upload.offset, upload.size).add_done_callback(
-            lambda fut: self.on_verified(upload, msg.digest, fut.result())
-        )
+        if upload.stream is not None:
+            verdict, upload.stream = upload.stream.finish(), None
+        else:
+            verdict = self.ctx.hashes.digest(upload.offset, upload.size)
+        verdict.add_done_callback(lambda fut: self.on_verified(upload, msg.digest, fut.result()))
 
     def on_verified(self, upload: Upload, claimed: bytes, actual: bytes) -> None:
         if self.closing or self.uploads.get(upload.file_id) is not upload:
@@ -367,7 +382,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             self.send(m.FileSyncRetryUpload(fid, upload.attempts))
             return
         del self.uploads[fid]
-        self.ctx.rpc.call("abort", upload.ticket)
+        self.drop(upload)
         self.send(
             m.Error(
                 ErrorCode.HASH_MISMATCH,
@@ -386,8 +401,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             self.send(m.FileSyncFinish(upload.file_id, result.version))
 
     def on_cancel(self, msg: m.FileSyncCancel) -> None:
-        upload = self.uploads.pop(msg.file_id)
-        self.ctx.rpc.call("abort", upload.ticket)
+        self.drop(self.uploads.pop(msg.file_id))
 
     # -- downloads ---------------------------------------------------------------------------
 

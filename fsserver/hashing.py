@@ -1,11 +1,10 @@
-"""The hashing pool: hasher processes and the worker-side ``HashClient`` that feeds them.
+"""The worker's side of the hashing pool: ``HashClient`` sends jobs, ``HashStream`` reports an
+upload's progress to the hasher that digests it while it arrives (see ``fsserver.hasher``).
 
-All hashers read jobs from one shared SEQPACKET socket, so the kernel hands each job message to
-whichever hasher is idle. A job is ``(job id, offset, length)`` in the arena; the hasher digests a
-memoryview of shared memory (zero-copy, xxhash releases the GIL) and answers on the reply socket
-that came with the job as a passed descriptor. So a worker that restarts, or a hasher that
-restarts, needs no re-wiring; a worker resubmits its open jobs when the supervisor reports a
-hasher death.
+Jobs go to the one job socket every hasher reads, with this worker's reply socket attached as a
+passed descriptor, so a restarted worker or hasher needs no re-wiring. When the supervisor
+reports a dead hasher, one-shot jobs are sent again and streams fall back to one-shot jobs (a
+duplicate answer is harmless).
 """
 
 from __future__ import annotations
@@ -16,56 +15,71 @@ import pickle
 import socket
 from collections import deque
 
-import xxhash
-
 from common.digest import EMPTY_DIGEST
-from fsserver.arena import BlobArena
-from fsserver.channel import channel_pair, fds_ancillary, recv_message, split_batches
+from fsserver.channel import channel_pair, fds_ancillary, split_batches
+from fsserver.hasher import PROGRESS
 
 log = logging.getLogger(__name__)
 
 LARGE_JOB = 4 * 1024 * 1024
 """Jobs at least this big travel alone so that several hashers share big uploads."""
+STREAM_MIN = 8 * 1024 * 1024
+"""Uploads at least this big are hashed while they arrive."""
+REPORT_STEP = 4 * 1024 * 1024
+"""A stream reports progress after at least this many new bytes."""
+
+Job = tuple[int, int, int]
 
 
-def hash_jobs(arena: memoryview, jobs: list[tuple[int, int, int]]) -> list[tuple[int, bytes]]:
-    results = []
-    for job_id, offset, size in jobs:
-        with arena[offset : offset + size] as view:
-            results.append((job_id, xxhash.xxh3_128_digest(view)))
-    return results
+class HashStream:
+    """One upload being digested while it fills its extent."""
 
+    def __init__(self, client: HashClient, job: Job, progress: socket.socket,
+                 verdict: asyncio.Future[bytes]) -> None:  # fmt: skip
+        self.client = client
+        self.job = job
+        self.verdict = verdict
+        self.progress = progress
+        self.reported = 0
+        self.broken = False
 
-def serve_jobs(arena_name: str, jobs: socket.socket) -> None:
-    """Body of a hasher process: hash job batches until the job socket closes."""
-    arena = BlobArena.attach(arena_name)
-    assert arena.view is not None
-    try:
-        while True:
-            try:
-                data, fds = recv_message(jobs)
-            except InterruptedError:
-                continue
-            if not data:
-                return
-            _kind, batch = pickle.loads(data)
-            results = pickle.dumps(hash_jobs(arena.view, batch), pickle.HIGHEST_PROTOCOL)
-            for fd in fds[1:]:
-                socket.close(fd)
-            if not fds:
-                log.error("hash job without a reply socket dropped")
-                continue
-            with socket.socket(fileno=fds[0]) as reply:
-                try:
-                    reply.send(results)
-                except OSError as exc:  # the worker went away; its jobs die with it
-                    log.debug("hash reply lost: %s", exc)
-    finally:
-        arena.close()
+    def advanced(self, upto: int) -> None:
+        """Bytes 0..*upto* of the extent are final."""
+        if self.broken or (upto - self.reported < REPORT_STEP and upto < self.job[2]):
+            return
+        try:
+            self.progress.send(PROGRESS.pack(upto))
+            self.reported = upto
+        except BlockingIOError:  # the hasher is behind; a later report says more
+            return
+        except OSError:
+            self.give_up()
+
+    def finish(self) -> asyncio.Future[bytes]:
+        """The digest of the whole extent, once every byte is in it (the answer may be
+        there already: the last report went out with the last byte)."""
+        self.advanced(self.job[2])
+        if self.reported < self.job[2]:
+            self.give_up()
+        if self.broken and not self.verdict.done():
+            self.client.requeue(self.job)
+        return self.verdict
+
+    def give_up(self) -> None:
+        """Stop streaming (the hasher went away, or cannot keep up); ``finish`` then hashes
+        the extent in one job instead."""
+        if not self.broken:
+            self.broken = True
+            self.progress.close()
+
+    def abort(self) -> None:
+        """The upload ended without a CheckHash (cancelled, or its connection closed)."""
+        self.give_up()
+        self.client.forget(self.job[0])
 
 
 class HashClient:
-    """Worker side: ``await hashes.digest(offset, size)`` returns the XXH3-128 of an extent."""
+    """``await hashes.digest(offset, size)``, or ``hashes.stream(offset, size)`` for uploads."""
 
     def __init__(self, jobs: socket.socket) -> None:
         self.loop = asyncio.get_running_loop()
@@ -73,9 +87,10 @@ class HashClient:
         self.reply_in, self.reply_out = channel_pair()
         self.reply_in.setblocking(False)
         self._next_id = 1
-        self._pending: dict[int, tuple[asyncio.Future[bytes], int, int]] = {}
-        self._batch: list[tuple[int, int, int]] = []
-        self._unsent: deque[bytes] = deque()
+        self._pending: dict[int, tuple[asyncio.Future[bytes], Job]] = {}
+        self._streams: dict[int, HashStream] = {}
+        self._batch: list[Job] = []
+        self._unsent: deque[tuple[bytes, list[socket.socket]]] = deque()
         self.loop.add_reader(self.reply_in.fileno(), self._on_replies)
 
     def digest(self, offset: int, size: int) -> asyncio.Future[bytes]:
@@ -83,50 +98,76 @@ class HashClient:
         if size == 0:
             fut.set_result(EMPTY_DIGEST)
             return fut
-        job_id = self._next_id
-        self._next_id += 1
-        self._pending[job_id] = (fut, offset, size)
-        self._queue((job_id, offset, size))
+        job = self._new_job(fut, offset, size)
+        self.requeue(job)
         return fut
+
+    def stream(self, offset: int, size: int) -> HashStream:
+        verdict: asyncio.Future[bytes] = self.loop.create_future()
+        job = self._new_job(verdict, offset, size)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        self._send([(pickle.dumps(("stream", [job]), pickle.HIGHEST_PROTOCOL), [theirs])])
+        stream = self._streams[job[0]] = HashStream(self, job, ours, verdict)
+        return stream
+
+    def forget(self, job_id: int) -> None:
+        self._pending.pop(job_id, None)
+        self._streams.pop(job_id, None)
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
 
     def resubmit_all(self) -> None:
-        """A hasher died: its jobs may be lost, so send every open job again."""
-        for job_id, (_fut, offset, size) in self._pending.items():
-            self._queue((job_id, offset, size))
+        """A hasher died: its jobs may be lost. Send one-shot jobs again; streams give up."""
+        for job_id, (_fut, job) in self._pending.items():
+            stream = self._streams.get(job_id)
+            if stream is None:
+                self.requeue(job)
+            elif not stream.broken:
+                stream.give_up()
+                if stream.reported == job[2]:  # finished: its answer may be lost with it
+                    self.requeue(job)
 
-    def _queue(self, job: tuple[int, int, int]) -> None:
+    def requeue(self, job: Job) -> None:
         if job[2] >= LARGE_JOB:
-            self._send_all(split_batches("hash", [job]))
+            self._send([(data, []) for data in split_batches("hash", [job])])
             return
         if not self._batch:
             self.loop.call_soon(self._flush)
         self._batch.append(job)
 
+    def _new_job(self, fut: asyncio.Future[bytes], offset: int, size: int) -> Job:
+        job = (self._next_id, offset, size)
+        self._next_id += 1
+        self._pending[job[0]] = (fut, job)
+        return job
+
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
-        self._send_all(split_batches("hash", batch))
+        self._send([(data, []) for data in split_batches("hash", batch)])
 
-    def _send_all(self, messages: list[bytes]) -> None:
+    def _send(self, messages: list[tuple[bytes, list[socket.socket]]]) -> None:
         was_idle = not self._unsent
         self._unsent.extend(messages)
         if was_idle:
             self._drain()
 
     def _drain(self) -> None:
-        ancillary = fds_ancillary([self.reply_out.fileno()])
         while self._unsent:
+            data, socks = self._unsent[0]
+            fds = [self.reply_out.fileno(), *(s.fileno() for s in socks)]
             try:
                 # MSG_DONTWAIT, not O_NONBLOCK: the job socket's file status is shared with
                 # every other worker.
-                self.jobs.sendmsg([self._unsent[0]], ancillary, socket.MSG_DONTWAIT)
+                self.jobs.sendmsg([data], fds_ancillary(fds), socket.MSG_DONTWAIT)
             except BlockingIOError:
                 self.loop.add_writer(self.jobs.fileno(), self._writable)
                 return
             self._unsent.popleft()
+            for sock in socks:
+                sock.close()  # the hasher has its own copy now
 
     def _writable(self) -> None:
         self.loop.remove_writer(self.jobs.fileno())
@@ -139,12 +180,15 @@ class HashClient:
             except BlockingIOError:
                 return
             for job_id, digest in pickle.loads(data):
-                fut = self._pending.pop(job_id, (None, 0, 0))[0]
+                fut = self._pending.pop(job_id, (None, None))[0]
+                self._streams.pop(job_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(digest)
 
     def close(self) -> None:
         self.loop.remove_reader(self.reply_in.fileno())
         self.loop.remove_writer(self.jobs.fileno())
+        for stream in self._streams.values():
+            stream.give_up()
         self.reply_in.close()
         self.reply_out.close()

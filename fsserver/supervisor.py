@@ -19,7 +19,7 @@ from fsserver.arena import BlobArena, clean_stale_segments
 from fsserver.channel import MessageChannel, channel_pair
 from fsserver.children import Child, RestartPolicy, Role, spawn, stop_all
 from fsserver.config import ServerConfig
-from fsserver.hashing import serve_jobs
+from fsserver.hasher import serve_jobs
 from fsserver.health import HealthServer, Response
 from fsserver.metrics import render_metrics
 from fsserver.process import profiled, setup_child

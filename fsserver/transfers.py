@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from common import messages as m
+from common.sinks import ViewSink
+from fsserver.hashing import HashStream
 from fsserver.store import Opened
 
 if TYPE_CHECKING:
@@ -31,6 +33,21 @@ class Upload:
     offset: int
     attempts: int = 0
     committing: bool = False
+    stream: HashStream | None = None
+
+
+class StreamingSink(ViewSink):
+    """An extent whose filled part is reported to the hasher digesting it as it arrives."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, view: memoryview, stream: HashStream) -> None:
+        super().__init__(view)
+        self.stream = stream
+
+    def advance(self, nbytes: int) -> None:
+        self.pos += nbytes
+        self.stream.advanced(self.pos)
 
 
 class DownloadStream:

@@ -93,3 +93,49 @@ def test_server_gives_up_after_repeated_mismatches(server):
 async def put(server, path: str, data: bytes) -> m.FileEntry:
     async with await Client.connect(server.address) as client:
         return await client.put_bytes(data, path)
+
+
+def test_big_upload_hashed_while_streaming_detects_a_mismatch(server_factory):
+    """Uploads of 8 MiB and more are digested as they arrive; a wrong claim is still caught,
+    and the retry is digested afresh."""
+    server = server_factory("--store-size", "64MiB")
+    data = os.urandom(20 * 1024 * 1024)
+    raw = RawClient(server.address)
+    upload_with_digest(raw, 1, "big.bin", data, claimed=bytes(16))
+    verdict = raw.expect(m.FileSyncCheckHashResponse, timeout=30)
+    assert verdict.status is m.HashStatus.MISMATCH
+    assert verdict.digest == xxhash.xxh3_128_digest(data)
+    raw.expect(m.FileSyncRetryUpload)
+    send_data(raw, 1, data)
+    raw.send(m.FileSyncCheckHash(1, xxhash.xxh3_128_digest(data)))
+    assert raw.expect(m.FileSyncCheckHashResponse, timeout=30).status is m.HashStatus.OK
+    raw.expect(m.FileSyncFinish)
+    raw.close()
+    assert read_back(server, "big.bin")[0] == data
+
+
+def test_hasher_killed_during_a_streamed_upload(server_factory):
+    """The hasher digesting an upload dies half-way: the worker falls back to a one-shot job
+    on the replacement hasher, and the upload still verifies."""
+    import psutil
+
+    from tests.serverproc import wait_for
+
+    server = server_factory("--store-size", "64MiB", "--hash-workers", "1")
+    data = os.urandom(32 * 1024 * 1024)
+    half = len(data) // 2
+    raw = RawClient(server.address)
+    raw.send(m.FileSyncInit(1, len(data), 0, 0o644, ANY_VERSION, None, "big.bin"))
+    assert raw.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
+    raw.send_raw(raw.conn.frame_data(1, memoryview(data)[:half]))
+    raw.send(m.Ping(1, reply=False))  # round trip: the first half has been taken in
+    raw.expect(m.Ping)
+    [hasher] = [p for p in psutil.Process(server.pid).children() if p.name() == "fs-hasher-0"]
+    hasher.kill()
+    wait_for(lambda: "hasher-0 (pid" in server.log.text(), 10, "the supervisor to notice")
+    raw.send_raw(raw.conn.frame_data(1, memoryview(data)[half:]))
+    raw.send(m.FileSyncCheckHash(1, xxhash.xxh3_128_digest(data)))
+    assert raw.expect(m.FileSyncCheckHashResponse, timeout=30).status is m.HashStatus.OK
+    raw.expect(m.FileSyncFinish)
+    raw.close()
+    assert read_back(server, "big.bin")[0] == data

@@ -1,0 +1,137 @@
+"""A hashing process: it digests extents of the arena, straight from shared memory.
+
+Two kinds of job arrive on the job socket that every hasher shares (the kernel hands each message
+to one idle hasher), each with the worker's reply socket as a passed descriptor:
+
+- ``hash``: a batch of ``(job id, offset, length)``, digested one-shot (xxhash releases the GIL
+  and reads the memoryview in place).
+- ``stream``: one upload still in progress, with a second descriptor, a private progress socket.
+  The worker writes "bytes 0..n are final" there as data arrives; the hasher digests each new
+  region at once, so when the upload's last byte lands only the tail is left to hash. The hasher
+  keeps serving other jobs meanwhile (one ``selectors`` loop over the job socket and every open
+  stream). If the worker closes the progress socket, the stream is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import selectors
+import socket
+import struct
+from dataclasses import dataclass, field
+
+import xxhash
+
+from fsserver.arena import BlobArena
+from fsserver.channel import recv_message
+
+log = logging.getLogger(__name__)
+
+PROGRESS = struct.Struct("=Q")
+
+
+def hash_jobs(arena: memoryview, jobs: list[tuple[int, int, int]]) -> list[tuple[int, bytes]]:
+    results = []
+    for job_id, offset, size in jobs:
+        with arena[offset : offset + size] as view:
+            results.append((job_id, xxhash.xxh3_128_digest(view)))
+    return results
+
+
+def reply(fd: int, results: list[tuple[int, bytes]]) -> None:
+    with socket.socket(fileno=fd) as sock:
+        try:
+            sock.send(pickle.dumps(results, pickle.HIGHEST_PROTOCOL))
+        except OSError as exc:  # the worker went away; its jobs die with it
+            log.debug("hash reply lost: %s", exc)
+
+
+@dataclass
+class Stream:
+    job_id: int
+    offset: int
+    size: int
+    reply_fd: int
+    progress: socket.socket
+    done: int = 0
+    digest: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
+
+
+class Hasher:
+    def __init__(self, arena: memoryview, jobs: socket.socket) -> None:
+        self.arena = arena
+        self.jobs = jobs
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(jobs, selectors.EVENT_READ)
+        self.running = True
+
+    def serve(self) -> None:
+        while self.running:
+            for key, _ in self.selector.select():
+                if key.fileobj is self.jobs:
+                    self.take_job()
+                else:
+                    self.advance(key.data)
+
+    def take_job(self) -> None:
+        try:
+            # MSG_DONTWAIT: another hasher may have taken the message we were woken for
+            data, fds = recv_message(self.jobs, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            self.running = False
+            return
+        kind, batch = pickle.loads(data)
+        if not fds:
+            log.error("hash job without a reply socket dropped")
+        elif kind == "stream" and len(fds) == 2:
+            job_id, offset, size = batch[0]
+            progress = socket.socket(fileno=fds[1])
+            progress.setblocking(False)
+            stream = Stream(job_id, offset, size, fds[0], progress)
+            self.selector.register(progress, selectors.EVENT_READ, stream)
+            return
+        else:
+            reply(fds[0], hash_jobs(self.arena, batch))
+        for fd in fds[1:]:
+            socket.close(fd)
+
+    def advance(self, stream: Stream) -> None:
+        """Digest what became final since last time; answer once the extent is complete."""
+        upto = stream.done
+        while True:
+            try:
+                message = stream.progress.recv(PROGRESS.size * 64)
+            except BlockingIOError:
+                break
+            if not message:  # the worker gave the upload up
+                self.close(stream, answer=False)
+                return
+            upto = max(upto, PROGRESS.unpack_from(message, len(message) - PROGRESS.size)[0])
+        upto = min(upto, stream.size)
+        start = stream.offset + stream.done
+        with self.arena[start : stream.offset + upto] as view:
+            stream.digest.update(view)
+        stream.done = upto
+        if upto == stream.size:
+            self.close(stream, answer=True)
+
+    def close(self, stream: Stream, answer: bool) -> None:
+        self.selector.unregister(stream.progress)
+        stream.progress.close()
+        if answer:
+            reply(stream.reply_fd, [(stream.job_id, stream.digest.digest())])
+        else:
+            socket.close(stream.reply_fd)
+
+
+def serve_jobs(arena_name: str, jobs: socket.socket) -> None:
+    """Body of a hasher process: serve jobs until the job socket closes."""
+    arena = BlobArena.attach(arena_name)
+    assert arena.view is not None
+    try:
+        Hasher(arena.view, jobs).serve()
+    finally:
+        arena.close()
