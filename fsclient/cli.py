@@ -17,6 +17,7 @@ from typing import Any
 
 from common.errors import FSError
 from common.messages import FileEntry
+from fsclient.progress import TerminalProgress
 
 DEFAULT_SERVER = "127.0.0.1:7878"
 
@@ -119,12 +120,14 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _put(client: Any, args: argparse.Namespace) -> None:
-    entry = await client.put(args.local, args.remote)
+    with TerminalProgress(f"put {args.remote}") as progress:
+        entry = await client.put(args.local, args.remote, progress=progress)
     print(f"uploaded {entry.path} ({entry.size} bytes, version {entry.version})")
 
 
 async def _get(client: Any, args: argparse.Namespace) -> None:
-    entry = await client.get(args.remote, args.local)
+    with TerminalProgress(f"get {args.remote}") as progress:
+        entry = await client.get(args.remote, args.local, progress=progress)
     print(f"downloaded {entry.path} ({entry.size} bytes, version {entry.version})")
 
 

@@ -45,6 +45,7 @@ from fsclient.transfer import (
     DownloadTarget,
     FileChanged,
     FileSource,
+    Progress,
     SourceMeta,
     UploadSource,
 )
@@ -125,14 +126,19 @@ class Client:
     # -- uploads -----------------------------------------------------------------------------
 
     async def put(
-        self, local: str | os.PathLike[str], remote: str, *, base_version: int = ANY_VERSION
+        self,
+        local: str | os.PathLike[str],
+        remote: str,
+        *,
+        base_version: int = ANY_VERSION,
+        progress: Progress | None = None,
     ) -> m.FileEntry:
         """Upload a local file; returns its entry as stored (with the new version)."""
         path = normalize_path(remote)
         for _ in range(MAX_ATTEMPTS):
             source = FileSource(local)
             try:
-                return await self._upload(source, path, base_version)
+                return await self._upload(source, path, base_version, progress)
             except FileChanged:
                 continue
             finally:
@@ -159,7 +165,9 @@ class Client:
         in order. Small files are pipelined without a coroutine each (see ``BatchUpload``)."""
         return await BatchUpload(self, pairs, window).run()
 
-    async def _upload(self, source: UploadSource, path: str, base_version: int) -> m.FileEntry:
+    async def _upload(
+        self, source: UploadSource, path: str, base_version: int, progress: Progress | None = None
+    ) -> m.FileEntry:
         fid, box = self._open_session()
         try:
             meta = source.meta
@@ -172,7 +180,7 @@ class Client:
             if reply.status is not m.InitStatus.ACCEPTED:
                 raise refusal(reply.status, reply.message)
             while True:
-                digest = await self._send_payload(fid, source)
+                digest = await self._send_payload(fid, source, progress)
                 source.check_unchanged()
                 self.proto.send(m.FileSyncCheckHash(fid, digest))
                 verdict: m.FileSyncCheckHashResponse = await box.next()
@@ -186,7 +194,9 @@ class Client:
         finally:
             self._close_session(fid)
 
-    async def _send_payload(self, fid: int, source: UploadSource) -> bytes:
+    async def _send_payload(
+        self, fid: int, source: UploadSource, progress: Progress | None = None
+    ) -> bytes:
         """Send every byte of *source*; returns the digest of what was sent."""
         size, known = source.meta.size, source.meta.digest
         hasher = None if known else StreamingDigest()
@@ -215,6 +225,8 @@ class Client:
             if ring and buffer:
                 ring.lend(buffer, proto.written if zero_copy else 0)
             pos += n
+            if progress is not None:
+                progress(pos, size)
         return hasher.digest() if hasher else known or EMPTY_DIGEST
 
     @staticmethod
@@ -224,13 +236,15 @@ class Client:
 
     # -- downloads ---------------------------------------------------------------------------
 
-    async def get(self, remote: str, local: str | os.PathLike[str]) -> m.FileEntry:
+    async def get(
+        self, remote: str, local: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> m.FileEntry:
         """Download to *local* (a file, or an existing folder to put it in), atomically."""
         path = normalize_path(remote)
         dest = Path(local)
         if dest.is_dir():
             dest = dest / path.rsplit("/", 1)[-1]
-        target = DownloadTarget(dest)
+        target = DownloadTarget(dest, progress)
         fid, box = self._open_session()
         try:
             self.proto.start_download(fid, target)

@@ -14,6 +14,7 @@ import secrets
 import stat
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,9 @@ PREHASH_MAX = 64 << 20
 """Files up to this size are hashed before they are sent, so the server can skip content it
 already holds. Bigger ones are hashed as they stream: one read of the file, not two."""
 TEMP_MARK = ".fs-tmp-"
+
+Progress = Callable[[int, int], None]
+"""Called as a transfer advances with (bytes done, bytes in all)."""
 
 
 class FileChanged(OSError):
@@ -158,11 +162,13 @@ class BufferRing:
 class FileSink:
     """A download's bytes: filled in place by the connection, written and hashed per chunk."""
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, on_flush: Callable[[int], None] | None = None) -> None:
         self.fd = fd
         self.buffer = bytearray(max(1, min(CHUNK, size)))
         self.view = memoryview(self.buffer)
         self.fill = 0
+        self.written = 0
+        self.on_flush = on_flush
         self.hasher = StreamingDigest()
 
     def target(self) -> memoryview:
@@ -186,10 +192,13 @@ class FileSink:
     def flush(self) -> None:
         data = self.view[: self.fill]
         self.hasher.update(data)
+        self.written += len(data)
         while data:
             written = os.write(self.fd, data)
             data = data[written:]
         self.fill = 0
+        if self.on_flush is not None:
+            self.on_flush(self.written)
 
     def finish(self) -> bytes:
         self.flush()
@@ -200,8 +209,9 @@ class DownloadTarget:
     """One download on its way to *dest*: nothing appears under the real name until the
     digest checks out, and a failed download leaves nothing behind."""
 
-    def __init__(self, dest: Path) -> None:
+    def __init__(self, dest: Path, progress: Progress | None = None) -> None:
         self.dest = dest
+        self.progress = progress
         self.temp: Path | None = None
         self.fd = -1
         self.sink: FileSink | None = None
@@ -212,8 +222,12 @@ class DownloadTarget:
         lands in the sink, in order, from the first packet on."""
         self.temp = self.dest.with_name(f".{self.dest.name}{TEMP_MARK}{secrets.token_hex(4)}")
         self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self.sink = FileSink(self.fd, CHUNK)
+        self.sink = FileSink(self.fd, CHUNK, self._flushed if self.progress else None)
         return self.sink
+
+    def _flushed(self, written: int) -> None:
+        if self.progress is not None and self.entry is not None:
+            self.progress(written, self.entry.size)
 
     def finish(self) -> bytes:
         """Flush and close; returns the digest of what was received."""

@@ -1,0 +1,41 @@
+"""``TerminalProgress``: a progress bar on stderr for a long transfer, and nothing otherwise.
+
+The bar appears only when stderr is a terminal and the transfer is big enough to be worth one;
+tqdm is imported only then, so scripts and short commands do not pay for it.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import Any
+
+MIN_BYTES = 8 * 1024 * 1024
+
+
+class TerminalProgress:
+    def __init__(self, label: str, stream: Any = None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if not self.enabled or total < MIN_BYTES:
+                return
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=self.label, unit="B", unit_scale=True, unit_divisor=1024,
+                file=self.stream, leave=False, dynamic_ncols=True,
+            )  # fmt: skip
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> TerminalProgress:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        if self.bar is not None:
+            self.bar.close()
