@@ -22,13 +22,17 @@ MAX_CLIENT_CONTROL_PACKET: Final = 64 * 1024
 """Packets from a client other than FileSyncData are never larger (the largest legal one is a
 ListRequest of about 8 KiB), so a server never buffers more than this for one."""
 
-MAX_PATH_BYTES: Final = 4096
+MAX_PATH_FIELD_BYTES: Final = 4096
+"""A path or prefix text field on the wire is at most this long."""
+MAX_PATH_BYTES: Final = 4000
+"""A valid path is at most this long, so that every packet naming one (FileSyncInit,
+StatResponse, DownloadResponse, ListResponse, ChangeNotification) fits the seed's 4096-byte
+packet whatever the negotiated size."""
 MAX_SEGMENT_BYTES: Final = 255
 MAX_NAME_BYTES: Final = 64
 """Share names and client ids."""
 MAX_AUTH_BYTES: Final = 1024
 MAX_MESSAGE_BYTES: Final = 1024
-MAX_FILE_SIZE: Final = (1 << 63) - 1
 MAX_LIST_ENTRIES: Final = 10_000
 MAX_IN_FLIGHT: Final = 4096
 """File sessions outstanding on one connection; requests have a limit of the same size."""

@@ -26,7 +26,7 @@ from common.errors import (
 )
 from common.limits import NO_FILE, PROTOCOL_VERSION
 from common.paths import check_name, normalize_path
-from common.state import Phase, Role
+from common.state import Role
 from fsserver.context import WorkerContext
 from fsserver.feed import Subscription
 from fsserver.hashing import STREAM_MIN
@@ -42,6 +42,8 @@ DIRECT_READ_MIN = 64 * 1024
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
 MAX_HASH_RETRIES = 3
+MAX_LAG_BYTES = 64 * 1024 * 1024
+"""A subscriber that lets this much pile up unread is disconnected (it resubscribes)."""
 
 
 class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
@@ -60,10 +62,13 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         self.uploads: dict[int, Upload] = {}
         self.downloads: dict[int, DownloadStream] = {}
         self.outbox: list[bytes] = []
+        self.outbox_bytes = 0
         self.flush_scheduled = False
         self.writable = asyncio.Event()
         self.writable.set()
         self.subscription: Subscription | None = None
+        self.opening: dict[int, m.FileSyncInit | m.DownloadRequest] = {}
+        """Sessions whose first store call is under way, by file id."""
         self.handlers: dict[type, Callable[[Any], None]] = {
             m.VersionHandshake: self.on_handshake,
             m.FileSyncInit: self.on_init,
@@ -147,11 +152,13 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         if self.closing:
             return
         try:
-            self.outbox.append(self.conn.send(msg))
+            packet = self.conn.send(msg)
         except LocalProtocolError as exc:
             log.error("bug: refused to send %s to %s: %s", type(msg).__name__, self.peer, exc)
             self.fail(ErrorCode.INTERNAL, "internal server error")
             return
+        self.outbox.append(packet)
+        self.outbox_bytes += len(packet)
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -162,12 +169,31 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             # one joined write: writev over thousands of small packets costs far more
             self.transport.write(b"".join(self.outbox))
         self.outbox = []
+        self.outbox_bytes = 0
 
     def write_now(self, chunks: list[bytes | memoryview]) -> None:
         """Write packets built outside ``send`` (data) after everything queued before them."""
         self.flush()
         if not self.closing and self.transport is not None:
             self.transport.writelines(chunks)
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """Run *callback* once the transport is below its high-water mark."""
+        if self.writable.is_set():
+            callback()
+            return
+
+        async def later() -> None:
+            await self.writable.wait()
+            if not self.closing:
+                callback()
+
+        self.loop.create_task(later())
+
+    def lagging(self) -> bool:
+        """The client lets more than MAX_LAG_BYTES pile up unread."""
+        buffered = self.transport.get_write_buffer_size() if self.transport else 0
+        return buffered + self.outbox_bytes > MAX_LAG_BYTES
 
     def fail(self, code: ErrorCode, message: str) -> None:
         """End the connection with a connection-level Error; other clients are unaffected."""
@@ -258,6 +284,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
                 self.closing = True
                 self.transport.close()
             return
+        self.opening.pop(msg.file_id, None)
         upload = self.uploads.pop(msg.file_id, None)
         if upload is not None:
             self.drop(upload)
@@ -273,6 +300,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         path = self.session_path(fid, msg.path)
         if path is None:
             return
+        self.opening[fid] = msg
         self.call_store(
             lambda result: self.on_reserved(msg, path, result),
             "reserve",
@@ -294,13 +322,17 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             self.send(m.Error(ErrorCode.INVALID_PATH, fid, exc.message))
             return None
 
-    def still_waiting(self, fid: int, phase: Phase) -> bool:
-        """False if the connection closed or the client ended the session (Error) meanwhile."""
-        return not self.closing and self.conn.sessions.phase(fid) is phase
+    def claim(self, msg: m.FileSyncInit | m.DownloadRequest) -> bool:
+        """True if *msg* still opens its session: the connection is open, and the client did
+        not end the session (or end it and reuse its id) while the store answered."""
+        if self.opening.get(msg.file_id) is not msg:
+            return False
+        del self.opening[msg.file_id]
+        return not self.closing
 
     def on_reserved(self, msg: m.FileSyncInit, path: str, result: Any) -> None:
         fid = msg.file_id
-        if not self.still_waiting(fid, Phase.AWAIT_INIT_RESPONSE):
+        if not self.claim(msg):
             if isinstance(result, Reserved):
                 self.ctx.rpc.call("abort", result.ticket)
             return
@@ -409,16 +441,18 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         fid = msg.file_id
         path = self.session_path(fid, msg.path)
         if path is not None:
-            self.call_store(lambda result: self.on_opened(fid, result), "open", self.share, path)
+            self.opening[fid] = msg
+            self.call_store(lambda result: self.on_opened(msg, result), "open", self.share, path)
 
-    def on_opened(self, fid: int, result: Any) -> None:
-        if isinstance(result, Refused):
-            if self.still_waiting(fid, Phase.AWAIT_DOWNLOAD_RESPONSE):
-                status = m.LookupStatus(result.status)
-                self.send(m.DownloadResponse(fid, status, result.message, None))
+    def on_opened(self, msg: m.DownloadRequest, result: Any) -> None:
+        fid = msg.file_id
+        if not self.claim(msg):
+            if not isinstance(result, Refused):
+                self.ctx.rpc.call("release", result.lease)
             return
-        if not self.still_waiting(fid, Phase.AWAIT_DOWNLOAD_RESPONSE):
-            self.ctx.rpc.call("release", result.lease)
+        if isinstance(result, Refused):
+            status = m.LookupStatus(result.status)
+            self.send(m.DownloadResponse(fid, status, result.message, None))
             return
         self.send(m.DownloadResponse(fid, m.LookupStatus.OK, "", result.entry))
         stream = DownloadStream(self, fid, result)

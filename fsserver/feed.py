@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from common import messages as m
+from common.errors import ErrorCode
 from fsserver.store import Change, ChangePage
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,12 @@ class Connection(Protocol):
 
     def call_store(self, on_result: Callable[[Any], None], op: str, *args: Any) -> None: ...
 
+    def when_writable(self, callback: Callable[[], None]) -> None: ...
+
+    def lagging(self) -> bool: ...
+
+    def fail(self, code: ErrorCode, message: str) -> None: ...
+
 
 class Subscription:
     """One client's subscription: backlog first, then live changes."""
@@ -88,11 +95,14 @@ class Subscription:
             return
         if not self.answered:
             self.answered = True
+            if self.last > page.seq:
+                self._refuse(page.seq)
+                return
             self.conn.send(m.SubscribeResponse(self.request_id, m.LookupStatus.OK, page.seq, ""))
         for change in page.changes:
             self._send(change)
-        if page.more:
-            self._fetch()
+        if page.more:  # the next page when the client has taken this one
+            self.conn.when_writable(self._fetch)
             return
         self.live = True
         waiting, self.waiting = self.waiting, []
@@ -105,8 +115,19 @@ class Subscription:
         else:
             self.waiting.append(change)
 
+    def _refuse(self, seq: int) -> None:
+        """A client ahead of the share saw another store (the server restarted empty)."""
+        self.stop()
+        self.conn.send(m.SubscribeResponse(
+            self.request_id, m.LookupStatus.CONFLICT, seq,
+            f"version {self.last} is ahead of this share's latest version {seq}: the store was "
+            f"replaced; subscribe from 0",
+        ))  # fmt: skip
+
     def _send(self, change: Change) -> None:
-        if change.entry.version <= self.last:
+        if change.entry.version <= self.last or self.conn.closing:
             return
         self.last = change.entry.version
         self.conn.send(m.ChangeNotification(change.deleted, change.entry))
+        if self.conn.lagging():
+            self.conn.fail(ErrorCode.LIMIT_EXCEEDED, "the client does not read its notifications")

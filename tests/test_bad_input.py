@@ -177,3 +177,50 @@ async def get_bytes(server, path: str) -> bytes:
                 return f.read()
         finally:
             os.unlink(target)
+
+
+def test_a_reused_file_id_gets_its_own_store_answer(server):
+    """Init, Error for that file id, Init again with the same id: the first store answer
+    arrives for a session that is gone and must not be applied to the second one."""
+    raw = RawClient(server.address)
+    data = b"second file content"
+    # One write, so the server reads all three before the store answers the first.
+    raw.send_raw(
+        raw.conn.send(m.FileSyncInit(1, 10, 0, 0o644, ANY_VERSION, None, "first.txt"))
+        + raw.conn.send(m.Error(ErrorCode.INTERNAL, 1, "changed my mind"))
+        + raw.conn.send(m.FileSyncInit(1, len(data), 0, 0o644, ANY_VERSION, None, "second.txt"))
+    )
+    reply = raw.expect(m.FileSyncInitResponse)
+    assert reply.status is m.InitStatus.ACCEPTED
+    raw.send_raw(raw.conn.frame_data(1, memoryview(data)))
+    import xxhash
+
+    raw.send(m.FileSyncCheckHash(1, xxhash.xxh3_128_digest(data)))
+    assert raw.expect(m.FileSyncCheckHashResponse).status is m.HashStatus.OK
+    raw.expect(m.FileSyncFinish)
+    raw.send(m.ListRequest(2, 10, "", ""))
+    assert [e.path for e in raw.expect(m.ListResponse).entries] == ["second.txt"]
+    raw.close()
+
+
+def test_the_longest_path_works_with_seed_packets(server, tmp_path):
+    from common.limits import MAX_PATH_BYTES
+
+    path = "/".join(["s" * 199] * 19)
+    path += "/" + "t" * (MAX_PATH_BYTES - len(path) - 1)
+    assert len(path.encode()) == MAX_PATH_BYTES
+
+    async def main():
+        async with await Client.connect(server.address, max_packet=4096) as client:
+            stream = await client.subscribe()
+            await client.put_bytes(b"deep", path)
+            assert (await client.stat(path)).size == 4
+            assert [e.path for e in await client.ls()] == [path]
+            note = await anext(stream)
+            assert note.entry.path == path
+            await client.get(path, tmp_path / "deep.txt")
+            with pytest.raises(InvalidPath, match="longer than 4000 bytes"):
+                await client.put_bytes(b"x", path + "u")
+
+    run(main())
+    assert (tmp_path / "deep.txt").read_bytes() == b"deep"

@@ -72,3 +72,60 @@ def test_other_shares_are_not_seen(server_factory):
             await client.close()
 
     run(main())
+
+
+def test_since_ahead_of_the_share_is_refused(server):
+    """A client that saw version 100 of a share now at version 1 saw another store."""
+    import pytest
+
+    from common.errors import Conflict
+
+    async def main():
+        async with await Client.connect(server.address) as client:
+            await client.put_bytes(b"x", "x.txt")
+            with pytest.raises(Conflict, match="ahead of this share's latest version 1"):
+                await client.subscribe(since=100)
+
+    run(main())
+
+
+def test_a_subscriber_that_stops_reading_is_disconnected():
+    """Unit test of the feed's back-pressure rule, with a stand-in connection."""
+    from common import messages as m
+    from common.errors import ErrorCode
+    from fsserver.feed import ChangeFeed, Subscription
+    from fsserver.store import Change, ChangePage
+
+    class Conn:
+        share, closing = "s", False
+
+        def __init__(self):
+            self.sent, self.failed, self.lag = [], None, False
+
+        def send(self, msg):
+            self.sent.append(msg)
+
+        def call_store(self, on_result, op, *args):
+            on_result(ChangePage((), False, 0))
+
+        def when_writable(self, callback):
+            callback()
+
+        def lagging(self):
+            return self.lag
+
+        def fail(self, code, message):
+            self.failed = code
+            self.closing = True
+
+    conn = Conn()
+    watched = []
+    feed = ChangeFeed(watched.append)
+    Subscription(conn, feed, 1, 0).start()
+    entry = m.FileEntry(1, 1, 0, 0o644, bytes(16), "a")
+    feed.publish([Change("s", entry, False)])
+    assert isinstance(conn.sent[-1], m.ChangeNotification) and conn.failed is None
+    conn.lag = True
+    feed.publish([Change("s", m.FileEntry(1, 2, 0, 0o644, bytes(16), "b"), False)])
+    assert conn.failed is ErrorCode.LIMIT_EXCEEDED
+    assert watched == [["s"]]
