@@ -39,6 +39,13 @@ OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
         parse_size,
         "largest packet a client may negotiate",
     ),
+    (
+        "--max-files",
+        "max_files",
+        "FS_MAX_FILES",
+        int,
+        "most index entries (files and deletion records) the store keeps",
+    ),
 ]
 
 

@@ -38,6 +38,7 @@ class ServerConfig:
     metrics_port: int = 9478
     log_level: str = "info"
     max_packet: int = SERVER_MAX_PACKET
+    max_files: int = 1_000_000
     shutdown_grace: float = 2.0
 
     def __post_init__(self) -> None:
@@ -51,6 +52,7 @@ class ServerConfig:
                 MIN_MAX_PACKET <= self.max_packet <= ABSOLUTE_MAX_PACKET,
                 f"--max-packet must be {MIN_MAX_PACKET}..{ABSOLUTE_MAX_PACKET}",
             ),
+            (self.max_files >= 1, "--max-files must be at least 1"),
             (self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}"),
             (self.shutdown_grace >= 0, "shutdown grace must not be negative"),
         ]

@@ -85,10 +85,20 @@ class StoreStats:
 
 @dataclass(slots=True)
 class Blob:
+    share: str
     digest: bytes
     size: int
     offset: int
     refs: int = 0
+
+    @property
+    def key(self) -> BlobKey:
+        return (self.share, self.digest, self.size)
+
+
+BlobKey = tuple[str, bytes, int]
+"""Content is shared within a share only: a digest and a size are not proof of holding the
+bytes (XXH3 is no cryptographic hash), so they must never open another share's content."""
 
 
 @dataclass(slots=True)
@@ -135,10 +145,12 @@ class _Hold:
 
 
 class Store:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_entries: int = 1_000_000) -> None:
         self.store_id = os.urandom(16)
         self.allocator = ExtentAllocator(capacity)
-        self.blobs: dict[tuple[bytes, int], Blob] = {}
+        self.max_entries = max_entries
+        self.entries = 0
+        self.blobs: dict[BlobKey, Blob] = {}
         self.shares: dict[str, Share] = {}
         self.holds: dict[int, _Hold] = {}
         self.changes: list[Change] = []
@@ -162,7 +174,12 @@ class Store:
         refused = self._check_base(share, path, base_version, InitStatus.CONFLICT)
         if refused:
             return refused
-        blob = self.blobs.get((digest, size)) if digest is not None else None
+        if self.entries >= self.max_entries and not self._known(share, path):
+            return Refused(
+                InitStatus.NO_SPACE, 0, f"no space: the store holds its limit of "
+                f"{self.max_entries} entries (--max-files)",
+            )  # fmt: skip
+        blob = self.blobs.get((share, digest, size)) if digest is not None else None
         if blob is not None:
             return Linked(self._put(share, path, blob, mtime_ns, mode))
         if size > self.allocator.capacity:
@@ -193,13 +210,14 @@ class Store:
         """Make a verified upload visible; identical content already stored is reused."""
         hold = self._take_hold(owner, ticket, lease=False)
         refused = self._check_base(share, path, base_version, InitStatus.CONFLICT)
-        blob = self.blobs.get((digest, hold.size))
+        key = (share, digest, hold.size)
+        blob = self.blobs.get(key)
         if refused or blob is not None:
             self.allocator.free(hold.offset, hold.size)
         if refused:
             return refused
         if blob is None:
-            blob = self.blobs[(digest, hold.size)] = Blob(digest, hold.size, hold.offset)
+            blob = self.blobs[key] = Blob(share, digest, hold.size, hold.offset)
         return Committed(self._put(share, path, blob, mtime_ns, mode))
 
     def abort(self, owner: int, ticket: int) -> None:
@@ -327,19 +345,25 @@ class Store:
             status, current, f"conflict: {path} is at version {current}, not {base_version}"
         )
 
+    def _known(self, share: str, path: str) -> bool:
+        sh = self.shares.get(share)
+        return sh is not None and path in sh.entries
+
     def _put(self, share: str, path: str, blob: Blob, mtime_ns: int, mode: int) -> int:
         sh = self.shares.get(share)
         if sh is None:
             sh = self.shares[share] = Share()
+        blob.refs += 1  # before the old blob lets go: it may be this very blob
+        self.logical_bytes += blob.size
         old = sh.entries.get(path)
+        if old is None:
+            self.entries += 1
         if old is not None and old.blob is not None:
             self.logical_bytes -= old.blob.size
             self._unref(old.blob)
         else:
             sh.live += 1
         sh.seq += 1
-        blob.refs += 1
-        self.logical_bytes += blob.size
         entry = Entry(sh.seq, mtime_ns, mode, blob)
         sh.record(path, entry)
         self.changes.append(Change(share, entry.record(path), deleted=False))
@@ -348,7 +372,7 @@ class Store:
     def _unref(self, blob: Blob) -> None:
         blob.refs -= 1
         if blob.refs == 0:
-            del self.blobs[(blob.digest, blob.size)]
+            del self.blobs[blob.key]
             self.allocator.free(blob.offset, blob.size)
 
     def _take_hold(self, owner: int, hold_id: int, lease: bool) -> _Hold:

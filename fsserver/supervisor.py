@@ -113,7 +113,7 @@ class Supervisor:
             self.arena = BlobArena.create(cfg.store_size)
         except (OSError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
-        self.store = Store(cfg.store_size)
+        self.store = Store(cfg.store_size, cfg.max_files)
         self.listener = bind_listener(cfg.host, cfg.port)
         self.port = self.listener.getsockname()[1]
         try:
