@@ -16,23 +16,21 @@ from typing import Any, cast
 
 from common import messages as m
 from common.codec import encode
-from common.connection import DataChunk, FSConnection, ViewSink
+from common.connection import DataChunk, FSConnection
 from common.errors import (
     ErrorCode,
     InvalidName,
-    InvalidPath,
     LocalProtocolError,
     RemoteProtocolError,
 )
 from common.limits import NO_FILE, PROTOCOL_VERSION
-from common.paths import check_name, normalize_path
+from common.paths import check_name
 from common.state import Role
 from fsserver.context import WorkerContext
+from fsserver.downloads import DownloadHandlers, DownloadStream
 from fsserver.feed import Subscription
-from fsserver.hashing import STREAM_MIN
 from fsserver.requests import RequestHandlers
-from fsserver.store import Linked, Refused, Reserved
-from fsserver.transfers import DownloadStream, StreamingSink, Upload
+from fsserver.uploads import Upload, UploadHandlers
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +39,13 @@ DIRECT_READ_MIN = 64 * 1024
 """A payload with at least this much left is read straight into its extent."""
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
-MAX_HASH_RETRIES = 3
+ABORT_AFTER = 2.0
+"""A connection that failed is torn down this long after its Error, read or not."""
 MAX_LAG_BYTES = 64 * 1024 * 1024
 """A subscriber that lets this much pile up unread is disconnected (it resubscribes)."""
 
 
-class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
+class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandlers, RequestHandlers):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
@@ -61,6 +60,9 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         self.closing = False
         self.uploads: dict[int, Upload] = {}
         self.downloads: dict[int, DownloadStream] = {}
+        self.draining: list[DownloadStream] = []
+        self.written = 0
+        """Bytes handed to the transport; minus its buffer, the bytes on the wire."""
         self.outbox: list[bytes] = []
         self.outbox_bytes = 0
         self.flush_scheduled = False
@@ -126,10 +128,15 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         return False
 
     def pause_writing(self) -> None:
+        """A client that does not read gets no more work done: its requests wait unread."""
         self.writable.clear()
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.writable.set()
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -137,11 +144,8 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         self.ctx.connections.discard(self)
         for upload in self.uploads.values():
             self.drop(upload)
-        for stream in self.downloads.values():
-            stream.cancel()
-            self.ctx.rpc.call("release", stream.lease)
         self.uploads.clear()
-        self.downloads.clear()
+        self.release_all_downloads()
         if self.subscription is not None:
             self.subscription.stop()
         log.debug("connection from %s closed", self.peer)
@@ -168,6 +172,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         if self.outbox and not self.closing and self.transport is not None:
             # one joined write: writev over thousands of small packets costs far more
             self.transport.write(b"".join(self.outbox))
+            self.written += self.outbox_bytes
         self.outbox = []
         self.outbox_bytes = 0
 
@@ -176,6 +181,11 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         self.flush()
         if not self.closing and self.transport is not None:
             self.transport.writelines(chunks)
+            self.written += sum(len(chunk) for chunk in chunks)
+
+    def sent(self) -> int:
+        """Bytes that have left the transport (its buffer no longer references them)."""
+        return self.written - (self.transport.get_write_buffer_size() if self.transport else 0)
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         """Run *callback* once the transport is below its high-water mark."""
@@ -202,8 +212,18 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         log.info("closing connection from %s: %s", self.peer, message)
         self.flush()
         self.transport.write(encode(m.Error(code, NO_FILE, message)))
+        self.close()
+
+    def close(self) -> None:
+        """Close after the buffered bytes are sent, or abort if the client will not take them
+        (a graceful close waits for ever on a peer that does not read)."""
+        if self.transport is None or self.transport.is_closing():
+            self.closing = True
+            return
         self.closing = True
         self.transport.close()
+        transport = self.transport
+        self.loop.call_later(ABORT_AFTER, transport.abort)
 
     def shutdown(self) -> None:
         self.fail(ErrorCode.SHUTTING_DOWN, "server is shutting down")
@@ -255,9 +275,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         )
         if status is not m.HandshakeStatus.OK:
             self.flush()
-            self.closing = True
-            if self.transport is not None:
-                self.transport.close()
+            self.close()
             return
         self.share = msg.share
         log.debug(
@@ -280,9 +298,7 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
         """A client's Error ends its connection, or one session (whose resources go back)."""
         log.info("client %s reported error %s: %s", self.peer, msg.code.name, msg.message)
         if msg.file_id == NO_FILE:
-            if self.transport is not None:
-                self.closing = True
-                self.transport.close()
+            self.close()
             return
         self.opening.pop(msg.file_id, None)
         upload = self.uploads.pop(msg.file_id, None)
@@ -290,177 +306,4 @@ class ClientConnection(asyncio.BufferedProtocol, RequestHandlers):
             self.drop(upload)
         stream = self.downloads.pop(msg.file_id, None)
         if stream is not None:
-            stream.cancel()
-            self.ctx.rpc.call("release", stream.lease)
-
-    # -- uploads -----------------------------------------------------------------------------
-
-    def on_init(self, msg: m.FileSyncInit) -> None:
-        fid = msg.file_id
-        path = self.session_path(fid, msg.path)
-        if path is None:
-            return
-        self.opening[fid] = msg
-        self.call_store(
-            lambda result: self.on_reserved(msg, path, result),
-            "reserve",
-            self.share,
-            path,
-            msg.size,
-            msg.mtime_ns,
-            msg.mode,
-            msg.digest,
-            msg.base_version,
-        )
-
-    def session_path(self, fid: int, path: str) -> str | None:
-        """The canonical form of a path a file session names; a bad one ends the session with
-        a file-scoped Error (the connection and the client's other files carry on)."""
-        try:
-            return normalize_path(path)
-        except InvalidPath as exc:
-            self.send(m.Error(ErrorCode.INVALID_PATH, fid, exc.message))
-            return None
-
-    def claim(self, msg: m.FileSyncInit | m.DownloadRequest) -> bool:
-        """True if *msg* still opens its session: the connection is open, and the client did
-        not end the session (or end it and reuse its id) while the store answered."""
-        if self.opening.get(msg.file_id) is not msg:
-            return False
-        del self.opening[msg.file_id]
-        return not self.closing
-
-    def on_reserved(self, msg: m.FileSyncInit, path: str, result: Any) -> None:
-        fid = msg.file_id
-        if not self.claim(msg):
-            if isinstance(result, Reserved):
-                self.ctx.rpc.call("abort", result.ticket)
-            return
-        if isinstance(result, Linked):
-            self.send(
-                m.FileSyncInitResponse(fid, m.InitStatus.ALREADY_HAVE_CONTENT, result.version, "")
-            )
-            self.send(m.FileSyncFinish(fid, result.version))
-        elif isinstance(result, Refused):
-            self.send(
-                m.FileSyncInitResponse(
-                    fid, m.InitStatus(result.status), result.version, result.message
-                )
-            )
-        else:
-            upload = Upload(
-                fid,
-                path,
-                msg.size,
-                msg.mtime_ns,
-                msg.mode,
-                msg.base_version,
-                result.ticket,
-                result.offset,
-            )
-            self.uploads[fid] = upload
-            self.arm(upload)
-            self.send(m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, ""))
-
-    def arm(self, upload: Upload) -> None:
-        """Point the file's payload at its extent, from the first byte; a big upload is
-        hashed while it arrives."""
-        extent = self.ctx.arena[upload.offset : upload.offset + upload.size]
-        if upload.size >= STREAM_MIN:
-            upload.stream = self.ctx.hashes.stream(upload.offset, upload.size)
-            self.conn.attach_sink(upload.file_id, StreamingSink(extent, upload.stream))
-        else:
-            self.conn.attach_sink(upload.file_id, ViewSink(extent))
-
-    def drop(self, upload: Upload) -> None:
-        """Give back what an upload that will not be committed holds."""
-        if upload.stream is not None:
-            upload.stream.abort()
-            upload.stream = None
-        if not upload.committing:
-            self.ctx.rpc.call("abort", upload.ticket)
-
-    def on_check_hash(self, msg: m.FileSyncCheckHash) -> None:
-        upload = self.uploads[msg.file_id]
-        if upload.stream is not None:
-            verdict, upload.stream = upload.stream.finish(), None
-        else:
-            verdict = self.ctx.hashes.digest(upload.offset, upload.size)
-        verdict.add_done_callback(lambda fut: self.on_verified(upload, msg.digest, fut.result()))
-
-    def on_verified(self, upload: Upload, claimed: bytes, actual: bytes) -> None:
-        if self.closing or self.uploads.get(upload.file_id) is not upload:
-            return
-        fid = upload.file_id
-        if actual == claimed:
-            self.send(m.FileSyncCheckHashResponse(fid, m.HashStatus.OK, actual))
-            upload.committing = True
-            self.call_store(
-                lambda result: self.on_committed(upload, result),
-                "commit",
-                upload.ticket,
-                self.share,
-                upload.path,
-                upload.mtime_ns,
-                upload.mode,
-                actual,
-                upload.base_version,
-            )
-            return
-        self.send(m.FileSyncCheckHashResponse(fid, m.HashStatus.MISMATCH, actual))
-        upload.attempts += 1
-        if upload.attempts <= MAX_HASH_RETRIES:
-            self.arm(upload)
-            self.send(m.FileSyncRetryUpload(fid, upload.attempts))
-            return
-        del self.uploads[fid]
-        self.drop(upload)
-        self.send(
-            m.Error(
-                ErrorCode.HASH_MISMATCH,
-                fid,
-                f"{upload.path}: digest mismatch {upload.attempts} times, giving up",
-            )
-        )
-
-    def on_committed(self, upload: Upload, result: Any) -> None:
-        if self.uploads.get(upload.file_id) is not upload:
-            return
-        del self.uploads[upload.file_id]
-        if isinstance(result, Refused):
-            self.send(m.Error(ErrorCode.CONFLICT, upload.file_id, result.message))
-        else:
-            self.send(m.FileSyncFinish(upload.file_id, result.version))
-
-    def on_cancel(self, msg: m.FileSyncCancel) -> None:
-        self.drop(self.uploads.pop(msg.file_id))
-
-    # -- downloads ---------------------------------------------------------------------------
-
-    def on_download(self, msg: m.DownloadRequest) -> None:
-        fid = msg.file_id
-        path = self.session_path(fid, msg.path)
-        if path is not None:
-            self.opening[fid] = msg
-            self.call_store(lambda result: self.on_opened(msg, result), "open", self.share, path)
-
-    def on_opened(self, msg: m.DownloadRequest, result: Any) -> None:
-        fid = msg.file_id
-        if not self.claim(msg):
-            if not isinstance(result, Refused):
-                self.ctx.rpc.call("release", result.lease)
-            return
-        if isinstance(result, Refused):
-            status = m.LookupStatus(result.status)
-            self.send(m.DownloadResponse(fid, status, result.message, None))
-            return
-        self.send(m.DownloadResponse(fid, m.LookupStatus.OK, "", result.entry))
-        stream = DownloadStream(self, fid, result)
-        self.downloads[fid] = stream
-        stream.start()
-
-    def on_download_verdict(self, msg: m.FileSyncCheckHashResponse) -> None:
-        stream = self.downloads.pop(msg.file_id)
-        self.ctx.rpc.call("release", stream.lease)
-        if msg.status is m.HashStatus.MISMATCH:
-            log.warning("client %s got a bad copy of %s", self.peer, stream.entry.path)
+            self.end_download(stream)

@@ -1,0 +1,150 @@
+"""Downloads on the server: ``DownloadStream`` writes one stored file to a client, and
+``DownloadHandlers`` (a mixin of ``ClientConnection``) opens and ends them.
+
+Large packets are written straight from the arena: the transport keeps views of shared memory
+until the bytes are on the wire. So a download's lease, which stops its extent from being freed
+and reused, is released only once the transport has sent everything written from it, not when
+the session ends (a client can end it early, or answer before reading).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from common import messages as m
+from common.connection import FSConnection
+from fsserver.context import WorkerContext
+from fsserver.store import Opened, Refused
+
+log = logging.getLogger(__name__)
+
+ZERO_COPY_MIN = 64 * 1024
+"""Payloads at least this big are written straight from the arena, without a copy."""
+BATCH_BYTES = 256 * 1024
+"""Smaller packets are joined into writes of about this size."""
+DRAIN_POLL = 0.02
+
+
+class DownloadStream:
+    """Writes one stored file as FileSyncData packets, then its CheckHash."""
+
+    def __init__(self, owner: DownloadHandlers, file_id: int, opened: Opened) -> None:
+        self.owner = owner
+        self.file_id = file_id
+        self.entry = opened.entry
+        self.offset = opened.offset
+        self.lease = opened.lease
+        self.last_byte = 0
+        """The connection's ``written`` count after this stream's last write."""
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def run(self) -> None:
+        owner, conn, fid = self.owner, self.owner.conn, self.file_id
+        arena = owner.ctx.arena
+        start, size = self.offset, self.entry.size
+        payload = conn.max_payload
+        pos = 0
+        while pos < size:
+            await owner.writable.wait()
+            if owner.closing:
+                return
+            if payload >= ZERO_COPY_MIN:
+                n = min(payload, size - pos)
+                data = arena[start + pos : start + pos + n]
+                owner.write_now([conn.data_header(fid, n), data])
+            else:
+                n = min(BATCH_BYTES, size - pos)
+                owner.write_now([conn.frame_data(fid, arena[start + pos : start + pos + n])])
+            pos += n
+            self.last_byte = owner.written
+            await asyncio.sleep(0)  # let the worker's other connections run
+        owner.send(m.FileSyncCheckHash(fid, self.entry.digest))
+
+
+class DownloadHandlers:
+    ctx: WorkerContext
+    conn: FSConnection
+    share: str
+    closing: bool
+    written: int
+    writable: asyncio.Event
+    downloads: dict[int, DownloadStream]
+    draining: list[DownloadStream]
+    opening: dict[int, Any]
+    peer: str
+    send: Callable[[m.Message], None]
+    write_now: Callable[[list[bytes | memoryview]], None]
+    call_store: Callable[..., None]
+    session_path: Callable[[int, str], str | None]
+    claim: Callable[[Any], bool]
+    sent: Callable[[], int]
+
+    def end_download(self, stream: DownloadStream) -> None:
+        """The session is over; the lease goes once its bytes have left the transport."""
+        stream.cancel()
+        if self.sent() >= stream.last_byte:
+            self.ctx.rpc.call("release", stream.lease)
+            return
+        if not self.draining:
+            asyncio.get_running_loop().call_later(DRAIN_POLL, self.release_drained)
+        self.draining.append(stream)
+
+    def release_drained(self) -> None:
+        if self.closing:
+            return  # connection_lost releases the rest
+        sent = self.sent()
+        waiting = []
+        for stream in self.draining:
+            if sent >= stream.last_byte:
+                self.ctx.rpc.call("release", stream.lease)
+            else:
+                waiting.append(stream)
+        self.draining = waiting
+        if waiting:
+            asyncio.get_running_loop().call_later(DRAIN_POLL, self.release_drained)
+
+    def release_all_downloads(self) -> None:
+        """The connection is gone, and its transport with every view it held."""
+        for stream in [*self.downloads.values(), *self.draining]:
+            stream.cancel()
+            self.ctx.rpc.call("release", stream.lease)
+        self.downloads.clear()
+        self.draining.clear()
+
+    def on_download(self, msg: m.DownloadRequest) -> None:
+        fid = msg.file_id
+        path = self.session_path(fid, msg.path)
+        if path is not None:
+            self.opening[fid] = msg
+            self.call_store(lambda result: self.on_opened(msg, result), "open", self.share, path)
+
+    def on_opened(self, msg: m.DownloadRequest, result: Any) -> None:
+        fid = msg.file_id
+        if not self.claim(msg):
+            if not isinstance(result, Refused):
+                self.ctx.rpc.call("release", result.lease)
+            return
+        if isinstance(result, Refused):
+            status = m.LookupStatus(result.status)
+            self.send(m.DownloadResponse(fid, status, result.message, None))
+            return
+        self.send(m.DownloadResponse(fid, m.LookupStatus.OK, "", result.entry))
+        stream = DownloadStream(self, fid, result)
+        self.downloads[fid] = stream
+        stream.start()
+
+    def on_download_verdict(self, msg: m.FileSyncCheckHashResponse) -> None:
+        stream = self.downloads.pop(msg.file_id)
+        self.end_download(stream)
+        if msg.status is m.HashStatus.MISMATCH:
+            log.warning("client %s got a bad copy of %s", self.peer, stream.entry.path)

@@ -1,0 +1,203 @@
+"""Uploads on the server: the state of one (``Upload``), the sink that reports its progress to
+the hasher digesting it (``StreamingSink``), and the handlers (``UploadHandlers``, a mixin of
+``ClientConnection``): reserve an extent, take the bytes in, verify, commit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from common import messages as m
+from common.connection import FSConnection
+from common.errors import ErrorCode, InvalidPath
+from common.paths import normalize_path
+from common.sinks import ViewSink
+from fsserver.context import WorkerContext
+from fsserver.hashing import STREAM_MIN, HashStream
+from fsserver.store import Linked, Refused, Reserved
+
+log = logging.getLogger(__name__)
+
+MAX_HASH_RETRIES = 3
+
+
+@dataclass(slots=True)
+class Upload:
+    file_id: int
+    path: str
+    size: int
+    mtime_ns: int
+    mode: int
+    base_version: int
+    ticket: int
+    offset: int
+    attempts: int = 0
+    committing: bool = False
+    stream: HashStream | None = None
+
+
+class StreamingSink(ViewSink):
+    """An extent whose filled part is reported to the hasher digesting it as it arrives."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, view: memoryview, stream: HashStream) -> None:
+        super().__init__(view)
+        self.stream = stream
+
+    def advance(self, nbytes: int) -> None:
+        self.pos += nbytes
+        self.stream.advanced(self.pos)
+
+
+class UploadHandlers:
+    ctx: WorkerContext
+    conn: FSConnection
+    share: str
+    closing: bool
+    uploads: dict[int, Upload]
+    opening: dict[int, m.FileSyncInit | m.DownloadRequest]
+    send: Callable[[m.Message], None]
+    call_store: Callable[..., None]
+
+    def on_init(self, msg: m.FileSyncInit) -> None:
+        fid = msg.file_id
+        path = self.session_path(fid, msg.path)
+        if path is None:
+            return
+        self.opening[fid] = msg
+        self.call_store(
+            lambda result: self.on_reserved(msg, path, result),
+            "reserve",
+            self.share,
+            path,
+            msg.size,
+            msg.mtime_ns,
+            msg.mode,
+            msg.digest,
+            msg.base_version,
+        )
+
+    def session_path(self, fid: int, path: str) -> str | None:
+        """The canonical form of a path a file session names; a bad one ends the session with
+        a file-scoped Error (the connection and the client's other files carry on)."""
+        try:
+            return normalize_path(path)
+        except InvalidPath as exc:
+            self.send(m.Error(ErrorCode.INVALID_PATH, fid, exc.message))
+            return None
+
+    def claim(self, msg: m.FileSyncInit | m.DownloadRequest) -> bool:
+        """True if *msg* still opens its session: the connection is open, and the client did
+        not end the session (or end it and reuse its id) while the store answered."""
+        if self.opening.get(msg.file_id) is not msg:
+            return False
+        del self.opening[msg.file_id]
+        return not self.closing
+
+    def on_reserved(self, msg: m.FileSyncInit, path: str, result: Any) -> None:
+        fid = msg.file_id
+        if not self.claim(msg):
+            if isinstance(result, Reserved):
+                self.ctx.rpc.call("abort", result.ticket)
+            return
+        if isinstance(result, Linked):
+            self.send(
+                m.FileSyncInitResponse(fid, m.InitStatus.ALREADY_HAVE_CONTENT, result.version, "")
+            )
+            self.send(m.FileSyncFinish(fid, result.version))
+        elif isinstance(result, Refused):
+            self.send(
+                m.FileSyncInitResponse(
+                    fid, m.InitStatus(result.status), result.version, result.message
+                )
+            )
+        else:
+            upload = Upload(
+                fid,
+                path,
+                msg.size,
+                msg.mtime_ns,
+                msg.mode,
+                msg.base_version,
+                result.ticket,
+                result.offset,
+            )
+            self.uploads[fid] = upload
+            self.arm(upload)
+            self.send(m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, ""))
+
+    def arm(self, upload: Upload) -> None:
+        """Point the file's payload at its extent, from the first byte; a big upload is
+        hashed while it arrives."""
+        extent = self.ctx.arena[upload.offset : upload.offset + upload.size]
+        if upload.size >= STREAM_MIN:
+            upload.stream = self.ctx.hashes.stream(upload.offset, upload.size)
+            self.conn.attach_sink(upload.file_id, StreamingSink(extent, upload.stream))
+        else:
+            self.conn.attach_sink(upload.file_id, ViewSink(extent))
+
+    def drop(self, upload: Upload) -> None:
+        """Give back what an upload that will not be committed holds."""
+        if upload.stream is not None:
+            upload.stream.abort()
+            upload.stream = None
+        if not upload.committing:
+            self.ctx.rpc.call("abort", upload.ticket)
+
+    def on_check_hash(self, msg: m.FileSyncCheckHash) -> None:
+        upload = self.uploads[msg.file_id]
+        if upload.stream is not None:
+            verdict, upload.stream = upload.stream.finish(), None
+        else:
+            verdict = self.ctx.hashes.digest(upload.offset, upload.size)
+        verdict.add_done_callback(lambda fut: self.on_verified(upload, msg.digest, fut.result()))
+
+    def on_verified(self, upload: Upload, claimed: bytes, actual: bytes) -> None:
+        if self.closing or self.uploads.get(upload.file_id) is not upload:
+            return
+        fid = upload.file_id
+        if actual == claimed:
+            self.send(m.FileSyncCheckHashResponse(fid, m.HashStatus.OK, actual))
+            upload.committing = True
+            self.call_store(
+                lambda result: self.on_committed(upload, result),
+                "commit",
+                upload.ticket,
+                self.share,
+                upload.path,
+                upload.mtime_ns,
+                upload.mode,
+                actual,
+                upload.base_version,
+            )
+            return
+        self.send(m.FileSyncCheckHashResponse(fid, m.HashStatus.MISMATCH, actual))
+        upload.attempts += 1
+        if upload.attempts <= MAX_HASH_RETRIES:
+            self.arm(upload)
+            self.send(m.FileSyncRetryUpload(fid, upload.attempts))
+            return
+        del self.uploads[fid]
+        self.drop(upload)
+        self.send(
+            m.Error(
+                ErrorCode.HASH_MISMATCH,
+                fid,
+                f"{upload.path}: digest mismatch {upload.attempts} times, giving up",
+            )
+        )
+
+    def on_committed(self, upload: Upload, result: Any) -> None:
+        if self.uploads.get(upload.file_id) is not upload:
+            return
+        del self.uploads[upload.file_id]
+        if isinstance(result, Refused):
+            self.send(m.Error(ErrorCode.CONFLICT, upload.file_id, result.message))
+        else:
+            self.send(m.FileSyncFinish(upload.file_id, result.version))
+
+    def on_cancel(self, msg: m.FileSyncCancel) -> None:
+        self.drop(self.uploads.pop(msg.file_id))
