@@ -25,6 +25,7 @@ MAX_MESSAGE = 256 * 1024
 SPLIT_AT = 64 * 1024
 MAX_FDS = 16
 SOCKET_BUFFER = 4 * 1024 * 1024
+BATCH = "batch"
 
 Handler = Callable[[Any, list[int]], None]
 
@@ -38,13 +39,47 @@ def channel_pair() -> tuple[socket.socket, socket.socket]:
     return left, right
 
 
-def split_batches(kind: str, items: list[Any]) -> list[bytes]:
-    """Pickle ``(kind, items)``, halving the list until each message is small enough."""
-    data = pickle.dumps((kind, items), pickle.HIGHEST_PROTOCOL)
-    if len(data) <= SPLIT_AT or len(items) <= 1:
-        return [data]
-    half = len(items) // 2
-    return split_batches(kind, items[:half]) + split_batches(kind, items[half:])
+MAX_ITEM = MAX_MESSAGE - 4096
+"""No single item may be larger: a message that does not fit the receiver's buffer would be
+truncated, and the channel would have to be dropped."""
+
+
+class ItemTooLarge(ValueError):
+    """One item of a batch does not fit in a message."""
+
+
+def pack_batches(kind: str, items: list[Any],
+                 oversize: Callable[[Any], Any] | None = None) -> list[bytes]:  # fmt: skip
+    """Messages of ``(BATCH, kind, [pickled item, ...])``, each at most about SPLIT_AT bytes.
+
+    Items are pickled once each and packed greedily, so the cost is linear in the batch. An
+    item too large for any message is replaced by ``oversize(item)``, or raises ItemTooLarge.
+    """
+    messages: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for item in items:
+        blob = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+        if len(blob) > MAX_ITEM:
+            if oversize is None:
+                raise ItemTooLarge(f"a {kind} item of {len(blob)} bytes")
+            blob = pickle.dumps(oversize(item), pickle.HIGHEST_PROTOCOL)
+        if group and size + len(blob) > SPLIT_AT:
+            messages.append(pickle.dumps((BATCH, kind, group), pickle.HIGHEST_PROTOCOL))
+            group, size = [], 0
+        group.append(blob)
+        size += len(blob)
+    if group:
+        messages.append(pickle.dumps((BATCH, kind, group), pickle.HIGHEST_PROTOCOL))
+    return messages
+
+
+def unpack(data: bytes) -> Any:
+    """A message as sent: ``(kind, items)`` for a batch, else the object itself."""
+    obj = pickle.loads(data)
+    if isinstance(obj, tuple) and obj and obj[0] == BATCH:
+        return obj[1], [pickle.loads(blob) for blob in obj[2]]
+    return obj
 
 
 def recv_message(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
@@ -56,10 +91,14 @@ def recv_message(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]
     for level, ctype, cdata in ancdata:
         if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
             fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
-    if msg_flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+    if msg_flags & socket.MSG_TRUNC:
         for fd in fds:
             socket.close(fd)
         raise OSError("control channel message truncated")
+    if msg_flags & socket.MSG_CTRUNC:
+        # The kernel dropped descriptors that did not fit (out of descriptors): the message
+        # itself is whole. Its receiver sees fewer fds than were sent and copes with that.
+        log.warning("descriptors of a control message were dropped (descriptor limit?)")
     return data, list(fds)
 
 
@@ -88,8 +127,9 @@ class MessageChannel:
         """Queue one message; *socks* are passed along and closed here once sent."""
         self.send_raw(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), list(socks))
 
-    def send_batch(self, kind: str, items: list[Any]) -> None:
-        for data in split_batches(kind, items):
+    def send_batch(self, kind: str, items: list[Any],
+                   oversize: Callable[[Any], Any] | None = None) -> None:  # fmt: skip
+        for data in pack_batches(kind, items, oversize):
             self.send_raw(data, [])
 
     def send_raw(self, data: bytes, socks: list[socket.socket]) -> None:
@@ -137,7 +177,7 @@ class MessageChannel:
             if not data and not fds:
                 self.close()
                 return
-            self.on_message(pickle.loads(data), fds)
+            self.on_message(unpack(data), fds)
 
     def close(self) -> None:
         if self._closed:

@@ -89,9 +89,12 @@ class RestartPolicy:
         self.quick_deaths: dict[tuple[Role, int], int] = {}
 
     def delay(self, child: Child) -> float | None:
-        """Seconds to wait before restarting *child*, or None to give up."""
+        """Seconds to wait before restarting *child*, or None to give up. Only a child that
+        died before it was ready counts as a failed boot (a worker reports ready; a hasher
+        has nothing to report, so it counts by how soon it died)."""
         key = (child.role, child.index)
-        if time.monotonic() - child.started < QUICK_DEATH:
+        booting = not child.ready if child.role is Role.WORKER else True
+        if booting and time.monotonic() - child.started < QUICK_DEATH:
             self.quick_deaths[key] = self.quick_deaths.get(key, 0) + 1
         else:
             self.quick_deaths[key] = 0

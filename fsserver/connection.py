@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -23,7 +24,7 @@ from common.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from common.limits import NO_FILE, PROTOCOL_VERSION
+from common.limits import MAX_CLIENT_CONTROL_PACKET, NO_FILE, PROTOCOL_VERSION
 from common.paths import check_name
 from common.state import Role
 from fsserver.context import WorkerContext
@@ -34,6 +35,8 @@ from fsserver.uploads import Upload, UploadHandlers
 
 log = logging.getLogger(__name__)
 
+FIRST_STAGING_BYTES = MAX_CLIENT_CONTROL_PACKET + 4096
+"""Before the handshake: enough for any packet a client may send; idle connections stay cheap."""
 STAGING_BYTES = 256 * 1024
 DIRECT_READ_MIN = 64 * 1024
 """A payload with at least this much left is read straight into its extent."""
@@ -50,7 +53,7 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
         self.conn = FSConnection(Role.SERVER, max_packet_limit=ctx.config.max_packet)
-        self.staging = bytearray(STAGING_BYTES)
+        self.staging = bytearray(FIRST_STAGING_BYTES)
         self.view = memoryview(self.staging)
         self.fill = 0
         self.direct = False
@@ -70,6 +73,8 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         self.writable.set()
         self.subscription: Subscription | None = None
         self.opening: dict[int, m.FileSyncInit | m.DownloadRequest] = {}
+        self.requests_busy = 0
+        self.requests_waiting: deque[tuple[Callable[[Any], None], str, tuple[Any, ...]]] = deque()
         """Sessions whose first store call is under way, by file id."""
         self.handlers: dict[type, Callable[[Any], None]] = {
             m.VersionHandshake: self.on_handshake,
@@ -123,6 +128,12 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         except Exception:
             log.exception("internal error on connection from %s", self.peer)
             self.fail(ErrorCode.INTERNAL, "internal server error")
+
+    def grow_staging(self) -> None:
+        """After the handshake, read in larger slices: many small packets per read."""
+        bigger = bytearray(STAGING_BYTES)
+        bigger[: self.fill] = self.view[: self.fill]
+        self.staging, self.view = bigger, memoryview(bigger)
 
     def eof_received(self) -> bool:
         return False
@@ -278,6 +289,7 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
             self.close()
             return
         self.share = msg.share
+        self.grow_staging()
         log.debug(
             "%s: client %s on share %s, packets up to %d bytes",
             self.peer,

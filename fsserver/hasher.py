@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 import xxhash
 
 from fsserver.arena import BlobArena
-from fsserver.channel import recv_message
+from fsserver.channel import recv_message, unpack
 
 log = logging.getLogger(__name__)
 
 PROGRESS = struct.Struct("=Q")
+REPLY_TIMEOUT = 5.0
 
 
 def hash_jobs(arena: memoryview, jobs: list[tuple[int, int, int]]) -> list[tuple[int, bytes]]:
@@ -41,6 +42,7 @@ def hash_jobs(arena: memoryview, jobs: list[tuple[int, int, int]]) -> list[tuple
 
 def reply(fd: int, results: list[tuple[int, bytes]]) -> None:
     with socket.socket(fileno=fd) as sock:
+        sock.settimeout(REPLY_TIMEOUT)  # one stuck worker must not stall the whole pool
         try:
             sock.send(pickle.dumps(results, pickle.HIGHEST_PROTOCOL))
         except OSError as exc:  # the worker went away; its jobs die with it
@@ -83,7 +85,7 @@ class Hasher:
         if not data:
             self.running = False
             return
-        kind, batch = pickle.loads(data)
+        kind, batch = unpack(data)
         if not fds:
             log.error("hash job without a reply socket dropped")
         elif kind == "stream" and len(fds) == 2:

@@ -16,7 +16,7 @@ import socket
 from collections import deque
 
 from common.digest import EMPTY_DIGEST
-from fsserver.channel import channel_pair, fds_ancillary, split_batches
+from fsserver.channel import channel_pair, fds_ancillary, pack_batches
 from fsserver.hasher import PROGRESS
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class HashClient:
         job = self._new_job(verdict, offset, size)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
-        self._send([(pickle.dumps(("stream", [job]), pickle.HIGHEST_PROTOCOL), [theirs])])
+        self._send([(data, [theirs]) for data in pack_batches("stream", [job])])
         stream = self._streams[job[0]] = HashStream(self, job, ours, verdict)
         return stream
 
@@ -132,7 +132,7 @@ class HashClient:
 
     def requeue(self, job: Job) -> None:
         if job[2] >= LARGE_JOB:
-            self._send([(data, []) for data in split_batches("hash", [job])])
+            self._send([(data, []) for data in pack_batches("hash", [job])])
             return
         if not self._batch:
             self.loop.call_soon(self._flush)
@@ -146,7 +146,7 @@ class HashClient:
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
-        self._send([(data, []) for data in split_batches("hash", batch)])
+        self._send([(data, []) for data in pack_batches("hash", batch)])
 
     def _send(self, messages: list[tuple[bytes, list[socket.socket]]]) -> None:
         was_idle = not self._unsent

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,9 @@ from common.paths import normalize_path, normalize_prefix
 from fsserver.store import ListPage, Refused
 
 DEFAULT_PAGE = 1000
+REQUEST_WINDOW = 16
+"""Store calls for one connection's requests in flight at once; the rest wait in the worker,
+so a client that floods requests costs the supervisor no more than its share."""
 _INVALID = m.LookupStatus.INVALID_PATH
 _OK = m.LookupStatus.OK
 
@@ -25,6 +29,23 @@ class RequestHandlers:
     closing: bool
     send: Callable[[m.Message], None]
     call_store: Callable[..., None]
+    requests_busy: int
+    requests_waiting: deque[tuple[Callable[[Any], None], str, tuple[Any, ...]]]
+
+    def request_store(self, on_result: Callable[[Any], None], op: str, *args: Any) -> None:
+        if self.requests_busy >= REQUEST_WINDOW:
+            self.requests_waiting.append((on_result, op, args))
+            return
+        self.requests_busy += 1
+
+        def done(result: Any) -> None:
+            self.requests_busy -= 1
+            on_result(result)
+            if self.requests_waiting and not self.closing:
+                waiting_result, waiting_op, waiting_args = self.requests_waiting.popleft()
+                self.request_store(waiting_result, waiting_op, *waiting_args)
+
+        self.call_store(done, op, *args)
 
     def on_list(self, msg: m.ListRequest) -> None:
         rid = msg.request_id
@@ -34,7 +55,7 @@ class RequestHandlers:
             self.send(m.ListResponse(rid, _INVALID, False, exc.message, ()))
             return
         limit = max(1, min(msg.limit or DEFAULT_PAGE, MAX_LIST_ENTRIES))
-        self.call_store(
+        self.request_store(
             lambda page: self.on_page(rid, page), "list", self.share, prefix, msg.after, limit
         )
 
@@ -58,7 +79,7 @@ class RequestHandlers:
         rid = msg.request_id
         path = self._valid_path(msg.path, lambda text: m.StatResponse(rid, _INVALID, text, None))
         if path is not None:
-            self.call_store(
+            self.request_store(
                 lambda result: self.on_stat_result(rid, result), "stat", self.share, path
             )
 
@@ -73,7 +94,7 @@ class RequestHandlers:
         rid = msg.request_id
         path = self._valid_path(msg.path, lambda text: m.DeleteResponse(rid, _INVALID, 0, text))
         if path is not None:
-            self.call_store(
+            self.request_store(
                 lambda result: self.on_deleted(rid, result),
                 "delete",
                 self.share,

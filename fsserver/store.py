@@ -23,8 +23,10 @@ from common.limits import ANY_VERSION, NO_VERSION
 from common.messages import FileEntry, InitStatus, LookupStatus
 from fsserver.allocator import ExtentAllocator
 
-LIST_PAGE_BYTES = 32 * 1024
-"""A list page stops after this many path bytes, so one RPC reply stays small."""
+PAGE_BYTES = 32 * 1024
+"""A list or change page stops after about this many bytes (paths plus a fixed share per
+entry), so that one store reply always fits one control message."""
+ENTRY_BYTES = 128
 
 
 class Reserved(NamedTuple):
@@ -267,7 +269,7 @@ class Store:
             return ListPage((), False)
         start = max(prefix, after)
         found: list[FileEntry] = []
-        budget = LIST_PAGE_BYTES
+        budget = PAGE_BYTES
         for path in sh.entries.irange(minimum=start):
             if not path.startswith(prefix):
                 break
@@ -279,7 +281,7 @@ class Store:
             if len(found) >= limit or budget <= 0:
                 return ListPage(tuple(found), True)
             found.append(entry.record(path))
-            budget -= len(path.encode())
+            budget -= len(path.encode()) + ENTRY_BYTES
         return ListPage(tuple(found), False)
 
     def delete(self, share: str, path: str, base_version: int) -> Committed | Refused:
@@ -305,10 +307,12 @@ class Store:
         if sh is None:
             return ChangePage((), False, 0)
         changes = []
+        budget = PAGE_BYTES
         for version in sh.by_version.irange(minimum=since, inclusive=(False, True)):
-            if len(changes) >= limit:
+            if len(changes) >= limit or budget <= 0:
                 return ChangePage(tuple(changes), True, sh.seq)
             path = sh.by_version[version]
+            budget -= len(path.encode()) + ENTRY_BYTES
             entry = sh.entries[path]
             changes.append(Change(share, entry.record(path), deleted=entry.blob is None))
         return ChangePage(tuple(changes), False, sh.seq)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import socket
 import sys
+from collections import deque
 from typing import Any
 
 from fsserver.arena import BlobArena, clean_stale_segments
@@ -31,6 +33,12 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
 ACCEPT_BATCH = 64
+CALL_SLICE = 256
+ACCEPT_BACKOFF = 0.1
+
+
+def reply_too_large(reply: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
+    return (reply[0], False, "store reply too large for the control channel")
 
 
 class StartupError(RuntimeError):
@@ -41,6 +49,14 @@ def hasher_main(index: int, config: ServerConfig, jobs: socket.socket, arena_nam
     setup_child(f"hasher-{index}", config.log_level)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop in recvmsg, run finally blocks
     profiled(f"hasher-{index}", lambda: serve_jobs(arena_name, jobs))
+
+
+def raise_fd_limit() -> None:
+    """Every connection costs descriptors in the supervisor (briefly) and a worker: use the
+    hard limit, not the often much lower soft one. Children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -80,6 +96,7 @@ class Supervisor:
             }
         )
         self._next_worker = 0
+        self.calls: deque[tuple[Child, list[Any]]] = deque()
         self.port = 0
         self.metrics_port = 0
 
@@ -108,6 +125,7 @@ class Supervisor:
 
     async def startup(self) -> None:
         cfg = self.config
+        raise_fd_limit()
         clean_stale_segments()
         try:
             self.arena = BlobArena.create(cfg.store_size)
@@ -128,6 +146,8 @@ class Supervisor:
         for index in range(cfg.workers):
             self.start_worker(index)
         await self.wait_ready()
+        if self.stop_requested.is_set():
+            raise StartupError("stopped before the workers were ready")
         assert self.loop is not None
         self.loop.add_reader(self.listener.fileno(), self.accept)
         log.info("fsserver metrics on %s:%d", cfg.host, self.metrics_port)
@@ -221,14 +241,35 @@ class Supervisor:
             socket.close(fd)
         kind = msg[0]
         if kind == "rpc":
-            assert self.store is not None and child.channel is not None
-            child.channel.send_batch("rpc", serve_batch(self.store, child.index, msg[1]))
-            self.publish(self.store.take_changes())
+            if not self.calls:
+                assert self.loop is not None
+                self.loop.call_soon(self.serve_calls)
+            self.calls.append((child, msg[1]))
         elif kind == "watch":
             child.watching = frozenset(msg[1])
         elif kind == "ready":
             child.ready = True
             log.debug("%s ready (pid %s)", child.name, msg[1])
+
+    def serve_calls(self) -> None:
+        """Answer up to CALL_SLICE queued store calls, then let the loop run (accepts, other
+        workers) before the next slice: a flood of calls from one client cannot stall it."""
+        assert self.store is not None and self.loop is not None
+        budget = CALL_SLICE
+        while self.calls and budget > 0:
+            child, batch = self.calls[0]
+            now, rest = batch[:budget], batch[budget:]
+            if rest:
+                self.calls[0] = (child, rest)
+            else:
+                self.calls.popleft()
+            budget -= len(now)
+            if child.channel is not None and child.alive:
+                replies = serve_batch(self.store, child.index, now)
+                child.channel.send_batch("rpc", replies, oversize=reply_too_large)
+        self.publish(self.store.take_changes())
+        if self.calls:
+            self.loop.call_soon(self.serve_calls)
 
     def publish(self, changes: list[Change]) -> None:
         """The change feed: each worker gets the changes of the shares it watches."""
@@ -255,13 +296,26 @@ class Supervisor:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: keep serving what we have
-                log.warning("accept failed: %s", exc)
+                log.warning("accept failed: %s; pausing accepts for %.1f s", exc, ACCEPT_BACKOFF)
+                self.pause_accepting()
                 return
             worker = self.pick_worker()
             if worker is None or worker.channel is None:
                 sock.close()
                 continue
             worker.channel.send(("conn",), [sock])
+
+    def pause_accepting(self) -> None:
+        """Stop the level-triggered reader from spinning while accept keeps failing."""
+        assert self.loop is not None and self.listener is not None
+        listener = self.listener
+        self.loop.remove_reader(listener.fileno())
+
+        def resume() -> None:
+            if not self.stopping and listener.fileno() >= 0:
+                self.loop.add_reader(listener.fileno(), self.accept)  # type: ignore[union-attr]
+
+        self.loop.call_later(ACCEPT_BACKOFF, resume)
 
     def pick_worker(self) -> Child | None:
         """Round robin over the workers that are alive and ready."""

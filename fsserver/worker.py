@@ -84,7 +84,12 @@ class Worker:
     def on_control(self, msg: Any, fds: list[int]) -> None:
         assert self.ctx is not None and self.stopped is not None
         kind = msg[0]
-        if kind == "conn" and fds:
+        if kind == "conn":
+            if not fds:  # lost on the way (descriptor limit): the client sees a reset
+                log.warning("a passed connection arrived without its socket")
+                return
+            for extra in fds[1:]:
+                os.close(extra)
             sock = socket.socket(fileno=fds[0])
             asyncio.get_running_loop().create_task(self.adopt(sock))
             return
