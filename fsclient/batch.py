@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from fsclient.client import Client
 
 Result = m.FileEntry | FSError | OSError
+BYTES_IN_FLIGHT = 64 * 1024 * 1024
+"""Small files are held in memory while they are sent: at most this much at once."""
 Pair = tuple[str | os.PathLike[str], str]
 
 
@@ -38,6 +40,7 @@ class SmallUpload:
         self.fid = fid
         self.source = source
         self.path = path
+        self.size = source.meta.size
 
     def start(self) -> None:
         meta = self.source.meta
@@ -65,9 +68,14 @@ class SmallUpload:
             elif event.status is not m.InitStatus.ALREADY_HAVE_CONTENT:
                 self.finish(refusal(event.status, event.message))
         elif isinstance(event, m.FileSyncRetryUpload):
-            size = self.source.meta.size
-            self.source.refresh()
-            if self.source.meta.size != size or self.source.view(0, size) is None:
+            try:
+                self.source.refresh()
+                changed = (
+                    self.source.meta.size != self.size or self.source.view(0, self.size) is None
+                )
+            except OSError:  # gone or unreadable now
+                changed = True
+            if changed:
                 self.batch.proto.send(m.FileSyncCancel(self.fid))
                 self.finish(FileChanged(f"{self.path} changed during the upload"))
             else:
@@ -89,7 +97,7 @@ class SmallUpload:
         if self.batch.proto.mailboxes.get(self.fid) is self:
             del self.batch.proto.mailboxes[self.fid]
             self.source.close()
-            self.batch.complete(self.index, result)
+            self.batch.complete(self.index, result, self.size)
 
 
 class BatchUpload:
@@ -101,6 +109,7 @@ class BatchUpload:
         self.results: list[Result | None] = [None] * len(self.pairs)
         self.later: list[int] = []
         self.in_flight = 0
+        self.in_flight_bytes = 0
         self.todo: Iterator[int] = iter(range(len(self.pairs)))
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -118,7 +127,7 @@ class BatchUpload:
         return self.results  # type: ignore[return-value]
 
     def refill(self) -> None:
-        while self.in_flight < self.window:
+        while self.in_flight < self.window and self.in_flight_bytes < BYTES_IN_FLIGHT:
             index = next(self.todo, None)
             if index is None:
                 break
@@ -145,10 +154,12 @@ class BatchUpload:
         upload = SmallUpload(self, index, self.client.new_file_id(), source, path)
         self.proto.mailboxes[upload.fid] = upload
         self.in_flight += 1
+        self.in_flight_bytes += source.meta.size
         upload.start()
 
-    def complete(self, index: int, result: Result) -> None:
+    def complete(self, index: int, result: Result, size: int) -> None:
         self.in_flight -= 1
+        self.in_flight_bytes -= size
         if isinstance(result, FileChanged):
             self.later.append(index)
         else:

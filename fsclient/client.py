@@ -37,7 +37,7 @@ from common.limits import (
 from common.paths import check_name, normalize_path, normalize_prefix
 from common.state import Phase
 from fsclient.batch import BatchUpload
-from fsclient.protocol import ClientProtocol, Mailbox, refusal
+from fsclient.protocol import ClientProtocol, Leftover, Mailbox, refusal
 from fsclient.transfer import (
     CHUNK,
     BufferRing,
@@ -136,7 +136,10 @@ class Client:
         """Upload a local file; returns its entry as stored (with the new version)."""
         path = normalize_path(remote)
         for _ in range(MAX_ATTEMPTS):
-            source = FileSource(local)
+            try:
+                source = FileSource(local)
+            except FileChanged:
+                continue
             try:
                 return await self._upload(source, path, base_version, progress)
             except FileChanged:
@@ -262,6 +265,7 @@ class Client:
             return reply.entry
         finally:
             self.proto.abandon_download(fid)
+            target.discard()  # a no-op once committed
             self._close_session(fid)
 
     # -- queries -----------------------------------------------------------------------------
@@ -302,7 +306,9 @@ class Client:
             raise RuntimeError("this connection is already subscribed")
         self.proto.notifications = asyncio.Queue()
         reply: m.SubscribeResponse = await self._request(lambda rid: m.SubscribeRequest(rid, since))
-        self._check_lookup(reply.status, reply.message)
+        if reply.status is not m.LookupStatus.OK:
+            self.proto.notifications = None  # refused: the connection may subscribe again
+            raise refusal(reply.status, reply.message)
         return ChangeStream(reply.seq, self.proto.notifications)
 
     async def ping(self) -> None:
@@ -335,10 +341,16 @@ class Client:
         return fid, box
 
     def _close_session(self, fid: int) -> None:
-        """Forget the session; if it was cut short mid-upload, tell the server."""
+        """Forget the session. One cut short is ended properly: at once if it is uploading,
+        or by a Leftover when the answer the server still owes it arrives."""
         self.proto.mailboxes.pop(fid, None)
-        if self.proto.failure is None and self.proto.conn.sessions.phase(fid) is Phase.UPLOADING:
+        phase = self.proto.conn.sessions.phase(fid)
+        if phase is None or self.proto.failure is not None:
+            return
+        if phase is Phase.UPLOADING:
             self.proto.send(m.FileSyncCancel(fid))
+        else:
+            self.proto.mailboxes[fid] = Leftover(self.proto, fid)
 
     def _new_id(self, taken: dict[int, Any]) -> int:
         while True:

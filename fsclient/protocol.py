@@ -30,7 +30,7 @@ from common.errors import (
     StoreFull,
 )
 from common.limits import NO_FILE
-from common.state import Role
+from common.state import Phase, Role
 from fsclient.transfer import DownloadTarget
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,27 @@ class Mailbox:
         return event
 
 
+class Leftover:
+    """A session its caller gave up while the server still owed it an answer. When the answer
+    comes, the session is ended properly: an upload the server has just accepted (or asked to
+    be sent again) is cancelled, so its reservation does not outlive the caller."""
+
+    def __init__(self, proto: ClientProtocol, fid: int) -> None:
+        self.proto = proto
+        self.fid = fid
+
+    def deliver(self, event: Any) -> None:
+        phase = self.proto.conn.sessions.phase(self.fid)
+        if phase is Phase.UPLOADING:
+            self.proto.send(m.FileSyncCancel(self.fid))
+            phase = None
+        if phase is None:
+            self.proto.mailboxes.pop(self.fid, None)
+
+    def fail(self, exc: BaseException) -> None:
+        self.proto.mailboxes.pop(self.fid, None)
+
+
 class ClientProtocol(asyncio.BufferedProtocol):
     def __init__(self, max_packet_limit: int) -> None:
         self.loop = asyncio.get_running_loop()
@@ -189,10 +210,11 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail_all(
-            self.failure
-            or ConnectionLost(f"connection to server lost{': ' + str(exc) if exc else ''}")
-        )
+        if self.failure is None:  # first, so that nothing started from here on waits
+            self.failure = ConnectionLost(
+                f"connection to server lost{': ' + str(exc) if exc else ''}"
+            )
+        self.fail_all(self.failure)
         self.writable.set()
         if not self.closed.done():
             self.closed.set_result(None)
@@ -281,6 +303,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         target = self.downloads.pop(msg.file_id, None)
         if target is None or target.entry is None:  # given up: just end the session
             self.send(m.FileSyncCheckHashResponse(msg.file_id, m.HashStatus.MISMATCH, msg.digest))
+            self.mailboxes.pop(msg.file_id, None)
             return
         actual = target.finish()
         ok = actual == msg.digest == target.entry.digest
@@ -322,7 +345,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.fail_all(exc)
 
     def fail_all(self, exc: BaseException) -> None:
-        for box in self.mailboxes.values():
+        for box in list(self.mailboxes.values()):  # failing one may end or start others
             box.fail(exc)
         for fut in [*self.requests.values(), *self.pings.values(), self.handshake]:
             if not fut.done():

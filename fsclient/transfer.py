@@ -86,7 +86,8 @@ class FileSource(UploadSource):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO must not block; it is refused below as not a regular file
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         self.whole: bytes | None = None
         self.stamp: tuple[int, int] = (0, 0)
         try:
