@@ -177,7 +177,10 @@ class ClientProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.direct:
-            self.conn.direct_received(nbytes)
+            try:  # the sink writes to disk: a full disk ends the transfer, clearly
+                self.conn.direct_received(nbytes)
+            except OSError as exc:
+                self.abort(exc, send_error=False)
             return
         self.fill += nbytes
         try:

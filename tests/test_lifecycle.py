@@ -14,8 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from common import messages as m
+from common.limits import ANY_VERSION
 from fsclient import Client
 from tests.conftest import run
+from tests.rawclient import RawClient
 from tests.serverproc import start_server, wait_for
 
 
@@ -43,11 +46,20 @@ def test_signal_stops_every_process_within_5s_and_frees_shm(server_factory, tmp_
 
     async def busy():
         async with await Client.connect(server.address) as client:
-            await client.put_bytes(os.urandom(1 << 20), "x.bin")
-            return client
+            await client.put_bytes(os.urandom(20 << 20), "x.bin")
 
     run(busy())
+    # At the signal: a client that downloads but never reads, and one half-way through an
+    # upload. Neither may hold the server up.
+    stalled = RawClient(server.address, max_packet=1 << 20)
+    stalled.send(m.DownloadRequest(1, "x.bin"))
+    uploading = RawClient(server.address)
+    uploading.send(m.FileSyncInit(1, 1 << 20, 0, 0o644, ANY_VERSION, None, "y.bin"))
+    assert uploading.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
+    uploading.send_raw(uploading.conn.frame_data(1, memoryview(os.urandom(1 << 19))))
     took = server.stop(sig)
+    stalled.close()
+    uploading.close()
     assert took < 5.0
     wait_for(lambda: gone(family), 5.0, "every server process to exit")
     assert server.proc.returncode == 0
@@ -116,6 +128,18 @@ def test_crashed_worker_is_replaced_and_files_survive(server_factory):
             return client.worker_id
 
     run(put_and_find_worker())
+    # A reservation held on the worker about to die: 3 MiB half-uploaded.
+    holder = None
+    for _ in range(4):  # round robin: one of the first connections lands on worker 1
+        candidate = RawClient(server.address)
+        if candidate.hello is not None and candidate.hello.worker_id == 1:
+            holder = candidate
+            break
+        candidate.close()
+    assert holder is not None
+    holder.send(m.FileSyncInit(1, 3 << 20, 0, 0o644, ANY_VERSION, None, "held.bin"))
+    assert holder.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
+    assert server.metric("fs_store_used_bytes") > 3 << 20
     children = psutil.Process(server.pid).children()
     names = sorted(p.name() for p in children if p.name().startswith("fs-"))
     assert names == ["fs-hasher-0", "fs-worker-0", "fs-worker-1"]
@@ -131,6 +155,9 @@ def test_crashed_worker_is_replaced_and_files_survive(server_factory):
 
     wait_for(replaced, 10, "a replacement worker")
     wait_for(lambda: server.http_get("/readyz")[0] == 200, 10, "readiness")
+    # what the dead worker held (its connections' reservations, leases) is given back
+    wait_for(lambda: server.metric("fs_store_used_bytes") == 100_032, 10, "held space back")
+    holder.close()
 
     async def check():
         seen = set()
