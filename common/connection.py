@@ -213,27 +213,37 @@ class FSConnection:
         room = len(target)
         filled = 0
         left = self._payload_left
-        max_packet = self.max_packet
+        max_payload = self.max_packet - DATA_HEADER_SIZE
+        transferred, size = session.transferred, session.size
+        data_type = int(T.FILE_SYNC_DATA)
+        unpack_from = DATA_HEADER.unpack_from
         while True:
-            take = min(left, end - pos, room - filled)
+            # (plain comparisons and locals: this loop runs once per packet)
+            take = left
+            if end - pos < take:
+                take = end - pos
+            if room - filled < take:
+                take = room - filled
             target[filled : filled + take] = buf[pos : pos + take]
             filled += take
             pos += take
             left -= take
             if left or filled == room or end - pos < DATA_HEADER_SIZE:
                 break
-            length, ptype, next_fid = DATA_HEADER.unpack_from(buf, pos)
+            length, ptype, next_fid = unpack_from(buf, pos)
             nbytes = length - DATA_HEADER_SIZE
             if (
-                ptype != T.FILE_SYNC_DATA
+                ptype != data_type
                 or next_fid != fid
-                or not 0 <= nbytes <= max_packet - DATA_HEADER_SIZE
-                or session.transferred + nbytes > session.size
+                or nbytes < 0
+                or nbytes > max_payload
+                or transferred + nbytes > size
             ):
                 break
-            session.transferred += nbytes
+            transferred += nbytes
             left = nbytes
             pos += DATA_HEADER_SIZE
+        session.transferred = transferred
         sink.advance(filled)
         self._payload_left = left
         return pos
