@@ -28,24 +28,28 @@ Result = m.FileEntry | FSError | OSError
 BYTES_IN_FLIGHT = 64 * 1024 * 1024
 """Small files are held in memory while they are sent: at most this much at once."""
 Pair = tuple[str | os.PathLike[str], str]
+Item = tuple[str | os.PathLike[str], str, int]
+"""(local, remote, base version): an upload that must not overwrite a newer server version."""
 
 
 class SmallUpload:
     """One small file's session; the protocol calls ``deliver`` and ``fail`` like a Mailbox."""
 
     def __init__(self, batch: BatchUpload, index: int, fid: int, source: FileSource,
-                 path: str) -> None:  # fmt: skip
+                 path: str, base_version: int) -> None:  # fmt: skip
         self.batch = batch
         self.index = index
         self.fid = fid
         self.source = source
         self.path = path
+        self.base_version = base_version
         self.size = source.meta.size
 
     def start(self) -> None:
         meta = self.source.meta
-        self.batch.proto.send(m.FileSyncInit(self.fid, meta.size, meta.mtime_ns, meta.mode,
-                                             ANY_VERSION, meta.digest, self.path))  # fmt: skip
+        init = m.FileSyncInit(self.fid, meta.size, meta.mtime_ns, meta.mode, self.base_version,
+                              meta.digest, self.path)  # fmt: skip
+        self.batch.proto.send(init)
 
     def send_data(self) -> None:
         proto, meta = self.batch.proto, self.source.meta
@@ -101,10 +105,13 @@ class SmallUpload:
 
 
 class BatchUpload:
-    def __init__(self, client: Client, pairs: Iterable[Pair], window: int) -> None:
+    def __init__(self, client: Client, pairs: Iterable[Pair | Item], window: int) -> None:
         self.client = client
         self.proto = client.proto
-        self.pairs = list(pairs)
+        self.pairs: list[Item] = [
+            (pair[0], pair[1], pair[2] if len(pair) > 2 else ANY_VERSION)  # type: ignore[misc]
+            for pair in pairs
+        ]
         self.window = window
         self.results: list[Result | None] = [None] * len(self.pairs)
         self.later: list[int] = []
@@ -118,9 +125,10 @@ class BatchUpload:
         if self.in_flight:
             await self.done
         for index in self.later:
-            local, remote = self.pairs[index]
+            local, remote, base_version = self.pairs[index]
             try:
-                self.results[index] = await self.client.put(local, remote)
+                self.results[index] = await self.client.put(local, remote,
+                                                            base_version=base_version)  # fmt: skip
             except (FSError, OSError) as exc:
                 self.results[index] = exc
         assert all(result is not None for result in self.results)
@@ -136,7 +144,7 @@ class BatchUpload:
             self.done.set_result(None)
 
     def begin(self, index: int) -> None:
-        local, remote = self.pairs[index]
+        local, remote, base_version = self.pairs[index]
         try:
             path = normalize_path(remote)
             source = FileSource(local)
@@ -151,7 +159,7 @@ class BatchUpload:
             source.close()
             self.results[index] = RemoteError(str(self.proto.failure))
             return
-        upload = SmallUpload(self, index, self.client.new_file_id(), source, path)
+        upload = SmallUpload(self, index, self.client.new_file_id(), source, path, base_version)
         self.proto.mailboxes[upload.fid] = upload
         self.in_flight += 1
         self.in_flight_bytes += source.meta.size

@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,7 +36,7 @@ from common.limits import (
 )
 from common.paths import check_name, normalize_path, normalize_prefix
 from common.state import Phase
-from fsclient.batch import BatchUpload
+from fsclient.batch import BatchUpload, Item
 from fsclient.protocol import ClientProtocol, Leftover, Mailbox, refusal
 from fsclient.transfer import (
     CHUNK,
@@ -162,10 +162,11 @@ class Client:
         )
 
     async def put_many(
-        self, pairs: Iterable[tuple[str | os.PathLike[str], str]], *, window: int = 256
+        self, pairs: Iterable[tuple[str | os.PathLike[str], str] | Item], *, window: int = 256
     ) -> list[m.FileEntry | FSError | OSError]:
         """Upload many files with up to *window* in flight; one result (or error) per pair,
-        in order. Small files are pipelined without a coroutine each (see ``BatchUpload``)."""
+        in order. A pair may carry a third element, the base version to upload against.
+        Small files are pipelined without a coroutine each (see ``BatchUpload``)."""
         return await BatchUpload(self, pairs, window).run()
 
     async def _upload(
@@ -240,9 +241,15 @@ class Client:
     # -- downloads ---------------------------------------------------------------------------
 
     async def get(
-        self, remote: str, local: str | os.PathLike[str], *, progress: Progress | None = None
+        self,
+        remote: str,
+        local: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+        before_replace: Callable[[], None] | None = None,
     ) -> m.FileEntry:
-        """Download to *local* (a file, or an existing folder to put it in), atomically."""
+        """Download to *local* (a file, or an existing folder to put it in), atomically.
+        *before_replace* may raise to keep the file in place from being replaced."""
         path = normalize_path(remote)
         dest = Path(local)
         if dest.is_dir():
@@ -261,7 +268,7 @@ class Client:
                     f"{path}: downloaded bytes have digest {actual.hex()}, "
                     f"expected {reply.entry.digest.hex()}"
                 )
-            target.commit()
+            target.commit(before_replace)
             return reply.entry
         finally:
             self.proto.abandon_download(fid)

@@ -239,10 +239,14 @@ class DownloadTarget:
             os.close(self.fd)
             self.fd = -1
 
-    def commit(self) -> None:
+    def commit(self, before_replace: Callable[[], None] | None = None) -> None:
+        """Put the verified file in place. *before_replace* runs just before the rename and
+        may raise to stop it (the sync engine checks that nobody changed the file meanwhile)."""
         assert self.temp is not None and self.entry is not None
         os.chmod(self.temp, self.entry.mode & 0o777)
         os.utime(self.temp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
+        if before_replace is not None:
+            before_replace()
         os.replace(self.temp, self.dest)
         self.temp = None
 

@@ -1,0 +1,37 @@
+"""``IgnoreRules``: which paths a synced folder leaves alone.
+
+``.fsignore`` holds gitignore-style patterns (``*``, ``?``, ``**``, a trailing ``/`` for
+folders, a leading ``/`` to anchor), matched by the ``pathspec`` library. The state folder
+``.fsync/`` and the temp files of downloads in progress are always ignored. The same rules
+apply to paths the server announces, so an ignored file is neither sent nor fetched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pathspec
+
+from fsclient.sync.state import MARKER
+from fsclient.transfer import TEMP_MARK
+
+IGNORE_FILE = ".fsignore"
+ALWAYS = [f"/{MARKER}/", f"*{TEMP_MARK}*"]
+
+
+class IgnoreRules:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.spec = pathspec.GitIgnoreSpec.from_lines([*ALWAYS, *lines])
+
+    @classmethod
+    def load(cls, folder: Path) -> IgnoreRules:
+        try:
+            text = (folder / IGNORE_FILE).read_text(encoding="utf-8", errors="replace")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            text = ""
+        return cls(text.splitlines())
+
+    def ignored(self, path: str, is_dir: bool = False) -> bool:
+        """*path* is relative and ``/``-separated; folders are matched with a trailing ``/``."""
+        return self.spec.match_file(path + "/" if is_dir else path)

@@ -1,0 +1,126 @@
+"""The three-way reconcile of one path, as a pure function.
+
+Inputs: the *base* (what disk and server last agreed on), the *local* file now, and the
+*remote* state the server announced since the base (None: no news). A side "changed" if its
+content (digest, or absence) differs from the base's. Then:
+
+=================  =================  ===================================================
+local              remote             decision
+=================  =================  ===================================================
+unchanged          unchanged          nothing (or record a new stat / version)
+changed            unchanged          upload it, or delete it on the server
+unchanged          changed            download it, or delete the local file
+both changed to the same content      record it (the two sides converged)
+deleted            modified           download: a modification wins over a delete
+modified           deleted            upload: a modification wins over a delete
+modified           modified           conflict: keep both (local becomes a conflict copy)
+=================  =================  ===================================================
+
+Uploads and server deletes carry the server version they were decided against, so a change
+that lands on the server meanwhile turns them into a conflict instead of an overwrite. After
+the server lost its store (``reseed``), no news does not mean "unchanged": every local file
+is sent again and nothing is deleted because the server lacks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from common.limits import ANY_VERSION, NO_VERSION
+from fsclient.sync.state import BaseEntry
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    path: str
+    size: int
+    mtime_ns: int
+    mode: int
+    inode: int
+    digest: bytes
+
+    def same_stat(self, base: BaseEntry | None) -> bool:
+        return base is not None and (self.size, self.mtime_ns, self.inode) == (
+            base.size, base.mtime_ns, base.inode
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteState:
+    """A path as the server announced it: ``version`` is the change's sequence number."""
+
+    version: int
+    deleted: bool
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0o644
+    digest: bytes = b""
+
+
+class Do(Enum):
+    NOTHING = auto()
+    RECORD = auto()
+    FORGET = auto()
+    UPLOAD = auto()
+    DOWNLOAD = auto()
+    DELETE_LOCAL = auto()
+    DELETE_REMOTE = auto()
+    CONFLICT = auto()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    do: Do
+    expected: int = ANY_VERSION
+    """For UPLOAD and DELETE_REMOTE: the server version the decision was made against."""
+    version: int = 0
+    """For RECORD: the server version the base should now carry."""
+
+
+def decide(base: BaseEntry | None, local: LocalFile | None, remote: RemoteState | None,
+           reseed: bool = False) -> Decision:  # fmt: skip
+    b_digest = base.digest if base else None
+    l_digest = local.digest if local else None
+    if remote is None and reseed:
+        if local is not None:
+            return Decision(Do.UPLOAD, ANY_VERSION)
+        return Decision(Do.FORGET) if base else Decision(Do.NOTHING)
+    if remote is None:
+        r_digest = b_digest
+        r_version = base.version if base and base.version else NO_VERSION
+    else:
+        r_digest = None if remote.deleted else remote.digest
+        r_version = NO_VERSION if remote.deleted else remote.version
+    local_changed = l_digest != b_digest
+    remote_changed = r_digest != b_digest
+    if not local_changed and not remote_changed:
+        return _settled(base, local, r_version)
+    if not remote_changed:  # only the local side changed
+        if local is not None:
+            return Decision(Do.UPLOAD, r_version)
+        return Decision(Do.DELETE_REMOTE, r_version) if r_digest is not None else _forget(base)
+    if not local_changed:  # only the server changed
+        if r_digest is not None:
+            return Decision(Do.DOWNLOAD)
+        return Decision(Do.DELETE_LOCAL) if local is not None else _forget(base)
+    if l_digest == r_digest:  # both changed, the same way
+        return Decision(Do.RECORD, version=r_version) if local else _forget(base)
+    if local is None:
+        return Decision(Do.DOWNLOAD)
+    if r_digest is None:
+        return Decision(Do.UPLOAD, NO_VERSION)
+    return Decision(Do.CONFLICT, r_version)
+
+
+def _settled(base: BaseEntry | None, local: LocalFile | None, r_version: int) -> Decision:
+    """Content agrees everywhere; only bookkeeping may be stale."""
+    if local is None:
+        return _forget(base)
+    if base is None or not local.same_stat(base) or base.version != r_version:
+        return Decision(Do.RECORD, version=r_version)
+    return Decision(Do.NOTHING)
+
+
+def _forget(base: BaseEntry | None) -> Decision:
+    return Decision(Do.FORGET) if base else Decision(Do.NOTHING)

@@ -1,0 +1,141 @@
+"""``StateDB``: what this folder and the server last agreed on, in ``DIR/.fsync/state.sqlite``.
+
+One row per path is the *base* of the three-way reconcile: the file as it was on disk (size,
+mtime, inode) when it matched the server's version (digest, version). A later scan compares the
+disk with it (stat first; hash only what changed), and a server change with its version.
+The ``.fsync`` folder is also the folder's marker: a folder without it is not a synced folder
+(an unmounted disk, a deleted folder), and the client refuses to treat it as one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = ".fsync"
+DB_NAME = "state.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class BaseEntry:
+    path: str
+    size: int
+    mtime_ns: int
+    mode: int
+    inode: int
+    digest: bytes
+    version: int
+    """The server version this content had; 0 if the server may not hold it (after a reset)."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, mode INTEGER, inode INTEGER,
+    digest BLOB, version INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_digest ON files (digest);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+"""
+
+
+class StateDB:
+    def __init__(self, folder: Path, create: bool = False) -> None:
+        self.folder = folder
+        self.marker = folder / MARKER
+        if create:
+            self.marker.mkdir(exist_ok=True)
+        self.db = sqlite3.connect(self.marker / DB_NAME, isolation_level=None)
+        self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + _SCHEMA)
+
+    @classmethod
+    def exists(cls, folder: Path) -> bool:
+        return (folder / MARKER / DB_NAME).is_file()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- files -------------------------------------------------------------------------------
+
+    def get(self, path: str) -> BaseEntry | None:
+        row = self.db.execute("SELECT * FROM files WHERE path = ?", (path,)).fetchone()
+        return BaseEntry(*row) if row else None
+
+    def put(self, entries: Iterable[BaseEntry]) -> None:
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ((e.path, e.size, e.mtime_ns, e.mode, e.inode, e.digest, e.version)
+                 for e in entries),
+            )  # fmt: skip
+
+    def remove(self, paths: Iterable[str]) -> None:
+        with self.transaction():
+            self.db.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in paths))
+
+    def all(self) -> Iterator[BaseEntry]:
+        """Every entry in path order, streamed (a folder may hold many)."""
+        for row in self.db.execute("SELECT * FROM files ORDER BY path"):
+            yield BaseEntry(*row)
+
+    def under(self, folder: str) -> list[BaseEntry]:
+        """Entries inside a folder (for a folder that was moved or deleted as a whole)."""
+        low, high = folder + "/", folder + "0"  # '0' sorts right after '/'
+        rows = self.db.execute("SELECT * FROM files WHERE path >= ? AND path < ?", (low, high))
+        return [BaseEntry(*row) for row in rows]
+
+    def with_digest(self, digest: bytes) -> list[BaseEntry]:
+        rows = self.db.execute("SELECT * FROM files WHERE digest = ?", (digest,))
+        return [BaseEntry(*row) for row in rows]
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM files").fetchone()[0]
+
+    def forget_versions(self) -> None:
+        """The server's store was replaced: keep what the files were, not what it held."""
+        self.db.execute("UPDATE files SET version = 0")
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    # -- settings ----------------------------------------------------------------------------
+
+    def meta(self, key: str, default: str = "") -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, **values: str | int) -> None:
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                ((key, str(value)) for key, value in values.items()),
+            )
+
+    def mark_synced(self, seq: int) -> None:
+        self.set_meta(last_seq=seq, last_sync=f"{time.time():.3f}")
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.outer = False
+
+    def __enter__(self) -> None:
+        self.outer = not self.db.in_transaction
+        if self.outer:
+            self.db.execute("BEGIN")
+
+    def __exit__(self, et: object, e: object, tb: object) -> None:
+        if self.outer:
+            self.db.execute("COMMIT" if et is None else "ROLLBACK")
+
+
+def folder_is_synced(folder: Path) -> bool:
+    """The folder is there and still carries its marker (see module docstring)."""
+    try:
+        return os.path.isdir(folder) and StateDB.exists(folder)
+    except OSError:
+        return False
