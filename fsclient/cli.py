@@ -18,6 +18,7 @@ from typing import Any
 from common.errors import FSError
 from common.messages import FileEntry
 from fsclient.progress import TerminalProgress
+from fsclient.sync.cli import add_commands, status, sync
 
 DEFAULT_SERVER = "127.0.0.1:7878"
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     rm = command("rm", "delete a file")
     rm.add_argument("remote")
+    add_commands(command)
     return parser
 
 
@@ -103,6 +105,10 @@ def format_entry(entry: FileEntry, as_json: bool) -> str:
 async def run(args: argparse.Namespace) -> int:
     from fsclient.client import Client
 
+    if args.command == "sync":
+        return await sync(args)
+    if args.command == "status":
+        return status(args)
     client = await Client.connect(
         args.server or os.environ.get("FS_SERVER") or DEFAULT_SERVER,
         args.share or os.environ.get("FS_SHARE") or "default",

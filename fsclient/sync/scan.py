@@ -19,6 +19,7 @@ from common.paths import normalize_path
 from fsclient.sync.ignore import IgnoreRules
 from fsclient.sync.plan import LocalFile
 from fsclient.sync.state import BaseEntry
+from fsclient.transfer import TEMP_MARK
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class Scanner:
         self.root = str(folder)
         self.rules = rules
         self.warned: set[str] = set()
+        self.stale: list[str] = []
+        """Temp files of downloads that never finished (a killed client), seen by walk()."""
 
     def walk(self, under: str = "") -> Iterator[tuple[str, os.stat_result]]:
         """Every regular file (path, stat) below *under* ("" for all), not ignored."""
@@ -56,6 +59,9 @@ class Scanner:
                 self.warn(path, "symbolic link skipped (links are not followed)")
                 return
             is_dir = entry.is_dir(follow_symlinks=False)
+            if not is_dir and TEMP_MARK in entry.name:
+                self.stale.append(path)
+                return
             if self.rules.ignored(path, is_dir) or not self.valid(path):
                 return
             if is_dir:

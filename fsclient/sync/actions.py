@@ -1,0 +1,240 @@
+"""Carrying out reconcile decisions, without ever losing a byte.
+
+Every change to the folder re-checks, right before it, that the file is still what the decision
+was made about: a download never replaces a file edited meanwhile, a delete never removes one.
+Every change to the server is conditional on the version the decision saw. Anything that no
+longer holds is left for the next look at that path, not forced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import messages as m
+from common.errors import Conflict, FSError, NotFound
+from common.limits import NO_VERSION
+from fsclient.client import Client
+from fsclient.sync.plan import LocalFile, RemoteState
+from fsclient.sync.scan import Scanner
+from fsclient.sync.state import BaseEntry, StateDB, folder_is_synced
+from fsclient.transfer import TEMP_MARK
+
+log = logging.getLogger(__name__)
+
+
+class FolderGone(RuntimeError):
+    """The folder or its .fsync marker disappeared: stop before anything is deleted."""
+
+
+class LocalChanged(RuntimeError):
+    """The file changed after the decision about it was made."""
+
+
+@dataclass
+class Tally:
+    uploaded: int = 0
+    downloaded: int = 0
+    deleted: int = 0
+    conflicts: int = 0
+    bytes: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        parts = [f"{self.uploaded} uploaded", f"{self.downloaded} downloaded",
+                 f"{self.deleted} deleted", f"{self.conflicts} conflicts",
+                 f"{len(self.failed)} failed"]  # fmt: skip
+        return ", ".join(parts) + f" ({self.bytes} bytes)"
+
+
+def conflict_name(path: str, client_id: str, now: float | None = None) -> str:
+    """``dir/NAME.sync-conflict-YYYYMMDD-HHMMSS-<client id>.EXT`` for ``dir/NAME.EXT``."""
+    folder, slash, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension (or a dot file such as .bashrc)
+        stem, dot, ext = name, "", ""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{folder}{slash}{stem}.sync-conflict-{stamp}-{client_id}{dot}{ext}"
+
+
+class Actions:
+    def __init__(self, folder: Path, db: StateDB, scanner: Scanner, client_id: str) -> None:
+        self.folder = folder
+        self.db = db
+        self.scanner = scanner
+        self.client_id = client_id
+        self.tally = Tally()
+        self.client: Client | None = None
+
+    def abs(self, path: str) -> str:
+        return os.path.join(self.folder, path)
+
+    def guard(self) -> None:
+        if not folder_is_synced(self.folder):
+            raise FolderGone(
+                f"{self.folder} or its {self.db.marker.name} marker is gone (moved, deleted or "
+                f"unmounted?); stopping so that nothing is deleted on the server"
+            )
+
+    # -- to the server -----------------------------------------------------------------------
+
+    async def upload(self, files: list[tuple[LocalFile, int]]) -> None:
+        """Upload files, each against the server version it was decided on."""
+        if not files:
+            return
+        assert self.client is not None
+        items = [(self.abs(f.path), f.path, expected) for f, expected in files]
+        results = await self.client.put_many(items)
+        for (local, _), result in zip(files, results, strict=True):
+            if isinstance(result, m.FileEntry):
+                self.record_uploaded(local, result)
+            elif isinstance(result, Conflict):
+                log.info("%s changed on the server meanwhile; deciding again", local.path)
+            elif isinstance(result, FileNotFoundError):
+                log.info("%s vanished before it was sent", local.path)
+            else:
+                self.fail(local.path, result)
+
+    def record_uploaded(self, local: LocalFile, entry: m.FileEntry) -> None:
+        st = self.scanner.stat(local.path)
+        same = st is not None and (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns)
+        inode = st.st_ino if st is not None and same else 0  # 0: look again next time
+        self.db.put([BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,
+                               entry.digest, entry.version)])  # fmt: skip
+        self.tally.uploaded += 1
+        self.tally.bytes += entry.size
+
+    async def delete_remote(self, path: str, expected: int) -> None:
+        assert self.client is not None
+        self.guard()
+        try:
+            await self.client.rm(path, base_version=expected)
+        except NotFound:
+            pass
+        except Conflict:
+            log.info("%s changed on the server meanwhile; not deleting it", path)
+            return
+        self.db.remove([path])
+        self.tally.deleted += 1
+
+    # -- to the folder -----------------------------------------------------------------------
+
+    async def download(self, path: str, remote: RemoteState, expect: LocalFile | None) -> None:
+        """Fetch *path* unless the local file is no longer *expect* (None: absent)."""
+        assert self.client is not None
+        check = self._unchanged(path, expect)
+        dest = self.abs(path)
+        try:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            if not self._copy_local(path, remote, check):
+                await self.client.get(path, dest, before_replace=check)
+        except LocalChanged:
+            log.info("%s changed locally during the download; deciding again", path)
+            return
+        except NotFound:
+            return  # deleted meanwhile: its notification follows
+        except (FSError, OSError) as exc:
+            self.fail(path, exc)
+            return
+        self.record(path, remote.digest, remote.version)
+        self.tally.downloaded += 1
+        self.tally.bytes += remote.size
+
+    def _copy_local(self, path: str, remote: RemoteState, check: Callable[[], None]) -> bool:
+        """A rename or copy elsewhere: the content is here already, under another name."""
+        for other in self.db.with_digest(remote.digest):
+            st = self.scanner.stat(other.path)
+            if other.path == path or st is None or (st.st_size, st.st_mtime_ns, st.st_ino) != (
+                other.size, other.mtime_ns, other.inode
+            ):  # fmt: skip
+                continue
+            dest = self.abs(path)
+            folder, name = os.path.split(dest)
+            temp = os.path.join(folder, f".{name}{TEMP_MARK}{secrets.token_hex(4)}")
+            try:
+                shutil.copyfile(self.abs(other.path), temp)
+                os.chmod(temp, remote.mode & 0o777)
+                os.utime(temp, ns=(remote.mtime_ns, remote.mtime_ns))
+                check()
+                os.replace(temp, dest)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+            return True
+        return False
+
+    def delete_local(self, path: str, expect: LocalFile) -> None:
+        try:
+            self._unchanged(path, expect)()
+            os.unlink(self.abs(path))
+        except LocalChanged:
+            log.info("%s changed locally; not deleting it", path)
+            return
+        except FileNotFoundError:
+            pass
+        self.db.remove([path])
+        self.tally.deleted += 1
+        self._prune(os.path.dirname(path))
+
+    async def conflict(self, local: LocalFile, remote: RemoteState) -> None:
+        """Keep both: the local version moves to a conflict copy (uploaded as a file of its
+        own), and the server's version takes the name."""
+        copy = conflict_name(local.path, self.client_id)
+        try:
+            self._unchanged(local.path, local)()
+            os.rename(self.abs(local.path), self.abs(copy))
+        except (LocalChanged, FileNotFoundError):
+            return
+        log.warning("conflict on %s: the local version is kept as %s", local.path, copy)
+        self.tally.conflicts += 1
+        moved = self.scanner.local(copy, os.lstat(self.abs(copy)), None)
+        if moved is not None:
+            await self.upload([(moved, NO_VERSION)])
+        self.db.remove([local.path])
+        await self.download(local.path, remote, None)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def record(self, path: str, digest: bytes, version: int) -> None:
+        st = self.scanner.stat(path)
+        if st is None:
+            return
+        self.db.put([BaseEntry(path, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode),
+                               st.st_ino, digest, version)])  # fmt: skip
+
+    def fail(self, path: str, exc: BaseException) -> None:
+        message = exc.message if isinstance(exc, FSError) else str(exc)
+        log.error("%s: %s", path, message)
+        self.tally.failed.append(f"{path}: {message}")
+
+    def _unchanged(self, path: str, expect: LocalFile | None) -> Callable[[], None]:
+        def check() -> None:
+            try:
+                st = os.lstat(self.abs(path))
+            except FileNotFoundError:
+                if expect is None:
+                    return
+                raise LocalChanged(path) from None
+            if expect is None or (st.st_size, st.st_mtime_ns, st.st_ino) != (
+                expect.size, expect.mtime_ns, expect.inode
+            ):  # fmt: skip
+                raise LocalChanged(path)
+
+        return check
+
+    def _prune(self, folder: str) -> None:
+        """Remove folders left empty by deletes (a folder deleted or renamed elsewhere)."""
+        while folder:
+            try:
+                os.rmdir(self.abs(folder))
+            except OSError:
+                return
+            folder = os.path.dirname(folder)

@@ -1,0 +1,331 @@
+"""``SyncEngine``: keeps one folder in two-way sync with one share.
+
+A session: connect; compare the server's store id with the one this folder last saw (a new
+store means the server restarted empty: everything is sent again, nothing deleted); subscribe
+from the last version seen and read the backlog; reconcile every path (``reconcile``); then,
+unless ``--once``, live: folder events (debounced per path) and server notifications each
+settle their path, one path at a time. A lost connection starts a new session after a back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from common import messages as m
+from common.errors import Conflict, FSError, InvalidPath
+from common.paths import normalize_path
+from fsclient.client import ChangeStream, Client
+from fsclient.protocol import ConnectionLost
+from fsclient.sync.actions import Actions, FolderGone
+from fsclient.sync.ignore import IGNORE_FILE, IgnoreRules
+from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
+from fsclient.sync.scan import Scanner
+from fsclient.sync.state import StateDB
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+GUARD_EVERY = 1.0
+RESCAN_EVERY = 600.0
+"""A stat-only rescan catches what the watcher missed (inotify drops events when overrun)."""
+DOWNLOAD_WINDOW = 32
+
+
+def remote_state(note: m.ChangeNotification) -> RemoteState:
+    e = note.entry
+    return RemoteState(e.version, note.deleted, e.size, e.mtime_ns, e.mode, e.digest)
+
+
+class SyncEngine:
+    def __init__(self, folder: Path, db: StateDB, server: str, share: str, client_id: str,
+                 debounce: float = 2.0, once: bool = False) -> None:  # fmt: skip
+        self.folder = folder
+        self.db = db
+        self.server = server
+        self.share = share
+        self.client_id = client_id
+        self.debounce = debounce
+        self.once = once
+        self.rules = IgnoreRules.load(folder)
+        self.scanner = Scanner(folder, self.rules)
+        self.actions = Actions(folder, db, self.scanner, client_id)
+        self.pending: dict[str, RemoteState] = {}
+        self.unapplied: set[int] = set()
+        self.seen = int(db.meta("last_seq", "0"))
+        self.busy: set[str] = set()
+        self.again: set[str] = set()
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Sync until stopped (or once); the exit code: 0, or 1 if anything failed."""
+        delay = BACKOFF_FIRST
+        while True:
+            self.actions.guard()
+            try:
+                client = await Client.connect(self.server, self.share, client_id=self.client_id)
+            except (ConnectionError, OSError) as exc:
+                if self.once:
+                    raise
+                log.warning("cannot reach %s (%s); retrying in %.1f s", self.server, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            try:
+                await self.session(client)
+                if self.once:
+                    return 1 if self.actions.tally.failed else 0
+            except (FSError, OSError) as exc:
+                if self.once or client.proto.failure is None:  # not a lost connection
+                    raise
+                reason = exc.message if isinstance(exc, FSError) else str(exc)
+                log.warning("connection to %s lost (%s); reconnecting", self.server, reason)
+            finally:
+                await client.close()
+            delay = BACKOFF_FIRST
+            await asyncio.sleep(delay)
+
+    async def session(self, client: Client) -> None:
+        self.actions.client = client
+        reseed = self.check_store(client.store_id)
+        since = 0 if reseed else int(self.db.meta("last_seq", "0"))
+        try:
+            stream = await client.subscribe(since)
+        except Conflict:  # the server has fewer versions than this folder saw: a new store
+            log.warning("the server's history is behind this folder's; sending everything again")
+            self.db.forget_versions()
+            reseed, since = True, 0
+            stream = await client.subscribe(0)
+        remote = await self.backlog(stream, since)
+        failed = len(self.actions.tally.failed)
+        await self.reconcile(remote, reseed)
+        if len(self.actions.tally.failed) == failed:  # else the backlog is read again next time
+            self.seen = max(self.seen, stream.seq, *(r.version for r in remote.values()))
+            self.db.mark_synced(self.seen)
+            self.db.set_meta(reseed=0)
+        if not self.once:
+            await self.live(stream)
+
+    def check_store(self, store_id: bytes) -> bool:
+        """True if the server's store is not the one this folder last synced with."""
+        known = self.db.meta("store_id")
+        fresh = known != store_id.hex() or self.db.meta("reseed") == "1"
+        if known and known != store_id.hex():
+            log.warning("the server's store changed (restarted without its data?): "
+                        "this folder's files are sent again; nothing is deleted")  # fmt: skip
+            self.db.forget_versions()
+        if fresh:
+            self.db.set_meta(store_id=store_id.hex(), reseed=1, last_seq=0)
+            self.seen = 0
+        return fresh and bool(known)
+
+    async def backlog(self, stream: ChangeStream, since: int) -> dict[str, RemoteState]:
+        """Every path the server changed after *since*, at its latest state."""
+        remote: dict[str, RemoteState] = {}
+        last = since
+        while last < stream.seq:
+            note = await anext(stream)
+            last = note.entry.version
+            path = self.accept_remote_path(note.entry.path)
+            if path is not None:
+                remote[path] = remote_state(note)
+        return remote
+
+    def accept_remote_path(self, path: str) -> str | None:
+        """A path from the server, if it is safe and not ignored. A malicious server must not
+        make the client write outside its folder: no '..', no absolute path, no symlink."""
+        try:
+            if normalize_path(path) != path:
+                raise InvalidPath(f"not in canonical form: {path!r}")
+        except InvalidPath as exc:
+            log.error("refused a path from the server: %s", exc.message)
+            return None
+        parent = self.folder
+        for part in path.split("/")[:-1]:
+            parent = parent / part
+            if parent.is_symlink():
+                log.error("refused %s from the server: %s is a symbolic link", path, parent)
+                return None
+        return None if self.rules.ignored(path) else path
+
+    # -- reconcile ---------------------------------------------------------------------------
+
+    async def reconcile(self, remote: dict[str, RemoteState], reseed: bool) -> None:
+        """Bring folder and server together, path by path (see ``plan.decide``)."""
+        base = {entry.path: entry for entry in self.db.all()}
+        self.scanner.stale.clear()
+        local = dict(self.scanner.walk())
+        for temp in self.scanner.stale:  # no download of ours is running yet
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.folder / temp)
+        uploads: list[tuple[LocalFile, int]] = []
+        later: list[tuple[str, Decision, LocalFile | None, RemoteState | None]] = []
+        records = []
+        for path in sorted(base.keys() | local.keys() | remote.keys()):
+            if self.rules.ignored(path):
+                continue
+            st = local.get(path)
+            current = self.scanner.local(path, st, base.get(path)) if st else None
+            decision = decide(base.get(path), current, remote.get(path), reseed)
+            if decision.do is Do.UPLOAD and current is not None:
+                uploads.append((current, decision.expected))
+            elif decision.do is Do.RECORD and current is not None:
+                records.append((path, current.digest, decision.version))
+            elif decision.do is not Do.NOTHING:
+                later.append((path, decision, current, remote.get(path)))
+        with self.db.transaction():
+            for path, digest, version in records:
+                self.actions.record(path, digest, version)
+        await self.actions.upload(uploads)
+        gate = asyncio.Semaphore(DOWNLOAD_WINDOW)
+
+        async def apply(item: tuple[str, Decision, LocalFile | None, RemoteState | None]) -> None:
+            async with gate:
+                await self.apply(*item)
+
+        # downloads first: a file renamed on the server is copied from its old local name
+        # before that name's delete arrives
+        await asyncio.gather(*(apply(i) for i in later if i[1].do is Do.DOWNLOAD))
+        for item in later:
+            if item[1].do is not Do.DOWNLOAD:
+                await self.apply(*item)
+
+    async def apply(self, path: str, decision: Decision, local: LocalFile | None,
+                    remote: RemoteState | None) -> None:  # fmt: skip
+        do = decision.do
+        try:
+            if do is Do.UPLOAD and local is not None:
+                await self.actions.upload([(local, decision.expected)])
+            elif do is Do.DOWNLOAD and remote is not None:
+                await self.actions.download(path, remote, local)
+            elif do is Do.DELETE_LOCAL and local is not None:
+                self.actions.delete_local(path, local)
+            elif do is Do.DELETE_REMOTE:
+                await self.actions.delete_remote(path, decision.expected)
+            elif do is Do.CONFLICT and local is not None and remote is not None:
+                await self.actions.conflict(local, remote)
+            elif do is Do.RECORD and local is not None:
+                self.actions.record(path, local.digest, decision.version)
+            elif do is Do.FORGET:
+                self.db.remove([path])
+        except (FolderGone, ConnectionLost):
+            raise
+        except (FSError, OSError) as exc:
+            self.actions.fail(path, exc)
+
+    # -- live --------------------------------------------------------------------------------
+
+    async def live(self, stream: ChangeStream) -> None:
+        from fsclient.sync.watch import FolderWatcher
+
+        loop = asyncio.get_running_loop()
+        watcher = FolderWatcher(self.folder, loop, self.local_changed)
+        watcher.start()
+        log.info("watching %s", self.folder)
+        tasks = [loop.create_task(self.follow(stream)), loop.create_task(self.watch_guard()),
+                 loop.create_task(self.rescans())]  # fmt: skip
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            watcher.stop()
+            for task in tasks:
+                task.cancel()
+            for timer in self.timers.values():
+                timer.cancel()
+            self.timers.clear()
+
+    async def follow(self, stream: ChangeStream) -> None:
+        async for note in stream:
+            path = self.accept_remote_path(note.entry.path)
+            if path is None:
+                continue
+            self.pending[path] = remote_state(note)
+            self.unapplied.add(note.entry.version)
+            self.seen = max(self.seen, note.entry.version)
+            if path not in self.timers:  # a local change about to settle will take it
+                self.settle_soon(path)
+
+    async def watch_guard(self) -> None:
+        while True:
+            self.actions.guard()
+            await asyncio.sleep(GUARD_EVERY)
+
+    async def rescans(self) -> None:
+        while True:
+            await asyncio.sleep(RESCAN_EVERY)
+            for path, st in self.scanner.walk():
+                base = self.db.get(path)
+                if base is None or (st.st_size, st.st_mtime_ns, st.st_ino) != (
+                    base.size, base.mtime_ns, base.inode
+                ):  # fmt: skip
+                    self.settle_soon(path)
+            for entry in self.db.all():
+                if self.scanner.stat(entry.path) is None:
+                    self.settle_soon(entry.path)
+
+    def local_changed(self, path: str, is_dir: bool) -> None:
+        """A watcher event (on the loop): settle the path once it has been quiet a while."""
+        if path == IGNORE_FILE:
+            self.rules = self.scanner.rules = IgnoreRules.load(self.folder)
+        if is_dir:
+            paths = {e.path for e in self.db.under(path)}
+            paths |= {p for p, _ in self.scanner.walk(path)}
+        else:
+            paths = {path}
+        for one in paths:
+            if self.rules.ignored(one):
+                continue
+            timer = self.timers.pop(one, None)
+            if timer is not None:
+                timer.cancel()
+            self.timers[one] = asyncio.get_running_loop().call_later(
+                self.debounce, self.debounced, one
+            )
+
+    def debounced(self, path: str) -> None:
+        self.timers.pop(path, None)
+        self.settle_soon(path)
+
+    def settle_soon(self, path: str) -> None:
+        if path in self.busy:
+            self.again.add(path)
+        else:
+            asyncio.get_running_loop().create_task(self.settle(path))
+
+    async def settle(self, path: str) -> None:
+        """Decide and act on one path, as often as news about it keeps coming."""
+        self.busy.add(path)
+        try:
+            while True:
+                self.again.discard(path)
+                remote = self.pending.pop(path, None)
+                base = self.db.get(path)
+                st = self.scanner.stat(path)
+                local = self.scanner.local(path, st, base) if st else None
+                await self.apply(path, decide(base, local, remote), local, remote)
+                if remote is not None:
+                    self.unapplied.discard(remote.version)
+                if path not in self.again:
+                    break
+        finally:
+            self.busy.discard(path)
+        self.save_progress()
+
+    def save_progress(self) -> None:
+        """Persist the highest version below which every change has been applied."""
+        upto = min(self.unapplied) - 1 if self.unapplied else self.seen
+        if upto > int(self.db.meta("last_seq", "0")):
+            self.db.mark_synced(upto)
+
+
+def default_client_id() -> str:
+    host = "".join(c for c in os.uname().nodename if c.isalnum() or c in "-_")[:24] or "host"
+    return f"{host}-{os.urandom(3).hex()}"

@@ -1,0 +1,78 @@
+"""Run real ``fsclient sync`` processes on temp folders for the sync tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import xxhash
+
+from tests.serverproc import ROOT, ServerLog, wait_for
+
+DEBOUNCE = 0.3
+
+
+@dataclass
+class SyncProcess:
+    folder: Path
+    address: str
+    debounce: float = DEBOUNCE
+    proc: subprocess.Popen[str] | None = None
+    log: ServerLog = field(default_factory=ServerLog)
+
+    def start(self) -> SyncProcess:
+        self.log = ServerLog()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fsclient", "sync", str(self.folder), "--server", self.address,
+             "--debounce", str(self.debounce)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        threading.Thread(target=self._pump, daemon=True).start()
+        wait_for(lambda: "watching" in self.log.text() or self.proc.poll() is not None, 30,
+                 f"sync of {self.folder} to start")  # fmt: skip
+        assert self.proc.poll() is None, self.log.text()
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.log.lock:
+                self.log.lines.append(line)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every synced file under *folder* (not the state folder), path -> content."""
+    found = {}
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and not rel.startswith(".fsync/"):
+            found[rel] = path.read_bytes()
+    return found
+
+
+def digests(folder: Path) -> dict[str, bytes]:
+    return {path: xxhash.xxh3_128_digest(data) for path, data in files(folder).items()}
+
+
+def once(folder: Path, address: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fsclient", "sync", str(folder), "--once", "--server", address,
+         *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
