@@ -19,7 +19,7 @@ from common.errors import FSError, RemoteError
 from common.limits import ANY_VERSION
 from common.paths import normalize_path
 from fsclient.protocol import error_from, refusal
-from fsclient.transfer import FileChanged, FileSource
+from fsclient.transfer import SMALL_FILE, FileChanged, FileSource, Known
 
 if TYPE_CHECKING:
     from fsclient.client import Client
@@ -28,8 +28,17 @@ Result = m.FileEntry | FSError | OSError
 BYTES_IN_FLIGHT = 64 * 1024 * 1024
 """Small files are held in memory while they are sent: at most this much at once."""
 Pair = tuple[str | os.PathLike[str], str]
-Item = tuple[str | os.PathLike[str], str, int]
-"""(local, remote, base version): an upload that must not overwrite a newer server version."""
+Item = tuple[str | os.PathLike[str], str, int, Known | None]
+"""(local, remote, base version, known): an upload that must not overwrite a newer server
+version, and what is known of the file already (see ``FileSource``)."""
+
+
+def as_item(pair: Pair | tuple[str | os.PathLike[str], str, int] | Item) -> Item:
+    """Fill in what a pair leaves out: any version, nothing known."""
+    local, remote, *rest = pair
+    base_version = rest[0] if rest else ANY_VERSION
+    known = rest[1] if len(rest) > 1 else None
+    return (local, remote, base_version, known)
 
 
 class SmallUpload:
@@ -108,10 +117,7 @@ class BatchUpload:
     def __init__(self, client: Client, pairs: Iterable[Pair | Item], window: int) -> None:
         self.client = client
         self.proto = client.proto
-        self.pairs: list[Item] = [
-            (pair[0], pair[1], pair[2] if len(pair) > 2 else ANY_VERSION)  # type: ignore[misc]
-            for pair in pairs
-        ]
+        self.pairs: list[Item] = [as_item(pair) for pair in pairs]
         self.window = window
         self.results: list[Result | None] = [None] * len(self.pairs)
         self.later: list[int] = []
@@ -125,10 +131,11 @@ class BatchUpload:
         if self.in_flight:
             await self.done
         for index in self.later:
-            local, remote, base_version = self.pairs[index]
+            local, remote, base_version, known = self.pairs[index]
             try:
-                self.results[index] = await self.client.put(local, remote,
-                                                            base_version=base_version)  # fmt: skip
+                self.results[index] = await self.client.put(
+                    local, remote, base_version=base_version, known=known
+                )
             except (FSError, OSError) as exc:
                 self.results[index] = exc
         assert all(result is not None for result in self.results)
@@ -144,14 +151,17 @@ class BatchUpload:
             self.done.set_result(None)
 
     def begin(self, index: int) -> None:
-        local, remote, base_version = self.pairs[index]
+        local, remote, base_version, _known = self.pairs[index]
         try:
             path = normalize_path(remote)
+            if os.stat(local).st_size > SMALL_FILE:  # too big to hold: streamed later
+                self.later.append(index)
+                return
             source = FileSource(local)
         except (FSError, OSError) as exc:
             self.results[index] = exc
             return
-        if source.view(0, source.meta.size) is None:  # too big to hold: streamed later
+        if source.view(0, source.meta.size) is None:  # it grew meanwhile
             source.close()
             self.later.append(index)
             return

@@ -45,6 +45,7 @@ from fsclient.transfer import (
     DownloadTarget,
     FileChanged,
     FileSource,
+    Known,
     Progress,
     SourceMeta,
     UploadSource,
@@ -132,12 +133,14 @@ class Client:
         *,
         base_version: int = ANY_VERSION,
         progress: Progress | None = None,
+        known: Known | None = None,
     ) -> m.FileEntry:
-        """Upload a local file; returns its entry as stored (with the new version)."""
+        """Upload a local file; returns its entry as stored (with the new version).
+        *known*: see ``FileSource``."""
         path = normalize_path(remote)
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             try:
-                source = FileSource(local)
+                source = FileSource(local, known if attempt == 0 else None)
             except FileChanged:
                 continue
             try:
@@ -165,7 +168,8 @@ class Client:
         self, pairs: Iterable[tuple[str | os.PathLike[str], str] | Item], *, window: int = 256
     ) -> list[m.FileEntry | FSError | OSError]:
         """Upload many files with up to *window* in flight; one result (or error) per pair,
-        in order. A pair may carry a third element, the base version to upload against.
+        in order. A pair may carry a base version to upload against, and what is known of
+        the file (see ``batch.Item``).
         Small files are pipelined without a coroutine each (see ``BatchUpload``)."""
         return await BatchUpload(self, pairs, window).run()
 

@@ -29,6 +29,9 @@ PREHASH_MAX = 64 << 20
 already holds. Bigger ones are hashed as they stream: one read of the file, not two."""
 TEMP_MARK = ".fs-tmp-"
 
+Known = tuple[int, int, bytes]
+"""(size, mtime_ns, digest) of a file as last read."""
+
 Progress = Callable[[int, int], None]
 """Called as a transfer advances with (bytes done, bytes in all)."""
 
@@ -84,8 +87,13 @@ class FileSource(UploadSource):
     """A local file, read with ``preadv`` into buffers the caller lends, so memory stays
     bounded whatever the size. (Not mmap: a file truncated under a mapping raises SIGBUS.)"""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], known: Known | None = None) -> None:
+        """*known*: (size, mtime_ns, digest) from an earlier read (the sync engine's state);
+        if the file still has that size and mtime, the digest is trusted instead of read again
+        (the server verifies it anyway), so even a big file can be matched to content the
+        server holds: a renamed file is not sent again."""
         self.path = path
+        self.known = known
         # O_NONBLOCK: opening a FIFO must not block; it is refused below as not a regular file
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         self.whole: bytes | None = None
@@ -107,8 +115,11 @@ class FileSource(UploadSource):
             if len(self.whole) != size:
                 raise FileChanged(f"{self.path} changed size while it was read")
             digest = digest_of(self.whole)
+        elif self.known is not None and self.known[:2] == (size, st.st_mtime_ns):
+            digest = self.known[2]
         elif size <= PREHASH_MAX:
             digest = self._hash(size)
+        self.known = None  # a refresh after a mismatch reads the file again
         self.stamp = (st.st_size, st.st_mtime_ns)
         self.meta = SourceMeta(size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
 

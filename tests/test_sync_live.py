@@ -253,3 +253,28 @@ def test_once_reports_failure_with_a_non_zero_exit(tmp_path):
     )  # fmt: skip
     assert missing.returncode == 1
     assert "does not exist" in missing.stderr
+
+
+def test_a_renamed_big_file_is_not_sent_again(server_factory, tmp_path):
+    """150 MiB of store, a 100 MiB file: sending it again under its new name would need room
+    for a second copy, so the rename can only arrive if no content travels."""
+    server = server_factory("--store-size", "150MiB")
+    a = SyncProcess(tmp_path / "A", server.address)
+    b = SyncProcess(tmp_path / "B", server.address)
+    a.folder.mkdir()
+    b.folder.mkdir()
+    try:
+        a.start()
+        b.start()
+        data = os.urandom(100 * 1024 * 1024)
+        (a.folder / "video.bin").write_bytes(data)
+        wait_for(lambda: (b.folder / "video.bin").exists(), DEADLINE + 5, "the file on B")
+        (a.folder / "video.bin").rename(a.folder / "renamed.bin")
+        wait_for(lambda: sorted(files(b.folder)) == ["renamed.bin"], DEADLINE + 2,
+                 "the rename on B")  # fmt: skip
+        assert (b.folder / "renamed.bin").read_bytes() == data
+        assert "failed" not in a.log.text() + b.log.text()
+        assert server.metric("fs_store_used_bytes") == 100 * 1024 * 1024
+    finally:
+        a.stop()
+        b.stop()

@@ -91,7 +91,8 @@ class Actions:
         if not files:
             return
         assert self.client is not None
-        items = [(self.abs(f.path), f.path, expected) for f, expected in files]
+        items = [(self.abs(f.path), f.path, expected, (f.size, f.mtime_ns, f.digest))
+                 for f, expected in files]  # fmt: skip
         results = await self.client.put_many(items)
         for (local, _), result in zip(files, results, strict=True):
             if isinstance(result, m.FileEntry):
