@@ -4,6 +4,7 @@ separate folders. Every wait is for a condition, with the deadline the issue set
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,8 +257,9 @@ def test_once_reports_failure_with_a_non_zero_exit(tmp_path):
 
 
 def test_a_renamed_big_file_is_not_sent_again(server_factory, tmp_path):
-    """150 MiB of store, a 100 MiB file: sending it again under its new name would need room
-    for a second copy, so the rename can only arrive if no content travels."""
+    """150 MiB of store, a 100 MiB file: sending it again under a new name would need room
+    for a second copy. A copy (the original stays) and then a rename of the copy can only
+    arrive if no content travels."""
     server = server_factory("--store-size", "150MiB")
     a = SyncProcess(tmp_path / "A", server.address)
     b = SyncProcess(tmp_path / "B", server.address)
@@ -269,8 +271,11 @@ def test_a_renamed_big_file_is_not_sent_again(server_factory, tmp_path):
         data = os.urandom(100 * 1024 * 1024)
         (a.folder / "video.bin").write_bytes(data)
         wait_for(lambda: (b.folder / "video.bin").exists(), DEADLINE + 5, "the file on B")
-        (a.folder / "video.bin").rename(a.folder / "renamed.bin")
-        wait_for(lambda: sorted(files(b.folder)) == ["renamed.bin"], DEADLINE + 2,
+        shutil.copyfile(a.folder / "video.bin", a.folder / "copy.bin")
+        wait_for(lambda: sorted(files(b.folder)) == ["copy.bin", "video.bin"], DEADLINE + 2,
+                 "the copy on B")  # fmt: skip
+        (a.folder / "copy.bin").rename(a.folder / "renamed.bin")
+        wait_for(lambda: sorted(files(b.folder)) == ["renamed.bin", "video.bin"], DEADLINE + 2,
                  "the rename on B")  # fmt: skip
         assert (b.folder / "renamed.bin").read_bytes() == data
         assert "failed" not in a.log.text() + b.log.text()
