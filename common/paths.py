@@ -1,12 +1,15 @@
 """Remote path and name rules, shared by the server (paths from clients) and the client (paths
 from the server), so that neither side can be tricked into leaving its tree."""
 
+import re
 import unicodedata
 
 from common.errors import InvalidName, InvalidPath
 from common.limits import MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_SEGMENT_BYTES
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_PLAIN = re.compile(r"[^\x00-\x1f\x7f\\]+")
+"""ASCII without control characters or backslashes: already NFC, one byte per character."""
 
 
 def _has_control(text: str) -> bool:
@@ -19,6 +22,14 @@ def normalize_path(path: str) -> str:
     Refused: empty paths, absolute paths, empty, ``.`` or ``..`` segments, backslashes, NUL and
     other control characters, more than 4096 bytes, or a segment of more than 255 bytes.
     """
+    if (
+        path.isascii()
+        and _PLAIN.fullmatch(path)
+        and len(path) <= MAX_PATH_BYTES
+        and not path.startswith("/")
+        and _segments_ok(path)
+    ):
+        return path  # the common case, checked without a character-by-character walk
     if not path:
         raise InvalidPath("empty path")
     if "\x00" in path:
@@ -43,6 +54,13 @@ def normalize_path(path: str) -> str:
     except UnicodeEncodeError as exc:
         raise InvalidPath("path is not valid UTF-8") from exc
     return path
+
+
+def _segments_ok(path: str) -> bool:
+    for segment in path.split("/"):
+        if segment in ("", ".", "..") or len(segment) > MAX_SEGMENT_BYTES:
+            return False
+    return True
 
 
 def normalize_prefix(prefix: str) -> str:

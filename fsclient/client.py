@@ -391,3 +391,14 @@ class ChangeStream:
             self._queue.put_nowait(item)
             raise item
         return item
+
+    def arrived(self) -> list[m.ChangeNotification]:
+        """The notifications already here, without waiting for more."""
+        items = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, BaseException):
+                self._queue.put_nowait(item)
+                raise item
+            items.append(item)
+        return items

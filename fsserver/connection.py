@@ -10,6 +10,7 @@ complete through callbacks, so many small files are in flight at once on one con
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -42,6 +43,7 @@ DIRECT_READ_MIN = 64 * 1024
 """A payload with at least this much left is read straight into its extent."""
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
+_ORIGINS = itertools.count(1)
 ABORT_AFTER = 2.0
 """A connection that failed is torn down this long after its Error, read or not."""
 MAX_LAG_BYTES = 64 * 1024 * 1024
@@ -74,6 +76,8 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         self.subscription: Subscription | None = None
         self.opening: dict[int, m.FileSyncInit | m.DownloadRequest] = {}
         self.requests_busy = 0
+        self.origin = ctx.worker_id << 40 | next(_ORIGINS)
+        """Names this connection in the changes it makes (see ``feed.Subscription``)."""
         self.requests_waiting: deque[tuple[Callable[[Any], None], str, tuple[Any, ...]]] = deque()
         """Sessions whose first store call is under way, by file id."""
         self.handlers: dict[type, Callable[[Any], None]] = {

@@ -55,6 +55,7 @@ class ChangeFeed:
 class Connection(Protocol):
     share: str
     closing: bool
+    origin: int
 
     def send(self, msg: m.Message) -> None: ...
 
@@ -126,6 +127,11 @@ class Subscription:
 
     def _send(self, change: Change) -> None:
         if change.entry.version <= self.last or self.conn.closing:
+            return
+        if change.origin == self.conn.origin:
+            # The client made this change and learnt its version from the reply; both reach
+            # it in version order, so it still sees every version, once.
+            self.last = change.entry.version
             return
         self.last = change.entry.version
         self.conn.send(m.ChangeNotification(change.deleted, change.entry))

@@ -29,6 +29,7 @@ class RequestHandlers:
     closing: bool
     send: Callable[[m.Message], None]
     call_store: Callable[..., None]
+    origin: int
     requests_busy: int
     requests_waiting: deque[tuple[Callable[[Any], None], str, tuple[Any, ...]]]
 
@@ -100,6 +101,7 @@ class RequestHandlers:
                 self.share,
                 path,
                 msg.base_version,
+                self.origin,
             )
 
     def on_deleted(self, request_id: int, result: Any) -> None:

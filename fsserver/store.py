@@ -65,6 +65,8 @@ class Change(NamedTuple):
     share: str
     entry: FileEntry
     deleted: bool
+    origin: int = 0
+    """The connection that made the change (0: none); its subscription does not echo it."""
 
 
 class ChangePage(NamedTuple):
@@ -171,6 +173,7 @@ class Store:
         mode: int,
         digest: bytes | None,
         base_version: int,
+        origin: int = 0,
     ) -> Reserved | Linked | Refused:
         """Room for an upload, or, if its content is already stored, the finished commit."""
         refused = self._check_base(share, path, base_version, InitStatus.CONFLICT)
@@ -183,7 +186,7 @@ class Store:
             )  # fmt: skip
         blob = self.blobs.get((share, digest, size)) if digest is not None else None
         if blob is not None:
-            return Linked(self._put(share, path, blob, mtime_ns, mode))
+            return Linked(self._put(share, path, blob, mtime_ns, mode, origin))
         if size > self.allocator.capacity:
             return Refused(
                 InitStatus.TOO_LARGE,
@@ -208,6 +211,7 @@ class Store:
         mode: int,
         digest: bytes,
         base_version: int,
+        origin: int = 0,
     ) -> Committed | Refused:
         """Make a verified upload visible; identical content already stored is reused."""
         hold = self._take_hold(owner, ticket, lease=False)
@@ -220,7 +224,7 @@ class Store:
             return refused
         if blob is None:
             blob = self.blobs[key] = Blob(share, digest, hold.size, hold.offset)
-        return Committed(self._put(share, path, blob, mtime_ns, mode))
+        return Committed(self._put(share, path, blob, mtime_ns, mode, origin))
 
     def abort(self, owner: int, ticket: int) -> None:
         hold = self._take_hold(owner, ticket, lease=False)
@@ -284,7 +288,9 @@ class Store:
             budget -= len(path.encode()) + ENTRY_BYTES
         return ListPage(tuple(found), False)
 
-    def delete(self, share: str, path: str, base_version: int) -> Committed | Refused:
+    def delete(
+        self, share: str, path: str, base_version: int, origin: int = 0
+    ) -> Committed | Refused:
         entry = self._live(share, path)
         if entry is None or entry.blob is None:
             return Refused(LookupStatus.NOT_FOUND, 0, f"not found: {path}")
@@ -298,7 +304,7 @@ class Store:
         self._unref(entry.blob)
         tombstone = Entry(sh.seq, entry.mtime_ns, entry.mode, None)
         sh.record(path, tombstone)
-        self.changes.append(Change(share, tombstone.record(path), deleted=True))
+        self.changes.append(Change(share, tombstone.record(path), True, origin))
         return Committed(sh.seq)
 
     def changes_since(self, share: str, since: int, limit: int) -> ChangePage:
@@ -353,7 +359,7 @@ class Store:
         sh = self.shares.get(share)
         return sh is not None and path in sh.entries
 
-    def _put(self, share: str, path: str, blob: Blob, mtime_ns: int, mode: int) -> int:
+    def _put(self, share: str, path: str, blob: Blob, mtime_ns: int, mode: int, origin: int) -> int:
         sh = self.shares.get(share)
         if sh is None:
             sh = self.shares[share] = Share()
@@ -370,7 +376,7 @@ class Store:
         sh.seq += 1
         entry = Entry(sh.seq, mtime_ns, mode, blob)
         sh.record(path, entry)
-        self.changes.append(Change(share, entry.record(path), deleted=False))
+        self.changes.append(Change(share, entry.record(path), False, origin))
         return sh.seq
 
     def _unref(self, blob: Blob) -> None:

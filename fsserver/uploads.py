@@ -57,6 +57,7 @@ class UploadHandlers:
     conn: FSConnection
     share: str
     closing: bool
+    origin: int
     uploads: dict[int, Upload]
     opening: dict[int, m.FileSyncInit | m.DownloadRequest]
     send: Callable[[m.Message], None]
@@ -78,6 +79,7 @@ class UploadHandlers:
             msg.mode,
             msg.digest,
             msg.base_version,
+            self.origin,
         )
 
     def session_path(self, fid: int, path: str) -> str | None:
@@ -172,6 +174,7 @@ class UploadHandlers:
                 upload.mode,
                 actual,
                 upload.base_version,
+                self.origin,
             )
             return
         self.send(m.FileSyncCheckHashResponse(fid, m.HashStatus.MISMATCH, actual))

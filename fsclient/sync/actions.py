@@ -73,6 +73,8 @@ class Actions:
         self.client_id = client_id
         self.tally = Tally()
         self.client: Client | None = None
+        self.highest = 0
+        """The highest version of a change this client made (from the server's replies)."""
 
     def abs(self, path: str) -> str:
         return os.path.join(self.folder, path)
@@ -94,30 +96,32 @@ class Actions:
         items = [(self.abs(f.path), f.path, expected, (f.size, f.mtime_ns, f.digest))
                  for f, expected in files]  # fmt: skip
         results = await self.client.put_many(items)
+        done = []
         for (local, _), result in zip(files, results, strict=True):
             if isinstance(result, m.FileEntry):
-                self.record_uploaded(local, result)
+                done.append(self.uploaded(local, result))
             elif isinstance(result, Conflict):
                 log.info("%s changed on the server meanwhile; deciding again", local.path)
             elif isinstance(result, FileNotFoundError):
                 log.info("%s vanished before it was sent", local.path)
             else:
                 self.fail(local.path, result)
+        self.db.put(done)
 
-    def record_uploaded(self, local: LocalFile, entry: m.FileEntry) -> None:
-        st = self.scanner.stat(local.path)
-        same = st is not None and (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns)
-        inode = st.st_ino if st is not None and same else 0  # 0: look again next time
-        self.db.put([BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,
-                               entry.digest, entry.version)])  # fmt: skip
+    def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:
+        """The base for a file just uploaded (its inode only if it is still the same file)."""
         self.tally.uploaded += 1
         self.tally.bytes += entry.size
+        self.highest = max(self.highest, entry.version)
+        inode = local.inode if (local.size, local.mtime_ns) == (entry.size, entry.mtime_ns) else 0
+        return BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,
+                         entry.digest, entry.version)  # fmt: skip
 
     async def delete_remote(self, path: str, expected: int) -> None:
         assert self.client is not None
         self.guard()
         try:
-            await self.client.rm(path, base_version=expected)
+            self.highest = max(self.highest, await self.client.rm(path, base_version=expected))
         except NotFound:
             pass
         except Conflict:

@@ -105,8 +105,16 @@ class SyncEngine:
         remote = await self.backlog(stream, since)
         failed = len(self.actions.tally.failed)
         await self.reconcile(remote, reseed)
+        # Others' changes made while we worked: the server sends them on this connection
+        # before its reply to any later change of ours, so once they are applied every
+        # version up to our own last one is accounted for.
+        for note in stream.arrived():
+            self.note(note)
+        for path in list(self.pending):
+            await self.settle(path)
         if len(self.actions.tally.failed) == failed:  # else the backlog is read again next time
-            self.seen = max(self.seen, stream.seq, *(r.version for r in remote.values()))
+            self.seen = max(self.seen, stream.seq, self.actions.highest,
+                            *(r.version for r in remote.values()))  # fmt: skip
             self.db.mark_synced(self.seen)
             self.db.set_meta(reseed=0)
         if not self.once:
@@ -244,14 +252,18 @@ class SyncEngine:
 
     async def follow(self, stream: ChangeStream) -> None:
         async for note in stream:
-            path = self.accept_remote_path(note.entry.path)
-            if path is None:
-                continue
+            path = self.note(note)
+            if path is not None and path not in self.timers:  # a local change about to
+                self.settle_soon(path)  # settle will take it
+
+    def note(self, note: m.ChangeNotification) -> str | None:
+        """Remember a server change for its path; the path, if it is one to sync."""
+        self.seen = max(self.seen, note.entry.version)
+        path = self.accept_remote_path(note.entry.path)
+        if path is not None:
             self.pending[path] = remote_state(note)
             self.unapplied.add(note.entry.version)
-            self.seen = max(self.seen, note.entry.version)
-            if path not in self.timers:  # a local change about to settle will take it
-                self.settle_soon(path)
+        return path
 
     async def watch_guard(self) -> None:
         while True:
@@ -321,6 +333,7 @@ class SyncEngine:
 
     def save_progress(self) -> None:
         """Persist the highest version below which every change has been applied."""
+        self.seen = max(self.seen, self.actions.highest)
         upto = min(self.unapplied) - 1 if self.unapplied else self.seen
         if upto > int(self.db.meta("last_seq", "0")):
             self.db.mark_synced(upto)

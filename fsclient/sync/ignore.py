@@ -23,6 +23,7 @@ class IgnoreRules:
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
         self.spec = pathspec.GitIgnoreSpec.from_lines([*ALWAYS, *lines])
+        self.only_always = not any(line.strip() and not line.startswith("#") for line in lines)
 
     @classmethod
     def load(cls, folder: Path) -> IgnoreRules:
@@ -34,4 +35,6 @@ class IgnoreRules:
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
         """*path* is relative and ``/``-separated; folders are matched with a trailing ``/``."""
+        if self.only_always:  # no .fsignore patterns: the built-in rules, without pathspec
+            return TEMP_MARK in path or path == MARKER or path.startswith(MARKER + "/")
         return self.spec.match_file(path + "/" if is_dir else path)
