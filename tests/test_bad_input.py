@@ -211,8 +211,9 @@ def test_the_longest_path_works_with_seed_packets(server, tmp_path):
     assert len(path.encode()) == MAX_PATH_BYTES
 
     async def main():
+        watcher = await Client.connect(server.address, max_packet=4096)
+        stream = await watcher.subscribe()  # (a client is not sent its own changes)
         async with await Client.connect(server.address, max_packet=4096) as client:
-            stream = await client.subscribe()
             await client.put_bytes(b"deep", path)
             assert (await client.stat(path)).size == 4
             assert [e.path for e in await client.ls()] == [path]
@@ -221,6 +222,7 @@ def test_the_longest_path_works_with_seed_packets(server, tmp_path):
             await client.get(path, tmp_path / "deep.txt")
             with pytest.raises(InvalidPath, match="longer than 4000 bytes"):
                 await client.put_bytes(b"x", path + "u")
+        await watcher.close()
 
     run(main())
     assert (tmp_path / "deep.txt").read_bytes() == b"deep"

@@ -97,7 +97,7 @@ def test_a_subscriber_that_stops_reading_is_disconnected():
     from fsserver.store import Change, ChangePage
 
     class Conn:
-        share, closing = "s", False
+        share, closing, origin = "s", False, -1
 
         def __init__(self):
             self.sent, self.failed, self.lag = [], None, False
@@ -129,3 +129,21 @@ def test_a_subscriber_that_stops_reading_is_disconnected():
     feed.publish([Change("s", m.FileEntry(1, 2, 0, 0o644, bytes(16), "b"), False)])
     assert conn.failed is ErrorCode.LIMIT_EXCEEDED
     assert watched == [["s"]]
+
+
+def test_a_client_is_not_sent_its_own_changes_but_sees_every_version(server):
+    async def main():
+        mine = await Client.connect(server.address)
+        other = await Client.connect(server.address)
+        stream = await mine.subscribe()
+        own = await mine.put_bytes(b"mine", "mine.txt")
+        theirs = await other.put_bytes(b"theirs", "theirs.txt")
+        own_again = await mine.put_bytes(b"mine 2", "mine.txt")
+        [note] = await collect(stream, 1)
+        assert note.entry.path == "theirs.txt"
+        assert own.version < note.entry.version == theirs.version < own_again.version
+        assert stream.arrived() == []
+        for client in (mine, other):
+            await client.close()
+
+    run(main())
