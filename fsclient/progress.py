@@ -39,3 +39,29 @@ class TerminalProgress:
                  tb: TracebackType | None) -> None:  # fmt: skip
         if self.bar is not None:
             self.bar.close()
+
+
+class SyncProgress:
+    """Files and bytes of an initial sync, on stderr when it is a terminal (else nothing)."""
+
+    def __init__(self, files: int, nbytes: int, stream: Any = None) -> None:
+        stream = stream or sys.stderr
+        self.bar: Any = None
+        if files and bool(getattr(stream, "isatty", lambda: False)()):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=files, desc="sync", unit="file", file=stream, leave=False,
+                            dynamic_ncols=True)  # fmt: skip
+            self.total_bytes = nbytes
+            self.done_bytes = 0
+
+    def advance(self, files: int, nbytes: int) -> None:
+        if self.bar is not None:
+            self.done_bytes += nbytes
+            self.bar.set_postfix_str(f"{self.done_bytes >> 20}/{self.total_bytes >> 20} MiB",
+                                     refresh=False)  # fmt: skip
+            self.bar.update(files)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -72,3 +72,15 @@ def test_cli_shows_a_bar_on_a_terminal_only(server, tmp_path):
     assert cli_output(server, ["get", "big.bin", str(tmp_path / "b.bin")], on_tty=False) == ""
     shown = cli_output(server, ["get", "big.bin", str(tmp_path / "c.bin")], on_tty=True)
     assert "get big.bin" in shown
+
+
+def test_initial_sync_shows_files_and_bytes_on_a_terminal(server, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for n in range(300):
+        (folder / f"{n}.bin").write_bytes(os.urandom(4096))
+    shown = cli_output(server, ["sync", str(folder), "--once"], on_tty=True)
+    assert "sync:" in shown and "/300" in shown
+    (folder / "one-more.bin").write_bytes(b"x")
+    quiet = cli_output(server, ["sync", str(folder), "--once"], on_tty=False)
+    assert "%|" not in quiet

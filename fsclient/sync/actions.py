@@ -23,6 +23,7 @@ from common import messages as m
 from common.errors import Conflict, FSError, NotFound
 from common.limits import NO_VERSION
 from fsclient.client import Client
+from fsclient.progress import SyncProgress
 from fsclient.sync.plan import LocalFile, RemoteState
 from fsclient.sync.scan import Scanner
 from fsclient.sync.state import BaseEntry, StateDB, folder_is_synced
@@ -75,6 +76,7 @@ class Actions:
         self.client: Client | None = None
         self.highest = 0
         """The highest version of a change this client made (from the server's replies)."""
+        self.progress: SyncProgress | None = None
 
     def abs(self, path: str) -> str:
         return os.path.join(self.folder, path)
@@ -113,6 +115,8 @@ class Actions:
         self.tally.uploaded += 1
         self.tally.bytes += entry.size
         self.highest = max(self.highest, entry.version)
+        if self.progress is not None:
+            self.progress.advance(1, entry.size)
         inode = local.inode if (local.size, local.mtime_ns) == (entry.size, entry.mtime_ns) else 0
         return BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,
                          entry.digest, entry.version)  # fmt: skip
@@ -152,6 +156,8 @@ class Actions:
         self.record(path, remote.digest, remote.version)
         self.tally.downloaded += 1
         self.tally.bytes += remote.size
+        if self.progress is not None:
+            self.progress.advance(1, remote.size)
 
     def _copy_local(self, path: str, remote: RemoteState, check: Callable[[], None]) -> bool:
         """A rename or copy elsewhere: the content is here already, under another name."""

@@ -19,6 +19,7 @@ from common import messages as m
 from common.errors import Conflict, FSError, InvalidPath
 from common.paths import normalize_path
 from fsclient.client import ChangeStream, Client
+from fsclient.progress import SyncProgress
 from fsclient.protocol import ConnectionLost
 from fsclient.sync.actions import Actions, FolderGone
 from fsclient.sync.ignore import IGNORE_FILE, IgnoreRules
@@ -190,6 +191,20 @@ class SyncEngine:
         with self.db.transaction():
             for path, digest, version in records:
                 self.actions.record(path, digest, version)
+        transfers = [r for _, d, _, r in later if d.do is Do.DOWNLOAD and r is not None]
+        self.actions.progress = SyncProgress(
+            len(uploads) + len(transfers),
+            sum(f.size for f, _ in uploads) + sum(r.size for r in transfers),
+        )
+        try:
+            await self.transfer(uploads, later)
+        finally:
+            self.actions.progress.close()
+            self.actions.progress = None
+
+    async def transfer(self, uploads: list[tuple[LocalFile, int]],
+                       later: list[tuple[str, Decision, LocalFile | None, RemoteState | None]]
+                       ) -> None:  # fmt: skip
         await self.actions.upload(uploads)
         gate = asyncio.Semaphore(DOWNLOAD_WINDOW)
 
