@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages that real-program tests and benchmarks need (installed only if missing).
-TEST_DEBS :=
+TEST_DEBS := prometheus
 BENCH_DEBS := rsync
 ARGS ?=
 PYTEST_ARGS ?=

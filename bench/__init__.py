@@ -1,16 +1,24 @@
 """FS benchmark harness: ``python -m bench`` (``make bench``).
 
-On loopback, on the same bytes, it measures FS (a real ``fsserver`` subprocess and
-``fsclient.Client``) against two baselines: raw TCP with uvloop (``bench.rawtcp``) and a real
-``rsync --daemon`` (``bench.rsyncbench``). It prints the results and the FS/baseline ratios
-against the targets, and rewrites its section of ``docs/PERFORMANCE.md``.
+Two suites, both run by default (core, then sync); each prints its results and the targets,
+and rewrites its own section of ``docs/PERFORMANCE.md``.
 
-    python -m bench                      # full run (256 MiB, 2000 small files, warm-up + 7 rounds)
+- core: on loopback, on the same bytes, FS (a real ``fsserver`` subprocess and
+  ``fsclient.Client``) against two baselines: raw TCP with uvloop (``bench.rawtcp``) and a real
+  ``rsync --daemon`` (``bench.rsyncbench``).
+- sync: whole ``fsclient sync`` commands against whole ``rsync -a`` commands (initial sync of
+  10,000 small files, no-change re-run), save-to-complete latency between two live clients, and
+  the memory and idle CPU of a live client watching 100,000 files.
+
+    python -m bench                      # both suites, full runs
+    python -m bench --suite core         # core only (256 MiB, 2000 small files, 7 rounds)
+    python -m bench --suite sync         # sync only (3 rounds, ~3-4 minutes)
     python -m bench --quick              # smoke test: small sizes, 1 round, no doc update
     python -m bench --no-write           # full run, leave the document alone
     python -m bench --profile upload4k   # cProfile one 4096-byte-packet upload in the client
 
-Modules: ``run`` (the rounds), ``fsbench``, ``rawtcp``, ``rsyncbench`` (the contenders),
+Modules: ``run`` (the core rounds), ``fsbench``, ``rawtcp``, ``rsyncbench`` (the contenders),
 ``data`` (the workload), ``procs`` (child processes), ``report`` (tables and the document),
-``profiling``.
+``profiling``; ``syncrun`` (the sync suite), ``syncbench`` (its measurements), ``synctree``
+(its folders), ``syncreport`` (its tables and section).
 """

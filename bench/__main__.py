@@ -1,4 +1,9 @@
-"""``python -m bench``: FS against raw TCP and rsync on loopback; see ``bench/__init__.py``."""
+"""``python -m bench``: FS against raw TCP and rsync on loopback; see ``bench/__init__.py``.
+
+Two suites, both by default (core, then sync): ``--suite core`` (transfers through
+``fsclient.Client``, ``bench.run``) and ``--suite sync`` (whole ``fsclient sync`` commands and
+live clients, ``bench.syncrun``). Each writes its own section of docs/PERFORMANCE.md.
+"""
 
 from __future__ import annotations
 
@@ -21,24 +26,31 @@ from bench.run import MiB, Outcome, Settings, run_suite, say
 
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 SECTION = "core"
+SUITES = ("core", "sync", "all")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from bench.profiling import KINDS
 
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--suite", choices=SUITES, default="all",
+                   help="which suite to run (default all: core, then sync)")  # fmt: skip
     p.add_argument(
         "--quick", action="store_true", help="small sizes, 1 round, no doc update (smoke test)"
     )
     p.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
-    p.add_argument("--repeats", type=int, help="timed rounds (default 7, or 1 with --quick)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="timed rounds (default 7 core / 3 sync, or 1 with --quick)",
+    )
     p.add_argument("--big-mib", type=int, help="big file size in MiB (default 256, quick 32)")
     p.add_argument("--small-count", type=int, help="small files (default 2000, quick 200)")
     p.add_argument("--doc", type=Path, default=DOC, help="document to update")
     p.add_argument(
         "--profile",
         choices=sorted(KINDS),
-        help="profile one FS transfer in the client (cProfile) instead of benchmarking",
+        help="profile one FS transfer in the client (cProfile) instead of benchmarking (core)",
     )
     return p.parse_args(argv)
 
@@ -106,28 +118,53 @@ def document(s: Settings, outcome: Outcome, tables: list[str], quick: bool) -> s
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_core(args: argparse.Namespace) -> None:
     s = settings_from(args)
-    if args.profile:
-        from bench.profiling import profile
-
-        profile(args.profile, s)
-        return 0
-    try:
-        outcome = run_suite(s)
-    except KeyboardInterrupt:
-        say("bench: interrupted, everything stopped")
-        return 130
+    outcome = run_suite(s)
     results = results_table(outcome.results)
     ratios, all_pass = ratio_table(outcome.results)
     tables = [*results, "", *ratios]
     print("\n".join(tables))
     print(f"\nnegotiated packet size: {outcome.negotiated_packet} bytes; "
-          f"{'all' if all_pass else 'not all'} {len(TARGETS)} targets met")  # fmt: skip
+          f"{'all' if all_pass else 'not all'} {len(TARGETS)} targets met", flush=True)  # fmt: skip
     if not (args.no_write or args.quick):
         write_section(args.doc, SECTION, document(s, outcome, tables, args.quick))
         say(f"bench: wrote the '{SECTION}' section of {args.doc}")
+
+
+def run_sync(args: argparse.Namespace) -> None:
+    from bench import syncreport
+    from bench.syncrun import SyncSettings, run_sync_suite
+
+    s = SyncSettings.quick() if args.quick else SyncSettings()
+    if args.repeats:
+        s.rounds = max(1, args.repeats)
+    outcome = run_sync_suite(s)
+    verdicts = syncreport.target_table(s, outcome)
+    tables = [*syncreport.results_table(s, outcome), "", *verdicts.lines]
+    print("\n".join(tables))
+    print(f"\nsync: {'all' if verdicts.all_pass else 'not all'} targets met", flush=True)
+    if not (args.no_write or args.quick):
+        section = syncreport.SECTION
+        write_section(args.doc, section, syncreport.document(s, tables, args.quick))
+        say(f"bench: wrote the '{section}' section of {args.doc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.profile:
+        from bench.profiling import profile
+
+        profile(args.profile, settings_from(args))
+        return 0
+    try:
+        if args.suite in ("core", "all"):
+            run_core(args)
+        if args.suite in ("sync", "all"):
+            run_sync(args)
+    except KeyboardInterrupt:
+        say("bench: interrupted, everything stopped")
+        return 130
     return 0
 
 

@@ -38,6 +38,7 @@ from common.state import RequestTable, Role, SessionTable, Step
 __all__ = ["ConnPhase", "DataChunk", "Event", "FSConnection", "PayloadSink", "ViewSink"]
 
 _U32 = struct.Struct(">I")
+_TYPES = 256
 
 
 class ConnPhase(Enum):
@@ -77,6 +78,9 @@ class FSConnection:
         self._payload_file = 0
         self._payload_sink: PayloadSink | None = None
         self._evented: set[int] = set()
+        # plain counters, indexed by packet type: metrics read them now and then
+        self.rx_packets, self.rx_bytes = [0] * _TYPES, [0] * _TYPES
+        self.tx_packets, self.tx_bytes = [0] * _TYPES, [0] * _TYPES
         # File ids whose session this side ended with an Error: the peer may still have
         # packets for them on the wire. Cleared when the peer opens the id again.
         self._ended: dict[int, None] = {}
@@ -166,6 +170,8 @@ class FSConnection:
                 if end - pos < DATA_HEADER_SIZE:
                     break
                 self._start_payload(length, _U32.unpack_from(buf, pos + HEADER_SIZE)[0])
+                self.rx_packets[T.FILE_SYNC_DATA] += 1
+                self.rx_bytes[T.FILE_SYNC_DATA] += length
                 pos += DATA_HEADER_SIZE
                 if self._payload_sink is not None:
                     pos = self._fill_run(buf, pos, end)
@@ -181,6 +187,8 @@ class FSConnection:
                 break
             msg = decode_body(ptype, buf[pos + HEADER_SIZE : pos + length])
             pos += length
+            self.rx_packets[ptype] += 1
+            self.rx_bytes[ptype] += length
             if self._apply(msg, self.peer):
                 events.append(msg)
         return pos
@@ -217,6 +225,7 @@ class FSConnection:
         transferred, size = session.transferred, session.size
         data_type = int(T.FILE_SYNC_DATA)
         unpack_from = DATA_HEADER.unpack_from
+        packets = wire = 0
         while True:
             # (plain comparisons and locals: this loop runs once per packet)
             take = left
@@ -243,7 +252,11 @@ class FSConnection:
             transferred += nbytes
             left = nbytes
             pos += DATA_HEADER_SIZE
+            packets += 1
+            wire += length
         session.transferred = transferred
+        self.rx_packets[T.FILE_SYNC_DATA] += packets
+        self.rx_bytes[T.FILE_SYNC_DATA] += wire
         sink.advance(filled)
         self._payload_left = left
         return pos
@@ -286,6 +299,9 @@ class FSConnection:
                 ErrorCode.PACKET_TOO_LARGE,
             )
         self._apply(msg, self.role)
+        ptype = packet[4]
+        self.tx_packets[ptype] += 1
+        self.tx_bytes[ptype] += len(packet)
         return packet
 
     def data_header(self, file_id: int, nbytes: int) -> bytes:
@@ -297,6 +313,8 @@ class FSConnection:
             )
         self._require_ready(T.FILE_SYNC_DATA, self.role)
         self.sessions.count_data(file_id, nbytes, self.role)
+        self.tx_packets[T.FILE_SYNC_DATA] += 1
+        self.tx_bytes[T.FILE_SYNC_DATA] += nbytes + DATA_HEADER_SIZE
         return DATA_HEADER.pack(nbytes + DATA_HEADER_SIZE, T.FILE_SYNC_DATA, file_id)
 
     def frame_data(self, file_id: int, data: memoryview) -> bytes:
@@ -319,7 +337,14 @@ class FSConnection:
         if last < total:
             append(DATA_HEADER.pack(total - last + DATA_HEADER_SIZE, T.FILE_SYNC_DATA, file_id))
             append(data[last:])
+        packets = len(parts) // 2
+        self.tx_packets[T.FILE_SYNC_DATA] += packets
+        self.tx_bytes[T.FILE_SYNC_DATA] += total + packets * DATA_HEADER_SIZE
         return b"".join(parts)
+
+    def traffic(self) -> list[list[int]]:
+        """Packets and bytes received and sent so far, each a list indexed by packet type."""
+        return [self.rx_packets, self.rx_bytes, self.tx_packets, self.tx_bytes]
 
     @property
     def max_payload(self) -> int:

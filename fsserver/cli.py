@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -87,16 +89,36 @@ def config_from(argv: list[str] | None, environ: dict[str, str]) -> ServerConfig
         parser.error(str(exc))
 
 
+def metrics_dir() -> str | None:
+    """Prepare prometheus-client's multiprocess folder, before any process imports it: the
+    operator's PROMETHEUS_MULTIPROC_DIR, emptied, or a fresh one (returned, to remove later)."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(given, name))
+        return None
+    made = tempfile.mkdtemp(prefix="fs-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
     config = config_from(argv, dict(os.environ))
-    import uvloop
+    made = metrics_dir()
+    try:
+        import uvloop
 
-    from fsserver.process import profiled, setup_logging
-    from fsserver.supervisor import Supervisor
+        from fsserver.process import profiled, setup_logging
+        from fsserver.supervisor import Supervisor
 
-    setup_logging(config.log_level)
-    logging.getLogger(__name__).debug("configuration: %s", config)
-    return profiled("supervisor", lambda: uvloop.run(Supervisor(config).serve()))
+        setup_logging(config.log_level)
+        logging.getLogger(__name__).debug("configuration: %s", config)
+        return profiled("supervisor", lambda: uvloop.run(Supervisor(config).serve()))
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 if __name__ == "__main__":

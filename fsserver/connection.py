@@ -28,6 +28,7 @@ from common.errors import (
 from common.limits import MAX_CLIENT_CONTROL_PACKET, NO_FILE, PROTOCOL_VERSION
 from common.paths import check_name
 from common.state import Role
+from fsserver import telemetry
 from fsserver.context import WorkerContext
 from fsserver.downloads import DownloadHandlers, DownloadStream
 from fsserver.feed import Subscription
@@ -68,6 +69,7 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         self.draining: list[DownloadStream] = []
         self.written = 0
         """Bytes handed to the transport; minus its buffer, the bytes on the wire."""
+        self.traffic = telemetry.TrafficCounts()
         self.outbox: list[bytes] = []
         self.outbox_bytes = 0
         self.flush_scheduled = False
@@ -103,6 +105,7 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.ctx.connections.add(self)
+        telemetry.CONNECTIONS_ACTIVE.labels(str(self.ctx.worker_id)).inc()
         log.debug("connection from %s", self.peer)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -157,6 +160,11 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         self.closing = True
         self.writable.set()
         self.ctx.connections.discard(self)
+        telemetry.CONNECTIONS_ACTIVE.labels(str(self.ctx.worker_id)).dec()
+        self.publish_traffic()
+        for direction, sessions in (("upload", self.uploads), ("download", self.downloads)):
+            if sessions:  # cut short by the connection's end
+                telemetry.SESSIONS.labels(direction, "error").inc(len(sessions))
         for upload in self.uploads.values():
             self.drop(upload)
         self.uploads.clear()
@@ -197,6 +205,9 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         if not self.closing and self.transport is not None:
             self.transport.writelines(chunks)
             self.written += sum(len(chunk) for chunk in chunks)
+
+    def publish_traffic(self) -> None:
+        self.traffic.publish(self.conn.traffic())
 
     def sent(self) -> int:
         """Bytes that have left the transport (its buffer no longer references them)."""
@@ -320,6 +331,8 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         upload = self.uploads.pop(msg.file_id, None)
         if upload is not None:
             self.drop(upload)
+            telemetry.SESSIONS.labels("upload", "error").inc()
         stream = self.downloads.pop(msg.file_id, None)
         if stream is not None:
             self.end_download(stream)
+            telemetry.SESSIONS.labels("download", "error").inc()

@@ -16,6 +16,7 @@ from typing import Any
 
 from common import messages as m
 from common.connection import FSConnection
+from fsserver import telemetry
 from fsserver.context import WorkerContext
 from fsserver.store import Opened, Refused
 
@@ -124,7 +125,9 @@ class DownloadHandlers:
     def on_download(self, msg: m.DownloadRequest) -> None:
         fid = msg.file_id
         path = self.session_path(fid, msg.path)
-        if path is not None:
+        if path is None:
+            telemetry.SESSIONS.labels("download", "error").inc()
+        else:
             self.opening[fid] = msg
             self.call_store(lambda result: self.on_opened(msg, result), "open", self.share, path)
 
@@ -137,6 +140,7 @@ class DownloadHandlers:
         if isinstance(result, Refused):
             status = m.LookupStatus(result.status)
             self.send(m.DownloadResponse(fid, status, result.message, None))
+            telemetry.SESSIONS.labels("download", "error").inc()
             return
         self.send(m.DownloadResponse(fid, m.LookupStatus.OK, "", result.entry))
         stream = DownloadStream(self, fid, result)
@@ -146,5 +150,7 @@ class DownloadHandlers:
     def on_download_verdict(self, msg: m.FileSyncCheckHashResponse) -> None:
         stream = self.downloads.pop(msg.file_id)
         self.end_download(stream)
-        if msg.status is m.HashStatus.MISMATCH:
+        ok = msg.status is m.HashStatus.OK
+        telemetry.SESSIONS.labels("download", "ok" if ok else "mismatch").inc()
+        if not ok:
             log.warning("client %s got a bad copy of %s", self.peer, stream.entry.path)

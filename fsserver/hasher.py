@@ -19,10 +19,12 @@ import pickle
 import selectors
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 
 import xxhash
 
+from fsserver import telemetry
 from fsserver.arena import BlobArena
 from fsserver.channel import recv_message, unpack
 
@@ -35,8 +37,11 @@ REPLY_TIMEOUT = 5.0
 def hash_jobs(arena: memoryview, jobs: list[tuple[int, int, int]]) -> list[tuple[int, bytes]]:
     results = []
     for job_id, offset, size in jobs:
+        started = time.perf_counter()
         with arena[offset : offset + size] as view:
             results.append((job_id, xxhash.xxh3_128_digest(view)))
+        telemetry.HASH_SECONDS.observe(time.perf_counter() - started)
+        telemetry.HASH_BYTES.inc(size)
     return results
 
 
@@ -57,20 +62,25 @@ class Stream:
     reply_fd: int
     progress: socket.socket
     done: int = 0
+    busy: float = 0.0
+    """Seconds spent digesting this stream (its share of the hasher's time)."""
     digest: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
 
 
 class Hasher:
-    def __init__(self, arena: memoryview, jobs: socket.socket) -> None:
+    def __init__(self, arena: memoryview, jobs: socket.socket, index: int = 0) -> None:
         self.arena = arena
         self.jobs = jobs
+        self.sampler = telemetry.ProcessSampler("hasher", index)
         self.selector = selectors.DefaultSelector()
         self.selector.register(jobs, selectors.EVENT_READ)
         self.running = True
 
     def serve(self) -> None:
         while self.running:
-            for key, _ in self.selector.select():
+            if self.sampler.due():
+                self.sampler.sample()
+            for key, _ in self.selector.select(telemetry.SAMPLE_EVERY):
                 if key.fileobj is self.jobs:
                     self.take_job()
                 else:
@@ -114,8 +124,11 @@ class Hasher:
             upto = max(upto, PROGRESS.unpack_from(message, len(message) - PROGRESS.size)[0])
         upto = min(upto, stream.size)
         start = stream.offset + stream.done
+        started = time.perf_counter()
         with self.arena[start : stream.offset + upto] as view:
             stream.digest.update(view)
+        stream.busy += time.perf_counter() - started
+        telemetry.HASH_BYTES.inc(upto - stream.done)
         stream.done = upto
         if upto == stream.size:
             self.close(stream, answer=True)
@@ -124,16 +137,17 @@ class Hasher:
         self.selector.unregister(stream.progress)
         stream.progress.close()
         if answer:
+            telemetry.HASH_SECONDS.observe(stream.busy)
             reply(stream.reply_fd, [(stream.job_id, stream.digest.digest())])
         else:
             socket.close(stream.reply_fd)
 
 
-def serve_jobs(arena_name: str, jobs: socket.socket) -> None:
+def serve_jobs(arena_name: str, jobs: socket.socket, index: int = 0) -> None:
     """Body of a hasher process: serve jobs until the job socket closes."""
     arena = BlobArena.attach(arena_name)
     assert arena.view is not None
     try:
-        Hasher(arena.view, jobs).serve()
+        Hasher(arena.view, jobs, index).serve()
     finally:
         arena.close()

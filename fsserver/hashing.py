@@ -45,7 +45,9 @@ class HashStream:
 
     def advanced(self, upto: int) -> None:
         """Bytes 0..*upto* of the extent are final."""
-        if self.broken or (upto - self.reported < REPORT_STEP and upto < self.job[2]):
+        if self.broken or upto <= self.reported:
+            return  # (the hasher may have answered and closed the stream already)
+        if upto - self.reported < REPORT_STEP and upto < self.job[2]:
             return
         try:
             self.progress.send(PROGRESS.pack(upto))

@@ -1,4 +1,5 @@
-"""Prometheus exposition of the supervisor's store gauges."""
+"""``/metrics``: what every process published (see ``fsserver.telemetry``) and the store's
+gauges, which only the supervisor knows."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from fsserver.store import StoreStats
@@ -33,6 +35,8 @@ class StoreCollector(Collector):
 
 
 def render_metrics(stats: StoreStats) -> tuple[bytes, str]:
+    """Every process's metrics (their files in PROMETHEUS_MULTIPROC_DIR) and the store's."""
     registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry)
     registry.register(StoreCollector(stats))
     return generate_latest(registry), CONTENT_TYPE_LATEST

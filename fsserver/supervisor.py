@@ -17,6 +17,9 @@ import sys
 from collections import deque
 from typing import Any
 
+from prometheus_client import multiprocess
+
+from fsserver import telemetry
 from fsserver.arena import BlobArena, clean_stale_segments
 from fsserver.channel import MessageChannel, channel_pair
 from fsserver.children import Child, RestartPolicy, Role, spawn, stop_all
@@ -48,7 +51,7 @@ class StartupError(RuntimeError):
 def hasher_main(index: int, config: ServerConfig, jobs: socket.socket, arena_name: str) -> None:
     setup_child(f"hasher-{index}", config.log_level)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop in recvmsg, run finally blocks
-    profiled(f"hasher-{index}", lambda: serve_jobs(arena_name, jobs))
+    profiled(f"hasher-{index}", lambda: serve_jobs(arena_name, jobs, index))
 
 
 def raise_fd_limit() -> None:
@@ -97,6 +100,7 @@ class Supervisor:
         )
         self._next_worker = 0
         self.calls: deque[tuple[Child, list[Any]]] = deque()
+        self.sampler: asyncio.Task[None] | None = None
         self.port = 0
         self.metrics_port = 0
 
@@ -150,6 +154,9 @@ class Supervisor:
             raise StartupError("stopped before the workers were ready")
         assert self.loop is not None
         self.loop.add_reader(self.listener.fileno(), self.accept)
+        self.sampler = self.loop.create_task(telemetry.ProcessSampler("acceptor").run())
+        for role in Role:  # exported from the start, as zero
+            telemetry.RESTARTS.labels(role.value)
         log.info("fsserver metrics on %s:%d", cfg.host, self.metrics_port)
         log.info("fsserver ready on %s:%d", cfg.host, self.port)
 
@@ -167,6 +174,8 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         self.stopping = True
+        if self.sampler is not None:
+            self.sampler.cancel()
         if self.listener is not None:
             assert self.loop is not None
             self.loop.remove_reader(self.listener.fileno())
@@ -215,6 +224,8 @@ class Supervisor:
         self.hashers[index] = spawn(Role.HASHER, index, hasher_main, args, self.on_child_exit)
 
     def on_child_exit(self, child: Child) -> None:
+        if child.process.pid:  # its live gauges (memory, connections) go with it
+            multiprocess.mark_process_dead(child.process.pid)
         if self.stopping:
             return
         assert self.loop is not None and self.store is not None
@@ -234,6 +245,7 @@ class Supervisor:
             self.stop_requested.set()
             return
         start = self.start_worker if child.role is Role.WORKER else self.start_hasher
+        telemetry.RESTARTS.labels(child.role.value).inc()
         self.loop.call_later(delay, lambda: None if self.stopping else start(child.index))
 
     def on_worker_message(self, child: Child, msg: Any, fds: list[int]) -> None:
@@ -304,6 +316,7 @@ class Supervisor:
                 sock.close()
                 continue
             worker.channel.send(("conn",), [sock])
+            telemetry.CONNECTIONS.labels(str(worker.index)).inc()
 
     def pause_accepting(self) -> None:
         """Stop the level-triggered reader from spinning while accept keeps failing."""

@@ -14,6 +14,7 @@ from common.connection import FSConnection
 from common.errors import ErrorCode, InvalidPath
 from common.paths import normalize_path
 from common.sinks import ViewSink
+from fsserver import telemetry
 from fsserver.context import WorkerContext
 from fsserver.hashing import STREAM_MIN, HashStream
 from fsserver.store import Linked, Refused, Reserved
@@ -52,6 +53,10 @@ class StreamingSink(ViewSink):
         self.stream.advanced(self.pos)
 
 
+def ended(outcome: str) -> None:
+    telemetry.SESSIONS.labels("upload", outcome).inc()
+
+
 class UploadHandlers:
     ctx: WorkerContext
     conn: FSConnection
@@ -67,6 +72,7 @@ class UploadHandlers:
         fid = msg.file_id
         path = self.session_path(fid, msg.path)
         if path is None:
+            ended("error")
             return
         self.opening[fid] = msg
         self.call_store(
@@ -106,11 +112,13 @@ class UploadHandlers:
                 self.ctx.rpc.call("abort", result.ticket)
             return
         if isinstance(result, Linked):
+            ended("ok")
             self.send(
                 m.FileSyncInitResponse(fid, m.InitStatus.ALREADY_HAVE_CONTENT, result.version, "")
             )
             self.send(m.FileSyncFinish(fid, result.version))
         elif isinstance(result, Refused):
+            ended("conflict" if result.status == m.InitStatus.CONFLICT else "no_space")
             self.send(
                 m.FileSyncInitResponse(
                     fid, m.InitStatus(result.status), result.version, result.message
@@ -185,6 +193,7 @@ class UploadHandlers:
             return
         del self.uploads[fid]
         self.drop(upload)
+        ended("mismatch")
         self.send(
             m.Error(
                 ErrorCode.HASH_MISMATCH,
@@ -198,9 +207,12 @@ class UploadHandlers:
             return
         del self.uploads[upload.file_id]
         if isinstance(result, Refused):
+            ended("conflict")
             self.send(m.Error(ErrorCode.CONFLICT, upload.file_id, result.message))
         else:
+            ended("ok")
             self.send(m.FileSyncFinish(upload.file_id, result.version))
 
     def on_cancel(self, msg: m.FileSyncCancel) -> None:
         self.drop(self.uploads.pop(msg.file_id))
+        ended("error")

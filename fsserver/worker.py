@@ -13,6 +13,7 @@ from typing import Any
 
 import uvloop
 
+from fsserver import telemetry
 from fsserver.arena import BlobArena
 from fsserver.channel import MessageChannel
 from fsserver.config import ServerConfig
@@ -71,9 +72,14 @@ class Worker:
         self.ctx = WorkerContext(
             self.worker_id, self.config, arena.view, self.store_id, rpc, hashes, feed
         )
+        chores = [loop.create_task(telemetry.ProcessSampler("worker", self.worker_id).run()),
+                  loop.create_task(self.publish_traffic())]  # fmt: skip
+        await asyncio.sleep(0)  # the first samples are written before the worker says ready
         channel.send(("ready", os.getpid()))
         log.debug("worker %d ready (pid %d)", self.worker_id, os.getpid())
         await self.stopped.wait()
+        for chore in chores:
+            chore.cancel()
         await self.close_connections()
         self.ctx.rpc.fail_all("worker stopping")
         hashes.close()
@@ -115,6 +121,15 @@ class Worker:
         except OSError as exc:
             log.info("could not adopt a connection: %s", exc)
             sock.close()
+
+    async def publish_traffic(self) -> None:
+        """Once a second, the connections' packet counts and the hash queue, as metrics."""
+        assert self.ctx is not None
+        while True:
+            for conn in list(self.ctx.connections):
+                conn.publish_traffic()
+            telemetry.HASH_QUEUE.set(self.ctx.hashes.in_flight)
+            await asyncio.sleep(telemetry.SAMPLE_EVERY)
 
     async def close_connections(self) -> None:
         assert self.ctx is not None

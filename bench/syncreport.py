@@ -1,0 +1,169 @@
+"""Tables and the ``bench:sync`` section of docs/PERFORMANCE.md for the sync suite."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from bench import rsyncbench
+from bench.procs import ROOT
+from bench.report import commit, machine, now
+from bench.syncbench import nearest_rank
+from bench.syncrun import SyncOutcome, SyncSettings
+
+SECTION = "sync"
+MB = 1_000_000
+INITIAL_MIN = 0.7  # FS files/s >= 0.7x rsync's
+NOCHANGE_MAX = 1.5  # FS time <= 1.5x rsync's
+P99_MAX_MS = 500.0
+RSS_MAX_MB = 150.0
+IDLE_CPU_MAX = 1.0  # percent of one core, strictly below
+
+
+@dataclass
+class Verdicts:
+    lines: list[str]
+    all_pass: bool
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)
+
+
+def _rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:,.0f}" if seconds > 0 else "n/a"
+
+
+def results_table(s: SyncSettings, o: SyncOutcome) -> list[str]:
+    n, kib = f"{s.files:,}", s.file_size // 1024
+    lines = [
+        "| Measurement | Best | Median | Unit | Runs (s) |",
+        "|---|---:|---:|---|---|",
+    ]
+    for label, runs in (
+        (f"FS `fsclient sync --once`, {n} x {kib} KiB files -> empty share", o.fs_initial),
+        (f"rsync -a, {n} x {kib} KiB files -> emptied destination", o.rsync_initial),
+    ):
+        if runs:
+            best, median = _rate(s.files, min(runs)), _rate(s.files, statistics.median(runs))
+            lines.append(f"| {label} | {best} | {median} | files/s | {_runs(runs)} |")
+    for label, runs in (
+        (f"FS `fsclient sync --once` again, {n} files, nothing changed", o.fs_nochange),
+        (f"rsync -a again, {n} files, nothing changed", o.rsync_nochange),
+    ):
+        if runs:
+            lines.append(f"| {label} | {min(runs):.3f} | {statistics.median(runs):.3f} | s | "
+                         f"{_runs(runs)} |")  # fmt: skip
+    if o.latency and o.latency.samples:
+        ms = [v * 1000 for v in o.latency.samples]
+        lines.append(
+            f"| save-to-complete latency A -> B, {len(ms)} changes "
+            f"({o.latency.timeouts} timed out): min / median / p99 / max | "
+            f"{min(ms):.1f} | {statistics.median(ms):.1f} | ms | p99 "
+            f"{nearest_rank(ms, 0.99):.1f}, max {max(ms):.1f} |"
+        )
+    if o.idle:
+        w = f"{s.watch_files:,}"
+        lines += [
+            f"| FS `fsclient sync --once`, {w} x {s.watch_size} B files -> empty share | "
+            f"{_rate(s.watch_files, o.watch_once)} | | files/s | {o.watch_once:.3f} |",
+            f"| live `fsclient sync`, {w} files: start until 'watching' | "
+            f"{o.watch_start:.3f} | | s | |",
+            f"| live client RSS / peak RSS (VmHWM), watching {w} files | "
+            f"{o.idle.rss / MB:.1f} | | MB | peak {o.idle.hwm / MB:.1f} MB, "
+            f"{o.idle.threads} threads |",
+            f"| live client CPU over {o.idle.seconds:.0f} s idle (user + system) | "
+            f"{o.idle.cpu_percent:.2f} | | % of a core | |",
+        ]
+    return lines
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def target_table(s: SyncSettings, o: SyncOutcome) -> Verdicts:
+    lines = [
+        "| Target | Result (best) | (median) | Needed | Verdict |",
+        "|---|---:|---:|---:|---|",
+    ]
+    oks: list[bool] = []
+
+    def add(label: str, best: str, median: str, needed: str, ok: bool) -> None:
+        oks.append(ok)
+        lines.append(f"| {label} | {best} | {median} | {needed} | {_verdict(ok)} |")
+
+    if o.fs_initial and o.rsync_initial:
+        best = min(o.rsync_initial) / min(o.fs_initial)  # ratio of files/s
+        med = statistics.median(o.rsync_initial) / statistics.median(o.fs_initial)
+        add("(1) initial sync: FS / rsync files/s", f"{best:.2f}x", f"{med:.2f}x",
+            f">= {INITIAL_MIN:g}x", best >= INITIAL_MIN)  # fmt: skip
+    if o.fs_nochange and o.rsync_nochange:
+        best = min(o.fs_nochange) / min(o.rsync_nochange)  # ratio of times
+        med = statistics.median(o.fs_nochange) / statistics.median(o.rsync_nochange)
+        add("(2) no-change re-run: FS time / rsync time", f"{best:.2f}x", f"{med:.2f}x",
+            f"<= {NOCHANGE_MAX:g}x", best <= NOCHANGE_MAX)  # fmt: skip
+    if o.latency:
+        ms = [v * 1000 for v in o.latency.samples]
+        p99 = nearest_rank(ms, 0.99) if ms else float("inf")
+        median = f"{statistics.median(ms):.1f} ms" if ms else "n/a"
+        add("(3) save-to-complete latency p99 (median alongside)", f"{p99:.1f} ms", median,
+            f"<= {P99_MAX_MS:g} ms", p99 <= P99_MAX_MS and not o.latency.timeouts)  # fmt: skip
+    if o.idle:
+        rss = o.idle.rss / MB
+        add(f"(4) RSS watching {s.watch_files:,} files (peak alongside)", f"{rss:.1f} MB",
+            f"{o.idle.hwm / MB:.1f} MB", f"<= {RSS_MAX_MB:g} MB", rss <= RSS_MAX_MB)  # fmt: skip
+        cpu = o.idle.cpu_percent
+        add(f"(4) idle CPU watching {s.watch_files:,} files", f"{cpu:.2f} %", "",
+            f"< {IDLE_CPU_MAX:g} %", cpu < IDLE_CPU_MAX)  # fmt: skip
+    return Verdicts(lines, all(oks))
+
+
+def document(s: SyncSettings, tables: list[str], quick: bool) -> str:
+    info = machine()
+    info["rsync"] = rsyncbench.version()
+    n = f"{s.files:,}"
+    lines = [
+        "## Sync benchmark",
+        "",
+        f"Run {now()} on commit {commit(ROOT)}"
+        + (" — **quick smoke run, not representative**." if quick else "."),
+        "",
+        *(f"- {k}: {v}" for k, v in info.items()),
+        "",
+        "Method (`python -m bench --suite sync`, all on 127.0.0.1):",
+        "",
+        f"- One fresh `fsserver {' '.join(s.server_args())}` and one real `rsync --daemon` "
+        "(module `mod`, read-write) for the whole run. Every command is timed whole, as a "
+        "subprocess, from its start to its exit (interpreter start-up included for FS).",
+        f"- (1) Initial sync: per round a new tree of {n} files x {s.file_size} random bytes "
+        f"in {s.folders} folders (fresh content: the server deduplicates by digest, and "
+        "`fs_store_dedup_saved_bytes` is checked to stay 0). FS: "
+        "`fsclient sync COPY --once --server ... --share rN` on a copy of the tree made "
+        "before the clock starts, into a new empty share each round; checked against the "
+        "client's tally line and the share's listing (every path, size and digest). rsync: "
+        "`rsync -a TREE/ rsync://127.0.0.1:PORT/mod/sub/` into an emptied module; checked "
+        "by counting the files that arrived.",
+        "- (2) No-change re-run: the same two commands again, right after (1), on the "
+        "now-synced folder / into the now-filled destination. FS must report 0 transfers.",
+        f"- {s.rounds} round(s) of (1)+(2); rsync and FS alternate going first. Best and "
+        "median; ratios of best (median alongside).",
+        f"- (3) Save-to-complete: two live `fsclient sync DIR --debounce 0` clients (A and "
+        f"B, one share, each waited for until it logs `watching`). {s.changes} times: write "
+        "distinct content (~38 bytes) to a file in A (the first 20 changes create files, "
+        "the rest rewrite them) and poll B's copy every 1 ms until it has that content; "
+        "50 ms pause between changes. The clock starts just before the write, so debounce "
+        "is 0 but event delivery, hashing, upload, notification and download all count. "
+        "p99 by nearest rank.",
+        f"- (4) Idle watching: {s.watch_files:,} files of {s.watch_size} random bytes in "
+        f"{s.watch_folders} folders; `fsclient sync DIR --once` first (timed, reported), "
+        "then a live `fsclient sync DIR` (default debounce), waited for until `watching`, "
+        f"left {s.settle:g} s to settle; then its CPU time (psutil user + system, process "
+        f"and children) over {s.idle_seconds:g} s of wall time, and its RSS (psutil) and "
+        "peak RSS (`VmHWM`) at the end. MB = 10^6 bytes.",
+        "- Noise: a shared 2-vCPU VM (see the core section); FS and its server share the "
+        "two cores with the benchmark's polling loop in (3).",
+        "",
+        *tables,
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""The sync suite (``python -m bench --suite sync``): ``fsclient sync`` against ``rsync -a``.
+
+One fresh ``fsserver`` and one ``rsync --daemon``, both on loopback, serve four measurements:
+
+1. initial sync of a tree of small files into an empty share / emptied rsync destination;
+2. the same command again on the now-synced tree (nothing to do);
+3. save-to-complete latency between two live clients (``--debounce 0``) on one share;
+4. the memory and idle CPU of a live client watching a large tree.
+
+Rounds of 1-2 use a new tree of fresh random content each (and a new share for FS); the two
+contenders take turns in an order that alternates every round. Every child process and the
+work folder are registered on an ``ExitStack`` as soon as they exist (see ``bench.run``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import syncbench as sb
+from bench.data import empty_dir
+from bench.fsbench import BenchCheckFailed
+from bench.procs import FsServer, RsyncDaemon
+from bench.run import interruptible, say, workdir
+from bench.synctree import copy_tree, make_tree, remove
+
+
+@dataclass
+class SyncSettings:
+    files: int = 10_000
+    file_size: int = 4096
+    folders: int = 20
+    rounds: int = 3
+    changes: int = 100
+    watch_files: int = 100_000
+    watch_size: int = 64
+    watch_folders: int = 1000
+    settle: float = 5.0
+    idle_seconds: float = 60.0
+    workers: int = 2
+    hash_workers: int = 1
+    store_size: str = "1GiB"
+
+    @classmethod
+    def quick(cls) -> SyncSettings:
+        return cls(files=2000, rounds=1, changes=20, watch_files=10_000, watch_folders=100,
+                   settle=2.0, idle_seconds=10.0)  # fmt: skip
+
+    def server_args(self) -> list[str]:
+        return ["--workers", str(self.workers), "--hash-workers", str(self.hash_workers),
+                "--store-size", self.store_size]  # fmt: skip
+
+
+@dataclass
+class SyncOutcome:
+    fs_initial: list[float] = field(default_factory=list)
+    rsync_initial: list[float] = field(default_factory=list)
+    fs_nochange: list[float] = field(default_factory=list)
+    rsync_nochange: list[float] = field(default_factory=list)
+    latency: sb.Latency | None = None
+    watch_once: float = 0.0
+    watch_start: float = 0.0
+    idle: sb.Idle | None = None
+
+
+@dataclass
+class Bench:
+    s: SyncSettings
+    work: Path
+    server: FsServer
+    daemon: RsyncDaemon
+    module_root: Path
+    out: SyncOutcome
+
+    def initial_round(self, r: int) -> None:
+        """Fresh tree; rsync and FS each sync it into an empty destination, then again."""
+        s = self.s
+        tree, fs_dir = self.work / f"tree-{r}", self.work / f"fs-{r}"
+        digests = make_tree(tree, s.files, s.file_size, s.folders)
+        copy_tree(tree, fs_dir)
+        steps = [lambda: self.rsync_pair(tree), lambda: self.fs_pair(r, fs_dir, digests)]
+        for step in steps if r % 2 else steps[::-1]:
+            step()
+        remove(tree)
+        remove(fs_dir)
+
+    def rsync_pair(self, tree: Path) -> None:
+        empty_dir(self.module_root)
+        dest, url = self.module_root / "sub", f"{self.daemon.url}/sub"
+        self.out.rsync_initial.append(sb.rsync_once(tree, url))
+        sb.check_rsync(dest, self.s.files)
+        self.out.rsync_nochange.append(sb.rsync_once(tree, url))
+        sb.check_rsync(dest, self.s.files)
+        empty_dir(self.module_root)
+
+    def fs_pair(self, r: int, fs_dir: Path, digests: dict[str, bytes]) -> None:
+        addr, share = self.server.address, f"r{r}"
+        seconds, tally = sb.fs_once(fs_dir, addr, share)
+        self.out.fs_initial.append(seconds)
+        sb.check_tally(tally, self.s.files, f"initial sync {share}")
+        sb.check_share(addr, share, digests, self.s.file_size)
+        saved = self.server.metric("fs_store_dedup_saved_bytes")
+        if saved:
+            raise BenchCheckFailed(f"the server deduplicated {saved:.0f} bytes: data skipped")
+        seconds, tally = sb.fs_once(fs_dir, addr, share)
+        self.out.fs_nochange.append(seconds)
+        sb.check_tally(tally, 0, f"no-change re-run {share}")
+
+    def latency(self, stack: contextlib.ExitStack) -> None:
+        a, b = self.work / "live-a", self.work / "live-b"
+        a.mkdir()
+        b.mkdir()
+        clients = []
+        for folder in (a, b):
+            client = sb.LiveClient(folder, self.server.address, "live", debounce=0)
+            stack.callback(client.stop)
+            clients.append(client)
+        say(f"bench: sync: two live clients watching; {self.s.changes} changes from A to B")
+        self.out.latency = sb.save_to_complete(a, b, self.s.changes)
+        for client in clients:
+            client.stop()
+        remove(a)
+        remove(b)
+
+    def watching(self, stack: contextlib.ExitStack) -> None:
+        s, addr, share = self.s, self.server.address, "watch"
+        folder = self.work / "watch"
+        say(f"bench: sync: writing {s.watch_files:,} files of {s.watch_size} B "
+            f"in {s.watch_folders} folders")  # fmt: skip
+        digests = make_tree(folder, s.watch_files, s.watch_size, s.watch_folders)
+        self.out.watch_once, tally = sb.fs_once(folder, addr, share)
+        sb.check_tally(tally, s.watch_files, "initial sync of the watched folder")
+        sb.check_share(addr, share, digests, s.watch_size)
+        say(f"bench: sync: --once took {self.out.watch_once:.1f} s; starting the live client")
+        start = time.perf_counter()
+        client = sb.LiveClient(folder, addr, share)
+        stack.callback(client.stop)
+        self.out.watch_start = time.perf_counter() - start
+        time.sleep(s.settle)
+        say(f"bench: sync: measuring the idle client for {s.idle_seconds:g} s")
+        self.out.idle = sb.idle_usage(client, s.idle_seconds)
+        client.stop()
+        remove(folder)
+
+
+def run_sync_suite(s: SyncSettings) -> SyncOutcome:
+    out = SyncOutcome()
+    with interruptible(), contextlib.ExitStack() as stack:
+        work = workdir(stack)
+        module_root = work / "rsync-module"
+        module_root.mkdir()
+        server = FsServer(s.server_args())
+        stack.callback(server.stop)
+        daemon = RsyncDaemon(work, module_root)
+        stack.callback(daemon.stop)
+        say(f"bench: sync: fsserver {' '.join(s.server_args())} on {server.address}, "
+            f"rsync daemon on port {daemon.port}, work in {work}")  # fmt: skip
+        bench = Bench(s, work, server, daemon, module_root, out)
+        for r in range(1, s.rounds + 1):
+            bench.initial_round(r)
+            say(f"bench: sync: round {r}/{s.rounds}: initial FS {out.fs_initial[-1]:.2f} s, "
+                f"rsync {out.rsync_initial[-1]:.2f} s; no-change FS "
+                f"{out.fs_nochange[-1]:.3f} s, rsync {out.rsync_nochange[-1]:.3f} s")  # fmt: skip
+        bench.latency(stack)
+        bench.watching(stack)
+    return out

@@ -1,0 +1,124 @@
+"""Every Prometheus metric the server exports, in prometheus-client's multiprocess mode.
+
+Each process writes its own values to files in ``PROMETHEUS_MULTIPROC_DIR`` (set by ``fsserver``
+before any process imports prometheus-client, see ``fsserver.cli``), and the supervisor's
+``/metrics`` adds them up. Counters of a process that died keep counting in the total (no
+double counting: the replacement starts its own file); its gauges disappear once the supervisor
+calls ``mark_process_dead``. Gauges that prometheus-client cannot collect in this mode (memory,
+CPU, descriptors) are sampled by each process with psutil, with a ``role`` label.
+
+Hot paths never touch these objects per packet: connections count in plain integers (see
+``common.connection``) and the worker adds the deltas up once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import psutil
+from prometheus_client import Counter, Gauge, Histogram
+
+from common.messages import PacketType
+
+ROLE_LABELS = ("role", "index")
+PACKET_NAMES = {int(t): t.name.lower() for t in PacketType}
+
+CONNECTIONS_ACTIVE = Gauge(
+    "fs_connections_active", "Client connections open, by worker.", ["worker"],
+    multiprocess_mode="livesum",
+)  # fmt: skip
+CONNECTIONS = Counter("fs_connections", "Client connections accepted, by worker.", ["worker"])
+RECEIVED_BYTES = Counter(
+    "fs_received_bytes", "Bytes received from clients, by packet type.", ["packet_type"]
+)
+SENT_BYTES = Counter("fs_sent_bytes", "Bytes sent to clients, by packet type.", ["packet_type"])
+RECEIVED_PACKETS = Counter(
+    "fs_received_packets", "Packets received from clients, by packet type.", ["packet_type"]
+)
+SENT_PACKETS = Counter("fs_sent_packets", "Packets sent to clients, by packet type.",
+                       ["packet_type"])  # fmt: skip
+SESSIONS = Counter(
+    "fs_sync_sessions", "File sessions ended, by direction and outcome.",
+    ["direction", "outcome"],
+)  # fmt: skip
+HASH_SECONDS = Histogram(
+    "fs_hash_seconds", "Time to digest one extent in a hasher.",
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+)  # fmt: skip
+HASH_BYTES = Counter("fs_hash_bytes", "Bytes digested by the hashing pool.")
+HASH_QUEUE = Gauge(
+    "fs_hash_queue_depth", "Hash jobs sent by workers and not yet answered.",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+RESTARTS = Counter("fs_restarts", "Worker and hasher processes restarted.", ["role"])
+RSS = Gauge(
+    "fs_process_resident_memory_bytes", "Resident memory of each server process.", ROLE_LABELS,
+    multiprocess_mode="liveall",
+)  # fmt: skip
+CPU = Gauge(
+    "fs_process_cpu_seconds", "CPU time (user + system) used by each server process.",
+    ROLE_LABELS, multiprocess_mode="liveall",
+)  # fmt: skip
+FDS = Gauge(
+    "fs_process_open_fds", "Open file descriptors of each server process.", ROLE_LABELS,
+    multiprocess_mode="liveall",
+)  # fmt: skip
+LOOP_LAG = Gauge(
+    "fs_process_event_loop_lag_seconds",
+    "How late a 1-second timer fired on the event loop (acceptor and workers).", ROLE_LABELS,
+    multiprocess_mode="liveall",
+)  # fmt: skip
+
+SAMPLE_EVERY = 1.0
+
+
+class ProcessSampler:
+    """Publishes this process's RSS, CPU time and open descriptors under a role label."""
+
+    def __init__(self, role: str, index: int = 0) -> None:
+        self.labels = (role, str(index))
+        self.process = psutil.Process(os.getpid())
+        self.next = 0.0
+
+    def sample(self) -> None:
+        with self.process.oneshot():
+            times = self.process.cpu_times()
+            RSS.labels(*self.labels).set(self.process.memory_info().rss)
+            CPU.labels(*self.labels).set(times.user + times.system)
+            FDS.labels(*self.labels).set(self.process.num_fds())
+
+    def due(self) -> bool:
+        """For loops without asyncio (hashers): True once a second."""
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + SAMPLE_EVERY
+        return True
+
+    async def run(self) -> None:
+        """For event loops: sample once a second, and measure how late the timer fires."""
+        loop = asyncio.get_running_loop()
+        LOOP_LAG.labels(*self.labels).set(0.0)
+        while True:
+            self.sample()
+            expected = loop.time() + SAMPLE_EVERY
+            await asyncio.sleep(SAMPLE_EVERY)
+            LOOP_LAG.labels(*self.labels).set(max(0.0, loop.time() - expected))
+
+
+class TrafficCounts:
+    """Adds a connection's packet counts to the counters, as deltas since the last time."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[int]] = [[0] * 256 for _ in range(4)]
+
+    def publish(self, counts: list[list[int]]) -> None:
+        metrics = (RECEIVED_PACKETS, RECEIVED_BYTES, SENT_PACKETS, SENT_BYTES)
+        for metric, now, seen in zip(metrics, counts, self.seen, strict=True):
+            for ptype, value in enumerate(now):
+                delta = value - seen[ptype]
+                if delta:
+                    metric.labels(PACKET_NAMES.get(ptype, str(ptype))).inc(delta)
+                    seen[ptype] = value

@@ -1,0 +1,166 @@
+"""deploy/: there is no Docker engine here, so the container's command runs as the container
+would run it (its CMD, its ENV, its HEALTHCHECK, its STOPSIGNAL), and the compose and k8s
+files are checked against the Dockerfile."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fsclient import Client
+from fsserver.config import parse_size
+from tests.conftest import run
+from tests.serverproc import ROOT, ServerLog, wait_for
+
+DEPLOY = ROOT / "deploy"
+
+
+class Dockerfile:
+    """The instructions of the final stage, parsed the way Docker reads them."""
+
+    def __init__(self, path: Path) -> None:
+        text = re.sub(r"\\\n\s*", " ", path.read_text())  # join continued lines
+        lines = [line.strip() for line in text.splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")]  # fmt: skip
+        last_from = max(i for i, line in enumerate(lines) if line.upper().startswith("FROM "))
+        self.stages = sum(1 for line in lines if line.upper().startswith("FROM "))
+        self.final = lines[last_from:]
+        self.env: dict[str, str] = {}
+        self.expose: set[int] = set()
+        self.cmd: list[str] = []
+        self.healthcheck: list[str] = []
+        self.user = self.stopsignal = ""
+        for line in self.final:
+            word, _, rest = line.partition(" ")
+            word = word.upper()
+            if word == "ENV":
+                self.env.update(dict(pair.split("=", 1) for pair in shlex.split(rest)))
+            elif word == "EXPOSE":
+                self.expose |= {int(port) for port in rest.split()}
+            elif word == "CMD":
+                self.cmd = json.loads(rest)
+            elif word == "HEALTHCHECK":
+                self.healthcheck = json.loads(rest[rest.index("CMD") + 3 :].strip())
+            elif word == "USER":
+                self.user = rest.strip()
+            elif word == "STOPSIGNAL":
+                self.stopsignal = rest.strip()
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> Dockerfile:
+    return Dockerfile(DEPLOY / "Dockerfile")
+
+
+def test_dockerfile_has_what_operators_rely_on(dockerfile):
+    assert dockerfile.stages == 2  # the project is built as a wheel, then installed
+    assert any("pip install" in line and "wheels" in line for line in dockerfile.final)
+    assert dockerfile.user and dockerfile.user != "root"
+    assert dockerfile.expose == {7878, 9478}
+    assert dockerfile.stopsignal == "SIGTERM"
+    assert dockerfile.env["FS_HOST"] == "0.0.0.0"
+    assert {"FS_PORT", "FS_METRICS_PORT", "FS_STORE_SIZE", "FS_WORKERS"} <= dockerfile.env.keys()
+    assert "/healthz" in " ".join(dockerfile.healthcheck)
+
+
+def test_the_project_builds_as_a_wheel(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+         "--wheel-dir", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in tmp_path.glob("fs_filesync-*.whl")]
+
+
+def test_the_container_command_runs_as_is(dockerfile, tmp_path):
+    """CMD with the image's ENV (the image installs the console script; so does make)."""
+    env = {**os.environ, **dockerfile.env}
+    bindir = Path(sys.executable).parent
+    command = [str(bindir / dockerfile.cmd[0]), *dockerfile.cmd[1:]]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+    log = ServerLog()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.lines.append(line)
+
+    import threading
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        port = dockerfile.env["FS_PORT"]
+        wait_for(lambda: f"ready on 0.0.0.0:{port}" in log.text() or proc.poll() is not None,
+                 60, "the container's server")  # fmt: skip
+        assert proc.poll() is None, log.text()
+        health = subprocess.run([str(bindir / "python"), *dockerfile.healthcheck[1:]], env=env,
+                                timeout=30)  # fmt: skip
+        assert health.returncode == 0
+
+        async def upload() -> int:
+            async with await Client.connect(f"127.0.0.1:{port}") as client:
+                return (await client.put_bytes(b"into the container", "hello.txt")).size
+
+        assert run(upload()) == 18
+        started = time.monotonic()
+        proc.send_signal(getattr(signal, dockerfile.stopsignal))
+        assert proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_compose_agrees_with_the_dockerfile(dockerfile):
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    server = compose["services"]["fsserver"]
+    assert server["build"]["dockerfile"] == "deploy/Dockerfile"
+    published = {int(p.split(":")[1]) for p in server["ports"]}
+    assert published == dockerfile.expose
+    env = {k: str(v) for k, v in server["environment"].items()}
+    assert env == {k: v for k, v in dockerfile.env.items() if k.startswith("FS_")}
+    shm = parse_size(server["shm_size"].upper().replace("M", "MiB").replace("G", "GiB"))
+    assert shm > parse_size(env["FS_STORE_SIZE"])
+    assert server["stop_signal"] == dockerfile.stopsignal
+    prom = compose["services"]["prometheus"]
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prom["volumes"]
+    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [
+        f"fsserver:{env['FS_METRICS_PORT']}"
+    ]
+    grafana = compose["services"]["grafana"]
+    assert any("fs-dashboard.json" in volume for volume in grafana["volumes"])
+
+
+def test_kubernetes_agrees_with_the_dockerfile(dockerfile):
+    deployment = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
+    service = yaml.safe_load((DEPLOY / "k8s" / "service.yaml").read_text())
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert {p["containerPort"] for p in container["ports"]} == dockerfile.expose
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env == {k: v for k, v in dockerfile.env.items() if k.startswith("FS_")}
+    [shm] = [v for v in pod["spec"]["volumes"] if v["name"] == "shm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    limit = parse_size(shm["emptyDir"]["sizeLimit"].replace("Mi", "MiB").replace("Gi", "GiB"))
+    assert limit > parse_size(env["FS_STORE_SIZE"])
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == env["FS_METRICS_PORT"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert {p["port"] for p in service["spec"]["ports"]} == dockerfile.expose
