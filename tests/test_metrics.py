@@ -60,8 +60,8 @@ class Prometheus:
     def __init__(self, tmp: Path, target: str) -> None:
         config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
         config["scrape_configs"][0]["static_configs"][0]["targets"] = [target]  # only change
-        config["rule_files"] = [str(DEPLOY / "prometheus-rules.yml")]
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        shutil.copy(DEPLOY / "prometheus-rules.yml", tmp)  # its rule_files path is relative
         self.port = free_port()
         self.proc = subprocess.Popen(
             ["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
