@@ -347,6 +347,11 @@ class FSConnection:
         return [self.rx_packets, self.rx_bytes, self.tx_packets, self.tx_bytes]
 
     @property
+    def mid_packet(self) -> bool:
+        """A data packet's payload is still arriving."""
+        return self._payload_left > 0
+
+    @property
     def max_payload(self) -> int:
         return self.max_packet - DATA_HEADER_SIZE
 

@@ -28,6 +28,7 @@ class ErrorCode(IntEnum):
     INVALID_SHARE = 15
     HASH_MISMATCH = 16
     TIMEOUT = 17
+    PERMISSION_DENIED = 18
 
 
 class FSError(Exception):
@@ -81,6 +82,12 @@ class Conflict(FSError):
 
 class AuthError(FSError):
     code = ErrorCode.AUTH_FAILED
+
+
+class PermissionDenied(FSError):
+    """The token may not do that (a read-only token writing, for one)."""
+
+    code = ErrorCode.PERMISSION_DENIED
 
 
 class HashMismatch(FSError):

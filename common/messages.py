@@ -101,6 +101,7 @@ class LookupStatus(IntEnum):
     NOT_FOUND = 1
     INVALID_PATH = 2
     CONFLICT = 3
+    DENIED = 4
 
 
 @dataclass(frozen=True, slots=True)

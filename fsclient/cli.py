@@ -17,6 +17,8 @@ from typing import Any
 
 from common.errors import FSError
 from common.messages import FileEntry
+from fsclient.access import Access
+from fsclient.access import add_options as add_access_options
 from fsclient.progress import TerminalProgress
 from fsclient.sync.cli import add_commands, status, sync
 
@@ -57,6 +59,7 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
         help="largest packet to negotiate (default: the most the server allows;"
         " 4096 keeps the seed protocol's size)",
     )
+    add_access_options(parser, suppress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +116,7 @@ async def run(args: argparse.Namespace) -> int:
         args.server or os.environ.get("FS_SERVER") or DEFAULT_SERVER,
         args.share or os.environ.get("FS_SHARE") or "default",
         max_packet=args.max_packet,
+        access=Access.from_args(args),
     )
     async with client:
         actions: dict[str, Callable[[], Awaitable[None]]] = {

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import os
 import secrets
+import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -36,8 +37,9 @@ from common.limits import (
 )
 from common.paths import check_name, normalize_path, normalize_prefix
 from common.state import Phase
+from fsclient.access import Access, TLSError
 from fsclient.batch import BatchUpload, Item
-from fsclient.protocol import ClientProtocol, Leftover, Mailbox, refusal
+from fsclient.protocol import ClientProtocol, ConnectionLost, Leftover, Mailbox, refusal
 from fsclient.transfer import (
     CHUNK,
     BufferRing,
@@ -54,6 +56,42 @@ from fsclient.transfer import (
 ZERO_COPY_MIN = 64 * 1024
 SEND_CHUNK = 256 * 1024
 MAX_ATTEMPTS = 4
+
+
+async def _open(
+    host: str, port: int, proposal: int, access: Access, timeout: float
+) -> ClientProtocol:
+    """A TCP (or TLS) connection whose server passed the checks *access* asks for."""
+    loop = asyncio.get_running_loop()
+    context = access.ssl_context()
+    where = f"{host}:{port}"
+    try:
+        _, proto = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: ClientProtocol(proposal), host, port, ssl=context,
+                server_hostname=host if context else None,
+            ),
+            timeout,
+        )  # fmt: skip
+    except ssl.SSLCertVerificationError as exc:
+        raise TLSError(f"TLS certificate of {where} is not trusted: {exc.verify_message}") from None
+    except ssl.SSLError as exc:
+        raise TLSError(
+            f"TLS handshake with {where} failed ({exc.reason}): is it a TLS port?"
+        ) from None
+    except (OSError, TimeoutError) as exc:
+        if context is not None and isinstance(exc, ConnectionResetError | TimeoutError):
+            raise TLSError(f"TLS handshake with {where} failed: is it a TLS port?") from None
+        reason = getattr(exc, "strerror", None) or exc or "timed out"
+        raise ConnectionError(f"cannot connect to {where}: {reason}") from None
+    if context is not None:
+        ssl_object = proto.transport.get_extra_info("ssl_object")
+        try:
+            access.verify_peer(ssl_object.getpeercert(binary_form=True), where)
+        except TLSError:
+            proto.transport.abort()
+            raise
+    return proto
 
 
 def parse_server(server: str) -> tuple[str, int]:
@@ -80,30 +118,30 @@ class Client:
         *,
         client_id: str | None = None,
         max_packet: int | None = None,
-        auth: bytes = b"",
+        access: Access | None = None,
         timeout: float = 10.0,
     ) -> Client:
-        """Connect and shake hands; *max_packet* None proposes the largest size there is."""
+        """Connect (over TLS if *access* says so) and shake hands; *max_packet* None proposes
+        the largest size there is."""
         host, port = parse_server(server)
         check_name(share)
         client_id = check_name(client_id or f"fsclient-{secrets.token_hex(4)}", "client id")
+        access = access or Access()
         proposal = max_packet or ABSOLUTE_MAX_PACKET
         if proposal < DEFAULT_MAX_PACKET:
             raise ValueError(f"--max-packet must be at least {DEFAULT_MAX_PACKET}")
-        loop = asyncio.get_running_loop()
-        try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: ClientProtocol(proposal), host, port), timeout
-            )
-        except OSError as exc:
-            reason = exc.strerror or exc
-            raise ConnectionError(f"cannot connect to {host}:{port}: {reason}") from None
+        proto = await _open(host, port, proposal, access, timeout)
+        auth = access.token.encode()
         proto.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, proposal, client_id, share, auth))
         try:
             hello = await asyncio.wait_for(proto.handshake, timeout)
         except TimeoutError:
             proto.abort(ConnectionError("no handshake answer from server"), send_error=False)
             raise ConnectionError(f"{host}:{port} did not answer the FS handshake") from None
+        except ConnectionLost:
+            hint = "" if access.uses_tls else " (does it need --tls?)"
+            message = f"{host}:{port} closed the connection at the handshake{hint}"
+            raise ConnectionLost(message) from None
         if hello.status is not m.HandshakeStatus.OK:
             proto.abort(RemoteError(hello.message), send_error=False)
             raise refusal(hello.status, hello.message)

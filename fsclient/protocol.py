@@ -25,6 +25,7 @@ from common.errors import (
     InvalidName,
     InvalidPath,
     NotFound,
+    PermissionDenied,
     RemoteError,
     RemoteProtocolError,
     StoreFull,
@@ -52,6 +53,7 @@ _ERROR_TYPES: dict[ErrorCode, type[FSError]] = {
     ErrorCode.HASH_MISMATCH: HashMismatch,
     ErrorCode.NOT_FOUND: NotFound,
     ErrorCode.AUTH_FAILED: AuthError,
+    ErrorCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 
@@ -64,6 +66,7 @@ _REFUSALS: dict[tuple[type, int], type[FSError]] = {
         (m.LookupStatus.NOT_FOUND, NotFound),
         (m.LookupStatus.INVALID_PATH, InvalidPath),
         (m.LookupStatus.CONFLICT, Conflict),
+        (m.LookupStatus.DENIED, PermissionDenied),
         (m.HandshakeStatus.AUTH_FAILED, AuthError),
         (m.HandshakeStatus.INVALID_SHARE, InvalidName),
     ]

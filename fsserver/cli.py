@@ -9,46 +9,51 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from fsserver.config import LOG_LEVELS, ConfigError, ServerConfig, parse_size
 
 # flag, config field, environment variable, parser, help
+# fmt: off
 OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
     ("--host", "host", "FS_HOST", str, "address to listen on"),
     ("--port", "port", "FS_PORT", int, "FS protocol port (0 picks a free one)"),
     ("--workers", "workers", "FS_WORKERS", int, "connection worker processes"),
     ("--hash-workers", "hash_workers", "FS_HASH_WORKERS", int, "hashing processes"),
-    (
-        "--store-size",
-        "store_size",
-        "FS_STORE_SIZE",
-        parse_size,
-        "in-memory store capacity, e.g. 256MiB or 2GiB",
-    ),
-    (
-        "--metrics-port",
-        "metrics_port",
-        "FS_METRICS_PORT",
-        int,
-        "port of /metrics, /healthz and /readyz (0 picks a free one)",
-    ),
+    ("--store-size", "store_size", "FS_STORE_SIZE", parse_size,
+     "in-memory store capacity, e.g. 256MiB or 2GiB"),
+    ("--metrics-port", "metrics_port", "FS_METRICS_PORT", int,
+     "port of /metrics, /healthz and /readyz (0 picks a free one)"),
     ("--log-level", "log_level", "FS_LOG_LEVEL", str.lower, "/".join(LOG_LEVELS)),
-    (
-        "--max-packet",
-        "max_packet",
-        "FS_MAX_PACKET",
-        parse_size,
-        "largest packet a client may negotiate",
-    ),
-    (
-        "--max-files",
-        "max_files",
-        "FS_MAX_FILES",
-        int,
-        "most index entries (files and deletion records) the store keeps",
-    ),
+    ("--max-packet", "max_packet", "FS_MAX_PACKET", parse_size,
+     "largest packet a client may negotiate"),
+    ("--max-files", "max_files", "FS_MAX_FILES", int,
+     "most index entries (files and deletion records) the store keeps"),
+    ("--max-file-size", "max_file_size", "FS_MAX_FILE_SIZE", parse_size,
+     "largest file a client may upload (0: the store's size)"),
+    ("--share-quota", "share_quota", "FS_SHARE_QUOTA", parse_size,
+     "bytes one share may hold (0: no quota)"),
+    ("--max-connections", "max_connections", "FS_MAX_CONNECTIONS", int,
+     "client connections served at once"),
+    ("--max-in-flight", "max_in_flight", "FS_MAX_IN_FLIGHT", int,
+     "file sessions one connection may have open at once"),
+    ("--handshake-timeout", "handshake_timeout", "FS_HANDSHAKE_TIMEOUT", float,
+     "seconds a new connection has to complete its handshake"),
+    ("--idle-timeout", "idle_timeout", "FS_IDLE_TIMEOUT", float,
+     "seconds of silence after which a connection is closed (clients ping to stay)"),
+    ("--packet-timeout", "packet_timeout", "FS_PACKET_TIMEOUT", float,
+     "seconds a client has to finish a packet it started"),
+    ("--tokens", "tokens", "FS_TOKENS", str,
+     "TOML file of hashed tokens (see add-token); without it, no authentication"),
+    ("--tls-cert", "tls_cert", "FS_TLS_CERT", str, "TLS certificate (PEM) to serve with"),
+    ("--tls-key", "tls_key", "FS_TLS_KEY", str, "private key (PEM) of --tls-cert"),
 ]
+FLAGS: list[tuple[str, str, str, str]] = [
+    ("--insecure-no-auth", "insecure_no_auth", "FS_INSECURE_NO_AUTH",
+     "serve a non-loopback address without tokens"),
+]
+# fmt: on
+TRUE = {"1", "true", "yes", "on"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,9 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
             flag,
             dest=field,
             metavar=env,
-            help=f"{text} (env {env}, default {getattr(defaults, field)})",
+            help=f"{text} (env {env}, default {getattr(defaults, field)!r})",
         )
+    for flag, field, env, text in FLAGS:
+        parser.add_argument(flag, dest=field, action="store_true", default=None,
+                            help=f"{text} (env {env}=1)")  # fmt: skip
     return parser
+
+
+def fail(message: str) -> NoReturn:
+    """A bad setting: one clear line, exit code 2."""
+    print(f"fsserver: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def config_from(argv: list[str] | None, environ: dict[str, str]) -> ServerConfig:
@@ -82,11 +96,14 @@ def config_from(argv: list[str] | None, environ: dict[str, str]) -> ServerConfig
         try:
             values[field] = parse(raw)
         except ValueError as exc:
-            parser.error(f"{origin}: {exc}")
+            fail(f"{origin}: {exc}")
+    for _flag, field, env, _text in FLAGS:
+        if getattr(args, field) or environ.get(env, "").lower() in TRUE:
+            values[field] = True
     try:
         return ServerConfig(**values)
     except ConfigError as exc:
-        parser.error(str(exc))
+        fail(str(exc))
 
 
 def metrics_dir() -> str | None:
@@ -104,7 +121,42 @@ def metrics_dir() -> str | None:
     return made
 
 
+def tool(argv: list[str]) -> int | None:
+    """``fsserver init-tls DIR`` and ``fsserver add-token ...``; None for a plain start."""
+    if not argv or argv[0] not in ("init-tls", "add-token"):
+        return None
+    parser = argparse.ArgumentParser(prog=f"fsserver {argv[0]}")
+    if argv[0] == "init-tls":
+        parser.description = "write a self-signed certificate and key, print the fingerprint"
+        parser.add_argument("dir", help="folder for cert.pem and key.pem (created if missing)")
+        args = parser.parse_args(argv[1:])
+        from fsserver.certs import init_tls
+
+        print(init_tls(args.dir))
+        return 0
+    parser.description = "add a token to a tokens file and print the token (once)"
+    parser.add_argument("name")
+    env_tokens = os.environ.get("FS_TOKENS")
+    parser.add_argument(
+        "--tokens", default=env_tokens, required=not env_tokens, help="tokens file (env FS_TOKENS)"
+    )
+    parser.add_argument("--share", action="append", required=True, help="a share it opens")
+    parser.add_argument("--read-only", action="store_true", help="may get and ls only")
+    args = parser.parse_args(argv[1:])
+    from fsserver.auth import TokenFileError, add_token
+
+    try:
+        print(add_token(args.tokens, args.name, args.share, args.read_only))
+    except (TokenFileError, OSError, ValueError) as exc:
+        fail(str(exc))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    code = tool(argv)
+    if code is not None:
+        return code
     config = config_from(argv, dict(os.environ))
     made = metrics_dir()
     try:

@@ -6,6 +6,7 @@ supervisor hands the same object to every child it spawns.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -39,6 +40,23 @@ class ServerConfig:
     log_level: str = "info"
     max_packet: int = SERVER_MAX_PACKET
     max_files: int = 1_000_000
+    max_file_size: int = 0
+    """0: no limit beyond the store's size."""
+    share_quota: int = 0
+    """Bytes one share may hold; 0: no quota."""
+    max_connections: int = 10_000
+    max_in_flight: int = 4096
+    """File sessions (and, separately, requests) one connection may have open."""
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    """A connection that sends nothing for this long is closed (clients Ping to stay)."""
+    packet_timeout: float = 30.0
+    """A packet that was started must be finished within this long (slow-loris defence)."""
+    tokens: str = ""
+    """A TOML file of hashed tokens; empty: no authentication."""
+    insecure_no_auth: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
     shutdown_grace: float = 2.0
 
     def __post_init__(self) -> None:
@@ -53,9 +71,33 @@ class ServerConfig:
                 f"--max-packet must be {MIN_MAX_PACKET}..{ABSOLUTE_MAX_PACKET}",
             ),
             (self.max_files >= 1, "--max-files must be at least 1"),
+            (self.max_file_size >= 0, "--max-file-size must not be negative"),
+            (self.share_quota >= 0, "--share-quota must not be negative"),
+            (self.max_connections >= 1, "--max-connections must be at least 1"),
+            (1 <= self.max_in_flight <= 65536, "--max-in-flight must be 1..65536"),
+            (self.handshake_timeout > 0, "--handshake-timeout must be positive"),
+            (self.idle_timeout > 0, "--idle-timeout must be positive"),
+            (self.packet_timeout > 0, "--packet-timeout must be positive"),
             (self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}"),
             (self.shutdown_grace >= 0, "shutdown grace must not be negative"),
+        ]
+        checks += [
+            (bool(self.tls_cert) == bool(self.tls_key), "--tls-cert and --tls-key go together"),
+            (
+                self.tokens or self.insecure_no_auth or is_loopback(self.host),
+                f"refusing to listen on {self.host} without --tokens: anyone who can reach it "
+                f"could read and write every share (add --insecure-no-auth to accept that)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -55,7 +55,8 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
-        self.conn = FSConnection(Role.SERVER, max_packet_limit=ctx.config.max_packet)
+        self.conn = FSConnection(Role.SERVER, max_packet_limit=ctx.config.max_packet,
+                                 max_in_flight=ctx.config.max_in_flight)  # fmt: skip
         self.staging = bytearray(FIRST_STAGING_BYTES)
         self.view = memoryview(self.staging)
         self.fill = 0
@@ -75,6 +76,9 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         self.flush_scheduled = False
         self.writable = asyncio.Event()
         self.writable.set()
+        self.opened_at = self.last_heard = 0.0
+        self.read_only = False
+        self.partial_since: float | None = None
         self.subscription: Subscription | None = None
         self.opening: dict[int, m.FileSyncInit | m.DownloadRequest] = {}
         self.requests_busy = 0
@@ -104,8 +108,12 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.opened_at = self.last_heard = self.loop.time()
         self.ctx.connections.add(self)
         telemetry.CONNECTIONS_ACTIVE.labels(str(self.ctx.worker_id)).inc()
+        cfg = self.ctx.config
+        if len(self.ctx.connections) > -(-cfg.max_connections // cfg.workers):
+            self.fail(ErrorCode.LIMIT_EXCEEDED, "server busy: too many connections, retry later")
         log.debug("connection from %s", self.peer)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -118,8 +126,10 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         return self.view[self.fill :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_heard = self.loop.time()
         if self.direct:
             self.conn.direct_received(nbytes)
+            self.mark_partial()
             return
         self.fill += nbytes
         try:
@@ -130,11 +140,31 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
                 self.fill = rest
             for event in events:
                 self.dispatch(event)
+            self.mark_partial()
         except RemoteProtocolError as exc:
             self.fail(exc.code, exc.message)
         except Exception:
             log.exception("internal error on connection from %s", self.peer)
             self.fail(ErrorCode.INTERNAL, "internal server error")
+
+    def mark_partial(self) -> None:
+        """Remember since when a packet has been only partly here (see ``check_deadlines``)."""
+        if self.fill or self.conn.mid_packet:
+            if self.partial_since is None:
+                self.partial_since = self.last_heard
+        else:
+            self.partial_since = None
+
+    def check_deadlines(self, now: float) -> None:
+        """Called every second: close connections that hold resources without making use
+        of them. A slow client must finish each packet in time (it may pick small packets)."""
+        cfg = self.ctx.config
+        if not self.share and now - self.opened_at > cfg.handshake_timeout:
+            self.fail(ErrorCode.TIMEOUT, f"no handshake within {cfg.handshake_timeout:g} s")
+        elif now - self.last_heard > cfg.idle_timeout:
+            self.fail(ErrorCode.TIMEOUT, f"idle for {cfg.idle_timeout:g} s (clients ping)")
+        elif self.partial_since is not None and now - self.partial_since > cfg.packet_timeout:
+            self.fail(ErrorCode.TIMEOUT, f"a packet took over {cfg.packet_timeout:g} s")
 
     def grow_staging(self) -> None:
         """After the handshake, read in larger slices: many small packets per read."""
@@ -291,6 +321,7 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
             else:
                 check_name(msg.share)
                 check_name(msg.client_id, "client id")
+                status, text = self.authenticate(msg)
         except InvalidName as exc:
             status, text = m.HandshakeStatus.INVALID_SHARE, exc.message
         agreed = self.conn.negotiate(msg.max_packet)
@@ -316,6 +347,25 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
     def on_subscribe(self, msg: m.SubscribeRequest) -> None:
         self.subscription = Subscription(self, self.ctx.feed, msg.request_id, msg.since)
         self.subscription.start()
+
+    def authenticate(self, msg: m.VersionHandshake) -> tuple[m.HandshakeStatus, str]:
+        """Without a tokens file everyone may do everything (the server then listens on
+        loopback only, unless told --insecure-no-auth)."""
+        if self.ctx.tokens is None:
+            return m.HandshakeStatus.OK, ""
+        grant = self.ctx.tokens.check(msg.auth, msg.share)
+        if grant is None:
+            telemetry.AUTH_FAILURES.inc()
+            self.ctx.report(("auth_failed", self.peer.rsplit(":", 1)[0]))
+            log.info("%s: token refused for share %s", self.peer, msg.share)
+            if not msg.auth:
+                text = f"share {msg.share!r} needs a token (--token or FS_TOKEN)"
+            else:
+                text = f"the token does not open share {msg.share!r} (wrong, revoked or not for it)"
+            return m.HandshakeStatus.AUTH_FAILED, text
+        self.read_only = grant.read_only
+        log.debug("%s: token %s on share %s", self.peer, grant.name, msg.share)
+        return m.HandshakeStatus.OK, ""
 
     def on_ping(self, msg: m.Ping) -> None:
         if not msg.reply:

@@ -30,6 +30,7 @@ class RequestHandlers:
     send: Callable[[m.Message], None]
     call_store: Callable[..., None]
     origin: int
+    read_only: bool
     requests_busy: int
     requests_waiting: deque[tuple[Callable[[Any], None], str, tuple[Any, ...]]]
 
@@ -93,6 +94,9 @@ class RequestHandlers:
 
     def on_delete(self, msg: m.DeleteRequest) -> None:
         rid = msg.request_id
+        if self.read_only:
+            self.send(m.DeleteResponse(rid, m.LookupStatus.DENIED, 0, "this token is read-only"))
+            return
         path = self._valid_path(msg.path, lambda text: m.DeleteResponse(rid, _INVALID, 0, text))
         if path is not None:
             self.request_store(

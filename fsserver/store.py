@@ -125,6 +125,8 @@ class Share:
     """version -> path, for "what changed since N"; each path appears once, at its latest."""
     seq: int = 0
     live: int = 0
+    bytes: int = 0
+    """Logical bytes of the share's live files (what its quota counts)."""
 
     def record(self, path: str, entry: Entry) -> None:
         old = self.entries.get(path)
@@ -149,10 +151,11 @@ class _Hold:
 
 
 class Store:
-    def __init__(self, capacity: int, max_entries: int = 1_000_000) -> None:
+    def __init__(self, capacity: int, max_entries: int = 1_000_000, quota: int = 0) -> None:
         self.store_id = os.urandom(16)
         self.allocator = ExtentAllocator(capacity)
         self.max_entries = max_entries
+        self.quota = quota
         self.entries = 0
         self.blobs: dict[BlobKey, Blob] = {}
         self.shares: dict[str, Share] = {}
@@ -184,6 +187,9 @@ class Store:
                 InitStatus.NO_SPACE, 0, f"no space: the store holds its limit of "
                 f"{self.max_entries} entries (--max-files)",
             )  # fmt: skip
+        over = self._over_quota(share, path, size)
+        if over:
+            return over
         blob = self.blobs.get((share, digest, size)) if digest is not None else None
         if blob is not None:
             return Linked(self._put(share, path, blob, mtime_ns, mode, origin))
@@ -300,6 +306,7 @@ class Store:
         sh = self.shares[share]
         sh.seq += 1
         sh.live -= 1
+        sh.bytes -= entry.blob.size
         self.logical_bytes -= entry.blob.size
         self._unref(entry.blob)
         tombstone = Entry(sh.seq, entry.mtime_ns, entry.mode, None)
@@ -355,6 +362,18 @@ class Store:
             status, current, f"conflict: {path} is at version {current}, not {base_version}"
         )
 
+    def _over_quota(self, share: str, path: str, size: int) -> Refused | None:
+        if not self.quota:
+            return None
+        sh = self.shares.get(share)
+        old = self._live(share, path)
+        after = (sh.bytes if sh else 0) - (old.blob.size if old and old.blob else 0) + size
+        if after <= self.quota:
+            return None
+        return Refused(InitStatus.NO_SPACE, 0,
+                       f"no space: share {share} would hold {after} bytes, over its quota "
+                       f"of {self.quota}")  # fmt: skip
+
     def _known(self, share: str, path: str) -> bool:
         sh = self.shares.get(share)
         return sh is not None and path in sh.entries
@@ -365,11 +384,13 @@ class Store:
             sh = self.shares[share] = Share()
         blob.refs += 1  # before the old blob lets go: it may be this very blob
         self.logical_bytes += blob.size
+        sh.bytes += blob.size
         old = sh.entries.get(path)
         if old is None:
             self.entries += 1
         if old is not None and old.blob is not None:
             self.logical_bytes -= old.blob.size
+            sh.bytes -= old.blob.size
             self._unref(old.blob)
         else:
             sh.live += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
 import socket
@@ -21,6 +22,7 @@ from prometheus_client import multiprocess
 
 from fsserver import telemetry
 from fsserver.arena import BlobArena, clean_stale_segments
+from fsserver.auth import Throttle, TokenFileError, TokenStore, add_token
 from fsserver.channel import MessageChannel, channel_pair
 from fsserver.children import Child, RestartPolicy, Role, spawn, stop_all
 from fsserver.config import ServerConfig
@@ -101,6 +103,7 @@ class Supervisor:
         self._next_worker = 0
         self.calls: deque[tuple[Child, list[Any]]] = deque()
         self.sampler: asyncio.Task[None] | None = None
+        self.throttle = Throttle()
         self.port = 0
         self.metrics_port = 0
 
@@ -130,12 +133,13 @@ class Supervisor:
     async def startup(self) -> None:
         cfg = self.config
         raise_fd_limit()
+        self.check_tokens()
         clean_stale_segments()
         try:
             self.arena = BlobArena.create(cfg.store_size)
         except (OSError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
-        self.store = Store(cfg.store_size, cfg.max_files)
+        self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota)
         self.listener = bind_listener(cfg.host, cfg.port)
         self.port = self.listener.getsockname()[1]
         try:
@@ -159,6 +163,23 @@ class Supervisor:
             telemetry.RESTARTS.labels(role.value)
         log.info("fsserver metrics on %s:%d", cfg.host, self.metrics_port)
         log.info("fsserver ready on %s:%d", cfg.host, self.port)
+
+    def check_tokens(self) -> None:
+        """A tokens file that is named but missing is created with one token for the share
+        'default', shown once: a server bound to a public address is never open by accident."""
+        path = self.config.tokens
+        if not path:
+            return
+        try:
+            if not os.path.exists(path):
+                token = add_token(path, "initial", ["default"], read_only=False)
+                log.warning(
+                    "created %s with a read-write token for share 'default': %s "
+                    "(shown once; add more with fsserver add-token)", path, token,
+                )  # fmt: skip
+            TokenStore(path)
+        except (TokenFileError, OSError, ValueError, KeyError) as exc:
+            raise StartupError(f"tokens file {path}: {exc}") from None
 
     async def wait_ready(self) -> None:
         async def all_ready() -> None:
@@ -259,6 +280,8 @@ class Supervisor:
             self.calls.append((child, msg[1]))
         elif kind == "watch":
             child.watching = frozenset(msg[1])
+        elif kind == "auth_failed":
+            self.throttle.failed(msg[1])
         elif kind == "ready":
             child.ready = True
             log.debug("%s ready (pid %s)", child.name, msg[1])
@@ -304,13 +327,17 @@ class Supervisor:
         assert self.listener is not None
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, _addr = self.listener.accept()
+                sock, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: keep serving what we have
                 log.warning("accept failed: %s; pausing accepts for %.1f s", exc, ACCEPT_BACKOFF)
                 self.pause_accepting()
                 return
+            if self.throttle.refused(addr[0]):
+                telemetry.THROTTLED.inc()
+                sock.close()
+                continue
             worker = self.pick_worker()
             if worker is None or worker.channel is None:
                 sock.close()

@@ -53,6 +53,10 @@ HASH_QUEUE = Gauge(
     multiprocess_mode="livesum",
 )  # fmt: skip
 RESTARTS = Counter("fs_restarts", "Worker and hasher processes restarted.", ["role"])
+AUTH_FAILURES = Counter("fs_auth_failures", "Handshakes refused for a bad or missing token.")
+THROTTLED = Counter(
+    "fs_throttled_connections", "Connections turned away from addresses that failed too often."
+)
 RSS = Gauge(
     "fs_process_resident_memory_bytes", "Resident memory of each server process.", ROLE_LABELS,
     multiprocess_mode="liveall",

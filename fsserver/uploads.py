@@ -63,6 +63,7 @@ class UploadHandlers:
     share: str
     closing: bool
     origin: int
+    read_only: bool
     uploads: dict[int, Upload]
     opening: dict[int, m.FileSyncInit | m.DownloadRequest]
     send: Callable[[m.Message], None]
@@ -73,6 +74,17 @@ class UploadHandlers:
         path = self.session_path(fid, msg.path)
         if path is None:
             ended("error")
+            return
+        if self.read_only:
+            ended("error")
+            self.send(m.Error(ErrorCode.PERMISSION_DENIED, fid, "this token is read-only"))
+            return
+        limit = self.ctx.config.max_file_size
+        if limit and msg.size > limit:
+            ended("no_space")
+            self.send(m.FileSyncInitResponse(fid, m.InitStatus.TOO_LARGE, 0,
+                                             f"{path}: larger than this server's limit of "
+                                             f"{limit} bytes"))  # fmt: skip
             return
         self.opening[fid] = msg
         self.call_store(

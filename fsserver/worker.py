@@ -13,8 +13,10 @@ from typing import Any
 
 import uvloop
 
+from common.tls import server_context
 from fsserver import telemetry
 from fsserver.arena import BlobArena
+from fsserver.auth import TokenStore
 from fsserver.channel import MessageChannel
 from fsserver.config import ServerConfig
 from fsserver.connection import ClientConnection
@@ -58,6 +60,7 @@ class Worker:
         self.store_id = store_id
         self.stopped: asyncio.Event | None = None
         self.ctx: WorkerContext | None = None
+        self.tls = server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -69,9 +72,9 @@ class Worker:
         hashes = HashClient(self.jobs)
         feed = ChangeFeed(lambda shares: channel.send(("watch", shares)))
         rpc = RpcClient(channel)
-        self.ctx = WorkerContext(
-            self.worker_id, self.config, arena.view, self.store_id, rpc, hashes, feed
-        )
+        tokens = TokenStore(self.config.tokens) if self.config.tokens else None
+        self.ctx = WorkerContext(self.worker_id, self.config, arena.view, self.store_id, rpc,
+                                 hashes, feed, tokens, channel.send)  # fmt: skip
         chores = [loop.create_task(telemetry.ProcessSampler("worker", self.worker_id).run()),
                   loop.create_task(self.publish_traffic())]  # fmt: skip
         await asyncio.sleep(0)  # the first samples are written before the worker says ready
@@ -116,17 +119,22 @@ class Worker:
         ctx = self.ctx
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: ClientConnection(ctx), sock=sock
-            )
-        except OSError as exc:
-            log.info("could not adopt a connection: %s", exc)
+                lambda: ClientConnection(ctx), sock=sock, ssl=self.tls,
+                ssl_handshake_timeout=self.config.handshake_timeout if self.tls else None,
+            )  # fmt: skip
+        except (OSError, TimeoutError) as exc:  # a failed TLS handshake, a vanished client
+            log.info("could not take over a connection: %s", exc or type(exc).__name__)
             sock.close()
 
     async def publish_traffic(self) -> None:
-        """Once a second, the connections' packet counts and the hash queue, as metrics."""
+        """Once a second: deadlines of every connection, then its packet counts and the hash
+        queue, as metrics."""
         assert self.ctx is not None
+        loop = asyncio.get_running_loop()
         while True:
+            now = loop.time()
             for conn in list(self.ctx.connections):
+                conn.check_deadlines(now)
                 conn.publish_traffic()
             telemetry.HASH_QUEUE.set(self.ctx.hashes.in_flight)
             await asyncio.sleep(telemetry.SAMPLE_EVERY)

@@ -11,13 +11,16 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from common.errors import AuthError
 from fsclient import Client
+from fsclient.access import Access
 from fsserver.config import parse_size
 from tests.conftest import run
 from tests.serverproc import ROOT, ServerLog, wait_for
@@ -39,7 +42,7 @@ class Dockerfile:
         self.expose: set[int] = set()
         self.cmd: list[str] = []
         self.healthcheck: list[str] = []
-        self.user = self.stopsignal = ""
+        self.user = self.stopsignal = self.workdir = ""
         for line in self.final:
             word, _, rest = line.partition(" ")
             word = word.upper()
@@ -53,6 +56,8 @@ class Dockerfile:
                 self.healthcheck = json.loads(rest[rest.index("CMD") + 3 :].strip())
             elif word == "USER":
                 self.user = rest.strip()
+            elif word == "WORKDIR":
+                self.workdir = rest.strip()
             elif word == "STOPSIGNAL":
                 self.stopsignal = rest.strip()
 
@@ -71,6 +76,8 @@ def test_dockerfile_has_what_operators_rely_on(dockerfile):
     assert dockerfile.env["FS_HOST"] == "0.0.0.0"
     assert {"FS_PORT", "FS_METRICS_PORT", "FS_STORE_SIZE", "FS_WORKERS"} <= dockerfile.env.keys()
     assert "/healthz" in " ".join(dockerfile.healthcheck)
+    # listening on 0.0.0.0 needs tokens; the file sits in the image's own writable folder
+    assert Path(dockerfile.env["FS_TOKENS"]).parent == Path(dockerfile.workdir)
 
 
 def test_the_project_builds_as_a_wheel(tmp_path):
@@ -83,20 +90,21 @@ def test_the_project_builds_as_a_wheel(tmp_path):
 
 
 def test_the_container_command_runs_as_is(dockerfile, tmp_path):
-    """CMD with the image's ENV (the image installs the console script; so does make)."""
-    env = {**os.environ, **dockerfile.env}
+    """CMD with the image's ENV (the image installs the console script; so does make), in a
+    folder standing in for the image's WORKDIR: the first start creates the tokens file and
+    logs its one token, which then opens share 'default'; no token opens nothing."""
+    tokens = tmp_path / Path(dockerfile.env["FS_TOKENS"]).name
+    env = {**os.environ, **dockerfile.env, "FS_TOKENS": str(tokens)}
     bindir = Path(sys.executable).parent
     command = [str(bindir / dockerfile.cmd[0]), *dockerfile.cmd[1:]]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     log = ServerLog()
 
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             log.lines.append(line)
-
-    import threading
 
     threading.Thread(target=pump, daemon=True).start()
     try:
@@ -107,12 +115,18 @@ def test_the_container_command_runs_as_is(dockerfile, tmp_path):
         health = subprocess.run([str(bindir / "python"), *dockerfile.healthcheck[1:]], env=env,
                                 timeout=30)  # fmt: skip
         assert health.returncode == 0
+        token = re.search(r"token for share 'default': (\S+)", log.text())
+        assert token, log.text()
+        assert token.group(1) not in tokens.read_text()  # only its hash is stored
 
-        async def upload() -> int:
-            async with await Client.connect(f"127.0.0.1:{port}") as client:
+        async def upload(secret: str) -> int:
+            access = Access(token=secret)
+            async with await Client.connect(f"127.0.0.1:{port}", access=access) as client:
                 return (await client.put_bytes(b"into the container", "hello.txt")).size
 
-        assert run(upload()) == 18
+        assert run(upload(token.group(1))) == 18
+        with pytest.raises(AuthError, match="needs a token"):
+            run(upload(""))
         started = time.monotonic()
         proc.send_signal(getattr(signal, dockerfile.stopsignal))
         assert proc.wait(10) == 0
@@ -157,6 +171,9 @@ def test_kubernetes_agrees_with_the_dockerfile(dockerfile):
     limit = parse_size(shm["emptyDir"]["sizeLimit"].replace("Mi", "MiB").replace("Gi", "GiB"))
     assert limit > parse_size(env["FS_STORE_SIZE"])
     assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    [tokens] = [v for v in container["volumeMounts"] if v["name"] == "tokens"]
+    assert Path(env["FS_TOKENS"]).parent == Path(tokens["mountPath"])
+    assert [v["secret"] for v in pod["spec"]["volumes"] if v["name"] == "tokens"]
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == env["FS_METRICS_PORT"]

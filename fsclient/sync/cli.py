@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from common.paths import check_name
+from fsclient.access import Access
 from fsclient.sync.actions import FolderGone
 from fsclient.sync.state import StateDB
 
@@ -55,6 +56,21 @@ def open_folder(args: argparse.Namespace) -> tuple[Path, StateDB, str, str, str]
     return folder, db, server, share, client_id
 
 
+def folder_access(args: argparse.Namespace, db: StateDB) -> Access:
+    """Token and TLS settings; the TLS ones are remembered with the folder (a later run
+    without them must not fall back to plain TCP), the token never is (it is a secret)."""
+    given = Access.from_args(args)
+    access = Access(
+        token=given.token,
+        tls=given.tls or db.meta("tls") == "1",
+        tls_ca=given.tls_ca or db.meta("tls_ca", ""),
+        tls_fingerprint=given.tls_fingerprint or db.meta("tls_fingerprint", ""),
+    )
+    db.set_meta(tls="1" if access.uses_tls else "0", tls_ca=os.path.abspath(access.tls_ca)
+                if access.tls_ca else "", tls_fingerprint=access.tls_fingerprint)  # fmt: skip
+    return access
+
+
 async def sync(args: argparse.Namespace) -> int:
     from fsclient.sync.engine import SyncEngine
 
@@ -62,7 +78,8 @@ async def sync(args: argparse.Namespace) -> int:
         raise SetupError("--debounce must not be negative")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fsclient: %(message)s")
     folder, db, server, share, client_id = open_folder(args)
-    engine = SyncEngine(folder, db, server, share, client_id, args.debounce, args.once)
+    access = folder_access(args, db)
+    engine = SyncEngine(folder, db, server, share, client_id, args.debounce, args.once, access)
     started = time.monotonic()
     task = asyncio.current_task()
     assert task is not None

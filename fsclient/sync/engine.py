@@ -18,6 +18,7 @@ from pathlib import Path
 from common import messages as m
 from common.errors import Conflict, FSError, InvalidPath
 from common.paths import normalize_path
+from fsclient.access import Access
 from fsclient.client import ChangeStream, Client
 from fsclient.progress import SyncProgress
 from fsclient.protocol import ConnectionLost
@@ -35,6 +36,7 @@ GUARD_EVERY = 1.0
 RESCAN_EVERY = 600.0
 """A stat-only rescan catches what the watcher missed (inotify drops events when overrun)."""
 DOWNLOAD_WINDOW = 32
+KEEPALIVE_EVERY = 60.0
 
 
 def remote_state(note: m.ChangeNotification) -> RemoteState:
@@ -44,8 +46,10 @@ def remote_state(note: m.ChangeNotification) -> RemoteState:
 
 class SyncEngine:
     def __init__(self, folder: Path, db: StateDB, server: str, share: str, client_id: str,
-                 debounce: float = 2.0, once: bool = False) -> None:  # fmt: skip
+                 debounce: float = 2.0, once: bool = False,
+                 access: Access | None = None) -> None:  # fmt: skip
         self.folder = folder
+        self.access = access or Access()
         self.db = db
         self.server = server
         self.share = share
@@ -70,8 +74,10 @@ class SyncEngine:
         while True:
             self.actions.guard()
             try:
-                client = await Client.connect(self.server, self.share, client_id=self.client_id)
-            except (ConnectionError, OSError) as exc:
+                client = await Client.connect(
+                    self.server, self.share, client_id=self.client_id, access=self.access
+                )
+            except (ConnectionError, OSError, ConnectionLost) as exc:
                 if self.once:
                     raise
                 log.warning("cannot reach %s (%s); retrying in %.1f s", self.server, exc, delay)
@@ -252,7 +258,7 @@ class SyncEngine:
         watcher.start()
         log.info("watching %s", self.folder)
         tasks = [loop.create_task(self.follow(stream)), loop.create_task(self.watch_guard()),
-                 loop.create_task(self.rescans())]  # fmt: skip
+                 loop.create_task(self.rescans()), loop.create_task(self.keepalive())]  # fmt: skip
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -279,6 +285,14 @@ class SyncEngine:
             self.pending[path] = remote_state(note)
             self.unapplied.add(note.entry.version)
         return path
+
+    async def keepalive(self) -> None:
+        """A quiet connection is closed by the server's idle timeout; a ping keeps it."""
+        client = self.actions.client
+        assert client is not None
+        while True:
+            await asyncio.sleep(KEEPALIVE_EVERY)
+            await client.ping()
 
     async def watch_guard(self) -> None:
         while True:
