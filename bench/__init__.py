@@ -12,7 +12,7 @@ and rewrites its own section of ``docs/PERFORMANCE.md``.
 
     python -m bench                      # both suites, full runs
     python -m bench --suite core         # core only (256 MiB, 2000 small files, 7 rounds)
-    python -m bench --suite sync         # sync only (3 rounds, ~3-4 minutes)
+    python -m bench --suite sync         # sync only (5 rounds, ~2-3 minutes)
     python -m bench --quick              # smoke test: small sizes, 1 round, no doc update
     python -m bench --no-write           # full run, leave the document alone
     python -m bench --profile upload4k   # cProfile one 4096-byte-packet upload in the client

@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--repeats",
         type=int,
-        help="timed rounds (default 7 core / 3 sync, or 1 with --quick)",
+        help="timed rounds (default 7 core / 5 sync, or 1 with --quick)",
     )
     p.add_argument("--big-mib", type=int, help="big file size in MiB (default 256, quick 32)")
     p.add_argument("--small-count", type=int, help="small files (default 2000, quick 200)")
@@ -141,12 +141,13 @@ def run_sync(args: argparse.Namespace) -> None:
         s.rounds = max(1, args.repeats)
     outcome = run_sync_suite(s)
     verdicts = syncreport.target_table(s, outcome)
-    tables = [*syncreport.results_table(s, outcome), "", *verdicts.lines]
+    tables = [*syncreport.results_table(s, outcome), "", *syncreport.cpu_table(outcome), "",
+              *verdicts.lines]  # fmt: skip
     print("\n".join(tables))
     print(f"\nsync: {'all' if verdicts.all_pass else 'not all'} targets met", flush=True)
     if not (args.no_write or args.quick):
         section = syncreport.SECTION
-        write_section(args.doc, section, syncreport.document(s, tables, args.quick))
+        write_section(args.doc, section, syncreport.document(s, outcome, tables, args.quick))
         say(f"bench: wrote the '{section}' section of {args.doc}")
 
 

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -114,6 +115,28 @@ def check_rsync(dest: Path, count: int) -> None:
     got = count_files(dest) if dest.is_dir() else 0
     if got != count:
         raise BenchCheckFailed(f"rsync: {got} of {count} files arrived in {dest}")
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's reaped children (the timed commands)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def tree_cpu(pid: int, *, transient: bool = False, settle: float = 2.0) -> float:
+    """User + system CPU seconds of process *pid*, its live descendants and its reaped
+    children. With *transient* (an rsync daemon: one short-lived process per connection),
+    wait up to *settle* s for its children to exit first, so their time is counted."""
+    proc = psutil.Process(pid)
+    deadline = time.monotonic() + settle
+    while transient and proc.children() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 class LiveClient(Child):

@@ -78,13 +78,31 @@ def results_table(s: SyncSettings, o: SyncOutcome) -> list[str]:
     return lines
 
 
+def cpu_table(o: SyncOutcome) -> list[str]:
+    """Median CPU seconds per command: the command itself and the server side."""
+    rows = [("initial sync: FS (`fsclient` / `fsserver`, all processes)", "fs_initial"),
+            ("initial sync: rsync (client / daemon)", "rsync_initial"),
+            ("no-change re-run: FS", "fs_nochange"),
+            ("no-change re-run: rsync", "rsync_nochange")]  # fmt: skip
+    lines = [
+        "| CPU seconds per run (median) | Command | Server side | Total |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, key in rows:
+        if samples := o.cpu.get(key):
+            client = statistics.median(c for c, _ in samples)
+            server = statistics.median(s for _, s in samples)
+            lines.append(f"| {label} | {client:.3f} | {server:.3f} | {client + server:.3f} |")
+    return lines if len(lines) > 2 else []
+
+
 def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
 def target_table(s: SyncSettings, o: SyncOutcome) -> Verdicts:
     lines = [
-        "| Target | Result (best) | (median) | Needed | Verdict |",
+        "| Target | Result (best) | Alongside (median; peak) | Needed | Verdict |",
         "|---|---:|---:|---:|---|",
     ]
     oks: list[bool] = []
@@ -119,9 +137,11 @@ def target_table(s: SyncSettings, o: SyncOutcome) -> Verdicts:
     return Verdicts(lines, all(oks))
 
 
-def document(s: SyncSettings, tables: list[str], quick: bool) -> str:
+def document(s: SyncSettings, o: SyncOutcome, tables: list[str], quick: bool) -> str:
+    load = o.load
     info = machine()
     info["rsync"] = rsyncbench.version()
+    info["Load average at start (1/5/15 min)"] = " / ".join(f"{v:.2f}" for v in load)
     n = f"{s.files:,}"
     lines = [
         "## Sync benchmark",
@@ -142,8 +162,11 @@ def document(s: SyncSettings, tables: list[str], quick: bool) -> str:
         "`fsclient sync COPY --once --server ... --share rN` on a copy of the tree made "
         "before the clock starts, into a new empty share each round; checked against the "
         "client's tally line and the share's listing (every path, size and digest). rsync: "
-        "`rsync -a TREE/ rsync://127.0.0.1:PORT/mod/sub/` into an emptied module; checked "
-        "by counting the files that arrived.",
+        "`rsync -a TREE/ rsync://127.0.0.1:PORT/mod/sub/` into a module emptied right "
+        "before the clock starts (the previous round's copy stays until then; round 1 "
+        "first makes one, untimed), so rsync writes into just-freed page cache, as the "
+        "fsserver writes into its arena (allocated at start); checked by counting the "
+        "files that arrived.",
         "- (2) No-change re-run: the same two commands again, right after (1), on the "
         "now-synced folder / into the now-filled destination. FS must report 0 transfers.",
         f"- {s.rounds} round(s) of (1)+(2); rsync and FS alternate going first. Best and "
@@ -161,8 +184,18 @@ def document(s: SyncSettings, tables: list[str], quick: bool) -> str:
         f"left {s.settle:g} s to settle; then its CPU time (psutil user + system, process "
         f"and children) over {s.idle_seconds:g} s of wall time, and its RSS (psutil) and "
         "peak RSS (`VmHWM`) at the end. MB = 10^6 bytes.",
+        "- CPU: for every timed command of (1) and (2), its own user + system time "
+        "(`getrusage(RUSAGE_CHILDREN)` delta) and the server side's (psutil: the fsserver and "
+        "all its processes; the rsync daemon and its reaped per-connection processes; read from "
+        "/proc, so in 10 ms ticks).",
         "- Noise: a shared 2-vCPU VM (see the core section); FS and its server share the "
-        "two cores with the benchmark's polling loop in (3).",
+        "two cores with the benchmark's polling loop in (3), and with whatever else runs "
+        "(the load average above). Memory freed more than ~2 s before it is reused is "
+        "handed back to the host by the balloon (free-page reporting) and is 3-4x slower "
+        "to touch again: an `rsync -a` of the tree into a destination emptied 3 s earlier "
+        "took 1.6-2.0 s, against 0.5-0.7 s right after the delete (measured while setting "
+        "this benchmark up), hence the emptying just before the clock. The verdicts use "
+        "the best runs, the medians are alongside.",
         "",
         *tables,
     ]

@@ -15,9 +15,12 @@ work folder are registered on an ``ExitStack`` as soon as they exist (see ``benc
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from bench import syncbench as sb
 from bench.data import empty_dir
@@ -26,13 +29,15 @@ from bench.procs import FsServer, RsyncDaemon
 from bench.run import interruptible, say, workdir
 from bench.synctree import copy_tree, make_tree, remove
 
+T = TypeVar("T")
+
 
 @dataclass
 class SyncSettings:
     files: int = 10_000
     file_size: int = 4096
     folders: int = 20
-    rounds: int = 3
+    rounds: int = 5
     changes: int = 100
     watch_files: int = 100_000
     watch_size: int = 64
@@ -63,6 +68,10 @@ class SyncOutcome:
     watch_once: float = 0.0
     watch_start: float = 0.0
     idle: sb.Idle | None = None
+    cpu: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """Per command kind: (command CPU s, server-side CPU s) for every round."""
+    load: tuple[float, ...] = ()
+    """The 1/5/15-minute load average when the suite started."""
 
 
 @dataclass
@@ -86,25 +95,43 @@ class Bench:
         remove(tree)
         remove(fs_dir)
 
+    def with_cpu(self, key: str, call: Callable[[], T], fs: bool) -> T:
+        """Run *call* (one timed command); record its CPU time and the server side's."""
+        pid = self.server.proc.pid if fs else self.daemon.proc.pid
+        client, server = sb.children_cpu(), sb.tree_cpu(pid, transient=not fs)
+        result = call()
+        server = sb.tree_cpu(pid, transient=not fs) - server
+        self.out.cpu.setdefault(key, []).append((sb.children_cpu() - client, server))
+        return result
+
     def rsync_pair(self, tree: Path) -> None:
-        empty_dir(self.module_root)
+        """The destination is emptied right before the timed run, and the copy left there
+        until then: rsync writes into page cache just freed, as FS writes into its arena
+        (on this VM, memory freed more than ~2 s earlier is handed back to the host and
+        3-4x slower to touch again). Round 1 first fills it with an untimed run."""
         dest, url = self.module_root / "sub", f"{self.daemon.url}/sub"
-        self.out.rsync_initial.append(sb.rsync_once(tree, url))
-        sb.check_rsync(dest, self.s.files)
-        self.out.rsync_nochange.append(sb.rsync_once(tree, url))
-        sb.check_rsync(dest, self.s.files)
+        if not dest.exists():
+            sb.rsync_once(tree, url)
         empty_dir(self.module_root)
+        for key, series in (("rsync_initial", self.out.rsync_initial),
+                            ("rsync_nochange", self.out.rsync_nochange)):  # fmt: skip
+            series.append(self.with_cpu(key, lambda: sb.rsync_once(tree, url), fs=False))
+            sb.check_rsync(dest, self.s.files)
 
     def fs_pair(self, r: int, fs_dir: Path, digests: dict[str, bytes]) -> None:
         addr, share = self.server.address, f"r{r}"
-        seconds, tally = sb.fs_once(fs_dir, addr, share)
+
+        def once() -> tuple[float, sb.Tally | None]:
+            return sb.fs_once(fs_dir, addr, share)
+
+        seconds, tally = self.with_cpu("fs_initial", once, fs=True)
         self.out.fs_initial.append(seconds)
         sb.check_tally(tally, self.s.files, f"initial sync {share}")
         sb.check_share(addr, share, digests, self.s.file_size)
         saved = self.server.metric("fs_store_dedup_saved_bytes")
         if saved:
             raise BenchCheckFailed(f"the server deduplicated {saved:.0f} bytes: data skipped")
-        seconds, tally = sb.fs_once(fs_dir, addr, share)
+        seconds, tally = self.with_cpu("fs_nochange", once, fs=True)
         self.out.fs_nochange.append(seconds)
         sb.check_tally(tally, 0, f"no-change re-run {share}")
 
@@ -146,7 +173,7 @@ class Bench:
 
 
 def run_sync_suite(s: SyncSettings) -> SyncOutcome:
-    out = SyncOutcome()
+    out = SyncOutcome(load=os.getloadavg())
     with interruptible(), contextlib.ExitStack() as stack:
         work = workdir(stack)
         module_root = work / "rsync-module"
