@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import hmac
 import os
-import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from common.errors import ErrorCode, FSError
-from common.tls import fingerprint_of, normalize_fingerprint
+
+if TYPE_CHECKING:
+    import ssl
 
 ENV_TOKEN = "FS_TOKEN"
 ENV_TLS = "FS_TLS"
@@ -40,6 +42,8 @@ class Access:
 
     def __post_init__(self) -> None:
         if self.tls_fingerprint:
+            from common.tls import normalize_fingerprint
+
             object.__setattr__(self, "tls_fingerprint", normalize_fingerprint(self.tls_fingerprint))
         if self.tls_ca and not os.path.isfile(self.tls_ca):
             raise ValueError(f"--tls-ca {self.tls_ca}: no such file")
@@ -63,6 +67,8 @@ class Access:
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.uses_tls:
             return None
+        import ssl  # only when TLS is used: it costs a CLI start several milliseconds
+
         if self.tls_fingerprint:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False
@@ -78,6 +84,8 @@ class Access:
             return
         if der is None:
             raise TLSError(f"{where} showed no TLS certificate")
+        from common.tls import fingerprint_of
+
         seen = fingerprint_of(der)
         if not hmac.compare_digest(seen, self.tls_fingerprint):
             raise TLSError(

@@ -8,11 +8,9 @@ arguments.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from common.errors import FSError
@@ -88,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def format_entry(entry: FileEntry, as_json: bool) -> str:
+    import json
+    from datetime import UTC, datetime
+
     mtime = datetime.fromtimestamp(entry.mtime_ns / 1e9, UTC).isoformat(timespec="seconds")
     if as_json:
         return json.dumps(

@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import os
 import secrets
-import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -73,15 +72,20 @@ async def _open(
             ),
             timeout,
         )  # fmt: skip
-    except ssl.SSLCertVerificationError as exc:
-        raise TLSError(f"TLS certificate of {where} is not trusted: {exc.verify_message}") from None
-    except ssl.SSLError as exc:
-        raise TLSError(
-            f"TLS handshake with {where} failed ({exc.reason}): is it a TLS port?"
-        ) from None
     except (OSError, TimeoutError) as exc:
-        if context is not None and isinstance(exc, ConnectionResetError | TimeoutError):
-            raise TLSError(f"TLS handshake with {where} failed: is it a TLS port?") from None
+        if context is not None:  # (ssl is imported only when TLS is used)
+            import ssl
+
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                raise TLSError(
+                    f"TLS certificate of {where} is not trusted: {exc.verify_message}"
+                ) from None
+            if isinstance(exc, ssl.SSLError):
+                raise TLSError(
+                    f"TLS handshake with {where} failed ({exc.reason}): is it a TLS port?"
+                ) from None
+            if isinstance(exc, ConnectionResetError | TimeoutError):
+                raise TLSError(f"TLS handshake with {where} failed: is it a TLS port?") from None
         reason = getattr(exc, "strerror", None) or exc or "timed out"
         raise ConnectionError(f"cannot connect to {where}: {reason}") from None
     if context is not None:

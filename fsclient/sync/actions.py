@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from common.limits import NO_VERSION
 from fsclient.client import Client
 from fsclient.progress import SyncProgress
 from fsclient.sync.plan import LocalFile, RemoteState
-from fsclient.sync.scan import Scanner
+from fsclient.sync.scan import Scanner, brief
 from fsclient.sync.state import BaseEntry, StateDB, folder_is_synced
 from fsclient.transfer import TEMP_MARK
 
@@ -95,7 +94,8 @@ class Actions:
         if not files:
             return
         assert self.client is not None
-        items = [(self.abs(f.path), f.path, expected, (f.size, f.mtime_ns, f.digest))
+        items = [(self.abs(f.path), f.path, expected,
+                  (f.size, f.mtime_ns, f.digest) if f.digest else None)
                  for f, expected in files]  # fmt: skip
         results = await self.client.put_many(items)
         done = []
@@ -163,7 +163,7 @@ class Actions:
         """A rename or copy elsewhere: the content is here already, under another name."""
         for other in self.db.with_digest(remote.digest):
             st = self.scanner.stat(other.path)
-            if other.path == path or st is None or (st.st_size, st.st_mtime_ns, st.st_ino) != (
+            if other.path == path or st is None or st[:3] != (
                 other.size, other.mtime_ns, other.inode
             ):  # fmt: skip
                 continue
@@ -206,7 +206,7 @@ class Actions:
             return
         log.warning("conflict on %s: the local version is kept as %s", local.path, copy)
         self.tally.conflicts += 1
-        moved = self.scanner.local(copy, os.lstat(self.abs(copy)), None)
+        moved = self.scanner.local(copy, brief(os.lstat(self.abs(copy))), None)
         if moved is not None:
             await self.upload([(moved, NO_VERSION)])
         self.db.remove([local.path])
@@ -218,8 +218,8 @@ class Actions:
         st = self.scanner.stat(path)
         if st is None:
             return
-        self.db.put([BaseEntry(path, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode),
-                               st.st_ino, digest, version)])  # fmt: skip
+        size, mtime_ns, inode, mode = st
+        self.db.put([BaseEntry(path, size, mtime_ns, mode, inode, digest, version)])
 
     def fail(self, path: str, exc: BaseException) -> None:
         message = exc.message if isinstance(exc, FSError) else str(exc)

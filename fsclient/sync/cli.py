@@ -117,9 +117,7 @@ def status(args: argparse.Namespace) -> int:
     for path, st in scanner.walk():
         seen.add(path)
         entry = base.get(path)
-        if entry is None or (st.st_size, st.st_mtime_ns, st.st_ino) != (
-            entry.size, entry.mtime_ns, entry.inode
-        ):  # fmt: skip
+        if entry is None or st[:3] != (entry.size, entry.mtime_ns, entry.inode):
             pending += 1
         if ".sync-conflict-" in path.rsplit("/", 1)[-1]:
             conflicts += 1

@@ -25,8 +25,8 @@ from fsclient.protocol import ConnectionLost
 from fsclient.sync.actions import Actions, FolderGone
 from fsclient.sync.ignore import IGNORE_FILE, IgnoreRules
 from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
-from fsclient.sync.scan import Scanner
-from fsclient.sync.state import StateDB
+from fsclient.sync.scan import Scanner, Stat
+from fsclient.sync.state import BaseEntry, StateDB
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +182,18 @@ class SyncEngine:
         uploads: list[tuple[LocalFile, int]] = []
         later: list[tuple[str, Decision, LocalFile | None, RemoteState | None]] = []
         records = []
-        for path in sorted(base.keys() | local.keys() | remote.keys()):
+        for path in self.changed_paths(base, local, remote, reseed):
             if self.rules.ignored(path):
                 continue
-            st = local.get(path)
-            current = self.scanner.local(path, st, base.get(path)) if st else None
-            decision = decide(base.get(path), current, remote.get(path), reseed)
+            st, here, news = local.get(path), base.get(path), remote.get(path)
+            current = self.scanner.local(path, st, here, lazy=news is None) if st else None
+            decision = decide(here, current, news, reseed)
             if decision.do is Do.UPLOAD and current is not None:
                 uploads.append((current, decision.expected))
             elif decision.do is Do.RECORD and current is not None:
                 records.append((path, current.digest, decision.version))
             elif decision.do is not Do.NOTHING:
-                later.append((path, decision, current, remote.get(path)))
+                later.append((path, decision, current, news))
         with self.db.transaction():
             for path, digest, version in records:
                 self.actions.record(path, digest, version)
@@ -207,6 +207,22 @@ class SyncEngine:
         finally:
             self.actions.progress.close()
             self.actions.progress = None
+
+    @staticmethod
+    def changed_paths(base: dict[str, BaseEntry], local: dict[str, Stat],
+                      remote: dict[str, RemoteState], reseed: bool) -> list[str]:  # fmt: skip
+        """The paths that may need something done, in order. A file whose stat matches its
+        base, with no news from the server and a known version, is skipped here: ``decide``
+        would say NOTHING (content and bookkeeping agree), and a no-change run is mostly that."""
+        paths = []
+        for path, st in local.items():
+            here = base.get(path)
+            if (here is None or reseed or not here.version or path in remote
+                    or st[:3] != (here.size, here.mtime_ns, here.inode)):  # fmt: skip
+                paths.append(path)
+        paths.extend((base.keys() | remote.keys()) - local.keys())
+        paths.sort()
+        return paths
 
     async def transfer(self, uploads: list[tuple[LocalFile, int]],
                        later: list[tuple[str, Decision, LocalFile | None, RemoteState | None]]
@@ -304,9 +320,7 @@ class SyncEngine:
             await asyncio.sleep(RESCAN_EVERY)
             for path, st in self.scanner.walk():
                 base = self.db.get(path)
-                if base is None or (st.st_size, st.st_mtime_ns, st.st_ino) != (
-                    base.size, base.mtime_ns, base.inode
-                ):  # fmt: skip
+                if base is None or st[:3] != (base.size, base.mtime_ns, base.inode):
                     self.settle_soon(path)
             for entry in self.db.all():
                 if self.scanner.stat(entry.path) is None:

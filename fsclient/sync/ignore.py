@@ -9,8 +9,7 @@ apply to paths the server announces, so an ignored file is neither sent nor fetc
 from __future__ import annotations
 
 from pathlib import Path
-
-import pathspec
+from typing import Any
 
 from fsclient.sync.state import MARKER
 from fsclient.transfer import TEMP_MARK
@@ -22,8 +21,12 @@ ALWAYS = [f"/{MARKER}/", f"*{TEMP_MARK}*"]
 class IgnoreRules:
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
-        self.spec = pathspec.GitIgnoreSpec.from_lines([*ALWAYS, *lines])
         self.only_always = not any(line.strip() and not line.startswith("#") for line in lines)
+        self.spec: Any = None
+        if not self.only_always:  # pathspec is imported only for a folder with patterns
+            import pathspec
+
+            self.spec = pathspec.GitIgnoreSpec.from_lines([*ALWAYS, *lines])
 
     @classmethod
     def load(cls, folder: Path) -> IgnoreRules:

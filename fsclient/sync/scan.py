@@ -3,28 +3,45 @@
 Paths are relative, ``/``-separated and must be valid remote paths; anything else (a name
 with a backslash, a name not in NFC, a symlink, a socket) is skipped with a warning, once.
 Symlinks are never followed: their targets could lie outside the folder.
+
+A walk keeps four integers per file (``Stat``), not an ``os.stat_result``: a folder of 100,000
+files would otherwise hold about 57 MiB of stat objects while it is reconciled.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from common.digest import StreamingDigest, digest_of
 from common.errors import InvalidPath
+from common.limits import MAX_PATH_BYTES, MAX_SEGMENT_BYTES
 from common.paths import normalize_path
 from fsclient.sync.ignore import IgnoreRules
 from fsclient.sync.plan import LocalFile
-from fsclient.sync.state import BaseEntry
+from fsclient.sync.state import MARKER, BaseEntry
 from fsclient.transfer import TEMP_MARK
 
 log = logging.getLogger(__name__)
 
 WHOLE = 1 << 20
 CHUNK = 1 << 20
+UNKNOWN = b""
+"""The digest of a ``LocalFile`` not read yet (see ``Scanner.local``)."""
+
+Stat = tuple[int, int, int, int]
+"""(size, mtime_ns, inode, permission bits) of a regular file."""
+
+_PLAIN_NAME = re.compile(r"[^\x00-\x1f\x7f\\/]+")
+"""A name that needs no further check if it is ASCII (so NFC, one byte per character)."""
+
+
+def brief(st: os.stat_result) -> Stat:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode))
 
 
 class Scanner:
@@ -36,9 +53,13 @@ class Scanner:
         self.stale: list[str] = []
         """Temp files of downloads that never finished (a killed client), seen by walk()."""
 
-    def walk(self, under: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    def walk(self, under: str = "") -> Iterator[tuple[str, Stat]]:
         """Every regular file (path, stat) below *under* ("" for all), not ignored."""
+        if under and not self.valid(under):
+            return
         stack = [under]
+        plain = self.rules.only_always
+        fast_name = _PLAIN_NAME.fullmatch
         while stack:
             rel = stack.pop()
             try:
@@ -48,32 +69,40 @@ class Scanner:
             except PermissionError as exc:
                 self.warn(rel or ".", f"cannot read folder: {exc.strerror}")
                 continue
+            prefix = f"{rel}/" if rel else ""
+            ascii_prefix = prefix.isascii()
             for entry in entries:
-                path = f"{rel}/{entry.name}" if rel else entry.name
-                yield from self._entry(entry, path, stack)
+                name = entry.name
+                path = prefix + name
+                try:
+                    if entry.is_symlink():
+                        self.warn(path, "symbolic link skipped (links are not followed)")
+                        continue
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    if TEMP_MARK in name:  # always ignored; a file is a download's leftover
+                        if not is_dir:
+                            self.stale.append(path)
+                        continue
+                    if plain:  # only the built-in rules: the marker folder at the top
+                        if not prefix and name == MARKER:
+                            continue
+                    elif self.rules.ignored(path, is_dir):
+                        continue
+                    if not (ascii_prefix and name.isascii() and len(name) <= MAX_SEGMENT_BYTES
+                            and len(path) <= MAX_PATH_BYTES
+                            and fast_name(name)) and not self.valid(path):  # fmt: skip
+                        continue
+                    if is_dir:
+                        stack.append(path)
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        yield path, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777)
+                    else:
+                        self.warn(path, "not a regular file, skipped")
+                except FileNotFoundError:  # gone while we looked
+                    continue
 
-    def _entry(self, entry: os.DirEntry[str], path: str,
-               stack: list[str]) -> Iterator[tuple[str, os.stat_result]]:  # fmt: skip
-        try:
-            if entry.is_symlink():
-                self.warn(path, "symbolic link skipped (links are not followed)")
-                return
-            is_dir = entry.is_dir(follow_symlinks=False)
-            if not is_dir and TEMP_MARK in entry.name:
-                self.stale.append(path)
-                return
-            if self.rules.ignored(path, is_dir) or not self.valid(path):
-                return
-            if is_dir:
-                stack.append(path)
-            elif entry.is_file(follow_symlinks=False):
-                yield path, entry.stat(follow_symlinks=False)
-            else:
-                self.warn(path, "not a regular file, skipped")
-        except FileNotFoundError:  # gone while we looked
-            return
-
-    def stat(self, path: str) -> os.stat_result | None:
+    def stat(self, path: str) -> Stat | None:
         """The file at *path* if it is a regular file to sync (else None)."""
         try:
             st = os.lstat(os.path.join(self.root, path))
@@ -84,29 +113,32 @@ class Scanner:
             return None
         if not stat.S_ISREG(st.st_mode) or self.rules.ignored(path):
             return None
-        return st
+        return brief(st)
 
-    def local(self, path: str, st: os.stat_result, base: BaseEntry | None) -> LocalFile | None:
-        """A LocalFile; hashed only if its stat differs from the base. None if it vanished."""
-        mode = stat.S_IMODE(st.st_mode)
-        if base is not None and (st.st_size, st.st_mtime_ns, st.st_ino) == (
-            base.size, base.mtime_ns, base.inode
-        ):  # fmt: skip
-            return LocalFile(path, st.st_size, st.st_mtime_ns, mode, st.st_ino, base.digest)
+    def local(self, path: str, st: Stat, base: BaseEntry | None,
+              lazy: bool = False) -> LocalFile | None:  # fmt: skip
+        """A LocalFile; hashed only if its stat differs from the base. None if it vanished.
+        *lazy*: a file that is new everywhere is not read here; its digest is ``UNKNOWN``
+        and the upload reads it (once, hashing the bytes it sends)."""
+        size, mtime_ns, inode, mode = st
+        if base is not None and (size, mtime_ns, inode) == (base.size, base.mtime_ns, base.inode):
+            return LocalFile(path, size, mtime_ns, mode, inode, base.digest)
+        if lazy and base is None:
+            return LocalFile(path, size, mtime_ns, mode, inode, UNKNOWN)
         try:
             digest, st = self.hash(path)
         except FileNotFoundError:
             return None
-        return LocalFile(path, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino,
-                         digest)  # fmt: skip
+        size, mtime_ns, inode, mode = st
+        return LocalFile(path, size, mtime_ns, mode, inode, digest)
 
-    def hash(self, path: str) -> tuple[bytes, os.stat_result]:
+    def hash(self, path: str) -> tuple[bytes, Stat]:
         """Digest of the file and its stat as read (so the two describe the same bytes)."""
         fd = os.open(os.path.join(self.root, path), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
-            st = os.fstat(fd)
-            if st.st_size <= WHOLE:
-                return digest_of(os.pread(fd, st.st_size + 1, 0)), st
+            st = brief(os.fstat(fd))
+            if st[0] <= WHOLE:
+                return digest_of(os.pread(fd, st[0] + 1, 0)), st
             hasher = StreamingDigest()
             buffer = memoryview(bytearray(CHUNK))
             pos = 0

@@ -13,15 +13,17 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 MARKER = ".fsync"
 DB_NAME = "state.sqlite"
 
 
-@dataclass(frozen=True, slots=True)
-class BaseEntry:
+class BaseEntry(NamedTuple):
+    """(A named tuple: a folder's whole state is loaded at every start, and tuples are built
+    several times faster than frozen dataclasses.)"""
+
     path: str
     size: int
     mtime_ns: int
@@ -78,8 +80,9 @@ class StateDB:
 
     def all(self) -> Iterator[BaseEntry]:
         """Every entry in path order, streamed (a folder may hold many)."""
+        make = BaseEntry._make
         for row in self.db.execute("SELECT * FROM files ORDER BY path"):
-            yield BaseEntry(*row)
+            yield make(row)
 
     def under(self, folder: str) -> list[BaseEntry]:
         """Entries inside a folder (for a folder that was moved or deleted as a whole)."""
