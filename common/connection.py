@@ -17,6 +17,7 @@ import struct
 from enum import Enum, auto
 
 from common import messages as m
+from common.batches import BatchTable, batch_packet_limit
 from common.codec import DATA_HEADER, HEADER, decode_body, encode, packet_type_of
 from common.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from common.limits import (
@@ -70,6 +71,7 @@ class FSConnection:
         self._proposed = max_packet_limit
         self.sessions = SessionTable(max_in_flight)
         self.requests = RequestTable(max_in_flight)
+        self.batches = BatchTable()
         self.subscribed = False
         self._sends = CLIENT_SENDS if role is Role.CLIENT else SERVER_SENDS
         self._peer_sends = SERVER_SENDS if role is Role.CLIENT else CLIENT_SENDS
@@ -178,7 +180,14 @@ class FSConnection:
                 continue
             if length < HEADER_SIZE:
                 raise LocalProtocolError(f"packet length {length} is shorter than its header")
-            if length > self.max_control_packet:
+            if ptype == T.SMALL_FILE_BATCH:
+                if length > batch_packet_limit(self.max_packet):
+                    raise LocalProtocolError(
+                        f"SmallFileBatch of {length} bytes exceeds "
+                        f"{batch_packet_limit(self.max_packet)}",
+                        ErrorCode.PACKET_TOO_LARGE,
+                    )
+            elif length > self.max_control_packet:
                 raise LocalProtocolError(
                     f"{length}-byte packet of type {ptype} exceeds {self.max_control_packet}",
                     ErrorCode.PACKET_TOO_LARGE,
@@ -292,10 +301,15 @@ class FSConnection:
         if isinstance(msg, m.FileSyncData):
             return self.data_header(msg.file_id, len(msg.payload)) + msg.payload
         packet = encode(msg)
-        if len(packet) > self.max_packet:
+        limit = (
+            batch_packet_limit(self.max_packet)
+            if isinstance(msg, m.SmallFileBatch)
+            else self.max_packet
+        )
+        if len(packet) > limit:
             raise LocalProtocolError(
                 f"{type(msg).__name__} of {len(packet)} bytes exceeds the maximum packet size "
-                f"{self.max_packet}",
+                f"{limit}",
                 ErrorCode.PACKET_TOO_LARGE,
             )
         self._apply(msg, self.role)
@@ -401,8 +415,14 @@ class FSConnection:
                 self.subscribed or m.SubscribeResponse in self.requests.pending.values()
             ):
                 raise LocalProtocolError("already subscribed", ErrorCode.UNEXPECTED_PACKET)
+            if isinstance(msg, m.SmallFileBatch):
+                self.batches.check(msg, self.max_packet)
             self.requests.open(msg.request_id, RESPONSE_OF[type(msg)])  # type: ignore[union-attr]
+            if isinstance(msg, m.SmallFileBatch):
+                self.batches.open(msg)
         elif type(msg) in RESPONSES:
+            if isinstance(msg, m.SmallFileBatchResponse):
+                self.batches.close(msg)
             self.requests.close(msg.request_id, type(msg))  # type: ignore[union-attr]
             if isinstance(msg, m.SubscribeResponse) and msg.status is m.LookupStatus.OK:
                 self.subscribed = True

@@ -45,3 +45,18 @@ NO_VERSION: Final = 0
 """base_version meaning "the path must not exist yet"."""
 
 DIGEST_SIZE: Final = 16
+
+MAX_BATCH_FILES: Final = 256
+"""Files in one SmallFileBatch."""
+MAX_BATCH_FILE_BYTES: Final = 64 * 1024
+"""A file sent inside a SmallFileBatch is at most this big; bigger ones take a file session."""
+MAX_BATCH_PACKET: Final = 128 * 1024
+"""A SmallFileBatch packet is at most this long (and never longer than the negotiated packet
+size), so that a server buffers no more than this for one."""
+MIN_BATCH_MAX_PACKET: Final = 64 * 1024
+"""Batches are allowed only on a connection whose negotiated packet size is at least this, so
+that the reply to the largest batch always fits in one packet."""
+MAX_BATCHES_IN_FLIGHT: Final = 16
+"""SmallFileBatch requests outstanding on one connection."""
+MAX_RESULT_MESSAGE_BYTES: Final = 160
+"""The message of one file's result in a SmallFileBatchResponse (clipped, never refused)."""

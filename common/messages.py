@@ -2,7 +2,7 @@
 
 Field order is wire order. ``Annotated`` metadata names the wire kind (see ``common.fields``);
 ``docs/PROTOCOL.md`` spells out the same layouts in bytes. Packet type numbers 0-11 are the seed
-protocol's and never change; new packets take new numbers.
+protocol's and never change; new packets take new numbers (24-25: small-file batches).
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ from common.fields import (
 from common.limits import (
     MAGIC,
     MAX_AUTH_BYTES,
+    MAX_BATCH_FILE_BYTES,
+    MAX_BATCH_FILES,
     MAX_LIST_ENTRIES,
     MAX_MESSAGE_BYTES,
     MAX_NAME_BYTES,
     MAX_PATH_FIELD_BYTES,
+    MAX_RESULT_MESSAGE_BYTES,
 )
 
 PATH = Text(MAX_PATH_FIELD_BYTES)
@@ -69,6 +72,8 @@ class PacketType(IntEnum):
     SUBSCRIBE_REQUEST = 21
     SUBSCRIBE_RESPONSE = 22
     CHANGE_NOTIFICATION = 23
+    SMALL_FILE_BATCH = 24
+    SMALL_FILE_BATCH_RESPONSE = 25
 
 
 class HandshakeStatus(IntEnum):
@@ -92,6 +97,20 @@ class InitStatus(IntEnum):
 class HashStatus(IntEnum):
     OK = 0
     MISMATCH = 1
+
+
+class FileStatus(IntEnum):
+    """Outcome of one file of a SmallFileBatch (values shared with InitStatus where they mean
+    the same)."""
+
+    STORED = 0
+    ALREADY_HAVE_CONTENT = 1
+    NO_SPACE = 2
+    CONFLICT = 4
+    TOO_LARGE = 5
+    INVALID_PATH = 6
+    MISMATCH = 7
+    DENIED = 8
 
 
 class LookupStatus(IntEnum):
@@ -301,6 +320,42 @@ class ChangeNotification:
     entry: Annotated[FileEntry, Record(FileEntry)]
 
 
+@dataclass(frozen=True, slots=True)
+class SmallFile:
+    """One whole small file inside a SmallFileBatch: what FileSyncInit, FileSyncData and
+    FileSyncCheckHash carry for it, in one record (its size is the length of ``data``)."""
+
+    mtime_ns: Annotated[int, I64]
+    mode: Annotated[int, U32]
+    base_version: Annotated[int, U64]
+    digest: Annotated[bytes, DIGEST]
+    path: Annotated[str, PATH]
+    data: Annotated[bytes, Blob(MAX_BATCH_FILE_BYTES)]
+
+
+@dataclass(frozen=True, slots=True)
+class SmallFileBatch:
+    """Upload several small files in one packet; answered by one SmallFileBatchResponse."""
+
+    request_id: Annotated[int, U32]
+    files: Annotated[tuple[SmallFile, ...], Records(SmallFile, MAX_BATCH_FILES)]
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    status: Annotated[FileStatus, Enum(FileStatus)]
+    version: Annotated[int, U64]
+    message: Annotated[str, Text(MAX_RESULT_MESSAGE_BYTES, clip=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class SmallFileBatchResponse:
+    """One result per file of the batch, in the batch's order."""
+
+    request_id: Annotated[int, U32]
+    results: Annotated[tuple[FileResult, ...], Records(FileResult, MAX_BATCH_FILES)]
+
+
 Message = (
     Error
     | Ping
@@ -326,6 +381,8 @@ Message = (
     | SubscribeRequest
     | SubscribeResponse
     | ChangeNotification
+    | SmallFileBatch
+    | SmallFileBatchResponse
 )
 
 PACKET_CLASSES: dict[PacketType, type] = {
@@ -353,4 +410,6 @@ PACKET_CLASSES: dict[PacketType, type] = {
     PacketType.SUBSCRIBE_REQUEST: SubscribeRequest,
     PacketType.SUBSCRIBE_RESPONSE: SubscribeResponse,
     PacketType.CHANGE_NOTIFICATION: ChangeNotification,
+    PacketType.SMALL_FILE_BATCH: SmallFileBatch,
+    PacketType.SMALL_FILE_BATCH_RESPONSE: SmallFileBatchResponse,
 }

@@ -23,6 +23,7 @@ CLIENT_SENDS = frozenset(
         T.DOWNLOAD_REQUEST,
         T.DELETE_REQUEST,
         T.SUBSCRIBE_REQUEST,
+        T.SMALL_FILE_BATCH,
     }
 )
 SERVER_SENDS = frozenset(
@@ -42,6 +43,7 @@ SERVER_SENDS = frozenset(
         T.DELETE_RESPONSE,
         T.SUBSCRIBE_RESPONSE,
         T.CHANGE_NOTIFICATION,
+        T.SMALL_FILE_BATCH_RESPONSE,
     }
 )
 RESPONSE_OF: dict[type, type] = {
@@ -49,6 +51,7 @@ RESPONSE_OF: dict[type, type] = {
     m.StatRequest: m.StatResponse,
     m.DeleteRequest: m.DeleteResponse,
     m.SubscribeRequest: m.SubscribeResponse,
+    m.SmallFileBatch: m.SmallFileBatchResponse,
 }
 RESPONSES = frozenset(RESPONSE_OF.values())
 INIT_STEPS = {

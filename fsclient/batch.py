@@ -15,10 +15,12 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from common import messages as m
+from common.digest import digest_of
 from common.errors import FSError, RemoteError
 from common.limits import ANY_VERSION
 from common.paths import normalize_path
 from fsclient.protocol import error_from, refusal
+from fsclient.smallbatch import MAX_BATCH_FILE_BYTES, Batcher, read_small, usable
 from fsclient.transfer import SMALL_FILE, FileChanged, FileSource, Known
 
 if TYPE_CHECKING:
@@ -124,12 +126,14 @@ class BatchUpload:
         self.in_flight = 0
         self.in_flight_bytes = 0
         self.todo: Iterator[int] = iter(range(len(self.pairs)))
+        self.exhausted = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.batcher = Batcher(self, client.max_packet) if usable(client.max_packet) else None
+        """Whole small files travel in SmallFileBatch packets when the connection allows."""
 
     async def run(self) -> list[Result]:
         self.refill()
-        if self.in_flight:
-            await self.done
+        await self.done
         for index in self.later:
             local, remote, base_version, known = self.pairs[index]
             try:
@@ -142,18 +146,32 @@ class BatchUpload:
         return self.results  # type: ignore[return-value]
 
     def refill(self) -> None:
+        batcher = self.batcher
         while self.in_flight < self.window and self.in_flight_bytes < BYTES_IN_FLIGHT:
+            if batcher is not None and batcher.blocked:
+                break
             index = next(self.todo, None)
             if index is None:
+                self.exhausted = True
                 break
             self.begin(index)
-        if not self.in_flight and not self.done.done():
+        if batcher is not None:
+            batcher.pump(final=self.exhausted)
+        idle = batcher is None or batcher.idle
+        if not self.in_flight and idle and not self.done.done():
             self.done.set_result(None)
 
     def begin(self, index: int) -> None:
         local, remote, base_version, _known = self.pairs[index]
         try:
             path = normalize_path(remote)
+            if self.batcher is not None:
+                whole = read_small(local, MAX_BATCH_FILE_BYTES)
+                if whole is not None:
+                    data, mtime_ns, mode = whole
+                    record = m.SmallFile(mtime_ns, mode, base_version, digest_of(data), path, data)
+                    self.batcher.add(index, record)
+                    return
             if os.stat(local).st_size > SMALL_FILE:  # too big to hold: streamed later
                 self.later.append(index)
                 return
@@ -174,6 +192,17 @@ class BatchUpload:
         self.in_flight += 1
         self.in_flight_bytes += source.meta.size
         upload.start()
+
+    def settle(self, indices: list[int], results: list[Result | None], refill: bool = True
+               ) -> None:  # fmt: skip
+        """A batch's outcome; None: a digest mismatch, sent again through a session."""
+        for index, result in zip(indices, results, strict=True):
+            if result is None:
+                self.later.append(index)
+            else:
+                self.results[index] = result
+        if refill:
+            self.refill()
 
     def complete(self, index: int, result: Result, size: int) -> None:
         self.in_flight -= 1

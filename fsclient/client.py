@@ -386,6 +386,9 @@ class Client:
     def new_file_id(self) -> int:
         return self._new_id(self.proto.mailboxes)
 
+    def new_request_id(self) -> int:
+        return self._new_id(self.proto.requests)
+
     def _open_session(self) -> tuple[int, Mailbox]:
         fid = self.new_file_id()
         box = self.proto.mailboxes[fid] = Mailbox(asyncio.get_running_loop())

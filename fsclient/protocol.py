@@ -282,7 +282,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
             assert self.notifications is not None
             self.notifications.put_nowait(event)
         elif isinstance(event, (m.ListResponse, m.StatResponse, m.DeleteResponse,
-                                m.SubscribeResponse)):  # fmt: skip
+                                m.SubscribeResponse, m.SmallFileBatchResponse)):  # fmt: skip
             fut = self.requests.pop(event.request_id)
             if not fut.done():
                 fut.set_result(event)

@@ -33,6 +33,7 @@ from fsserver.context import WorkerContext
 from fsserver.downloads import DownloadHandlers, DownloadStream
 from fsserver.feed import Subscription
 from fsserver.requests import RequestHandlers
+from fsserver.smallfiles import BatchHandlers, PendingBatch
 from fsserver.uploads import Upload, UploadHandlers
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ MAX_LAG_BYTES = 64 * 1024 * 1024
 """A subscriber that lets this much pile up unread is disconnected (it resubscribes)."""
 
 
-class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandlers, RequestHandlers):
+class ClientConnection(
+    asyncio.BufferedProtocol, UploadHandlers, BatchHandlers, DownloadHandlers, RequestHandlers
+):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
@@ -66,6 +69,8 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         self.share = ""
         self.closing = False
         self.uploads: dict[int, Upload] = {}
+        self.batches: dict[int, PendingBatch] = {}
+        self.batch_order: deque[PendingBatch] = deque()
         self.downloads: dict[int, DownloadStream] = {}
         self.draining: list[DownloadStream] = []
         self.written = 0
@@ -91,6 +96,7 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
             m.FileSyncInit: self.on_init,
             m.FileSyncCheckHash: self.on_check_hash,
             m.FileSyncCancel: self.on_cancel,
+            m.SmallFileBatch: self.on_batch,
             m.FileSyncCheckHashResponse: self.on_download_verdict,
             m.DownloadRequest: self.on_download,
             m.ListRequest: self.on_list,
@@ -198,6 +204,7 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
         for upload in self.uploads.values():
             self.drop(upload)
         self.uploads.clear()
+        self.drop_batches()
         self.release_all_downloads()
         if self.subscription is not None:
             self.subscription.stop()

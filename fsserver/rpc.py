@@ -18,7 +18,9 @@ from fsserver.store import Store
 
 log = logging.getLogger(__name__)
 
-OWNED_OPS = frozenset({"reserve", "commit", "abort", "open", "release"})
+OWNED_OPS = frozenset(
+    {"reserve", "commit", "abort", "open", "release", "reserve_many", "commit_many"}
+)
 """Calls that take the calling worker's slot as their first argument."""
 SHARED_OPS = frozenset({"stat", "list", "delete", "changes_since"})
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from itertools import count
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sortedcontainers import SortedDict
 
@@ -231,6 +231,31 @@ class Store:
         if blob is None:
             blob = self.blobs[key] = Blob(share, digest, hold.size, hold.offset)
         return Committed(self._put(share, path, blob, mtime_ns, mode, origin))
+
+    def reserve_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
+                     origin: int = 0) -> list[Reserved | Refused]:  # fmt: skip
+        """``reserve`` for each (path, size, mtime_ns, mode, base_version) of a small-file
+        batch: one store call for the whole batch. Content already stored is not linked here
+        (its bytes are in the batch anyway): ``commit`` reuses it, so the files of a batch
+        get their versions in order, and every one of them is verified."""
+        return [
+            self.reserve(owner, share, path, size, mtime_ns, mode, None, base_version, origin)
+            for path, size, mtime_ns, mode, base_version in items
+        ]  # type: ignore[misc]
+
+    def commit_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
+                    origin: int = 0) -> list[Committed | Linked | Refused]:  # fmt: skip
+        """``commit`` for each verified (ticket, path, mtime_ns, mode, digest, base_version)
+        of a small-file batch, in order; ``Linked`` where identical content was stored."""
+        results: list[Committed | Linked | Refused] = []
+        for ticket, path, mtime_ns, mode, digest, base_version in items:
+            hold = self.holds.get(ticket)
+            known = hold is not None and (share, digest, hold.size) in self.blobs
+            result = self.commit(owner, ticket, share, path, mtime_ns, mode, digest,
+                                 base_version, origin)  # fmt: skip
+            results.append(Linked(result.version) if known and isinstance(result, Committed)
+                           else result)  # fmt: skip
+        return results
 
     def abort(self, owner: int, ticket: int) -> None:
         hold = self._take_hold(owner, ticket, lease=False)

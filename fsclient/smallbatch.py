@@ -1,0 +1,159 @@
+"""Small-file batches on the client: ``Batcher`` packs whole small files into ``SmallFileBatch``
+packets for ``BatchUpload`` (``Client.put_many``).
+
+A file session costs three packets out and three back, each a codec and state-machine step on
+both ends; a batch of about thirty 4 KiB files costs one packet each way. Each file is read once
+(``read_small``) and hashed from the bytes that are sent. A file the server reports as a digest
+mismatch is handed back to ``BatchUpload``, which sends it again through a file session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from common import messages as m
+from common.batches import batch_packet_limit
+from common.errors import (
+    Conflict,
+    FSError,
+    InvalidPath,
+    PermissionDenied,
+    RemoteError,
+    StoreFull,
+)
+from common.limits import (
+    DIGEST_SIZE,
+    HEADER_SIZE,
+    MAX_BATCH_FILE_BYTES,
+    MAX_BATCH_FILES,
+    MAX_BATCHES_IN_FLIGHT,
+    MIN_BATCH_MAX_PACKET,
+)
+
+if TYPE_CHECKING:
+    from fsclient.batch import BatchUpload, Result
+
+S = m.FileStatus
+BATCH_WINDOW = min(8, MAX_BATCHES_IN_FLIGHT)
+"""Batches in flight on one connection: enough to keep the server's worker busy."""
+RECORD_BYTES = 8 + 4 + 8 + DIGEST_SIZE + 2 + 4
+"""The fixed part of one file's record in a batch (its path and bytes come on top)."""
+BATCH_HEAD = HEADER_SIZE + 4 + 2
+_ERRORS: dict[S, type[FSError]] = {
+    S.NO_SPACE: StoreFull,
+    S.TOO_LARGE: StoreFull,
+    S.CONFLICT: Conflict,
+    S.INVALID_PATH: InvalidPath,
+    S.DENIED: PermissionDenied,
+}
+
+
+def read_small(local: str | os.PathLike[str], limit: int) -> tuple[bytes, int, int] | None:
+    """(bytes, mtime_ns, mode) of a regular file of at most *limit* bytes, read in one call;
+    None if it is bigger (or changed size while it was read: a file session copes with that)."""
+    fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"{local} is not a regular file")
+        if st.st_size > limit:
+            return None
+        data = os.pread(fd, st.st_size + 1, 0)
+        if len(data) != st.st_size:
+            return None
+        return data, st.st_mtime_ns, stat.S_IMODE(st.st_mode)
+    finally:
+        os.close(fd)
+
+
+def usable(max_packet: int) -> bool:
+    """Batches are allowed on a connection with this negotiated packet size."""
+    return max_packet >= MIN_BATCH_MAX_PACKET
+
+
+def result_of(f: m.SmallFile, result: m.FileResult) -> Result | None:
+    """The entry or error for one file; None for a mismatch (to be sent again)."""
+    if result.status in (S.STORED, S.ALREADY_HAVE_CONTENT):
+        return m.FileEntry(len(f.data), result.version, f.mtime_ns, f.mode, f.digest, f.path)
+    if result.status is S.MISMATCH:
+        return None
+    return _ERRORS.get(result.status, RemoteError)(result.message)
+
+
+class Batcher:
+    """Fills batches as ``BatchUpload`` reads files, and keeps up to BATCH_WINDOW in flight."""
+
+    def __init__(self, upload: BatchUpload, max_packet: int) -> None:
+        self.upload = upload
+        self.proto = upload.proto
+        self.room = batch_packet_limit(max_packet) - BATCH_HEAD
+        self.files: list[m.SmallFile] = []
+        self.indices: list[int] = []
+        self.size = 0
+        self.full: deque[tuple[list[int], list[m.SmallFile]]] = deque()
+        self.in_flight = 0
+
+    @property
+    def blocked(self) -> bool:
+        """A full batch waits for the window: read no more files for now."""
+        return bool(self.full)
+
+    @property
+    def idle(self) -> bool:
+        return not (self.in_flight or self.full or self.files)
+
+    def add(self, index: int, f: m.SmallFile) -> None:
+        cost = RECORD_BYTES + len(f.path.encode()) + len(f.data)
+        if self.files and (self.size + cost > self.room or len(self.files) >= MAX_BATCH_FILES):
+            self.full.append((self.indices, self.files))
+            self.files, self.indices, self.size = [], [], 0
+            self.pump()
+        self.files.append(f)
+        self.indices.append(index)
+        self.size += cost
+
+    def pump(self, final: bool = False) -> None:
+        """Send the full batches the window allows (and the last, partial one if *final*)."""
+        if final and self.files:
+            self.full.append((self.indices, self.files))
+            self.files, self.indices, self.size = [], [], 0
+        while self.full and self.in_flight < BATCH_WINDOW:
+            self.send(*self.full.popleft())
+
+    def send(self, indices: list[int], files: list[m.SmallFile]) -> None:
+        proto = self.proto
+        rid = self.upload.client.new_request_id()
+        fut: asyncio.Future[m.SmallFileBatchResponse] = self.proto.loop.create_future()
+        try:
+            if proto.failure is not None:
+                raise proto.failure
+            proto.requests[rid] = fut
+            proto.send(m.SmallFileBatch(rid, tuple(files)))
+        except (FSError, OSError) as exc:
+            proto.requests.pop(rid, None)
+            self.upload.settle(indices, [exc] * len(indices), refill=False)
+            return
+        self.in_flight += 1
+        fut.add_done_callback(self._answered(indices, files))
+
+    def _answered(self, indices: list[int], files: list[m.SmallFile]
+                  ) -> Callable[[asyncio.Future[m.SmallFileBatchResponse]], None]:  # fmt: skip
+        def done(fut: asyncio.Future[m.SmallFileBatchResponse]) -> None:
+            self.in_flight -= 1
+            exc = fut.exception() if not fut.cancelled() else RemoteError("batch cancelled")
+            if exc is not None:
+                error = exc if isinstance(exc, (FSError, OSError)) else RemoteError(str(exc))
+                self.upload.settle(indices, [error] * len(indices))
+                return
+            results = [result_of(f, r) for f, r in zip(files, fut.result().results, strict=True)]
+            self.upload.settle(indices, results)
+
+        return done
+
+
+__all__ = ["MAX_BATCH_FILE_BYTES", "Batcher", "read_small", "usable"]
