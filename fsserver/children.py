@@ -43,7 +43,8 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     channel: MessageChannel | None = None
     ready: bool = False
-    watching: frozenset[str] = frozenset()
+    watching: dict[str, int | None] = field(default_factory=dict)
+    """Shares this worker has subscribers for (see ``feed.ChangeFeed.watched``)."""
     exited: asyncio.Future[int] | None = None
 
     @property

@@ -2,9 +2,12 @@
 broadcasts out to subscribed connections, and ``Subscription`` gives one client the backlog
 since its sequence number, then the live changes, each version once and in order.
 
-The supervisor only sends a worker the changes of shares it watches. A subscription starts
-watching *before* it asks for its backlog, so no change can fall between the two; changes that
-arrive while the backlog is on its way wait, and duplicates are dropped by version.
+The supervisor only sends a worker the changes of shares it watches, less the changes made by
+the connection that is a share's only subscriber there (it would drop them: a client is not
+sent its own changes). A subscription starts watching *before* it asks for its backlog (the
+watch message and the backlog call travel on one channel, in order), so no change can fall
+between the two; changes that arrive while the backlog is on its way wait, and duplicates are
+dropped by version.
 """
 
 from __future__ import annotations
@@ -23,28 +26,46 @@ BACKLOG_PAGE = 1000
 
 
 class Subscriber(Protocol):
+    @property
+    def origin(self) -> int: ...
+
     def deliver(self, change: Change) -> None: ...
 
 
+Watched = dict[str, int | None]
+"""Share -> the origin of its only subscriber in this worker, or None when it has several."""
+
+
 class ChangeFeed:
-    def __init__(self, on_watch: Callable[[list[str]], None]) -> None:
+    def __init__(self, on_watch: Callable[[Watched], None]) -> None:
         self.on_watch = on_watch
         self.subscribers: dict[str, set[Subscriber]] = {}
 
+    def watched(self) -> Watched:
+        """What the supervisor needs to know to send this worker only changes someone here
+        will be sent: the shares, and for a share with one subscriber, its origin (a client
+        is not sent its own changes, so a sync client's uploads need not come back at all)."""
+        return {share: next(iter(group)).origin if len(group) == 1 else None
+                for share, group in self.subscribers.items()}  # fmt: skip
+
     def add(self, share: str, subscriber: Subscriber) -> None:
-        first = share not in self.subscribers
+        before = self.watched()
         self.subscribers.setdefault(share, set()).add(subscriber)
-        if first:
-            self.on_watch(sorted(self.subscribers))
+        after = self.watched()
+        if after != before:
+            self.on_watch(after)
 
     def remove(self, share: str, subscriber: Subscriber) -> None:
         group = self.subscribers.get(share)
         if group is None or subscriber not in group:
             return
+        before = self.watched()
         group.discard(subscriber)
         if not group:
             del self.subscribers[share]
-            self.on_watch(sorted(self.subscribers))
+        after = self.watched()
+        if after != before:
+            self.on_watch(after)
 
     def publish(self, changes: list[Change]) -> None:
         for change in changes:
@@ -79,6 +100,10 @@ class Subscription:
         self.live = False
         self.answered = False
         self.waiting: list[Change] = []
+
+    @property
+    def origin(self) -> int:
+        return self.conn.origin
 
     def start(self) -> None:
         self.feed.add(self.conn.share, self)

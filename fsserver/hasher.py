@@ -36,12 +36,18 @@ REPLY_TIMEOUT = 5.0
 
 def hash_jobs(arena: memoryview, jobs: list[tuple[int, int, int]]) -> list[tuple[int, bytes]]:
     results = []
+    seconds = []
+    total = 0
+    clock = time.perf_counter
+    digest = xxhash.xxh3_128_digest
     for job_id, offset, size in jobs:
-        started = time.perf_counter()
+        started = clock()
         with arena[offset : offset + size] as view:
-            results.append((job_id, xxhash.xxh3_128_digest(view)))
-        telemetry.HASH_SECONDS.observe(time.perf_counter() - started)
-        telemetry.HASH_BYTES.inc(size)
+            results.append((job_id, digest(view)))
+        seconds.append(clock() - started)
+        total += size
+    telemetry.observe_many(telemetry.HASH_SECONDS, seconds)  # once per batch of jobs
+    telemetry.HASH_BYTES.inc(total)
     return results
 
 

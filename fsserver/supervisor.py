@@ -279,7 +279,7 @@ class Supervisor:
                 self.loop.call_soon(self.serve_calls)
             self.calls.append((child, msg[1]))
         elif kind == "watch":
-            child.watching = frozenset(msg[1])
+            child.watching = dict(msg[1])
         elif kind == "auth_failed":
             self.throttle.failed(msg[1])
         elif kind == "ready":
@@ -311,8 +311,10 @@ class Supervisor:
         if not changes:
             return
         for worker in self.workers.values():
-            if worker.watching and worker.channel is not None and worker.alive:
-                mine = [change for change in changes if change.share in worker.watching]
+            watching = worker.watching
+            if watching and worker.channel is not None and worker.alive:
+                mine = [change for change in changes if change.share in watching
+                        and change.origin != watching[change.share]]  # fmt: skip
                 if mine:
                     worker.channel.send_batch("feed", mine)
 

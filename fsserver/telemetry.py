@@ -78,6 +78,29 @@ LOOP_LAG = Gauge(
 SAMPLE_EVERY = 1.0
 
 
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """``observe`` each value, with one write per bucket touched instead of three per value
+    (each write of a multiprocess value is a locked store into a memory-mapped file; a hasher
+    digests thousands of small extents a second)."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # another prometheus-client
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        for index, bound in enumerate(bounds):
+            if value <= bound:
+                counts[index] += 1
+                break
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+    total.inc(sum(values))
+
+
 class ProcessSampler:
     """Publishes this process's RSS, CPU time and open descriptors under a role label."""
 
