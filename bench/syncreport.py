@@ -155,7 +155,9 @@ def document(s: SyncSettings, o: SyncOutcome, tables: list[str], quick: bool) ->
         "",
         f"- One fresh `fsserver {' '.join(s.server_args())}` and one real `rsync --daemon` "
         "(module `mod`, read-write) for the whole run. Every command is timed whole, as a "
-        "subprocess, from its start to its exit (interpreter start-up included for FS).",
+        "subprocess, from its start to its exit (interpreter start-up included for FS; the "
+        "client's packages are byte-compiled first, as `pip install` does, so that no run "
+        "compiles them from source even with PYTHONDONTWRITEBYTECODE set).",
         f"- (1) Initial sync: per round a new tree of {n} files x {s.file_size} random bytes "
         f"in {s.folders} folders (fresh content: the server deduplicates by digest, and "
         "`fs_store_dedup_saved_bytes` is checked to stay 0). FS: "
