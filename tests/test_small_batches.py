@@ -1,0 +1,171 @@
+"""Small-file batches against a real server: every file of a batch gets its own status, only
+verified bytes are committed, nothing is held after a batch ends, and bad batches end the
+connection like any malformed packet."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import xxhash
+
+from common import messages as m
+from common.codec import HEADER, encode
+from common.errors import ErrorCode, InvalidPath, PermissionDenied
+from common.limits import ANY_VERSION, MAX_BATCH_PACKET, NO_VERSION
+from fsclient import Client
+from fsserver.allocator import aligned
+from fsserver.auth import add_token
+from tests.conftest import run
+from tests.rawclient import RawClient
+from tests.serverproc import wait_for
+
+S = m.FileStatus
+BIG = 1 << 20
+
+
+def record(path: str, data: bytes, base: int = ANY_VERSION, digest: bytes | None = None
+           ) -> m.SmallFile:  # fmt: skip
+    return m.SmallFile(1_000, 0o640, base, digest or xxhash.xxh3_128_digest(data), path, data)
+
+
+def metric(server, packet_type: str) -> float:
+    try:
+        return server.metric(f'fs_received_packets_total{{packet_type="{packet_type}"}}')
+    except KeyError:
+        return 0.0
+
+
+def listing(address: str, **kwargs) -> dict[str, m.FileEntry]:
+    async def main():
+        async with await Client.connect(address, **kwargs) as client:
+            return {e.path: e for e in await client.ls()}
+
+    return run(main())
+
+
+def test_put_many_sends_small_files_in_batches(server, tmp_path):
+    pairs, digests = [], {}
+    for n in range(300):
+        data = os.urandom(n * 37 % 5000)
+        (tmp_path / f"{n}.bin").write_bytes(data)
+        pairs.append((tmp_path / f"{n}.bin", f"dir/{n:03d}.bin"))
+        digests[f"dir/{n:03d}.bin"] = xxhash.xxh3_128_digest(data)
+
+    async def main():
+        async with await Client.connect(server.address) as client:
+            return await client.put_many(pairs)
+
+    results = run(main())
+    assert [r.path for r in results] == [remote for _, remote in pairs]
+    assert [r.version for r in results] == list(range(1, 301))  # in order, one each
+    assert {p: e.digest for p, e in listing(server.address).items()} == digests
+    wait_for(lambda: metric(server, "small_file_batch") > 0, 5, "batch traffic")
+    assert metric(server, "file_sync_init") == 0  # not one file session
+
+
+def test_every_file_of_a_batch_gets_its_own_status(server_factory):
+    server = server_factory("--store-size", "16MiB", "--max-file-size", "1000")
+    raw = RawClient(server.address, max_packet=BIG)
+    raw.send(m.SmallFileBatch(1, (record("a.txt", b"first"),)))
+    [first] = raw.expect(m.SmallFileBatchResponse).results
+    assert first.status is S.STORED
+    files = (
+        record("b.txt", b"fresh"),  # stored
+        record("a-copy.txt", b"first"),  # the share holds this content already
+        record("../escape", b"x"),  # a bad path ends only its own file
+        record("c.txt", b"lie", digest=bytes(16)),  # the bytes do not match the digest
+        record("big.bin", bytes(2000)),  # over --max-file-size
+        record("a.txt", b"stale", base=first.version + 5),  # a version the path is not at
+        record("new.txt", b"new", base=NO_VERSION),  # must not exist yet: it does not
+    )
+    raw.send(m.SmallFileBatch(2, files))
+    results = raw.expect(m.SmallFileBatchResponse).results
+    assert [r.status for r in results] == [
+        S.STORED, S.ALREADY_HAVE_CONTENT, S.INVALID_PATH, S.MISMATCH, S.TOO_LARGE,
+        S.CONFLICT, S.STORED,
+    ]  # fmt: skip
+    assert results[5].version == first.version  # a conflict names the current version
+    raw.send(m.Ping(1, reply=False))  # the connection carries on
+    assert raw.expect(m.Ping).reply
+    raw.close()
+    stored = listing(server.address)
+    assert sorted(stored) == ["a-copy.txt", "a.txt", "b.txt", "new.txt"]
+    assert stored["a.txt"].version == first.version and stored["a.txt"].mode == 0o640
+    # only verified, committed bytes hold space ("first" once, "fresh", "new"): no
+    # reservation is left behind
+    wait_for(lambda: server.metric("fs_store_used_bytes") == 3 * aligned(5), 5, "used bytes")
+
+
+def test_a_read_only_token_may_not_write_in_a_batch(server_factory, tmp_path):
+    tokens = str(tmp_path / "tokens.toml")
+    reader = add_token(tokens, "reader", ["default"], read_only=True)
+    writer = add_token(tokens, "writer", ["default"], read_only=False)
+    server = server_factory("--store-size", "16MiB", "--tokens", tokens)
+    (tmp_path / "f.txt").write_bytes(b"hello")
+
+    async def put(token: str) -> list:
+        from fsclient.access import Access
+
+        async with await Client.connect(server.address, access=Access(token=token)) as client:
+            return await client.put_many([(tmp_path / "f.txt", "f.txt")])
+
+    [refused] = run(put(reader))
+    assert isinstance(refused, PermissionDenied)
+    [entry] = run(put(writer))
+    assert isinstance(entry, m.FileEntry)
+    from fsclient.access import Access
+
+    assert list(listing(server.address, access=Access(token=reader))) == ["f.txt"]
+
+
+def test_client_maps_statuses_to_errors_and_resends_a_mismatch(server, tmp_path):
+    (tmp_path / "ok.txt").write_bytes(b"ok")
+
+    async def main():
+        async with await Client.connect(server.address) as client:
+            return await client.put_many([(tmp_path / "ok.txt", "ok.txt"),
+                                          (tmp_path / "ok.txt", "bad//path")])  # fmt: skip
+
+    ok, bad = run(main())
+    assert isinstance(ok, m.FileEntry) and isinstance(bad, InvalidPath)
+
+
+def test_a_batch_over_the_size_limit_ends_the_connection(server):
+    raw = RawClient(server.address, max_packet=BIG)
+    files = tuple(record(f"f{n}", os.urandom(60_000)) for n in range(3))
+    body = encode(m.SmallFileBatch(1, files))[HEADER.size :]
+    assert HEADER.size + len(body) > MAX_BATCH_PACKET
+    raw.send_raw(HEADER.pack(HEADER.size + len(body), m.PacketType.SMALL_FILE_BATCH) + body)
+    error = raw.error_or_close()
+    assert error is not None and error.code is ErrorCode.PACKET_TOO_LARGE
+
+
+def test_a_batch_with_lengths_that_do_not_add_up_ends_the_connection(server):
+    raw = RawClient(server.address, max_packet=BIG)
+    body = bytearray(encode(m.SmallFileBatch(1, (record("f", b"12345"),)))[HEADER.size :])
+    body = body[:-2]  # the data field claims 5 bytes, 3 follow
+    raw.send_raw(HEADER.pack(HEADER.size + len(body), m.PacketType.SMALL_FILE_BATCH) + body)
+    error = raw.error_or_close()
+    assert error is not None and error.code is ErrorCode.MALFORMED
+    assert listing(server.address) == {}
+
+
+def test_a_batch_on_a_small_packet_connection_ends_it(server):
+    raw = RawClient(server.address)  # the seed's 4096-byte packets
+    raw.send_raw(encode(m.SmallFileBatch(1, (record("f", b"x"),))))
+    error = raw.error_or_close()
+    assert error is not None and error.code is ErrorCode.UNEXPECTED_PACKET
+
+
+def test_a_connection_closed_mid_batch_leaves_no_reservation(server_factory):
+    server = server_factory("--store-size", "8MiB")
+    for attempt in range(5):
+        raw = RawClient(server.address, max_packet=BIG)
+        files = tuple(record(f"r{attempt}/{n}", os.urandom(30_000)) for n in range(4))
+        raw.send(m.SmallFileBatch(1, files))
+        raw.close()  # before the reply
+    time.sleep(0.5)
+    stored = listing(server.address)
+    # each batch either committed or gave its space back: used space is the stored files'
+    assert server.metric("fs_store_used_bytes") == aligned(30_000) * len(stored)
