@@ -86,9 +86,15 @@ def encode_body(msg: Message) -> bytes:
 
 
 def encode(msg: Message) -> bytes:
-    """The whole packet: header (length, type) then body."""
-    body = encode_body(msg)
-    return HEADER.pack(HEADER_SIZE + len(body), packet_type_of(msg)) + body
+    """The whole packet: header (length, type) then body, joined once (a body is not copied
+    again to put the header in front of it)."""
+    parts: list[bytes] = [b""]
+    try:
+        record_codec(type(msg)).encode_into(parts, msg)
+    except (struct.error, ValueError, TypeError, UnicodeEncodeError, AttributeError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+    parts[0] = HEADER.pack(HEADER_SIZE + sum(map(len, parts)), packet_type_of(msg))
+    return b"".join(parts)
 
 
 def decode_body(ptype: int, body: memoryview) -> Message:

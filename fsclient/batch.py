@@ -37,6 +37,8 @@ version, and what is known of the file already (see ``FileSource``)."""
 
 def as_item(pair: Pair | tuple[str | os.PathLike[str], str, int] | Item) -> Item:
     """Fill in what a pair leaves out: any version, nothing known."""
+    if len(pair) == 4:
+        return pair  # type: ignore[return-value]
     local, remote, *rest = pair
     base_version = rest[0] if rest else ANY_VERSION
     known = rest[1] if len(rest) > 1 else None

@@ -40,6 +40,8 @@ STAGING_BYTES = 256 * 1024
 DIRECT_READ_MIN = 64 * 1024
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
+WRITEV_MAX = 16
+"""Up to this many queued packets leave in one writev; more are joined into one buffer."""
 
 
 class ConnectionLost(FSError):
@@ -240,10 +242,15 @@ class ClientProtocol(asyncio.BufferedProtocol):
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        if self.outbox and self.transport is not None and not self.transport.is_closing():
-            data = b"".join(self.outbox)  # one write: writev over many small packets is slow
-            self.written += len(data)
-            self.transport.write(data)
+        outbox = self.outbox
+        if outbox and self.transport is not None and not self.transport.is_closing():
+            if len(outbox) <= WRITEV_MAX:  # a few packets (batches are big): no copy
+                self.written += sum(map(len, outbox))
+                self.transport.writelines(outbox)
+            else:
+                data = b"".join(outbox)  # one write: writev over many small packets is slow
+                self.written += len(data)
+                self.transport.write(data)
         self.outbox = []
 
     def write(self, chunks: list[bytes | bytearray | memoryview]) -> None:

@@ -68,11 +68,9 @@ class StateDB:
 
     def put(self, entries: Iterable[BaseEntry]) -> None:
         with self.transaction():
-            self.db.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ((e.path, e.size, e.mtime_ns, e.mode, e.inode, e.digest, e.version)
-                 for e in entries),
-            )  # fmt: skip
+            # a BaseEntry is a tuple in column order
+            self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                entries)  # fmt: skip
 
     def remove(self, paths: Iterable[str]) -> None:
         with self.transaction():
