@@ -139,6 +139,8 @@ class ClientConnection(asyncio.BufferedProtocol, UploadHandlers, DownloadHandler
                 self.staging[:rest] = self.view[used : self.fill]
                 self.fill = rest
             for event in events:
+                if self.closing:  # after a refused handshake or a fatal error nothing counts
+                    break
                 self.dispatch(event)
             self.mark_partial()
         except RemoteProtocolError as exc:
