@@ -107,8 +107,17 @@ def test_conflict_names():
 class EvilServer:
     """A server (the sans-IO core over asyncio) that announces paths outside the folder."""
 
-    BAD = ["../evil.txt", "/tmp/evil-absolute.txt", "/etc/x", "sub/../../evil2.txt", "a//b.txt",
-           "nul\x00.txt", "bell\x07.txt", "..", "."]
+    BAD = [
+        "../evil.txt",
+        "/tmp/evil-absolute.txt",
+        "/etc/x",
+        "sub/../../evil2.txt",
+        "a//b.txt",
+        "nul\x00.txt",
+        "bell\x07.txt",
+        "..",
+        ".",
+    ]
 
     def __init__(self) -> None:
         self.port = 0
