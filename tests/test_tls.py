@@ -30,7 +30,9 @@ def pair(tmp_path) -> Pair:
 
 @pytest.fixture
 def tls_server(server_factory, pair):
-    return server_factory("--store-size", "64MiB", "--handshake-timeout", "2", *pair.server_args())
+    """Configured from the environment (other tests use the flags)."""
+    env = {"FS_TLS_CERT": str(pair.cert), "FS_TLS_KEY": str(pair.key)}
+    return server_factory("--store-size", "64MiB", "--handshake-timeout", "2", env=env)
 
 
 def test_init_tls_writes_a_pair_and_prints_its_fingerprint(tmp_path):
@@ -79,6 +81,11 @@ def test_a_pinned_or_ca_trusted_client_transfers_byte_exact(tls_server, pair, tm
     out = fsclient("get", "big.bin", str(tmp_path / "cli.bin"), env=env)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "cli.bin").read_bytes() == data
+    out = fsclient("--tls-fingerprint", pair.fingerprint, "rm", "big.bin", env=env)  # before
+    assert out.returncode == 0, out.stderr
+    env = {"FS_SERVER": tls_server.address, "FS_TLS_FINGERPRINT": pair.fingerprint}
+    out = fsclient("ls", env=env)
+    assert (out.returncode, out.stdout) == (0, ""), out.stderr
 
 
 def test_a_wrong_fingerprint_is_refused_before_the_token_is_sent(server_factory, pair, tmp_path):
