@@ -440,6 +440,8 @@ class FSConnection:
         self.detach_sink(msg.file_id)
         if sender is self.role and ended:
             self._ended[msg.file_id] = None
+            if self._payload_left and self._payload_file == msg.file_id:
+                self._skip_payload = True  # the rest of the payload arriving is stale too
             if len(self._ended) > self.sessions.max_in_flight:
                 del self._ended[next(iter(self._ended))]
         elif sender is not self.role:

@@ -231,6 +231,8 @@ class ClientProtocol(asyncio.BufferedProtocol):
 
     def send(self, msg: m.Message) -> None:
         """Queue a packet; everything queued in one loop iteration leaves in one write."""
+        if self.failure is not None:  # the server's reason, not the state machine's complaint
+            raise self.failure
         self.queue(self.conn.send(msg))
 
     def queue(self, packet: bytes | bytearray) -> None:

@@ -63,36 +63,49 @@ class TokenStore:
         self.reload()
 
     def reload(self) -> None:
-        """Read the file again if it changed; a broken file keeps the last good entries."""
+        """Read the file again if it changed. A file that cannot be read opens nothing until
+        it is fixed: keeping an older copy could bring a revoked token back."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            raise TokenFileError(f"tokens file {self.path} does not exist") from None
-        if (st.st_mtime_ns, st.st_size) == self.stamp:
+            self._broken(None, f"tokens file {self.path} does not exist")
             return
-        entries = []
-        for item in read_tokens(self.path):
-            if item.get("revoked"):
-                continue
-            grant = Grant(str(item["name"]), frozenset(item.get("shares", [])),
-                          bool(item.get("read_only", False)))  # fmt: skip
-            entries.append((bytes.fromhex(item["sha256"]), grant))
-        self.entries = entries
-        self.stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self.stamp:
+            return
+        self.stamp = stamp
+        try:
+            self.entries = [entry for item in read_tokens(self.path) if (entry := parse(item))]
+        except (TokenFileError, OSError, ValueError, KeyError, TypeError) as exc:
+            self._broken(stamp, str(exc))
+
+    def _broken(self, stamp: tuple[int, int] | None, reason: str) -> None:
+        if self.entries or self.stamp != stamp:
+            log.error("tokens file unusable, refusing every token until it is fixed: %s", reason)
+        self.entries = []
+        self.stamp = stamp
 
     def check(self, token: bytes, share: str) -> Grant | None:
         """The grant of *token* for *share*, or None. Every entry is compared, in constant
         time, so how long this takes says nothing about which hashes exist."""
-        try:
-            self.reload()
-        except (TokenFileError, OSError, ValueError, KeyError) as exc:
-            log.error("tokens file unusable, keeping the previous one: %s", exc)
+        self.reload()
         digest = token_hash(token)
         found = None
         for stored, grant in self.entries:
             if hmac.compare_digest(stored, digest) and found is None:
                 found = grant
         return found if found is not None and share in found.shares else None
+
+
+def parse(item: dict[str, object]) -> tuple[bytes, Grant] | None:
+    """One ``[[token]]`` entry; None if it is revoked."""
+    if item.get("revoked"):
+        return None
+    shares = item.get("shares", [])
+    if not isinstance(shares, list):
+        raise TokenFileError(f"token {item['name']!r}: shares must be a list")
+    grant = Grant(str(item["name"]), frozenset(map(str, shares)), bool(item.get("read_only")))
+    return bytes.fromhex(str(item["sha256"])), grant
 
 
 def read_tokens(path: Path) -> list[dict[str, object]]:
@@ -106,6 +119,12 @@ def read_tokens(path: Path) -> list[dict[str, object]]:
         if not {"name", "sha256"} <= item.keys():
             raise TokenFileError(f"{path}: every [[token]] needs a name and a sha256")
     return tokens
+
+
+def check_tokens_file(path: str) -> int:
+    """Read and check the whole file (at start-up, where a broken file stops the server);
+    returns how many tokens it holds."""
+    return len([parse(item) for item in read_tokens(Path(path))])
 
 
 def add_token(path: str, name: str, shares: list[str], read_only: bool) -> str:

@@ -16,6 +16,22 @@ from common.tls import fingerprint_of_pem
 VALID_DAYS = 3650
 
 
+class CertExists(ValueError):
+    """Part of a certificate pair is already there; it is never overwritten."""
+
+
+def existing_fingerprint(folder: str) -> str | None:
+    """The fingerprint of a pair already in *folder* (running init-tls again changes nothing:
+    pinned clients keep working); None if there is none."""
+    cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+    if cert.exists() and key.exists():
+        return fingerprint_of_pem(cert.read_text())
+    if cert.exists() or key.exists():
+        found = cert if cert.exists() else key
+        raise CertExists(f"{found} exists without its pair; move it away and run init-tls again")
+    return None
+
+
 def init_tls(folder: str) -> str:
     """Write ``folder/cert.pem`` and ``folder/key.pem``; return the certificate's fingerprint."""
     from cryptography import x509
@@ -54,7 +70,7 @@ def init_tls(folder: str) -> str:
     key_pem = key.private_bytes(serialization.Encoding.PEM,
                                 serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())  # fmt: skip
-    fd = os.open(out / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(out / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key_pem)
     cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()

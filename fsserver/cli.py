@@ -130,9 +130,15 @@ def tool(argv: list[str]) -> int | None:
         parser.description = "write a self-signed certificate and key, print the fingerprint"
         parser.add_argument("dir", help="folder for cert.pem and key.pem (created if missing)")
         args = parser.parse_args(argv[1:])
-        from fsserver.certs import init_tls
+        from fsserver.certs import CertExists, existing_fingerprint, init_tls
 
-        print(init_tls(args.dir))
+        try:
+            found = existing_fingerprint(args.dir)
+            print(found or init_tls(args.dir))
+        except (CertExists, OSError) as exc:
+            fail(str(exc))
+        if found:
+            print(f"fsserver: kept the certificate already in {args.dir}", file=sys.stderr)
         return 0
     parser.description = "add a token to a tokens file and print the token (once)"
     parser.add_argument("name")
@@ -143,11 +149,12 @@ def tool(argv: list[str]) -> int | None:
     parser.add_argument("--share", action="append", required=True, help="a share it opens")
     parser.add_argument("--read-only", action="store_true", help="may get and ls only")
     args = parser.parse_args(argv[1:])
+    from common.errors import FSError
     from fsserver.auth import TokenFileError, add_token
 
     try:
         print(add_token(args.tokens, args.name, args.share, args.read_only))
-    except (TokenFileError, OSError, ValueError) as exc:
+    except (TokenFileError, FSError, OSError, ValueError) as exc:
         fail(str(exc))
     return 0
 

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from common import messages as m
 from common.codec import encode
-from common.connection import DataChunk, FSConnection
+from common.connection import ConnPhase, DataChunk, FSConnection
 from common.errors import (
     ErrorCode,
     InvalidName,
@@ -74,6 +74,9 @@ class ClientConnection(
         self.downloads: dict[int, DownloadStream] = {}
         self.draining: list[DownloadStream] = []
         self.written = 0
+        self.taken_seen = 0
+        self.last_taken = 0.0
+        """When the client last took bytes off the transport's buffer (see check_deadlines)."""
         """Bytes handed to the transport; minus its buffer, the bytes on the wire."""
         self.traffic = telemetry.TrafficCounts()
         self.outbox: list[bytes] = []
@@ -84,6 +87,8 @@ class ClientConnection(
         self.opened_at = self.last_heard = 0.0
         self.read_only = False
         self.partial_since: float | None = None
+        self.partial_done = 0
+        """Packets whole when the one arriving since ``partial_since`` began."""
         self.subscription: Subscription | None = None
         self.opening: dict[int, m.FileSyncInit | m.DownloadRequest] = {}
         self.requests_busy = 0
@@ -145,6 +150,8 @@ class ClientConnection(
                 self.staging[:rest] = self.view[used : self.fill]
                 self.fill = rest
             for event in events:
+                if self.closing:  # after a refused handshake or a fatal error nothing counts
+                    break
                 self.dispatch(event)
             self.mark_partial()
         except RemoteProtocolError as exc:
@@ -154,20 +161,29 @@ class ClientConnection(
             self.fail(ErrorCode.INTERNAL, "internal server error")
 
     def mark_partial(self) -> None:
-        """Remember since when a packet has been only partly here (see ``check_deadlines``)."""
+        """Remember since when the packet now partly here has been arriving (see
+        ``check_deadlines``). It is told from the next by the count of whole packets, so a
+        client whose reads keep ending mid-packet is timed per packet, not per stream."""
         if self.fill or self.conn.mid_packet:
-            if self.partial_since is None:
+            # a data packet is counted from its header on: the one still arriving is not whole
+            done = sum(self.conn.rx_packets) - self.conn.mid_packet
+            if self.partial_since is None or done != self.partial_done:
                 self.partial_since = self.last_heard
+                self.partial_done = done
         else:
             self.partial_since = None
 
     def check_deadlines(self, now: float) -> None:
         """Called every second: close connections that hold resources without making use
-        of them. A slow client must finish each packet in time (it may pick small packets)."""
+        of them. A slow client must finish each packet in time (it may pick small packets).
+        A client that reads what it is sent (a long download) is not idle."""
         cfg = self.ctx.config
+        taken = self.sent()
+        if taken != self.taken_seen:
+            self.taken_seen, self.last_taken = taken, now
         if not self.share and now - self.opened_at > cfg.handshake_timeout:
             self.fail(ErrorCode.TIMEOUT, f"no handshake within {cfg.handshake_timeout:g} s")
-        elif now - self.last_heard > cfg.idle_timeout:
+        elif now - max(self.last_heard, self.last_taken) > cfg.idle_timeout:
             self.fail(ErrorCode.TIMEOUT, f"idle for {cfg.idle_timeout:g} s (clients ping)")
         elif self.partial_since is not None and now - self.partial_since > cfg.packet_timeout:
             self.fail(ErrorCode.TIMEOUT, f"a packet took over {cfg.packet_timeout:g} s")
@@ -213,7 +229,9 @@ class ClientConnection(
     # -- sending -----------------------------------------------------------------------------
 
     def send(self, msg: m.Message) -> None:
-        if self.closing:
+        if self.closing or self.conn.phase is ConnPhase.CLOSED:
+            # CLOSED: a client's Error for the whole connection was parsed in the same read as
+            # packets before it; their replies are dropped, not refused as a bug
             return
         try:
             packet = self.conn.send(msg)

@@ -86,7 +86,7 @@ class DownloadHandlers:
     send: Callable[[m.Message], None]
     write_now: Callable[[list[bytes | memoryview]], None]
     call_store: Callable[..., None]
-    session_path: Callable[[int, str], str | None]
+    session_path: Callable[[m.DownloadRequest], str | None]
     claim: Callable[[Any], bool]
     sent: Callable[[], int]
 
@@ -124,7 +124,7 @@ class DownloadHandlers:
 
     def on_download(self, msg: m.DownloadRequest) -> None:
         fid = msg.file_id
-        path = self.session_path(fid, msg.path)
+        path = self.session_path(msg)
         if path is None:
             telemetry.SESSIONS.labels("download", "error").inc()
         else:

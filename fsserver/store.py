@@ -148,6 +148,7 @@ class _Hold:
     offset: int = 0
     size: int = 0
     blob: Blob | None = None
+    share: str = ""
 
 
 class Store:
@@ -160,6 +161,8 @@ class Store:
         self.blobs: dict[BlobKey, Blob] = {}
         self.shares: dict[str, Share] = {}
         self.holds: dict[int, _Hold] = {}
+        self.reserved: dict[str, int] = {}
+        """Bytes of uploads in progress, by share: they count against its quota."""
         self.changes: list[Change] = []
         self.logical_bytes = 0
         self._ids = count(1)
@@ -204,7 +207,9 @@ class Store:
         except StoreFull as exc:
             return Refused(InitStatus.NO_SPACE, 0, exc.message)
         ticket = next(self._ids)
-        self.holds[ticket] = _Hold(owner, offset, size)
+        self.holds[ticket] = _Hold(owner, offset, size, share=share)
+        if size:
+            self.reserved[share] = self.reserved.get(share, 0) + size
         return Reserved(ticket, offset)
 
     def commit(
@@ -282,7 +287,7 @@ class Store:
         """Free every reservation and lease of a worker that died; returns how many."""
         mine = [hold_id for hold_id, hold in self.holds.items() if hold.owner == owner]
         for hold_id in mine:
-            hold = self.holds.pop(hold_id)
+            hold = self._take_hold(owner, hold_id, lease=self.holds[hold_id].blob is not None)
             if hold.blob is not None:
                 self._unref(hold.blob)
             else:
@@ -392,7 +397,8 @@ class Store:
             return None
         sh = self.shares.get(share)
         old = self._live(share, path)
-        after = (sh.bytes if sh else 0) - (old.blob.size if old and old.blob else 0) + size
+        after = (sh.bytes if sh else 0) + self.reserved.get(share, 0) + size
+        after -= old.blob.size if old and old.blob else 0
         if after <= self.quota:
             return None
         return Refused(InitStatus.NO_SPACE, 0,
@@ -436,4 +442,10 @@ class Store:
         if hold is None or hold.owner != owner or (hold.blob is not None) != lease:
             what = "lease" if lease else "reservation"
             raise KeyError(f"worker {owner} holds no {what} {hold_id}")
+        if not lease and hold.size:
+            left = self.reserved[hold.share] - hold.size
+            if left:
+                self.reserved[hold.share] = left
+            else:
+                del self.reserved[hold.share]
         return self.holds.pop(hold_id)

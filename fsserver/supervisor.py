@@ -22,7 +22,7 @@ from prometheus_client import multiprocess
 
 from fsserver import telemetry
 from fsserver.arena import BlobArena, clean_stale_segments
-from fsserver.auth import Throttle, TokenFileError, TokenStore, add_token
+from fsserver.auth import Throttle, TokenFileError, add_token, check_tokens_file
 from fsserver.channel import MessageChannel, channel_pair
 from fsserver.children import Child, RestartPolicy, Role, spawn, stop_all
 from fsserver.config import ServerConfig
@@ -177,7 +177,7 @@ class Supervisor:
                     "created %s with a read-write token for share 'default': %s "
                     "(shown once; add more with fsserver add-token)", path, token,
                 )  # fmt: skip
-            TokenStore(path)
+            check_tokens_file(path)
         except (TokenFileError, OSError, ValueError, KeyError) as exc:
             raise StartupError(f"tokens file {path}: {exc}") from None
 

@@ -4,6 +4,7 @@ the hasher digesting it (``StreamingSink``), and the handlers (``UploadHandlers`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,25 +67,26 @@ class UploadHandlers:
     read_only: bool
     uploads: dict[int, Upload]
     opening: dict[int, m.FileSyncInit | m.DownloadRequest]
+    loop: asyncio.AbstractEventLoop
     send: Callable[[m.Message], None]
     call_store: Callable[..., None]
 
     def on_init(self, msg: m.FileSyncInit) -> None:
         fid = msg.file_id
-        path = self.session_path(fid, msg.path)
+        path = self.session_path(msg)
         if path is None:
             ended("error")
             return
         if self.read_only:
             ended("error")
-            self.send(m.Error(ErrorCode.PERMISSION_DENIED, fid, "this token is read-only"))
+            self.refuse(msg, m.Error(ErrorCode.PERMISSION_DENIED, fid, "this token is read-only"))
             return
         limit = self.ctx.config.max_file_size
         if limit and msg.size > limit:
             ended("no_space")
-            self.send(m.FileSyncInitResponse(fid, m.InitStatus.TOO_LARGE, 0,
-                                             f"{path}: larger than this server's limit of "
-                                             f"{limit} bytes"))  # fmt: skip
+            self.refuse(msg, m.FileSyncInitResponse(fid, m.InitStatus.TOO_LARGE, 0,
+                                                    f"{path}: larger than this server's limit "
+                                                    f"of {limit} bytes"))  # fmt: skip
             return
         self.opening[fid] = msg
         self.call_store(
@@ -100,14 +102,21 @@ class UploadHandlers:
             self.origin,
         )
 
-    def session_path(self, fid: int, path: str) -> str | None:
+    def session_path(self, msg: m.FileSyncInit | m.DownloadRequest) -> str | None:
         """The canonical form of a path a file session names; a bad one ends the session with
         a file-scoped Error (the connection and the client's other files carry on)."""
         try:
-            return normalize_path(path)
+            return normalize_path(msg.path)
         except InvalidPath as exc:
-            self.send(m.Error(ErrorCode.INVALID_PATH, fid, exc.message))
+            self.refuse(msg, m.Error(ErrorCode.INVALID_PATH, msg.file_id, exc.message))
             return None
+
+    def refuse(self, msg: m.FileSyncInit | m.DownloadRequest, reply: m.Message) -> None:
+        """Refuse a session without asking the store, yet like the store's answers (see
+        ``claim``): the rest of the packets read with *msg* were parsed already, and may end
+        its session, or end it and open its file id again."""
+        self.opening[msg.file_id] = msg
+        self.loop.call_soon(lambda: self.claim(msg) and self.send(reply))
 
     def claim(self, msg: m.FileSyncInit | m.DownloadRequest) -> bool:
         """True if *msg* still opens its session: the connection is open, and the client did

@@ -19,14 +19,15 @@ class Closed(Exception):
 
 class RawClient:
     def __init__(self, address: str, *, share: str = "default",
-                 max_packet: int = DEFAULT_MAX_PACKET, handshake: bool = True) -> None:  # fmt: skip
+                 max_packet: int = DEFAULT_MAX_PACKET, handshake: bool = True,
+                 auth: bytes = b"") -> None:  # fmt: skip
         host, port = address.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=10)
         self.conn = FSConnection(Role.CLIENT, max_packet_limit=max_packet)
         self.events: list[Event] = []
         self.hello: m.VersionHandshakeResponse | None = None
         if handshake:
-            self.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, max_packet, "raw", share, b""))
+            self.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, max_packet, "raw", share, auth))
             self.hello = self.expect(m.VersionHandshakeResponse)
 
     def send(self, msg: m.Message) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 
 READY = re.compile(r"fsserver ready on (\S+):(\d+)")
 METRICS = re.compile(r"fsserver metrics on (\S+):(\d+)")
+PR_SET_PDEATHSIG = 1
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -101,6 +103,13 @@ class ServerProcess:
         self.proc.wait(5)
 
 
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL (a killed
+    pytest must not leave servers and their shared memory behind)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_server(*args: str, env: dict[str, str] | None = None,
                  timeout: float = 60.0) -> ServerProcess:  # fmt: skip
     cmd = [sys.executable, "-m", "fsserver", "--host", "127.0.0.1", "--port", "0",
@@ -108,7 +117,7 @@ def start_server(*args: str, env: dict[str, str] | None = None,
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=die_with_parent,
     )  # fmt: skip
     log = ServerLog()
 

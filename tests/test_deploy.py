@@ -97,8 +97,10 @@ def test_the_container_command_runs_as_is(dockerfile, tmp_path):
     env = {**os.environ, **dockerfile.env, "FS_TOKENS": str(tokens)}
     bindir = Path(sys.executable).parent
     command = [str(bindir / dockerfile.cmd[0]), *dockerfile.cmd[1:]]
-    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
     log = ServerLog()
 
     def pump() -> None:

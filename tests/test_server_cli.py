@@ -33,6 +33,17 @@ def test_flags_win_over_environment_which_wins_over_defaults():
     assert config_from([], {}) == ServerConfig()
 
 
+def test_limits_and_deadlines_from_flags_and_environment():
+    env = {"FS_SHARE_QUOTA": "2GiB", "FS_PACKET_TIMEOUT": "3", "FS_MAX_CONNECTIONS": "50",
+           "FS_IDLE_TIMEOUT": "99"}  # fmt: skip
+    argv = ["--max-file-size", "1MiB", "--idle-timeout", "2.5", "--handshake-timeout", "0.5",
+            "--max-in-flight", "8"]  # fmt: skip
+    assert config_from(argv, env) == ServerConfig(
+        max_file_size=1 << 20, share_quota=2 << 30, max_connections=50, max_in_flight=8,
+        handshake_timeout=0.5, idle_timeout=2.5, packet_timeout=3.0,
+    )  # fmt: skip
+
+
 def fsserver(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fsserver", "--port", "0", "--metrics-port", "0", *args],
@@ -48,12 +59,26 @@ def fsserver(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
         ([], {"FS_WORKERS": "lots"}, "FS_WORKERS: invalid literal"),
         ([], {"FS_LOG_LEVEL": "loud"}, "--log-level must be one of"),
         (["--max-packet", "1024"], {}, "--max-packet must be 4096.."),
+        (["--handshake-timeout", "0"], {}, "--handshake-timeout must be positive"),
+        ([], {"FS_HANDSHAKE_TIMEOUT": "-1"}, "--handshake-timeout must be positive"),
+        (["--idle-timeout", "0"], {}, "--idle-timeout must be positive"),
+        (["--idle-timeout", "nan"], {}, "--idle-timeout must be positive"),
+        ([], {"FS_IDLE_TIMEOUT": "-5"}, "--idle-timeout must be positive"),
+        (["--packet-timeout", "-0.5"], {}, "--packet-timeout must be positive"),
+        ([], {"FS_PACKET_TIMEOUT": "soon"}, "FS_PACKET_TIMEOUT: could not convert"),
+        (["--max-file-size", "-1"], {}, "--max-file-size: invalid size '-1'"),
+        ([], {"FS_SHARE_QUOTA": "-1MiB"}, "FS_SHARE_QUOTA: invalid size '-1MiB'"),
+        (["--max-connections", "0"], {}, "--max-connections must be at least 1"),
+        ([], {"FS_MAX_CONNECTIONS": "-3"}, "--max-connections must be at least 1"),
+        (["--max-in-flight", "0"], {}, "--max-in-flight must be 1..65536"),
+        (["--max-in-flight", "65537"], {}, "--max-in-flight must be 1..65536"),
     ],
 )
 def test_bad_settings_exit_2_with_a_clear_message(args, env, message):
     result = fsserver(*args, env=env)
     assert result.returncode == 2
-    assert message in result.stderr
+    assert result.stderr.startswith(f"fsserver: error: {message}")
+    assert result.stderr.count("\n") == 1, result.stderr  # one line
 
 
 def test_port_in_use_is_a_clear_error():
