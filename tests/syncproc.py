@@ -57,12 +57,21 @@ class SyncProcess:
 
 
 def files(folder: Path) -> dict[str, bytes]:
-    """Every synced file under *folder* (not the state folder), path -> content."""
+    """Every synced file under *folder* (not the state folder), path -> content. A live
+    client may rename or delete files while this looks: what vanishes is left out (os.walk
+    skips a vanished folder), so a caller polling for a condition just looks again."""
     found = {}
-    for path in folder.rglob("*"):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_file() and not rel.startswith(".fsync/"):
-            found[rel] = path.read_bytes()
+    for parent, _dirs, names in os.walk(folder):
+        base = Path(parent)
+        for name in names:
+            path = base / name
+            rel = path.relative_to(folder).as_posix()
+            if rel.startswith(".fsync/") or path.is_symlink():
+                continue
+            try:
+                found[rel] = path.read_bytes()
+            except (FileNotFoundError, IsADirectoryError):
+                continue
     return found
 
 

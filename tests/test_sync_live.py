@@ -17,7 +17,7 @@ import xxhash
 from fsclient import Client
 from tests.conftest import run
 from tests.serverproc import ROOT, start_server, wait_for
-from tests.syncproc import DEBOUNCE, SyncProcess, digests, files
+from tests.syncproc import DEBOUNCE, SyncProcess, digests, files, once
 
 DEADLINE = DEBOUNCE + 2.0
 
@@ -237,6 +237,29 @@ def test_once_over_2000_small_files(server, tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert "files in sync:   2000" in status.stdout
     assert "pending changes: 0" in status.stdout
+
+
+def test_symlinks_are_skipped_with_a_warning_and_never_followed(server, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not to be synced")
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "real.txt").write_text("synced")
+    (folder / "link.txt").symlink_to(outside / "secret.txt")
+    (folder / "linkdir").symlink_to(outside, target_is_directory=True)
+    result = once(folder, server.address)
+    assert result.returncode == 0, result.stderr
+    assert "1 uploaded" in result.stdout
+    for name in ("link.txt", "linkdir"):
+        assert f"{name}: symbolic link skipped (links are not followed)" in result.stderr
+
+    async def listing() -> list[str]:
+        async with await Client.connect(server.address) as client:
+            return [e.path for e in await client.ls()]
+
+    assert run(listing()) == ["real.txt"]
+    assert (folder / "link.txt").is_symlink() and (outside / "secret.txt").exists()
 
 
 def test_once_reports_failure_with_a_non_zero_exit(tmp_path):
