@@ -187,7 +187,7 @@ class BatchUpload:
             return
         if self.proto.failure is not None:
             source.close()
-            self.results[index] = RemoteError(str(self.proto.failure))
+            self.results[index] = self.proto.failure  # the connection's end, as for the rest
             return
         upload = SmallUpload(self, index, self.client.new_file_id(), source, path, base_version)
         self.proto.mailboxes[upload.fid] = upload

@@ -262,6 +262,21 @@ def test_symlinks_are_skipped_with_a_warning_and_never_followed(server, tmp_path
     assert (folder / "link.txt").is_symlink() and (outside / "secret.txt").exists()
 
 
+def test_a_connection_the_server_ends_is_one_error_not_one_per_file(server_factory, tmp_path):
+    """A server that allows fewer files in flight than the client keeps (README) ends the
+    connection: the client says so once, not once per file, and exits 1."""
+    server = server_factory("--max-in-flight", "100", "--store-size", "128MiB")
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for n in range(300):  # over the batch size limit: one file session each
+        (folder / f"{n:03d}.bin").write_bytes(os.urandom(100 * 1024))
+    result = once(folder, server.address)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["fsclient: error: server error LIMIT_EXCEEDED: more than 100 sessions "
+                      "in flight"], result.stderr  # fmt: skip
+
+
 def test_once_reports_failure_with_a_non_zero_exit(tmp_path):
     folder = tmp_path / "f"
     folder.mkdir()

@@ -98,6 +98,7 @@ class Actions:
                   (f.size, f.mtime_ns, f.digest) if f.digest else None)
                  for f, expected in files]  # fmt: skip
         results = await self.client.put_many(items)
+        lost = self.client.proto.failure  # the connection's end fails every file still open
         done = []
         for (local, _), result in zip(files, results, strict=True):
             if isinstance(result, m.FileEntry):
@@ -106,9 +107,11 @@ class Actions:
                 log.info("%s changed on the server meanwhile; deciding again", local.path)
             elif isinstance(result, FileNotFoundError):
                 log.info("%s vanished before it was sent", local.path)
-            else:
+            elif result is not lost:
                 self.fail(local.path, result)
-        self.db.put(done)
+        self.db.put(done)  # what was sent before the connection ended is kept
+        if lost is not None and any(result is lost for result in results):
+            raise lost  # once, not once per file: the session ends (live mode reconnects)
 
     def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:
         """The base for a file just uploaded (its inode only if it is still the same file)."""
