@@ -1547,3 +1547,21 @@ def test_packets_crossing_a_session_error_are_not_fatal(pair, direction):
     ender.receive(memoryview(bytes(in_flight)))
     assert ender.phase is ConnPhase.READY
     pair.stream(pair.client, 3, b"0123456789")
+
+
+@pytest.mark.parametrize("sink", [False, True], ids=["events", "sink"])
+def test_the_rest_of_a_payload_for_a_session_this_side_just_ended_is_dropped(pair, sink):
+    """A data packet half here when this side ends its session by an Error: the other half is
+    as stale as the packets that follow, and must not surface for the ended file id."""
+    pair.upload_accepted(1, 100)
+    pair.upload_accepted(3, 10)
+    if sink:
+        pair.server.attach_sink(1, ViewSink(memoryview(bytearray(100))))
+    packet = bytes(pair.client.frame_data(1, memoryview(b"x" * 40)))
+    half = HEADER_SIZE + 4 + 20
+    first = materialize(pair.server.feed(packet[:half]))
+    assert first == ([] if sink else [DataChunk(1, b"x" * 20)])
+    pair.client.feed(pair.server.send(m.Error(ErrorCode.INTERNAL, 1, "giving up")))
+    assert pair.server.feed(packet[half:]) == []
+    assert pair.server.phase is ConnPhase.READY
+    pair.stream(pair.client, 3, b"0123456789")  # the connection goes on
