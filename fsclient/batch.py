@@ -20,7 +20,7 @@ from common.errors import FSError, RemoteError
 from common.limits import ANY_VERSION
 from common.paths import normalize_path
 from fsclient.protocol import error_from, refusal
-from fsclient.smallbatch import MAX_BATCH_FILE_BYTES, Batcher, read_small, usable
+from fsclient.smallbatch import Batcher, read_small, usable
 from fsclient.transfer import SMALL_FILE, FileChanged, FileSource, Known
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ class BatchUpload:
         try:
             path = normalize_path(remote)
             if self.batcher is not None:
-                whole = read_small(local, MAX_BATCH_FILE_BYTES)
+                whole = read_small(local, self.batcher.limit(path))
                 if whole is not None:
                     data, mtime_ns, mode = whole
                     record = m.SmallFile(mtime_ns, mode, base_version, digest_of(data), path, data)

@@ -157,6 +157,8 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.handshake: asyncio.Future[m.VersionHandshakeResponse] = self.loop.create_future()
         self.pings: dict[int, asyncio.Future[None]] = {}
         self.notifications: asyncio.Queue[m.ChangeNotification | BaseException] | None = None
+        self.batch_waiters: dict[Any, None] = {}
+        """Small-file batchers waiting for one of the connection's batch slots (in order)."""
         self.failure: BaseException | None = None
         self.outbox: list[bytes | bytearray] = []
         self.written = 0

@@ -117,12 +117,23 @@ class Batcher:
         self.indices.append(index)
         self.size += cost
 
+    def limit(self, path: str) -> int:
+        """The largest file that fits a batch of its own under *path*; a bigger one goes
+        through a file session (near MAX_BATCH_FILE_BYTES with the smallest packets)."""
+        return min(MAX_BATCH_FILE_BYTES, self.room - RECORD_BYTES - len(path.encode()))
+
     def pump(self, final: bool = False) -> None:
-        """Send the full batches the window allows (and the last, partial one if *final*)."""
+        """Send the full batches the window allows (and the last, partial one if *final*).
+        The connection's limit is shared by every ``put_many`` on it: at that limit this
+        batcher waits, and the next batch answered on the connection wakes it."""
         if final and self.files:
             self.full.append((self.indices, self.files))
             self.files, self.indices, self.size = [], [], 0
+        proto = self.proto
         while self.full and self.in_flight < BATCH_WINDOW:
+            if len(proto.conn.batches) >= MAX_BATCHES_IN_FLIGHT and proto.failure is None:
+                proto.batch_waiters[self] = None
+                return
             self.send(*self.full.popleft())
 
     def send(self, indices: list[int], files: list[m.SmallFile]) -> None:
@@ -149,11 +160,20 @@ class Batcher:
             if exc is not None:
                 error = exc if isinstance(exc, (FSError, OSError)) else RemoteError(str(exc))
                 self.upload.settle(indices, [error] * len(indices))
-                return
-            results = [result_of(f, r) for f, r in zip(files, fut.result().results, strict=True)]
-            self.upload.settle(indices, results)
+            else:
+                results = fut.result().results
+                self.upload.settle(indices, [result_of(f, r) for f, r in
+                                             zip(files, results, strict=True)])  # fmt: skip
+            self.wake_others()
 
         return done
+
+    def wake_others(self) -> None:
+        """A batch slot of the connection is free: batchers waiting for one go on."""
+        waiting = list(self.proto.batch_waiters)
+        self.proto.batch_waiters.clear()
+        for batcher in waiting:
+            batcher.pump()
 
 
 __all__ = ["MAX_BATCH_FILE_BYTES", "Batcher", "read_small", "usable"]

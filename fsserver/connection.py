@@ -185,7 +185,9 @@ class ClientConnection(
             self.fail(ErrorCode.TIMEOUT, f"no handshake within {cfg.handshake_timeout:g} s")
         elif now - max(self.last_heard, self.last_taken) > cfg.idle_timeout:
             self.fail(ErrorCode.TIMEOUT, f"idle for {cfg.idle_timeout:g} s (clients ping)")
-        elif self.partial_since is not None and now - self.partial_since > cfg.packet_timeout:
+        elif (self.partial_since is not None and self.writable.is_set()
+              and now - self.partial_since > cfg.packet_timeout):  # fmt: skip
+            # not while this side has stopped reading (the client is slow to take replies)
             self.fail(ErrorCode.TIMEOUT, f"a packet took over {cfg.packet_timeout:g} s")
 
     def grow_staging(self) -> None:
@@ -205,6 +207,8 @@ class ClientConnection(
 
     def resume_writing(self) -> None:
         self.writable.set()
+        if self.partial_since is not None:  # the packet's clock ran while reading was paused
+            self.partial_since = self.loop.time()
         if self.transport is not None and not self.closing:
             self.transport.resume_reading()
 

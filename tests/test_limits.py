@@ -14,6 +14,7 @@ import os
 import random
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,7 +25,7 @@ from common.codec import HEADER, decode_body, encode
 from common.connection import DataChunk, FSConnection
 from common.digest import digest_of
 from common.errors import ErrorCode, RemoteError, StoreFull
-from common.limits import ANY_VERSION, DEFAULT_MAX_PACKET, MAGIC, NO_FILE, PROTOCOL_VERSION
+from common.limits import ANY_VERSION, MAGIC, NO_FILE, PROTOCOL_VERSION
 from common.state import Role
 from fsclient import Client
 from fsserver.store import Reserved, Store
@@ -33,6 +34,7 @@ from tests.rawclient import Closed, RawClient
 from tests.serverproc import ServerProcess, wait_for
 
 KiB = 1024
+MiB = 1024 * KiB
 SWEEP_SLACK = 2.5
 """Seconds a deadline may be overshot: the once-a-second sweep, plus scheduling."""
 
@@ -289,6 +291,65 @@ def test_idle_connection_is_closed_and_a_pinging_client_stays(server_factory, ra
     run(clients())
 
 
+class SlowReader:
+    """A raw client with a small receive window (no autotuning) that downloads at a set pace."""
+
+    def __init__(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * KiB)
+        self.sock.settimeout(10)
+        self.sock.connect((host, int(port)))
+        self.conn = FSConnection(Role.CLIENT, max_packet_limit=MiB)
+        self.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, MiB, "slow", "default", b""))
+        self.events = self.conn.feed(self.sock.recv(64 * KiB))
+        assert [type(e) for e in self.events] == [m.VersionHandshakeResponse], self.events
+        self.events.clear()
+
+    def send(self, msg: m.Message) -> None:
+        self.sock.sendall(self.conn.send(msg))
+
+    def expect(self, kind: type) -> m.Message:
+        while not self.events:
+            self.events += self.conn.feed(self.sock.recv(64 * KiB))
+        event = self.events.pop(0)
+        assert isinstance(event, kind), event
+        return event
+
+    def download(self, fid: int, rate: float) -> tuple[bytes, float]:
+        """The bytes of the download *fid* (requested already), verified and so told, and
+        the seconds it took at *rate* B/s."""
+        got, check, received = 0, None, bytearray()
+        start = time.monotonic()
+        while check is None:
+            data = self.sock.recv(256 * KiB)
+            assert data, f"the server closed the download after {got} bytes"
+            for event in self.conn.feed(data):
+                assert not isinstance(event, m.Error), event
+                if isinstance(event, DataChunk) and event.file_id == fid:
+                    received += event.data
+                    got += len(event.data)
+                elif isinstance(event, m.FileSyncCheckHash) and event.file_id == fid:
+                    check = event
+                elif not isinstance(event, m.DownloadResponse):
+                    self.events.append(event)
+            pace = start + got / rate - time.monotonic()
+            if pace > 0:
+                time.sleep(pace)
+        took = time.monotonic() - start
+        assert check.digest == digest_of(received)
+        self.send(m.FileSyncCheckHashResponse(fid, m.HashStatus.OK, check.digest))
+        return bytes(received), took
+
+
+def stored(server: ServerProcess, content: bytes, path: str) -> None:
+    async def upload() -> None:
+        async with await Client.connect(server.address) as client:
+            await client.put_bytes(content, path)
+
+    run(upload())
+
+
 def test_a_client_reading_a_long_download_is_not_idle(server_factory):
     """The client sends nothing while a large download streams to it, yet it is busy: bytes
     it takes off the server's buffers count as activity. Read at about 8 MB/s, the file takes
@@ -297,46 +358,46 @@ def test_a_client_reading_a_long_download_is_not_idle(server_factory):
     server = server_factory("--workers", "1", "--store-size", "64MiB",
                             "--idle-timeout", str(idle))  # fmt: skip
     content = random.Random(5).randbytes(40 << 20)
-
-    async def upload() -> None:
-        async with await Client.connect(server.address) as client:
-            await client.put_bytes(content, "big.bin")
-
-    run(upload())
-
-    host, port = server.address.rsplit(":", 1)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * KiB)  # no autotuned window
-    sock.settimeout(10)
-    sock.connect((host, int(port)))
-    conn = FSConnection(Role.CLIENT, max_packet_limit=DEFAULT_MAX_PACKET)
-    with contextlib.closing(sock):
-        sock.sendall(conn.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, DEFAULT_MAX_PACKET,
-                                                  "slow", "default", b"")))  # fmt: skip
-        events = conn.feed(sock.recv(64 * KiB))
-        assert [type(e) for e in events] == [m.VersionHandshakeResponse], events
-        sock.sendall(conn.send(m.DownloadRequest(1, "big.bin")))
-        got, check, received = 0, None, bytearray()
-        start = time.monotonic()
-        while check is None:
-            data = sock.recv(256 * KiB)
-            assert data, f"the server closed the download after {got} bytes"
-            for event in conn.feed(data):
-                assert not isinstance(event, m.Error), event
-                if isinstance(event, DataChunk):
-                    received += event.data
-                    got += len(event.data)
-                elif isinstance(event, m.FileSyncCheckHash):
-                    check = event
-            pace = start + got / (8 << 20) - time.monotonic()  # a reader of about 8 MB/s
-            if pace > 0:
-                time.sleep(pace)
-        took = time.monotonic() - start
-        assert received == content and check.digest == digest_of(content)
+    stored(server, content, "big.bin")
+    reader = SlowReader(server.address)
+    with contextlib.closing(reader.sock):
+        reader.send(m.DownloadRequest(1, "big.bin"))
+        received, took = reader.download(1, 8 << 20)
+        assert received == content
         assert took > 2 * idle, f"the download took only {took:.1f} s: not a test of idleness"
-        sock.sendall(conn.send(m.FileSyncCheckHashResponse(1, m.HashStatus.OK, check.digest)))
-        sock.sendall(conn.send(m.Ping(7, False)))
-        assert conn.feed(sock.recv(64 * KiB)) == [m.Ping(7, True)]
+        reader.send(m.Ping(7, False))
+        assert reader.expect(m.Ping) == m.Ping(7, True)
+
+
+def test_the_packet_deadline_waits_while_the_server_stops_reading(server_factory):
+    """A client half-way through an upload packet also downloads, slowly: the server stops
+    reading while its replies wait (back-pressure), so the packet cannot finish meanwhile.
+    That is the server's doing, not a slow loris: the packet's clock restarts when it reads
+    again, and both transfers complete."""
+    server = server_factory("--workers", "1", "--store-size", "64MiB",
+                            "--packet-timeout", "1", "--idle-timeout", "60")  # fmt: skip
+    content = random.Random(6).randbytes(16 << 20)
+    stored(server, content, "big.bin")
+    reader = SlowReader(server.address)
+    payload = os.urandom(500 * KiB)
+    with contextlib.closing(reader.sock):
+        reader.send(m.FileSyncInit(3, len(payload), 0, 0o644, ANY_VERSION,
+                                   digest_of(payload), "up.bin"))  # fmt: skip
+        assert reader.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
+        reader.send(m.DownloadRequest(1, "big.bin"))
+        packet = reader.conn.send(m.FileSyncData(3, payload))
+        cut = 50 * KiB
+        reader.sock.sendall(packet[:cut])  # the rest follows over a slow uplink
+        later = threading.Timer(0.5, reader.sock.sendall, (packet[cut:],))
+        later.start()
+        try:
+            received, took = reader.download(1, 2 << 20)
+        finally:
+            later.join()
+        assert received == content and took > 3, f"{took:.1f} s"
+        reader.send(m.FileSyncCheckHash(3, digest_of(payload)))
+        assert reader.expect(m.FileSyncCheckHashResponse).status is m.HashStatus.OK
+        assert isinstance(reader.expect(m.FileSyncFinish), m.FileSyncFinish)
 
 
 # -- packet timeout (slow loris) -------------------------------------------------------------

@@ -4,6 +4,7 @@ connection like any malformed packet."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -169,3 +170,46 @@ def test_a_connection_closed_mid_batch_leaves_no_reservation(server_factory):
     stored = listing(server.address)
     # each batch either committed or gave its space back: used space is the stored files'
     assert server.metric("fs_store_used_bytes") == aligned(30_000) * len(stored)
+
+
+def test_many_put_many_at_once_share_the_connections_batch_slots(server, tmp_path):
+    """A live sync client uploads each debounced path with its own put_many, all on one
+    connection: together they must stay within the connection's batches in flight, waiting
+    for a free one rather than failing."""
+    pairs = []
+    for n in range(40):
+        (tmp_path / f"{n}.txt").write_bytes(os.urandom(100 + n))
+        pairs.append((tmp_path / f"{n}.txt", f"at-once/{n:02d}.txt"))
+
+    async def main():
+        async with await Client.connect(server.address) as client:
+            results = await asyncio.gather(*(client.put_many([pair]) for pair in pairs))
+            return [r for (r,) in results], await client.ping()
+
+    results, _ = run(main())
+    assert [getattr(r, "path", r) for r in results] == [remote for _, remote in pairs]
+    assert sorted(listing(server.address)) == sorted(remote for _, remote in pairs)
+
+
+def test_files_that_fill_a_whole_batch_packet_go_by_file_session(server_factory, tmp_path):
+    """With the smallest packets that allow batches, a file near the batch file limit plus
+    its record and path does not fit one: it is sent through a file session instead."""
+    server = server_factory("--max-packet", "64KiB")
+    sizes = [65536, 65500, 65000, 1000, 0]
+    pairs, digests = [], {}
+    for size in sizes:
+        data = os.urandom(size)
+        (tmp_path / f"f{size}").write_bytes(data)
+        pairs.append((tmp_path / f"f{size}", f"f{size}"))
+        digests[f"f{size}"] = xxhash.xxh3_128_digest(data)
+
+    async def main():
+        async with await Client.connect(server.address) as client:
+            assert client.max_packet == 64 * 1024
+            return await client.put_many(pairs)
+
+    results = run(main())
+    assert [getattr(r, "path", r) for r in results] == [remote for _, remote in pairs]
+    assert {p: e.digest for p, e in listing(server.address).items()} == digests
+    wait_for(lambda: metric(server, "small_file_batch") > 0, 5, "batches for the small ones")
+    wait_for(lambda: metric(server, "file_sync_init") > 0, 5, "sessions for the big ones")
