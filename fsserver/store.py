@@ -149,6 +149,8 @@ class _Hold:
     size: int = 0
     blob: Blob | None = None
     share: str = ""
+    new_path: bool = False
+    """An upload to a path the index does not hold yet: it will take an entry."""
 
 
 class Store:
@@ -161,6 +163,8 @@ class Store:
         self.blobs: dict[BlobKey, Blob] = {}
         self.shares: dict[str, Share] = {}
         self.holds: dict[int, _Hold] = {}
+        self.new_paths = 0
+        """Uploads in progress to paths not in the index yet: they count against max_entries."""
         self.reserved: dict[str, int] = {}
         """Bytes of uploads in progress, by share: they count against its quota."""
         self.changes: list[Change] = []
@@ -185,7 +189,8 @@ class Store:
         refused = self._check_base(share, path, base_version, InitStatus.CONFLICT)
         if refused:
             return refused
-        if self.entries >= self.max_entries and not self._known(share, path):
+        new_path = not self._known(share, path)
+        if new_path and self.entries + self.new_paths >= self.max_entries:
             return Refused(
                 InitStatus.NO_SPACE, 0, f"no space: the store holds its limit of "
                 f"{self.max_entries} entries (--max-files)",
@@ -207,7 +212,8 @@ class Store:
         except StoreFull as exc:
             return Refused(InitStatus.NO_SPACE, 0, exc.message)
         ticket = next(self._ids)
-        self.holds[ticket] = _Hold(owner, offset, size, share=share)
+        self.holds[ticket] = _Hold(owner, offset, size, share=share, new_path=new_path)
+        self.new_paths += new_path
         if size:
             self.reserved[share] = self.reserved.get(share, 0) + size
         return Reserved(ticket, offset)
@@ -442,6 +448,7 @@ class Store:
         if hold is None or hold.owner != owner or (hold.blob is not None) != lease:
             what = "lease" if lease else "reservation"
             raise KeyError(f"worker {owner} holds no {what} {hold_id}")
+        self.new_paths -= hold.new_path
         if not lease and hold.size:
             left = self.reserved[hold.share] - hold.size
             if left:

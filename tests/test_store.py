@@ -38,6 +38,7 @@ def check_invariants(store: Store) -> None:
             refs[id(hold.blob)] = refs.get(id(hold.blob), 0) + 1
     for blob in store.blobs.values():
         assert blob.refs == refs.get(id(blob), 0) > 0
+    assert store.new_paths == sum(h.new_path for h in store.holds.values())
 
 
 def upload(store: Store, share: str, path: str, size: int, digest: bytes) -> int:
@@ -83,6 +84,20 @@ def test_the_index_has_a_limit_even_for_empty_files():
     assert isinstance(refused, Refused) and refused.status == InitStatus.NO_SPACE
     assert "--max-files" in refused.message
     upload(store, "s", "empty0", 0, D2)  # rewriting a known path needs no new entry
+
+
+def test_uploads_in_progress_to_new_paths_count_against_the_index_limit():
+    """A batch reserves many new paths at once: they must not overshoot --max-files."""
+    store = Store(64 * 1024, max_entries=3)
+    upload(store, "s", "known", 10, D1)
+    items = [(f"new{n}", 10, 0, 0o644, ANY_VERSION) for n in range(50)]
+    results = store.reserve_many(0, "s", items)
+    assert [type(r) for r in results] == [Reserved, Reserved] + [Refused] * 48
+    assert isinstance(store.reserve(0, "s", "known", 10, 0, 0o644, None, ANY_VERSION), Reserved)
+    store.abort(0, results[0].ticket)  # a new path given up frees its place
+    assert isinstance(store.reserve(0, "s", "new49", 10, 0, 0o644, None, ANY_VERSION), Reserved)
+    assert store.drop_owner(0) == 3 and store.new_paths == 0
+    check_invariants(store)
 
 
 @pytest.mark.parametrize("seed", range(20))
