@@ -60,6 +60,8 @@ class TokenStore:
         self.path = Path(path)
         self.stamp: tuple[int, int] | None = None
         self.entries: list[tuple[bytes, Grant]] = []
+        self.generation = 0
+        """Bumped whenever the entries are replaced: open connections are checked again."""
         self.reload()
 
     def reload(self) -> None:
@@ -74,6 +76,7 @@ class TokenStore:
         if stamp == self.stamp:
             return
         self.stamp = stamp
+        self.generation += 1
         try:
             self.entries = [entry for item in read_tokens(self.path) if (entry := parse(item))]
         except (TokenFileError, OSError, ValueError, KeyError, TypeError) as exc:
@@ -82,6 +85,7 @@ class TokenStore:
     def _broken(self, stamp: tuple[int, int] | None, reason: str) -> None:
         if self.entries or self.stamp != stamp:
             log.error("tokens file unusable, refusing every token until it is fixed: %s", reason)
+            self.generation += 1
         self.entries = []
         self.stamp = stamp
 
@@ -89,7 +93,10 @@ class TokenStore:
         """The grant of *token* for *share*, or None. Every entry is compared, in constant
         time, so how long this takes says nothing about which hashes exist."""
         self.reload()
-        digest = token_hash(token)
+        return self.grant_of(token_hash(token), share)
+
+    def grant_of(self, digest: bytes, share: str) -> Grant | None:
+        """``check`` for a token known by its hash (an open connection's, checked again)."""
         found = None
         for stored, grant in self.entries:
             if hmac.compare_digest(stored, digest) and found is None:

@@ -29,6 +29,7 @@ from common.limits import MAX_CLIENT_CONTROL_PACKET, NO_FILE, PROTOCOL_VERSION
 from common.paths import check_name
 from common.state import Role
 from fsserver import telemetry
+from fsserver.auth import token_hash
 from fsserver.context import WorkerContext
 from fsserver.downloads import DownloadHandlers, DownloadStream
 from fsserver.feed import Subscription
@@ -86,6 +87,9 @@ class ClientConnection(
         self.writable.set()
         self.opened_at = self.last_heard = 0.0
         self.read_only = False
+        self.token: tuple[bytes, int] | None = None
+        """The hash of the token this connection shook hands with, and the tokens file
+        generation it was last checked against."""
         self.partial_since: float | None = None
         self.partial_done = 0
         """Packets whole when the one arriving since ``partial_since`` began."""
@@ -393,8 +397,22 @@ class ClientConnection(
                 text = f"the token does not open share {msg.share!r} (wrong, revoked or not for it)"
             return m.HandshakeStatus.AUTH_FAILED, text
         self.read_only = grant.read_only
+        self.token = (token_hash(msg.auth), self.ctx.tokens.generation)
         log.debug("%s: token %s on share %s", self.peer, grant.name, msg.share)
         return m.HandshakeStatus.OK, ""
+
+    def check_token(self) -> None:
+        """After the tokens file changed: a revoked token ends the connection at once, and a
+        token made read-only (or writable) is that from now on."""
+        tokens = self.ctx.tokens
+        if tokens is None or self.token is None or self.token[1] == tokens.generation:
+            return
+        grant = tokens.grant_of(self.token[0], self.share)
+        if grant is None:
+            self.fail(ErrorCode.AUTH_FAILED, "the token was revoked")
+            return
+        self.read_only = grant.read_only
+        self.token = (self.token[0], tokens.generation)
 
     def on_ping(self, msg: m.Ping) -> None:
         if not msg.reply:

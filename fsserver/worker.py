@@ -127,14 +127,17 @@ class Worker:
             sock.close()
 
     async def publish_traffic(self) -> None:
-        """Once a second: deadlines of every connection, then its packet counts and the hash
-        queue, as metrics."""
+        """Once a second: deadlines and tokens of every connection, then its packet counts and
+        the hash queue, as metrics."""
         assert self.ctx is not None
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
+            if self.ctx.tokens is not None:
+                self.ctx.tokens.reload()  # a revoked token ends its open connections
             for conn in list(self.ctx.connections):
                 conn.check_deadlines(now)
+                conn.check_token()
                 conn.publish_traffic()
             telemetry.HASH_QUEUE.set(self.ctx.hashes.in_flight)
             await asyncio.sleep(telemetry.SAMPLE_EVERY)

@@ -147,6 +147,47 @@ def test_a_revoked_token_stops_working_without_a_restart(server_factory, tokens)
     assert run(listing(server, fresh)) == {"a.txt": 1, "c.txt": 2, "f.txt": 3}
 
 
+def test_revoking_a_token_ends_its_open_connections_and_no_other(server_factory, tokens):
+    """Revocation does not wait for a reconnect: within the once-a-second sweep, a connection
+    shaken hands with a revoked token is ended, and one made read-only can no longer write."""
+    gone = add_token(tokens, "stolen-laptop", "default")
+    demoted = add_token(tokens, "kiosk", "default")
+    kept = add_token(tokens, "desktop", "default")
+    server = server_factory("--tokens", str(tokens))
+
+    async def main() -> None:
+        async with (
+            await connect(server, gone) as lost,
+            await connect(server, demoted) as reader,
+            await connect(server, kept) as stays,
+        ):
+            await lost.put_bytes(b"before", "before.txt")
+            data = tomllib.loads(tokens.read_text())
+            data["token"][0]["revoked"] = True
+            data["token"][1]["read_only"] = True
+            tokens.write_text(tomli_w.dumps(data))
+            deadline = asyncio.get_running_loop().time() + 5
+            while lost.proto.failure is None:
+                assert asyncio.get_running_loop().time() < deadline, "still connected"
+                await asyncio.sleep(0.05)
+            assert isinstance(lost.proto.failure, AuthError)
+            assert str(lost.proto.failure) == "the token was revoked"
+            while True:  # its worker's sweep applies the new grant to the demoted connection
+                try:
+                    await reader.put_bytes(b"x", "demoted.txt")
+                except PermissionDenied:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "still writable"
+                await asyncio.sleep(0.05)
+            with pytest.raises(PermissionDenied):
+                await reader.rm("before.txt")
+            assert "before.txt" in [e.path for e in await reader.ls()]
+            await stays.put_bytes(b"after", "after.txt")
+            assert stays.proto.failure is None and reader.proto.failure is None
+
+    run(main())
+
+
 def test_a_read_only_token_can_get_and_ls_but_not_put_or_rm(server_factory, tokens, tmp_path):
     writer = add_token(tokens, "writer", "default")
     reader = add_token(tokens, "reader", "default", read_only=True)
