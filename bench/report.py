@@ -7,6 +7,7 @@ missing, creating the file with a short intro if there is none).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -15,6 +16,8 @@ import statistics
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 MB = 1_000_000
 DOC_INTRO = """# FS performance
@@ -118,24 +121,13 @@ def commit(root: Path) -> str:
 
 def machine() -> dict[str, str]:
     cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        meminfo = Path("/proc/meminfo").read_text()
-        if found := re.search(r"MemTotal:\s+(\d+) kB", meminfo):
-            mem = f"{int(found.group(1)) / (1 << 20):.1f} GiB"
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # not Linux: the model stays unknown
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = found.group(1).strip() if found else cpu
     return {
         "CPU": cpu,
         "Cores": str(os.cpu_count()),
-        "RAM": mem,
+        "RAM": f"{psutil.virtual_memory().total / (1 << 30):.1f} GiB",
         "Kernel": platform.release(),
         "Python": platform.python_version(),
     }

@@ -130,7 +130,7 @@ class Actions:
         try:
             self.highest = max(self.highest, await self.client.rm(path, base_version=expected))
         except NotFound:
-            pass
+            log.debug("%s was already gone on the server", path)  # the outcome we wanted
         except Conflict:
             log.info("%s changed on the server meanwhile; not deleting it", path)
             return
@@ -193,7 +193,7 @@ class Actions:
             log.info("%s changed locally; not deleting it", path)
             return
         except FileNotFoundError:
-            pass
+            log.debug("%s was already gone here", path)  # the outcome we wanted
         self.db.remove([path])
         self.tally.deleted += 1
         self._prune(os.path.dirname(path))
