@@ -56,6 +56,10 @@ class Child:
         return self.exited is not None and not self.exited.done()
 
 
+REAP_POLL = 0.005
+"""Seconds between checks for a child whose sentinel closed but that is not yet waitable."""
+
+
 def spawn(
     role: Role,
     index: int,
@@ -71,14 +75,22 @@ def spawn(
     sentinel = process.sentinel
 
     def reaped() -> None:
-        loop.remove_reader(sentinel)
+        """The sentinel reads as closed once the child's descriptors are closed, which is a
+        moment before the kernel lets it be waited for: poll until it is, so that it is
+        reaped (no zombie left) and its real exit code is known."""
         process.join(0)
-        code = process.exitcode if process.exitcode is not None else -1
+        if process.exitcode is None:
+            loop.call_later(REAP_POLL, reaped)
+            return
         if child.exited is not None and not child.exited.done():
-            child.exited.set_result(code)
+            child.exited.set_result(process.exitcode)
         on_exit(child)
 
-    loop.add_reader(sentinel, reaped)
+    def closed() -> None:
+        loop.remove_reader(sentinel)
+        reaped()
+
+    loop.add_reader(sentinel, closed)
     log.debug("started %s (pid %s)", child.name, process.pid)
     return child
 
