@@ -8,18 +8,22 @@ body must be consumed exactly, and every failure is a ``RemoteProtocolError``.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import struct
 import typing
 from functools import cache
 from typing import Any
 
 from common.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from common.fields import FixedKind, VarKind
+from common.fields import Digest, FixedKind, VarKind, check_digest
 from common.limits import HEADER_SIZE
 from common.messages import PACKET_CLASSES, Message, PacketType
 
 HEADER = struct.Struct(">IB")
 DATA_HEADER = struct.Struct(">IBI")
+
+# ``put`` methods that append the value as is (Digest's checks its length first)
+_PLAIN_PUTS = (FixedKind.put, Digest.put)
 
 
 class RecordCodec:
@@ -39,11 +43,30 @@ class RecordCodec:
             else:
                 self.var.append((field.name, kind))
         self.struct = struct.Struct(">" + "".join(kind.code for _, kind in self.fixed))
+        # Fast paths, when every fixed field is one struct item passed as is: on encode the
+        # values are fetched at once (digests still have their length checked); on decode the
+        # unpacked tuple already holds them.
+        one = all(kind.width == 1 for _, kind in self.fixed)
+        plain_put = one and all(type(kind).put in _PLAIN_PUTS for _, kind in self.fixed)
+        self.get_fixed = (
+            operator.attrgetter(*(name for name, _ in self.fixed))
+            if plain_put and len(self.fixed) > 1  # (attrgetter of one name is no tuple)
+            else None
+        )
+        self.digests = [
+            index for index, (_, kind) in enumerate(self.fixed) if type(kind).put is Digest.put
+        ]
+        self.plain_take = one and all(type(kind).take is FixedKind.take for _, kind in self.fixed)
 
     def encode_into(self, parts: list[bytes], msg: Any) -> None:
-        items: list[Any] = []
-        for name, kind in self.fixed:
-            kind.put(items, getattr(msg, name))
+        if self.get_fixed is not None:
+            items = self.get_fixed(msg)
+            for index in self.digests:
+                check_digest(items[index])
+        else:
+            items = []
+            for name, kind in self.fixed:
+                kind.put(items, getattr(msg, name))
         parts.append(self.struct.pack(*items))
         for name, kind in self.var:
             kind.encode(parts, getattr(msg, name))
@@ -53,11 +76,14 @@ class RecordCodec:
         if end > len(body):
             raise RemoteProtocolError(f"{self.cls.__name__} truncated")
         items = self.struct.unpack_from(body, pos)
-        values = []
-        index = 0
-        for _, kind in self.fixed:
-            values.append(kind.take(items, index))
-            index += kind.width
+        if self.plain_take:
+            values = list(items)
+        else:
+            values = []
+            index = 0
+            for _, kind in self.fixed:
+                values.append(kind.take(items, index))
+                index += kind.width
         for _, kind in self.var:
             value, end = kind.decode(body, end)
             values.append(value)
@@ -76,12 +102,16 @@ def packet_type_of(msg: Message) -> PacketType:
     return _TYPE_OF[type(msg)]
 
 
-def encode_body(msg: Message) -> bytes:
-    parts: list[bytes] = []
+def _encode_parts(parts: list[bytes], msg: Message) -> None:
     try:
         record_codec(type(msg)).encode_into(parts, msg)
     except (struct.error, ValueError, TypeError, UnicodeEncodeError, AttributeError) as exc:
         raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+
+
+def encode_body(msg: Message) -> bytes:
+    parts: list[bytes] = []
+    _encode_parts(parts, msg)
     return b"".join(parts)
 
 
@@ -89,10 +119,7 @@ def encode(msg: Message) -> bytes:
     """The whole packet: header (length, type) then body, joined once (a body is not copied
     again to put the header in front of it)."""
     parts: list[bytes] = [b""]
-    try:
-        record_codec(type(msg)).encode_into(parts, msg)
-    except (struct.error, ValueError, TypeError, UnicodeEncodeError, AttributeError) as exc:
-        raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+    _encode_parts(parts, msg)
     parts[0] = HEADER.pack(HEADER_SIZE + sum(map(len, parts)), packet_type_of(msg))
     return b"".join(parts)
 

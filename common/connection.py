@@ -66,7 +66,7 @@ class FSConnection:
         self.role = role
         self.peer = Role.SERVER if role is Role.CLIENT else Role.CLIENT
         self.phase = ConnPhase.HANDSHAKE
-        self.max_packet = DEFAULT_MAX_PACKET
+        self._set_max_packet(DEFAULT_MAX_PACKET)
         self.max_packet_limit = max_packet_limit
         self._proposed = max_packet_limit
         self.sessions = SessionTable(max_in_flight)
@@ -181,10 +181,9 @@ class FSConnection:
             if length < HEADER_SIZE:
                 raise LocalProtocolError(f"packet length {length} is shorter than its header")
             if ptype == T.SMALL_FILE_BATCH:
-                if length > batch_packet_limit(self.max_packet):
+                if length > self._batch_limit:
                     raise LocalProtocolError(
-                        f"SmallFileBatch of {length} bytes exceeds "
-                        f"{batch_packet_limit(self.max_packet)}",
+                        f"SmallFileBatch of {length} bytes exceeds {self._batch_limit}",
                         ErrorCode.PACKET_TOO_LARGE,
                     )
             elif length > self.max_control_packet:
@@ -207,7 +206,7 @@ class FSConnection:
         nbytes = length - DATA_HEADER_SIZE
         self._payload_left = nbytes
         self._payload_file = file_id
-        self._skip_payload = file_id in self._ended and self.sessions.phase(file_id) is None
+        self._skip_payload = self._stale(file_id)
         if self._skip_payload:  # sent before the peer saw our Error: drop it
             self._payload_sink = None
             return
@@ -230,7 +229,7 @@ class FSConnection:
         room = len(target)
         filled = 0
         left = self._payload_left
-        max_payload = self.max_packet - DATA_HEADER_SIZE
+        max_payload = self.max_payload
         transferred, size = session.transferred, session.size
         data_type = int(T.FILE_SYNC_DATA)
         unpack_from = DATA_HEADER.unpack_from
@@ -301,11 +300,7 @@ class FSConnection:
         if isinstance(msg, m.FileSyncData):
             return self.data_header(msg.file_id, len(msg.payload)) + msg.payload
         packet = encode(msg)
-        limit = (
-            batch_packet_limit(self.max_packet)
-            if isinstance(msg, m.SmallFileBatch)
-            else self.max_packet
-        )
+        limit = self._batch_limit if isinstance(msg, m.SmallFileBatch) else self.max_packet
         if len(packet) > limit:
             raise LocalProtocolError(
                 f"{type(msg).__name__} of {len(packet)} bytes exceeds the maximum packet size "
@@ -369,6 +364,10 @@ class FSConnection:
     def max_payload(self) -> int:
         return self.max_packet - DATA_HEADER_SIZE
 
+    def _set_max_packet(self, max_packet: int) -> None:
+        self.max_packet = max_packet
+        self._batch_limit = batch_packet_limit(max_packet)
+
     def negotiate(self, proposed: int) -> int:
         """Server side: the packet size to agree on for a client's proposal."""
         if proposed < MIN_MAX_PACKET:
@@ -389,6 +388,10 @@ class FSConnection:
                 f"{ptype.name} before the handshake completed", ErrorCode.UNEXPECTED_PACKET
             )
 
+    def _stale(self, file_id: int) -> bool:
+        """A packet of the peer's for *file_id* crossed the Error that ended its session here."""
+        return file_id in self._ended and self.sessions.phase(file_id) is None
+
     def _apply(self, msg: m.Message, sender: Role) -> bool:
         """Apply *msg*; False if it is a stale packet to drop (it crossed our Error)."""
         ptype = packet_type_of(msg)
@@ -405,7 +408,7 @@ class FSConnection:
             if sender is not self.role and file_id in self._ended:
                 if what in (Step.INIT, Step.DOWNLOAD_REQUEST):
                     del self._ended[file_id]  # the peer saw our Error and reuses the id
-                elif self.sessions.phase(file_id) is None:
+                elif self._stale(file_id):
                     return False
             self.sessions.apply(file_id, what, sender, size)
             if what in (Step.CHECK_HASH, Step.CANCEL) and sender is not self.role:
@@ -448,6 +451,12 @@ class FSConnection:
             self._ended.pop(msg.file_id, None)
 
     def _apply_handshake(self, msg: m.Message, sender: Role) -> None:
+        # the phase in which this side awaits the handshake reply (sent or received)
+        waiting = (
+            ConnPhase.AWAIT_HANDSHAKE_RESPONSE
+            if self.role is Role.CLIENT
+            else ConnPhase.HANDSHAKE_RECEIVED
+        )
         if isinstance(msg, m.VersionHandshake):
             if sender is not Role.CLIENT or self.phase is not ConnPhase.HANDSHAKE:
                 raise LocalProtocolError(
@@ -457,18 +466,9 @@ class FSConnection:
             if msg.max_packet < MIN_MAX_PACKET:
                 raise LocalProtocolError(f"proposed packet size {msg.max_packet} too small")
             self._proposed = msg.max_packet
-            self.phase = (
-                ConnPhase.AWAIT_HANDSHAKE_RESPONSE
-                if self.role is Role.CLIENT
-                else ConnPhase.HANDSHAKE_RECEIVED
-            )
+            self.phase = waiting
             return
         assert isinstance(msg, m.VersionHandshakeResponse)
-        waiting = (
-            ConnPhase.AWAIT_HANDSHAKE_RESPONSE
-            if self.role is Role.CLIENT
-            else ConnPhase.HANDSHAKE_RECEIVED
-        )
         if sender is not Role.SERVER or self.phase is not waiting:
             raise LocalProtocolError(
                 f"VersionHandshakeResponse not allowed now ({self.phase.name})",
@@ -482,5 +482,5 @@ class FSConnection:
             raise LocalProtocolError(
                 f"agreed packet size {msg.max_packet} outside {MIN_MAX_PACKET}..{limit}"
             )
-        self.max_packet = msg.max_packet
+        self._set_max_packet(msg.max_packet)
         self.phase = ConnPhase.READY

@@ -11,10 +11,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from common.errors import RemoteProtocolError
 from common.limits import DIGEST_SIZE
+
+if TYPE_CHECKING:
+    from common.codec import RecordCodec
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -34,6 +38,11 @@ class FixedKind:
         return items[index]
 
 
+def check_digest(value: Any) -> None:
+    if len(value) != DIGEST_SIZE:
+        raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
+
+
 @dataclass(frozen=True)
 class Int(FixedKind):
     code: str
@@ -44,8 +53,7 @@ class Digest(FixedKind):
     code: str = f"{DIGEST_SIZE}s"
 
     def put(self, items: list[Any], value: Any) -> None:
-        if len(value) != DIGEST_SIZE:
-            raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
+        check_digest(value)
         items.append(value)
 
 
@@ -59,9 +67,8 @@ class OptionalDigest(FixedKind):
     def put(self, items: list[Any], value: Any) -> None:
         if value is None:
             items += (0, _ZERO_DIGEST)
-        elif len(value) != DIGEST_SIZE:
-            raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
         else:
+            check_digest(value)
             items += (1, value)
 
     def take(self, items: tuple[Any, ...], index: int) -> Any:
@@ -200,32 +207,41 @@ class Rest(VarKind):
         return bytes(body[pos:]), len(body)
 
 
+class _RecordKind(VarKind):
+    """A kind holding records of the dataclass ``record``: its codec is looked up on first
+    use (``common.codec`` imports this module, so it cannot be imported at import time)."""
+
+    record: type
+
+    @cached_property
+    def codec(self) -> RecordCodec:
+        from common.codec import record_codec
+
+        return record_codec(self.record)
+
+
 @dataclass(frozen=True)
-class Records(VarKind):
+class Records(_RecordKind):
     """A u16 count then that many records of one record type (list pages)."""
 
     record: type
     max_count: int
 
     def encode(self, parts: list[bytes], value: Any) -> None:
-        from common.codec import record_codec
-
         if len(value) > self.max_count:
             raise ValueError(f"{len(value)} records exceed {self.max_count}")
         parts.append(_U16.pack(len(value)))
-        codec = record_codec(self.record)
+        codec = self.codec
         for item in value:
             codec.encode_into(parts, item)
 
     def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
-        from common.codec import record_codec
-
         if pos + 2 > len(body):
             raise RemoteProtocolError("truncated record count")
         (count,) = _U16.unpack_from(body, pos)
         if count > self.max_count:
             raise RemoteProtocolError(f"{count} records exceed {self.max_count}")
-        codec = record_codec(self.record)
+        codec = self.codec
         items = []
         pos += 2
         for _ in range(count):
@@ -235,40 +251,32 @@ class Records(VarKind):
 
 
 @dataclass(frozen=True)
-class Record(VarKind):
+class Record(_RecordKind):
     """Exactly one record, inline."""
 
     record: type
 
     def encode(self, parts: list[bytes], value: Any) -> None:
-        from common.codec import record_codec
-
-        record_codec(self.record).encode_into(parts, value)
+        self.codec.encode_into(parts, value)
 
     def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
-        from common.codec import record_codec
-
-        return record_codec(self.record).decode_from(body, pos)
+        return self.codec.decode_from(body, pos)
 
 
 @dataclass(frozen=True)
-class OptionalRecord(VarKind):
+class OptionalRecord(_RecordKind):
     """A presence byte, then one record if present."""
 
     record: type
 
     def encode(self, parts: list[bytes], value: Any) -> None:
-        from common.codec import record_codec
-
         if value is None:
             parts.append(b"\x00")
         else:
             parts.append(b"\x01")
-            record_codec(self.record).encode_into(parts, value)
+            self.codec.encode_into(parts, value)
 
     def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
-        from common.codec import record_codec
-
         if pos >= len(body):
             raise RemoteProtocolError("truncated record flag")
         flag = body[pos]
@@ -276,7 +284,7 @@ class OptionalRecord(VarKind):
             return None, pos + 1
         if flag != 1:
             raise RemoteProtocolError(f"bad record presence flag {flag}")
-        return record_codec(self.record).decode_from(body, pos + 1)
+        return self.codec.decode_from(body, pos + 1)
 
 
 U8 = Int("B")
