@@ -43,33 +43,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
-    """Unlink ``fs-<pid>-*`` segments whose owner process is gone; returns their names."""
-    removed = []
-    if not shm_dir.is_dir():
-        return removed
-    for path in shm_dir.iterdir():
+def clean_stale_segments() -> None:
+    """Unlink ``fs-<pid>-*`` segments whose owner process is gone."""
+    if not SHM_DIR.is_dir():
+        return
+    for path in SHM_DIR.iterdir():
         match = _NAME.match(path.name)
         if match and not _pid_alive(int(match.group(1))):
             try:
                 path.unlink()
             except FileNotFoundError:
                 continue
-            removed.append(path.name)
             log.warning("removed stale shared memory segment %s of a dead server", path.name)
-    return removed
 
 
 class BlobArena:
     """One shared-memory segment; ``view`` is a writable memoryview over all of it."""
 
-    def __init__(self, name: str, size: int, view: memoryview, closer: Callable[[], None],
-                 owner: bool) -> None:  # fmt: skip
+    def __init__(self, name: str, view: memoryview, closer: Callable[[], None]) -> None:
         self.name = name
-        self.size = size
         self.view: memoryview | None = view
         self._closer = closer
-        self.owner = owner
 
     @classmethod
     def create(cls, size: int) -> BlobArena:
@@ -105,7 +99,7 @@ class BlobArena:
             with contextlib.suppress(FileNotFoundError):
                 shm.unlink()
 
-        return cls(name, size, shm.buf, close, owner=True)
+        return cls(name, shm.buf, close)
 
     @classmethod
     def attach(cls, name: str) -> BlobArena:
@@ -125,7 +119,7 @@ class BlobArena:
             except BufferError:
                 log.debug("arena %s still has exported views; left mapped until exit", name)
 
-        return cls(name, size, memoryview(mapped), close, owner=False)
+        return cls(name, memoryview(mapped), close)
 
     def close(self) -> None:
         """Detach (and, for the creator, unlink). Safe to call twice; tolerates live views."""

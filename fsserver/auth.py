@@ -128,10 +128,10 @@ def read_tokens(path: Path) -> list[dict[str, object]]:
     return tokens
 
 
-def check_tokens_file(path: str) -> int:
-    """Read and check the whole file (at start-up, where a broken file stops the server);
-    returns how many tokens it holds."""
-    return len([parse(item) for item in read_tokens(Path(path))])
+def check_tokens_file(path: str) -> None:
+    """Read and check the whole file (at start-up, where a broken file stops the server)."""
+    for item in read_tokens(Path(path)):
+        parse(item)
 
 
 def add_token(path: str, name: str, shares: list[str], read_only: bool) -> str:

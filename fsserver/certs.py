@@ -24,10 +24,11 @@ def existing_fingerprint(folder: str) -> str | None:
     """The fingerprint of a pair already in *folder* (running init-tls again changes nothing:
     pinned clients keep working); None if there is none."""
     cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
-    if cert.exists() and key.exists():
+    has_cert, has_key = cert.exists(), key.exists()
+    if has_cert and has_key:
         return fingerprint_of_pem(cert.read_text())
-    if cert.exists() or key.exists():
-        found = cert if cert.exists() else key
+    if has_cert or has_key:
+        found = cert if has_cert else key
         raise CertExists(f"{found} exists without its pair; move it away and run init-tls again")
     return None
 

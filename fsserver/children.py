@@ -40,12 +40,13 @@ class Child:
     role: Role
     index: int
     process: BaseProcess
+    exited: asyncio.Future[int]
+    """Resolves to the exit code once the child is reaped (set by ``spawn``)."""
     started: float = field(default_factory=time.monotonic)
     channel: MessageChannel | None = None
     ready: bool = False
     watching: dict[str, int | None] = field(default_factory=dict)
     """Shares this worker has subscribers for (see ``feed.ChangeFeed.watched``)."""
-    exited: asyncio.Future[int] | None = None
 
     @property
     def name(self) -> str:
@@ -53,7 +54,7 @@ class Child:
 
     @property
     def alive(self) -> bool:
-        return self.exited is not None and not self.exited.done()
+        return not self.exited.done()
 
 
 REAP_POLL = 0.005
@@ -82,7 +83,7 @@ def spawn(
         if process.exitcode is None:
             loop.call_later(REAP_POLL, reaped)
             return
-        if child.exited is not None and not child.exited.done():
+        if not child.exited.done():
             child.exited.set_result(process.exitcode)
         on_exit(child)
 
@@ -106,7 +107,7 @@ class RestartPolicy:
         died before it was ready counts as a failed boot (a worker reports ready; a hasher
         has nothing to report, so it counts by how soon it died)."""
         key = (child.role, child.index)
-        booting = not child.ready if child.role is Role.WORKER else True
+        booting = not child.ready  # (only workers ever report ready)
         if booting and time.monotonic() - child.started < QUICK_DEATH:
             self.quick_deaths[key] = self.quick_deaths.get(key, 0) + 1
         else:
@@ -123,7 +124,7 @@ async def stop_all(children: list[Child], grace: float) -> None:
         if child.alive and child.process.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.process.pid, signal.SIGTERM)
-    pending = [child.exited for child in children if child.alive and child.exited]
+    pending = [child.exited for child in children if child.alive]
     if pending:
         _, still = await asyncio.wait(pending, timeout=grace)
         if still:

@@ -75,10 +75,10 @@ class ClientConnection(
         self.downloads: dict[int, DownloadStream] = {}
         self.draining: list[DownloadStream] = []
         self.written = 0
+        """Bytes handed to the transport; minus its buffer, the bytes on the wire."""
         self.taken_seen = 0
         self.last_taken = 0.0
         """When the client last took bytes off the transport's buffer (see check_deadlines)."""
-        """Bytes handed to the transport; minus its buffer, the bytes on the wire."""
         self.traffic = telemetry.TrafficCounts()
         self.outbox: list[bytes] = []
         self.outbox_bytes = 0
@@ -95,11 +95,11 @@ class ClientConnection(
         """Packets whole when the one arriving since ``partial_since`` began."""
         self.subscription: Subscription | None = None
         self.opening: dict[int, m.FileSyncInit | m.DownloadRequest] = {}
+        """Sessions whose first store call is under way, by file id."""
         self.requests_busy = 0
         self.origin = ctx.worker_id << 40 | next(_ORIGINS)
         """Names this connection in the changes it makes (see ``feed.Subscription``)."""
         self.requests_waiting: deque[tuple[Callable[[Any], None], str, tuple[Any, ...]]] = deque()
-        """Sessions whose first store call is under way, by file id."""
         self.handlers: dict[type, Callable[[Any], None]] = {
             m.VersionHandshake: self.on_handshake,
             m.FileSyncInit: self.on_init,
@@ -144,7 +144,13 @@ class ClientConnection(
         self.last_heard = self.loop.time()
         if self.direct:
             self.conn.direct_received(nbytes)
-            self.mark_partial()
+            # Only payload bytes arrived (the staging buffer is empty): no packet became whole,
+            # so the packet clock that ``mark_partial`` started before this read still runs,
+            # unless the payload just ended. (No sum over the receive counters per read.)
+            if not self.conn.mid_packet:
+                self.partial_since = None
+            elif self.partial_since is None:
+                self.mark_partial()
             return
         self.fill += nbytes
         try:
@@ -236,22 +242,27 @@ class ClientConnection(
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send(self, msg: m.Message) -> None:
+    def send(self, msg: m.Message, *, may_not_fit: bool = False) -> bool:
+        """Queue *msg*. With *may_not_fit*, a message over the packet size is no bug: it is
+        not sent (nothing changes) and the result is False; otherwise the result is True."""
         if self.closing or self.conn.phase is ConnPhase.CLOSED:
             # CLOSED: a client's Error for the whole connection was parsed in the same read as
             # packets before it; their replies are dropped, not refused as a bug
-            return
+            return True
         try:
             packet = self.conn.send(msg)
         except LocalProtocolError as exc:
+            if may_not_fit and exc.code == ErrorCode.PACKET_TOO_LARGE:
+                return False
             log.error("bug: refused to send %s to %s: %s", type(msg).__name__, self.peer, exc)
             self.fail(ErrorCode.INTERNAL, "internal server error")
-            return
+            return True
         self.outbox.append(packet)
         self.outbox_bytes += len(packet)
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
+        return True
 
     def flush(self) -> None:
         self.flush_scheduled = False

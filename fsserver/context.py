@@ -1,4 +1,5 @@
-"""``WorkerContext``: what every connection of one worker shares."""
+"""``WorkerContext``: what every connection of one worker shares; and the checks every kind of
+request makes the same way."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from common.errors import InvalidPath
+from common.paths import normalize_path
 from fsserver.auth import TokenStore
 from fsserver.config import ServerConfig
 from fsserver.feed import ChangeFeed
@@ -25,7 +28,23 @@ class WorkerContext:
     rpc: RpcClient
     hashes: HashClient
     feed: ChangeFeed
-    tokens: TokenStore | None = None
-    report: Callable[[tuple[Any, ...]], None] = lambda message: None
+    tokens: TokenStore | None
+    report: Callable[[tuple[Any, ...]], None]
     """Sends a message to the supervisor (failed handshakes, for its throttle)."""
     connections: set[ClientConnection] = field(default_factory=set)
+
+    def too_large(self, size: int) -> str | None:
+        """Why a file of *size* bytes is refused (over ``--max-file-size``), or None."""
+        limit = self.config.max_file_size
+        if limit and size > limit:
+            return f"larger than this server's limit of {limit} bytes"
+        return None
+
+
+def checked_path(path: str, refuse: Callable[[str], object]) -> str | None:
+    """*path* in canonical form; or, if it is invalid, None, once *refuse* has the reason."""
+    try:
+        return normalize_path(path)
+    except InvalidPath as exc:
+        refuse(exc.message)
+        return None

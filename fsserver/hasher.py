@@ -22,8 +22,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-import xxhash
-
+from common.digest import StreamingDigest, digest_of
 from fsserver import telemetry
 from fsserver.arena import BlobArena
 from fsserver.channel import recv_message, unpack
@@ -39,7 +38,7 @@ def hash_jobs(arena: memoryview, jobs: list[tuple[int, int, int]]) -> list[tuple
     seconds = []
     total = 0
     clock = time.perf_counter
-    digest = xxhash.xxh3_128_digest
+    digest = digest_of
     for job_id, offset, size in jobs:
         started = clock()
         with arena[offset : offset + size] as view:
@@ -70,11 +69,11 @@ class Stream:
     done: int = 0
     busy: float = 0.0
     """Seconds spent digesting this stream (its share of the hasher's time)."""
-    digest: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
+    digest: StreamingDigest = field(default_factory=StreamingDigest)
 
 
 class Hasher:
-    def __init__(self, arena: memoryview, jobs: socket.socket, index: int = 0) -> None:
+    def __init__(self, arena: memoryview, jobs: socket.socket, index: int) -> None:
         self.arena = arena
         self.jobs = jobs
         self.sampler = telemetry.ProcessSampler("hasher", index)
@@ -149,7 +148,7 @@ class Hasher:
             socket.close(stream.reply_fd)
 
 
-def serve_jobs(arena_name: str, jobs: socket.socket, index: int = 0) -> None:
+def serve_jobs(arena_name: str, jobs: socket.socket, index: int) -> None:
     """Body of a hasher process: serve jobs until the job socket closes."""
     arena = BlobArena.attach(arena_name)
     assert arena.view is not None

@@ -8,11 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from common import messages as m
-from common.codec import encode
-from common.connection import FSConnection
 from common.errors import InvalidPath
 from common.limits import MAX_LIST_ENTRIES
-from common.paths import normalize_path, normalize_prefix
+from common.paths import normalize_prefix
+from fsserver.context import checked_path
 from fsserver.store import ListPage, Refused
 
 DEFAULT_PAGE = 1000
@@ -24,10 +23,9 @@ _OK = m.LookupStatus.OK
 
 
 class RequestHandlers:
-    conn: FSConnection
     share: str
     closing: bool
-    send: Callable[[m.Message], None]
+    send: Callable[..., bool]
     call_store: Callable[..., None]
     origin: int
     read_only: bool
@@ -66,11 +64,7 @@ class RequestHandlers:
         if self.closing:
             return
         entries, more = page.entries, page.more
-        while True:
-            reply = m.ListResponse(request_id, _OK, more, "", entries)
-            if len(encode(reply)) <= self.conn.max_packet:
-                self.send(reply)
-                return
+        while not self.send(m.ListResponse(request_id, _OK, more, "", entries), may_not_fit=True):
             if len(entries) == 1:
                 text = "a path is too long for this packet size; use a larger --max-packet"
                 self.send(m.ListResponse(request_id, _INVALID, False, text, ()))
@@ -116,8 +110,4 @@ class RequestHandlers:
             self.send(m.DeleteResponse(request_id, _OK, result.version, ""))
 
     def _valid_path(self, path: str, refusal: Callable[[str], m.Message]) -> str | None:
-        try:
-            return normalize_path(path)
-        except InvalidPath as exc:
-            self.send(refusal(exc.message))
-            return None
+        return checked_path(path, lambda text: self.send(refusal(text)))

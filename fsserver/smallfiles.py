@@ -48,7 +48,7 @@ class PendingBatch:
     request_id: int
     files: tuple[m.SmallFile, ...]
     results: list[m.FileResult | None]
-    paths: list[str] = field(default_factory=list)
+    paths: list[str]
     held: dict[int, Reserved] = field(default_factory=dict)
     """Files reserved and not yet handed to ``commit_many`` (given back if the batch dies)."""
     digests: dict[int, bytes] = field(default_factory=dict)
@@ -76,7 +76,6 @@ class BatchHandlers:
             batch.results = [denied] * len(files)
             self.finish_batch(batch)
             return
-        limit = self.ctx.config.max_file_size
         items: list[tuple[Any, ...]] = []
         where: list[int] = []
         for index, f in enumerate(files):
@@ -86,10 +85,9 @@ class BatchHandlers:
                 batch.results[index] = m.FileResult(S.INVALID_PATH, 0, exc.message)
                 continue
             size = len(f.data)
-            if limit and size > limit:
-                batch.results[index] = m.FileResult(
-                    S.TOO_LARGE, 0, f"larger than this server's limit of {limit} bytes"
-                )
+            too_large = self.ctx.too_large(size)
+            if too_large:
+                batch.results[index] = m.FileResult(S.TOO_LARGE, 0, too_large)
                 continue
             batch.paths[index] = path
             items.append((path, size, f.mtime_ns, f.mode, f.base_version))

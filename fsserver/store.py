@@ -42,6 +42,8 @@ class Linked(NamedTuple):
 
 class Committed(NamedTuple):
     version: int
+    reused: bool = False
+    """The share held this content already: the path now refers to it (stored once)."""
 
 
 class Opened(NamedTuple):
@@ -135,10 +137,6 @@ class Share:
         self.entries[path] = entry
         self.by_version[entry.version] = path
 
-    def current_version(self, path: str) -> int:
-        entry = self.entries.get(path)
-        return entry.version if entry is not None and entry.blob is not None else NO_VERSION
-
 
 @dataclass(slots=True)
 class _Hold:
@@ -169,6 +167,8 @@ class Store:
         """Bytes of uploads in progress, by share: they count against its quota."""
         self.changes: list[Change] = []
         self.logical_bytes = 0
+        self.blob_bytes = 0
+        """Bytes of the stored blobs (each distinct content once): kept up to date, not summed."""
         self._ids = count(1)
 
     # -- uploads -----------------------------------------------------------------------------
@@ -239,9 +239,11 @@ class Store:
             self.allocator.free(hold.offset, hold.size)
         if refused:
             return refused
+        reused = blob is not None
         if blob is None:
             blob = self.blobs[key] = Blob(share, digest, hold.size, hold.offset)
-        return Committed(self._put(share, path, blob, mtime_ns, mode, origin))
+            self.blob_bytes += blob.size
+        return Committed(self._put(share, path, blob, mtime_ns, mode, origin), reused)
 
     def reserve_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
                      origin: int = 0) -> list[Reserved | Refused]:  # fmt: skip
@@ -260,12 +262,10 @@ class Store:
         of a small-file batch, in order; ``Linked`` where identical content was stored."""
         results: list[Committed | Linked | Refused] = []
         for ticket, path, mtime_ns, mode, digest, base_version in items:
-            hold = self.holds.get(ticket)
-            known = hold is not None and (share, digest, hold.size) in self.blobs
             result = self.commit(owner, ticket, share, path, mtime_ns, mode, digest,
                                  base_version, origin)  # fmt: skip
-            results.append(Linked(result.version) if known and isinstance(result, Committed)
-                           else result)  # fmt: skip
+            reused = isinstance(result, Committed) and result.reused
+            results.append(Linked(result.version) if reused else result)
         return results
 
     def abort(self, owner: int, ticket: int) -> None:
@@ -370,7 +370,7 @@ class Store:
         return StoreStats(
             capacity_bytes=self.allocator.capacity,
             used_bytes=self.allocator.used_bytes,
-            blob_bytes=sum(blob.size for blob in self.blobs.values()),
+            blob_bytes=self.blob_bytes,
             logical_bytes=self.logical_bytes,
             files=sum(sh.live for sh in self.shares.values()),
             shares=sum(1 for sh in self.shares.values() if sh.live),
@@ -390,8 +390,8 @@ class Store:
     def _check_base(self, share: str, path: str, base_version: int, status: int) -> Refused | None:
         if base_version == ANY_VERSION:
             return None
-        sh = self.shares.get(share)
-        current = sh.current_version(path) if sh else NO_VERSION
+        entry = self._live(share, path)
+        current = entry.version if entry is not None else NO_VERSION
         if current == base_version:
             return None
         return Refused(
@@ -441,6 +441,7 @@ class Store:
         blob.refs -= 1
         if blob.refs == 0:
             del self.blobs[blob.key]
+            self.blob_bytes -= blob.size
             self.allocator.free(blob.offset, blob.size)
 
     def _take_hold(self, owner: int, hold_id: int, lease: bool) -> _Hold:

@@ -250,7 +250,7 @@ class Supervisor:
         if self.stopping:
             return
         assert self.loop is not None and self.store is not None
-        code = child.exited.result() if child.exited else -1
+        code = child.exited.result()
         log.error("%s (pid %s) exited with code %s", child.name, child.process.pid, code)
         if child.role is Role.WORKER:
             if child.channel is not None:
@@ -361,12 +361,11 @@ class Supervisor:
 
     def pick_worker(self) -> Child | None:
         """Round robin over the workers that are alive and ready."""
-        slots = sorted(self.workers)
-        for step in range(len(slots)):
-            index = slots[(self._next_worker + step) % len(slots)]
-            worker = self.workers[index]
+        slots = len(self.workers)  # keyed 0..workers-1; a restart reuses its index
+        for step in range(slots):
+            worker = self.workers[(self._next_worker + step) % slots]
             if worker.ready and worker.alive:
-                self._next_worker = (self._next_worker + step + 1) % len(slots)
+                self._next_worker = (self._next_worker + step + 1) % slots
                 return worker
         return None
 

@@ -144,8 +144,9 @@ class TrafficCounts:
     def publish(self, counts: list[list[int]]) -> None:
         metrics = (RECEIVED_PACKETS, RECEIVED_BYTES, SENT_PACKETS, SENT_BYTES)
         for metric, now, seen in zip(metrics, counts, self.seen, strict=True):
-            for ptype, value in enumerate(now):
+            for ptype, name in PACKET_NAMES.items():  # only these are ever counted
+                value = now[ptype]
                 delta = value - seen[ptype]
                 if delta:
-                    metric.labels(PACKET_NAMES.get(ptype, str(ptype))).inc(delta)
+                    metric.labels(name).inc(delta)
                     seen[ptype] = value

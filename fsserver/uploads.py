@@ -12,11 +12,10 @@ from typing import Any
 
 from common import messages as m
 from common.connection import FSConnection
-from common.errors import ErrorCode, InvalidPath
-from common.paths import normalize_path
+from common.errors import ErrorCode
 from common.sinks import ViewSink
 from fsserver import telemetry
-from fsserver.context import WorkerContext
+from fsserver.context import WorkerContext, checked_path
 from fsserver.hashing import STREAM_MIN, HashStream
 from fsserver.store import Linked, Refused, Reserved
 
@@ -81,12 +80,11 @@ class UploadHandlers:
             ended("error")
             self.refuse(msg, m.Error(ErrorCode.PERMISSION_DENIED, fid, "this token is read-only"))
             return
-        limit = self.ctx.config.max_file_size
-        if limit and msg.size > limit:
+        too_large = self.ctx.too_large(msg.size)
+        if too_large:
             ended("no_space")
             self.refuse(msg, m.FileSyncInitResponse(fid, m.InitStatus.TOO_LARGE, 0,
-                                                    f"{path}: larger than this server's limit "
-                                                    f"of {limit} bytes"))  # fmt: skip
+                                                    f"{path}: {too_large}"))  # fmt: skip
             return
         self.opening[fid] = msg
         self.call_store(
@@ -105,11 +103,8 @@ class UploadHandlers:
     def session_path(self, msg: m.FileSyncInit | m.DownloadRequest) -> str | None:
         """The canonical form of a path a file session names; a bad one ends the session with
         a file-scoped Error (the connection and the client's other files carry on)."""
-        try:
-            return normalize_path(msg.path)
-        except InvalidPath as exc:
-            self.refuse(msg, m.Error(ErrorCode.INVALID_PATH, msg.file_id, exc.message))
-            return None
+        return checked_path(msg.path, lambda text: self.refuse(
+            msg, m.Error(ErrorCode.INVALID_PATH, msg.file_id, text)))  # fmt: skip
 
     def refuse(self, msg: m.FileSyncInit | m.DownloadRequest, reply: m.Message) -> None:
         """Refuse a session without asking the store, yet like the store's answers (see

@@ -39,6 +39,7 @@ def check_invariants(store: Store) -> None:
     for blob in store.blobs.values():
         assert blob.refs == refs.get(id(blob), 0) > 0
     assert store.new_paths == sum(h.new_path for h in store.holds.values())
+    assert store.blob_bytes == sum(b.size for b in store.blobs.values())
 
 
 def upload(store: Store, share: str, path: str, size: int, digest: bytes) -> int:
