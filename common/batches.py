@@ -16,6 +16,11 @@ from common.errors import ErrorCode, LocalProtocolError
 from common.limits import MAX_BATCH_PACKET, MAX_BATCHES_IN_FLIGHT, MIN_BATCH_MAX_PACKET
 
 
+def batch_allowed(max_packet: int) -> bool:
+    """Batches may be sent on a connection that negotiated packets of this size."""
+    return max_packet >= MIN_BATCH_MAX_PACKET
+
+
 def batch_packet_limit(max_packet: int) -> int:
     """The longest SmallFileBatch packet allowed on a connection with this packet size."""
     return min(max_packet, MAX_BATCH_PACKET)
@@ -30,9 +35,14 @@ class BatchTable:
     def __len__(self) -> int:
         return len(self.pending)
 
+    @property
+    def full(self) -> bool:
+        """As many batches are outstanding as may be: the next one must wait for a reply."""
+        return len(self.pending) >= MAX_BATCHES_IN_FLIGHT
+
     def check(self, msg: m.SmallFileBatch, max_packet: int) -> None:
         """Raise unless *msg* may be sent now (call before the request is opened)."""
-        if max_packet < MIN_BATCH_MAX_PACKET:
+        if not batch_allowed(max_packet):
             raise LocalProtocolError(
                 f"SmallFileBatch needs packets of at least {MIN_BATCH_MAX_PACKET} bytes "
                 f"(this connection agreed on {max_packet})",
@@ -40,7 +50,7 @@ class BatchTable:
             )
         if not msg.files:
             raise LocalProtocolError("SmallFileBatch without files")
-        if len(self.pending) >= MAX_BATCHES_IN_FLIGHT:
+        if self.full:
             raise LocalProtocolError(
                 f"more than {MAX_BATCHES_IN_FLIGHT} batches in flight", ErrorCode.LIMIT_EXCEEDED
             )

@@ -20,7 +20,8 @@ def normalize_path(path: str) -> str:
     """Return *path* in canonical form (NFC, relative, ``/``-separated) or raise InvalidPath.
 
     Refused: empty paths, absolute paths, empty, ``.`` or ``..`` segments, backslashes, NUL and
-    other control characters, more than 4096 bytes, or a segment of more than 255 bytes.
+    other control characters, more than ``MAX_PATH_BYTES`` (4000) bytes, or a segment of more
+    than ``MAX_SEGMENT_BYTES`` (255) bytes.
     """
     if (
         path.isascii()
@@ -54,6 +55,12 @@ def normalize_path(path: str) -> str:
     except UnicodeEncodeError as exc:
         raise InvalidPath("path is not valid UTF-8") from exc
     return path
+
+
+def is_canonical(path: str) -> bool:
+    """*path* is valid and already in canonical form (``normalize_path`` leaves it as it is);
+    raises InvalidPath, as ``normalize_path`` does, if it is not valid at all."""
+    return normalize_path(path) == path
 
 
 def _segments_ok(path: str) -> bool:

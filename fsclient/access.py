@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import hmac
 import os
+import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from common.errors import ErrorCode, FSError
 
-if TYPE_CHECKING:
-    import ssl
-
+DEFAULT_SERVER = "127.0.0.1:7878"
+"""The server address when neither an option nor the environment names one."""
 ENV_TOKEN = "FS_TOKEN"
 ENV_TLS = "FS_TLS"
 ENV_TLS_CA = "FS_TLS_CA"
@@ -67,8 +66,6 @@ class Access:
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.uses_tls:
             return None
-        import ssl  # only when TLS is used: it costs a CLI start several milliseconds
-
         if self.tls_fingerprint:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False

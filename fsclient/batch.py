@@ -15,12 +15,13 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from common import messages as m
+from common.batches import batch_allowed
 from common.digest import digest_of
 from common.errors import FSError, RemoteError
 from common.limits import ANY_VERSION
 from common.paths import normalize_path
 from fsclient.protocol import error_from, refusal
-from fsclient.smallbatch import Batcher, read_small, usable
+from fsclient.smallbatch import Batcher, read_small
 from fsclient.transfer import SMALL_FILE, FileChanged, FileSource, Known
 
 if TYPE_CHECKING:
@@ -130,7 +131,9 @@ class BatchUpload:
         self.todo: Iterator[int] = iter(range(len(self.pairs)))
         self.exhausted = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.batcher = Batcher(self, client.max_packet) if usable(client.max_packet) else None
+        self.batcher = (
+            Batcher(self, client.max_packet) if batch_allowed(client.max_packet) else None
+        )
         """Whole small files travel in SmallFileBatch packets when the connection allows."""
 
     async def run(self) -> list[Result]:
@@ -169,12 +172,16 @@ class BatchUpload:
             path = normalize_path(remote)
             if self.batcher is not None:
                 whole = read_small(local, self.batcher.limit(path))
-                if whole is not None:
+                if isinstance(whole, int):  # too big for a batch: its size
+                    size = whole
+                else:
                     data, mtime_ns, mode = whole
                     record = m.SmallFile(mtime_ns, mode, base_version, digest_of(data), path, data)
                     self.batcher.add(index, record)
                     return
-            if os.stat(local).st_size > SMALL_FILE:  # too big to hold: streamed later
+            else:
+                size = os.stat(local).st_size
+            if size > SMALL_FILE:  # too big to hold: streamed later
                 self.later.append(index)
                 return
             source = FileSource(local)

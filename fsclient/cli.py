@@ -14,13 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from common.errors import FSError
+from common.limits import MIN_MAX_PACKET
 from common.messages import FileEntry
-from fsclient.access import Access
+from fsclient.access import DEFAULT_SERVER, Access
 from fsclient.access import add_options as add_access_options
 from fsclient.progress import TerminalProgress
 from fsclient.sync.cli import add_commands, status, sync
-
-DEFAULT_SERVER = "127.0.0.1:7878"
 
 
 def _packet_size(text: str) -> int:
@@ -28,8 +27,8 @@ def _packet_size(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
-    if value < 4096:
-        raise argparse.ArgumentTypeError("must be at least 4096")
+    if value < MIN_MAX_PACKET:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_MAX_PACKET}")
     return value
 
 

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import os
 import secrets
+import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +37,7 @@ from common.limits import (
 )
 from common.paths import check_name, normalize_path, normalize_prefix
 from common.state import Phase
-from fsclient.access import Access, TLSError
+from fsclient.access import DEFAULT_SERVER, Access, TLSError
 from fsclient.batch import BatchUpload, Item
 from fsclient.protocol import ClientProtocol, ConnectionLost, Leftover, Mailbox, refusal
 from fsclient.transfer import (
@@ -73,9 +74,7 @@ async def _open(
             timeout,
         )  # fmt: skip
     except (OSError, TimeoutError) as exc:
-        if context is not None:  # (ssl is imported only when TLS is used)
-            import ssl
-
+        if context is not None:
             if isinstance(exc, ssl.SSLCertVerificationError):
                 raise TLSError(
                     f"TLS certificate of {where} is not trusted: {exc.verify_message}"
@@ -117,7 +116,7 @@ class Client:
     @classmethod
     async def connect(
         cls,
-        server: str = "127.0.0.1:7878",
+        server: str = DEFAULT_SERVER,
         share: str = "default",
         *,
         client_id: str | None = None,

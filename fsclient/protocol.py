@@ -31,6 +31,7 @@ from common.errors import (
     StoreFull,
 )
 from common.limits import NO_FILE
+from common.rules import RESPONSES
 from common.state import Phase, Role
 from fsclient.transfer import DownloadTarget
 
@@ -71,6 +72,11 @@ _REFUSALS: dict[tuple[type, int], type[FSError]] = {
         (m.LookupStatus.DENIED, PermissionDenied),
         (m.HandshakeStatus.AUTH_FAILED, AuthError),
         (m.HandshakeStatus.INVALID_SHARE, InvalidName),
+        (m.FileStatus.NO_SPACE, StoreFull),
+        (m.FileStatus.TOO_LARGE, StoreFull),
+        (m.FileStatus.CONFLICT, Conflict),
+        (m.FileStatus.INVALID_PATH, InvalidPath),
+        (m.FileStatus.DENIED, PermissionDenied),
     ]
 }  # keyed by type too: IntEnums of different types compare equal by value
 
@@ -292,8 +298,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         elif isinstance(event, m.ChangeNotification):
             assert self.notifications is not None
             self.notifications.put_nowait(event)
-        elif isinstance(event, (m.ListResponse, m.StatResponse, m.DeleteResponse,
-                                m.SubscribeResponse, m.SmallFileBatchResponse)):  # fmt: skip
+        elif type(event) in RESPONSES:
             fut = self.requests.pop(event.request_id)
             if not fut.done():
                 fut.set_result(event)

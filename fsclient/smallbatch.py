@@ -18,22 +18,10 @@ from typing import TYPE_CHECKING
 
 from common import messages as m
 from common.batches import batch_packet_limit
-from common.errors import (
-    Conflict,
-    FSError,
-    InvalidPath,
-    PermissionDenied,
-    RemoteError,
-    StoreFull,
-)
-from common.limits import (
-    DIGEST_SIZE,
-    HEADER_SIZE,
-    MAX_BATCH_FILE_BYTES,
-    MAX_BATCH_FILES,
-    MAX_BATCHES_IN_FLIGHT,
-    MIN_BATCH_MAX_PACKET,
-)
+from common.codec import record_codec
+from common.errors import FSError, RemoteError
+from common.limits import HEADER_SIZE, MAX_BATCH_FILE_BYTES, MAX_BATCH_FILES, MAX_BATCHES_IN_FLIGHT
+from fsclient.protocol import refusal
 
 if TYPE_CHECKING:
     from fsclient.batch import BatchUpload, Result
@@ -41,39 +29,24 @@ if TYPE_CHECKING:
 S = m.FileStatus
 BATCH_WINDOW = min(8, MAX_BATCHES_IN_FLIGHT)
 """Batches in flight on one connection: enough to keep the server's worker busy."""
-RECORD_BYTES = 8 + 4 + 8 + DIGEST_SIZE + 2 + 4
-"""The fixed part of one file's record in a batch (its path and bytes come on top)."""
-BATCH_HEAD = HEADER_SIZE + 4 + 2
-_ERRORS: dict[S, type[FSError]] = {
-    S.NO_SPACE: StoreFull,
-    S.TOO_LARGE: StoreFull,
-    S.CONFLICT: Conflict,
-    S.INVALID_PATH: InvalidPath,
-    S.DENIED: PermissionDenied,
-}
 
 
-def read_small(local: str | os.PathLike[str], limit: int) -> tuple[bytes, int, int] | None:
+def read_small(local: str | os.PathLike[str], limit: int) -> tuple[bytes, int, int] | int:
     """(bytes, mtime_ns, mode) of a regular file of at most *limit* bytes, read in one call;
-    None if it is bigger (or changed size while it was read: a file session copes with that)."""
+    else its size: it is bigger (or changed size while it was read: a file session copes)."""
     fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(f"{local} is not a regular file")
         if st.st_size > limit:
-            return None
+            return st.st_size
         data = os.pread(fd, st.st_size + 1, 0)
         if len(data) != st.st_size:
-            return None
+            return os.fstat(fd).st_size  # its size now, not the one it had
         return data, st.st_mtime_ns, stat.S_IMODE(st.st_mode)
     finally:
         os.close(fd)
-
-
-def usable(max_packet: int) -> bool:
-    """Batches are allowed on a connection with this negotiated packet size."""
-    return max_packet >= MIN_BATCH_MAX_PACKET
 
 
 def result_of(f: m.SmallFile, result: m.FileResult) -> Result | None:
@@ -82,7 +55,7 @@ def result_of(f: m.SmallFile, result: m.FileResult) -> Result | None:
         return m.FileEntry(len(f.data), result.version, f.mtime_ns, f.mode, f.digest, f.path)
     if result.status is S.MISMATCH:
         return None
-    return _ERRORS.get(result.status, RemoteError)(result.message)
+    return refusal(result.status, result.message)
 
 
 class Batcher:
@@ -91,7 +64,12 @@ class Batcher:
     def __init__(self, upload: BatchUpload, max_packet: int) -> None:
         self.upload = upload
         self.proto = upload.proto
-        self.room = batch_packet_limit(max_packet) - BATCH_HEAD
+        # From the codec, here rather than at import (a CLI start that sends no batch does not
+        # build it). A file's record: fixed fields, u16 path length, u32 data length (path and
+        # bytes on top). A batch: packet header, fixed fields, u16 record count.
+        self.record_bytes = record_codec(m.SmallFile).struct.size + 2 + 4
+        head = HEADER_SIZE + record_codec(m.SmallFileBatch).struct.size + 2
+        self.room = batch_packet_limit(max_packet) - head
         self.files: list[m.SmallFile] = []
         self.indices: list[int] = []
         self.size = 0
@@ -108,7 +86,7 @@ class Batcher:
         return not (self.in_flight or self.full or self.files)
 
     def add(self, index: int, f: m.SmallFile) -> None:
-        cost = RECORD_BYTES + len(f.path.encode()) + len(f.data)
+        cost = self.record_bytes + len(f.path.encode()) + len(f.data)
         if self.files and (self.size + cost > self.room or len(self.files) >= MAX_BATCH_FILES):
             self.full.append((self.indices, self.files))
             self.files, self.indices, self.size = [], [], 0
@@ -120,7 +98,7 @@ class Batcher:
     def limit(self, path: str) -> int:
         """The largest file that fits a batch of its own under *path*; a bigger one goes
         through a file session (near MAX_BATCH_FILE_BYTES with the smallest packets)."""
-        return min(MAX_BATCH_FILE_BYTES, self.room - RECORD_BYTES - len(path.encode()))
+        return min(MAX_BATCH_FILE_BYTES, self.room - self.record_bytes - len(path.encode()))
 
     def pump(self, final: bool = False) -> None:
         """Send the full batches the window allows (and the last, partial one if *final*).
@@ -131,7 +109,7 @@ class Batcher:
             self.files, self.indices, self.size = [], [], 0
         proto = self.proto
         while self.full and self.in_flight < BATCH_WINDOW:
-            if len(proto.conn.batches) >= MAX_BATCHES_IN_FLIGHT and proto.failure is None:
+            if proto.conn.batches.full and proto.failure is None:
                 proto.batch_waiters[self] = None
                 return
             self.send(*self.full.popleft())
@@ -176,4 +154,4 @@ class Batcher:
             batcher.pump()
 
 
-__all__ = ["MAX_BATCH_FILE_BYTES", "Batcher", "read_small", "usable"]
+__all__ = ["Batcher", "read_small"]

@@ -36,6 +36,23 @@ Progress = Callable[[int, int], None]
 """Called as a transfer advances with (bytes done, bytes in all)."""
 
 
+def temp_name(dest: Path) -> Path:
+    """A fresh temp file name beside *dest*; ``TEMP_MARK`` in it is how the sync scanner
+    and ignore rules know a temp file (a leftover one is removed)."""
+    return dest.with_name(f".{dest.name}{TEMP_MARK}{secrets.token_hex(4)}")
+
+
+def install(temp: Path, dest: Path, mode: int, mtime_ns: int,
+            before_replace: Callable[[], None] | None = None) -> None:  # fmt: skip
+    """Give *temp* its mode and mtime and rename it to *dest*. *before_replace* runs just
+    before the rename and may raise to stop it."""
+    os.chmod(temp, mode & 0o777)
+    os.utime(temp, ns=(mtime_ns, mtime_ns))
+    if before_replace is not None:
+        before_replace()
+    os.replace(temp, dest)
+
+
 class FileChanged(OSError):
     """The local file changed while it was being uploaded."""
 
@@ -174,9 +191,9 @@ class BufferRing:
 class FileSink:
     """A download's bytes: filled in place by the connection, written and hashed per chunk."""
 
-    def __init__(self, fd: int, size: int, on_flush: Callable[[int], None] | None = None) -> None:
+    def __init__(self, fd: int, on_flush: Callable[[int], None] | None = None) -> None:
         self.fd = fd
-        self.buffer = bytearray(max(1, min(CHUNK, size)))
+        self.buffer = bytearray(CHUNK)
         self.view = memoryview(self.buffer)
         self.fill = 0
         self.written = 0
@@ -232,9 +249,9 @@ class DownloadTarget:
     def open(self) -> FileSink:
         """Create the temp file before the request goes out, so that every payload byte
         lands in the sink, in order, from the first packet on."""
-        self.temp = self.dest.with_name(f".{self.dest.name}{TEMP_MARK}{secrets.token_hex(4)}")
+        self.temp = temp_name(self.dest)
         self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self.sink = FileSink(self.fd, CHUNK, self._flushed if self.progress else None)
+        self.sink = FileSink(self.fd, self._flushed if self.progress else None)
         return self.sink
 
     def _flushed(self, written: int) -> None:
@@ -254,11 +271,7 @@ class DownloadTarget:
         """Put the verified file in place. *before_replace* runs just before the rename and
         may raise to stop it (the sync engine checks that nobody changed the file meanwhile)."""
         assert self.temp is not None and self.entry is not None
-        os.chmod(self.temp, self.entry.mode & 0o777)
-        os.utime(self.temp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
-        if before_replace is not None:
-            before_replace()
-        os.replace(self.temp, self.dest)
+        install(self.temp, self.dest, self.entry.mode, self.entry.mtime_ns, before_replace)
         self.temp = None
 
     def discard(self) -> None:

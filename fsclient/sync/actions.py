@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -24,9 +23,9 @@ from common.limits import NO_VERSION
 from fsclient.client import Client
 from fsclient.progress import SyncProgress
 from fsclient.sync.plan import LocalFile, RemoteState
-from fsclient.sync.scan import Scanner, brief
+from fsclient.sync.scan import Scanner, brief, same_stat
 from fsclient.sync.state import BaseEntry, StateDB, folder_is_synced
-from fsclient.transfer import TEMP_MARK
+from fsclient.transfer import install, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -166,19 +165,13 @@ class Actions:
         """A rename or copy elsewhere: the content is here already, under another name."""
         for other in self.db.with_digest(remote.digest):
             st = self.scanner.stat(other.path)
-            if other.path == path or st is None or st[:3] != (
-                other.size, other.mtime_ns, other.inode
-            ):  # fmt: skip
+            if other.path == path or st is None or not same_stat(st, other):
                 continue
-            dest = self.abs(path)
-            folder, name = os.path.split(dest)
-            temp = os.path.join(folder, f".{name}{TEMP_MARK}{secrets.token_hex(4)}")
+            dest = Path(self.abs(path))
+            temp = temp_name(dest)
             try:
                 shutil.copyfile(self.abs(other.path), temp)
-                os.chmod(temp, remote.mode & 0o777)
-                os.utime(temp, ns=(remote.mtime_ns, remote.mtime_ns))
-                check()
-                os.replace(temp, dest)
+                install(temp, dest, remote.mode, remote.mtime_ns, check)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)
@@ -237,9 +230,7 @@ class Actions:
                 if expect is None:
                     return
                 raise LocalChanged(path) from None
-            if expect is None or (st.st_size, st.st_mtime_ns, st.st_ino) != (
-                expect.size, expect.mtime_ns, expect.inode
-            ):  # fmt: skip
+            if not same_stat(brief(st), expect):
                 raise LocalChanged(path)
 
         return check

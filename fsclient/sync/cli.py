@@ -10,13 +10,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.paths import check_name
-from fsclient.access import Access
-from fsclient.sync.actions import FolderGone
-from fsclient.sync.state import StateDB
+from fsclient.access import DEFAULT_SERVER, Access
 
-DEFAULT_SERVER = "127.0.0.1:7878"
+if TYPE_CHECKING:  # imported where used: put, get, ls and rm need neither (nor sqlite3)
+    from fsclient.sync.state import StateDB
 
 
 class SetupError(ValueError):
@@ -41,6 +41,7 @@ def add_commands(command: object) -> None:
 def open_folder(args: argparse.Namespace) -> tuple[Path, StateDB, str, str, str]:
     """The folder, its state, and the server, share and client id to use for it."""
     from fsclient.sync.engine import default_client_id
+    from fsclient.sync.state import StateDB
 
     folder = Path(args.dir).absolute()
     if not folder.is_dir():
@@ -72,6 +73,7 @@ def folder_access(args: argparse.Namespace, db: StateDB) -> Access:
 
 
 async def sync(args: argparse.Namespace) -> int:
+    from fsclient.sync.actions import FolderGone
     from fsclient.sync.engine import SyncEngine
 
     if args.debounce < 0:
@@ -103,7 +105,8 @@ async def sync(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     from fsclient.sync.ignore import IgnoreRules
-    from fsclient.sync.scan import Scanner
+    from fsclient.sync.scan import Scanner, same_stat
+    from fsclient.sync.state import StateDB
 
     folder = Path(args.dir).absolute()
     if not StateDB.exists(folder):
@@ -116,8 +119,7 @@ def status(args: argparse.Namespace) -> int:
     seen = set()
     for path, st in scanner.walk():
         seen.add(path)
-        entry = base.get(path)
-        if entry is None or st[:3] != (entry.size, entry.mtime_ns, entry.inode):
+        if not same_stat(st, base.get(path)):
             pending += 1
         if ".sync-conflict-" in path.rsplit("/", 1)[-1]:
             conflicts += 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import messages as m
 from common.errors import Conflict, FSError, InvalidPath
-from common.paths import normalize_path
+from common.paths import is_canonical
 from fsclient.access import Access
 from fsclient.client import ChangeStream, Client
 from fsclient.progress import SyncProgress
@@ -25,7 +25,7 @@ from fsclient.protocol import ConnectionLost
 from fsclient.sync.actions import Actions, FolderGone
 from fsclient.sync.ignore import IGNORE_FILE, IgnoreRules
 from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
-from fsclient.sync.scan import Scanner, Stat
+from fsclient.sync.scan import Scanner, Stat, same_stat
 from fsclient.sync.state import BaseEntry, StateDB
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,13 @@ class SyncEngine:
         self.client_id = client_id
         self.debounce = debounce
         self.once = once
-        self.rules = IgnoreRules.load(folder)
-        self.scanner = Scanner(folder, self.rules)
+        self.scanner = Scanner(folder, IgnoreRules.load(folder))
         self.actions = Actions(folder, db, self.scanner, client_id)
         self.pending: dict[str, RemoteState] = {}
         self.unapplied: set[int] = set()
         self.seen = int(db.meta("last_seq", "0"))
+        self.stored_seq = self.seen
+        """The ``last_seq`` this engine last wrote to the state."""
         self.busy: set[str] = set()
         self.again: set[str] = set()
         self.timers: dict[str, asyncio.TimerHandle] = {}
@@ -77,7 +78,7 @@ class SyncEngine:
                 client = await Client.connect(
                     self.server, self.share, client_id=self.client_id, access=self.access
                 )
-            except (ConnectionError, OSError, ConnectionLost) as exc:
+            except (OSError, ConnectionLost) as exc:
                 if self.once:
                     raise
                 log.warning("cannot reach %s (%s); retrying in %.1f s", self.server, exc, delay)
@@ -122,7 +123,7 @@ class SyncEngine:
         if len(self.actions.tally.failed) == failed:  # else the backlog is read again next time
             self.seen = max(self.seen, stream.seq, self.actions.highest,
                             *(r.version for r in remote.values()))  # fmt: skip
-            self.db.mark_synced(self.seen)
+            self.mark_synced(self.seen)
             self.db.set_meta(reseed=0)
         if not self.once:
             await self.live(stream)
@@ -137,7 +138,7 @@ class SyncEngine:
             self.db.forget_versions()
         if fresh:
             self.db.set_meta(store_id=store_id.hex(), reseed=1, last_seq=0)
-            self.seen = 0
+            self.seen = self.stored_seq = 0
         return fresh and bool(known)
 
     async def backlog(self, stream: ChangeStream, since: int) -> dict[str, RemoteState]:
@@ -156,7 +157,7 @@ class SyncEngine:
         """A path from the server, if it is safe and not ignored. A malicious server must not
         make the client write outside its folder: no '..', no absolute path, no symlink."""
         try:
-            if normalize_path(path) != path:
+            if not is_canonical(path):
                 raise InvalidPath(f"not in canonical form: {path!r}")
         except InvalidPath as exc:
             log.error("refused a path from the server: %s", exc.message)
@@ -167,7 +168,7 @@ class SyncEngine:
             if parent.is_symlink():
                 log.error("refused %s from the server: %s is a symbolic link", path, parent)
                 return None
-        return None if self.rules.ignored(path) else path
+        return None if self.scanner.rules.ignored(path) else path
 
     # -- reconcile ---------------------------------------------------------------------------
 
@@ -182,8 +183,9 @@ class SyncEngine:
         uploads: list[tuple[LocalFile, int]] = []
         later: list[tuple[str, Decision, LocalFile | None, RemoteState | None]] = []
         records = []
+        ignored = self.scanner.rules.ignored
         for path in self.changed_paths(base, local, remote, reseed):
-            if self.rules.ignored(path):
+            if ignored(path):
                 continue
             st, here, news = local.get(path), base.get(path), remote.get(path)
             current = self.scanner.local(path, st, here, lazy=news is None) if st else None
@@ -318,25 +320,27 @@ class SyncEngine:
     async def rescans(self) -> None:
         while True:
             await asyncio.sleep(RESCAN_EVERY)
+            base = {entry.path: entry for entry in self.db.all()}
+            seen = set()
             for path, st in self.scanner.walk():
-                base = self.db.get(path)
-                if base is None or st[:3] != (base.size, base.mtime_ns, base.inode):
+                seen.add(path)
+                if not same_stat(st, base.get(path)):
                     self.settle_soon(path)
-            for entry in self.db.all():
-                if self.scanner.stat(entry.path) is None:
-                    self.settle_soon(entry.path)
+            for path in base:  # the walk just saw the others there
+                if path not in seen and self.scanner.stat(path) is None:
+                    self.settle_soon(path)
 
     def local_changed(self, path: str, is_dir: bool) -> None:
         """A watcher event (on the loop): settle the path once it has been quiet a while."""
         if path == IGNORE_FILE:
-            self.rules = self.scanner.rules = IgnoreRules.load(self.folder)
+            self.scanner.rules = IgnoreRules.load(self.folder)
         if is_dir:
             paths = {e.path for e in self.db.under(path)}
             paths |= {p for p, _ in self.scanner.walk(path)}
         else:
             paths = {path}
         for one in paths:
-            if self.rules.ignored(one):
+            if self.scanner.rules.ignored(one):
                 continue
             timer = self.timers.pop(one, None)
             if timer is not None:
@@ -378,8 +382,12 @@ class SyncEngine:
         """Persist the highest version below which every change has been applied."""
         self.seen = max(self.seen, self.actions.highest)
         upto = min(self.unapplied) - 1 if self.unapplied else self.seen
-        if upto > int(self.db.meta("last_seq", "0")):
-            self.db.mark_synced(upto)
+        if upto > self.stored_seq:
+            self.mark_synced(upto)
+
+    def mark_synced(self, seq: int) -> None:
+        self.db.mark_synced(seq)
+        self.stored_seq = seq
 
 
 def default_client_id() -> str:

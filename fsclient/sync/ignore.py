@@ -20,7 +20,6 @@ ALWAYS = [f"/{MARKER}/", f"*{TEMP_MARK}*"]
 
 class IgnoreRules:
     def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
         self.only_always = not any(line.strip() and not line.startswith("#") for line in lines)
         self.spec: Any = None
         if not self.only_always:  # pathspec is imported only for a folder with patterns

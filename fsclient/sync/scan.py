@@ -20,16 +20,14 @@ from pathlib import Path
 from common.digest import StreamingDigest, digest_of
 from common.errors import InvalidPath
 from common.limits import MAX_PATH_BYTES, MAX_SEGMENT_BYTES
-from common.paths import normalize_path
+from common.paths import is_canonical
 from fsclient.sync.ignore import IgnoreRules
 from fsclient.sync.plan import LocalFile
 from fsclient.sync.state import MARKER, BaseEntry
-from fsclient.transfer import TEMP_MARK
+from fsclient.transfer import CHUNK, SMALL_FILE, TEMP_MARK
 
 log = logging.getLogger(__name__)
 
-WHOLE = 1 << 20
-CHUNK = 1 << 20
 UNKNOWN = b""
 """The digest of a ``LocalFile`` not read yet (see ``Scanner.local``)."""
 
@@ -44,9 +42,13 @@ def brief(st: os.stat_result) -> Stat:
     return (st.st_size, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode))
 
 
+def same_stat(st: Stat, known: BaseEntry | LocalFile | None) -> bool:
+    """The file is, by size, mtime and inode, the one *known* describes (None: nothing is)."""
+    return known is not None and st[:3] == (known.size, known.mtime_ns, known.inode)
+
+
 class Scanner:
     def __init__(self, folder: Path, rules: IgnoreRules) -> None:
-        self.folder = folder
         self.root = str(folder)
         self.rules = rules
         self.warned: set[str] = set()
@@ -121,7 +123,7 @@ class Scanner:
         *lazy*: a file that is new everywhere is not read here; its digest is ``UNKNOWN``
         and the upload reads it (once, hashing the bytes it sends)."""
         size, mtime_ns, inode, mode = st
-        if base is not None and (size, mtime_ns, inode) == (base.size, base.mtime_ns, base.inode):
+        if base is not None and same_stat(st, base):
             return LocalFile(path, size, mtime_ns, mode, inode, base.digest)
         if lazy and base is None:
             return LocalFile(path, size, mtime_ns, mode, inode, UNKNOWN)
@@ -137,7 +139,7 @@ class Scanner:
         fd = os.open(os.path.join(self.root, path), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             st = brief(os.fstat(fd))
-            if st[0] <= WHOLE:
+            if st[0] <= SMALL_FILE:
                 return digest_of(os.pread(fd, st[0] + 1, 0)), st
             hasher = StreamingDigest()
             buffer = memoryview(bytearray(CHUNK))
@@ -153,7 +155,7 @@ class Scanner:
 
     def valid(self, path: str) -> bool:
         try:
-            if normalize_path(path) == path:
+            if is_canonical(path):
                 return True
         except InvalidPath as exc:
             self.warn(path, f"name cannot be synced: {exc.message}")

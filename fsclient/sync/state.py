@@ -46,7 +46,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID
 
 class StateDB:
     def __init__(self, folder: Path, create: bool = False) -> None:
-        self.folder = folder
         self.marker = folder / MARKER
         if create:
             self.marker.mkdir(exist_ok=True)
@@ -91,9 +90,6 @@ class StateDB:
     def with_digest(self, digest: bytes) -> list[BaseEntry]:
         rows = self.db.execute("SELECT * FROM files WHERE digest = ?", (digest,))
         return [BaseEntry(*row) for row in rows]
-
-    def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM files").fetchone()[0]
 
     def forget_versions(self) -> None:
         """The server's store was replaced: keep what the files were, not what it held."""
