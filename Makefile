@@ -40,4 +40,4 @@ bench: setup
 	$(PY) -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info bench/.work
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info build dist bench/.work

@@ -7,25 +7,19 @@ sends every byte: there is no basis file to delta against).
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench.data import Workload, empty_dir, file_digest
 from bench.fsbench import BenchCheckFailed
 from bench.procs import RsyncDaemon
+from bench.syncbench import run_timed
 
 RSYNC = "rsync"
 
 
 def _timed_rsync(args: Sequence[str]) -> float:
-    cmd = [RSYNC, "-a", *args]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise BenchCheckFailed(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr}")
-    return elapsed
+    return run_timed([RSYNC, "-a", *args])[0]
 
 
 def big_round(daemon: RsyncDaemon, module_root: Path, work: Workload, scratch: Path) -> tuple[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,15 @@ READY = re.compile(r"fsserver ready on (\S+):(\d+)")
 METRICS = re.compile(r"fsserver metrics on (\S+):(\d+)")
 PR_SET_PDEATHSIG = 1
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def eventually(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """``wait_for`` inside a running event loop: the loop goes on while it waits."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
@@ -75,12 +86,25 @@ class ServerProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, default: float | None = None) -> float:
+        """The first sample of *name* (a bare name or ``name{labels}``); *default* if it has
+        none yet, or KeyError without one."""
         _, body = self.http_get("/metrics")
         for line in body.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
-        raise KeyError(name)
+        if default is None:
+            raise KeyError(name)
+        return default
+
+    def metric_total(self, name: str) -> float:
+        """*name* summed over its labels (0 before its first sample)."""
+        _, body = self.http_get("/metrics")
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith((name + " ", name + "{"))
+        )
 
     def shm_segments(self) -> list[str]:
         return sorted(p.name for p in Path("/dev/shm").glob(f"fs-{self.pid}-*"))

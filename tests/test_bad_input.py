@@ -145,7 +145,7 @@ def test_cli_prints_a_clear_one_line_error(server, tmp_path, remote, expected):
     assert result.stderr.count("\n") == 1
 
 
-def test_cli_errors_for_unreachable_server_and_bad_arguments(tmp_path):
+def test_cli_errors_for_unreachable_server_and_bad_arguments():
     result = subprocess.run(
         [sys.executable, "-m", "fsclient", "ls", "--server", "127.0.0.1:1"],
         capture_output=True, text=True, timeout=60,

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,9 +82,18 @@ def test_dockerfile_has_what_operators_rely_on(dockerfile):
 
 
 def test_the_project_builds_as_a_wheel(tmp_path):
+    """From a copy of the tracked files, as the image's build stage has them: a build leaves
+    build/ and *.egg-info behind, which must not land in the checkout (a stale build/lib
+    could slip deleted modules into later wheels)."""
+    source = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, tracked):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "--wheel-dir", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300,
+         "--wheel-dir", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert [p.name for p in tmp_path.glob("fs_filesync-*.whl")]

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from common.messages import FileEntry
 from fsserver.downloads import DRAIN_POLL, DownloadHandlers, DownloadStream
 from fsserver.store import Opened
+from tests.serverproc import eventually
 
 
 class Host(DownloadHandlers):
@@ -51,9 +52,7 @@ def test_lease_waits_for_the_transport_to_send_the_views():
         await asyncio.sleep(DRAIN_POLL * 3)  # polls run; nothing has drained yet
         assert host.released == [1]
         host.buffered = 50  # the client reads
-        deadline = asyncio.get_running_loop().time() + 2
-        while host.released != [1, 2] and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(DRAIN_POLL)
+        await eventually(lambda: host.released == [1, 2], 2, "the second lease to go")
         assert host.released == [1, 2]
         assert host.draining == []
 

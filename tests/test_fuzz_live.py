@@ -843,16 +843,6 @@ class ExactClient(HonestClient):
             self.error = exc
 
 
-def metric_total(server: ServerProcess, name: str) -> float:
-    """A metric summed over its labels (0 if it has no sample yet)."""
-    _, body = server.http_get("/metrics")
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith((name + " ", name + "{"))
-    )
-
-
 async def list_share(server: ServerProcess) -> list[m.FileEntry]:
     async with await Client.connect(server.address) as client:
         return await client.ls()
@@ -927,8 +917,8 @@ def fuzz_and_check(server: ServerProcess, seed: int, tmp_path: Path, stats: Coun
     assert server.proc.poll() is None, "the server died"
     assert server.http_get("/healthz") == (200, "ok\n")
     assert server.http_get("/readyz")[0] == 200
-    assert metric_total(server, "fs_restarts_total") == 0, "a server process was restarted"
-    wait_for(lambda: metric_total(server, "fs_connections_active") == 0, 15,
+    assert server.metric_total("fs_restarts_total") == 0, "a server process was restarted"
+    wait_for(lambda: server.metric_total("fs_connections_active") == 0, 15,
              "every connection to be torn down")  # fmt: skip
 
     entries = run(list_share(server))
@@ -938,8 +928,8 @@ def fuzz_and_check(server: ServerProcess, seed: int, tmp_path: Path, stats: Coun
     seen: list[tuple[float, float]] = []
 
     def settled() -> bool:
-        seen.append((metric_total(server, "fs_store_used_bytes"),
-                     metric_total(server, "fs_store_files")))  # fmt: skip
+        seen.append((server.metric_total("fs_store_used_bytes"),
+                     server.metric_total("fs_store_files")))  # fmt: skip
         return seen[-1] == (expected, len(entries))
 
     try:
@@ -950,7 +940,7 @@ def fuzz_and_check(server: ServerProcess, seed: int, tmp_path: Path, stats: Coun
             f"leak: the store uses {used:.0f} bytes for {files:.0f} files; the honest files "
             f"({len(entries)}) account for {expected} bytes"
         ) from None
-    wait_for(lambda: metric_total(server, "fs_hash_queue_depth") == 0, 15, "the hash queue")
+    wait_for(lambda: server.metric_total("fs_hash_queue_depth") == 0, 15, "the hash queue")
 
     data = random.Random(f"{seed}:after").randbytes(100_000)
     assert run(round_trip(server, tmp_path, data)) == data

@@ -37,7 +37,7 @@ def gone(procs: list[psutil.Process]) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_every_process_within_5s_and_frees_shm(server_factory, tmp_path, sig):
+def test_signal_stops_every_process_within_5s_and_frees_shm(server_factory, sig):
     server = server_factory("--workers", "3", "--hash-workers", "2", "--store-size", "32MiB")
     family = server_family(server.pid)
     # supervisor + 3 workers + 2 hashers + multiprocessing's resource tracker

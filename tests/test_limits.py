@@ -31,25 +31,17 @@ from fsclient import Client
 from fsserver.store import Reserved, Store
 from tests.conftest import run
 from tests.rawclient import Closed, RawClient
-from tests.serverproc import ServerProcess, wait_for
+from tests.serverproc import ServerProcess, eventually, wait_for
 
 KiB = 1024
 MiB = 1024 * KiB
+ACTIVE = "fs_connections_active"
+"""Summed over the workers (absent before the first connection)."""
 SWEEP_SLACK = 2.5
 """Seconds a deadline may be overshot: the once-a-second sweep, plus scheduling."""
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def connections_active(server: ServerProcess) -> float:
-    """``fs_connections_active`` summed over the workers (absent before the first one)."""
-    _, body = server.http_get("/metrics")
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith(("fs_connections_active{", "fs_connections_active "))
-    )
 
 
 def packets(data: bytes) -> list[m.Message]:
@@ -141,14 +133,6 @@ def the_error(received: bytes) -> m.Error:
     return error
 
 
-async def eventually(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 def sockets() -> Iterator[list[socket.socket]]:
     """Sockets a test opens; all closed at the end, whatever happens."""
@@ -187,20 +171,20 @@ def test_silent_connections_are_closed_by_the_handshake_timeout_and_honest_clien
     server = server_factory("--workers", "2", "--store-size", "16MiB",
                             "--handshake-timeout", str(timeout),
                             "--max-connections", "1000")  # fmt: skip
-    baseline = connections_active(server)
+    baseline = server.metric_total(ACTIVE)
     assert baseline == 0
     host, port = server.address.rsplit(":", 1)
     for _ in range(IDLE_SOCKETS):
         sockets.append(socket.create_connection((host, int(port)), timeout=10))
     opened = time.monotonic()
-    wait_for(lambda: connections_active(server) == baseline + IDLE_SOCKETS, 5,
+    wait_for(lambda: server.metric_total(ACTIVE) == baseline + IDLE_SOCKETS, 5,
              "the server to hold every silent connection")  # fmt: skip
 
     data = os.urandom(100 * KiB)
 
     async def honest() -> m.FileEntry:
         async with await Client.connect(server.address, client_id="honest") as client:
-            assert connections_active(server) == baseline + IDLE_SOCKETS + 1
+            assert server.metric_total(ACTIVE) == baseline + IDLE_SOCKETS + 1
             await client.put_bytes(data, "honest/while-busy.bin")
             entry = await client.get("honest/while-busy.bin", tmp_path / "copy.bin")
             assert (tmp_path / "copy.bin").read_bytes() == data
@@ -221,7 +205,7 @@ def test_silent_connections_are_closed_by_the_handshake_timeout_and_honest_clien
         assert packets(got) == [
             m.Error(ErrorCode.TIMEOUT, NO_FILE, f"no handshake within {timeout:g} s")
         ], f"connection {i} got {got!r}"
-    wait_for(lambda: connections_active(server) == baseline, 5,
+    wait_for(lambda: server.metric_total(ACTIVE) == baseline, 5,
              "fs_connections_active back to its baseline")  # fmt: skip
 
     async def honest_again() -> list[m.FileEntry]:
@@ -229,7 +213,11 @@ def test_silent_connections_are_closed_by_the_handshake_timeout_and_honest_clien
             return await client.ls("honest/")
 
     assert [e.path for e in run(honest_again())] == ["honest/while-busy.bin"]
-    wait_for(lambda: connections_active(server) == baseline, 5, "the honest client to leave")
+    wait_for(
+        lambda: server.metric_total(ACTIVE) == baseline,
+        5,
+        "the honest client to leave",
+    )
 
 
 # -- idle timeout ----------------------------------------------------------------------------
@@ -666,7 +654,11 @@ def test_connection_over_the_limit_is_told_busy_and_a_freed_slot_is_reused(serve
         assert r.expect(m.Ping) == m.Ping(1, reply=True)
 
     held.pop().close()
-    wait_for(lambda: connections_active(server) == limit - 1, 5, "the closed slot to free")
+    wait_for(
+        lambda: server.metric_total(ACTIVE) == limit - 1,
+        5,
+        "the closed slot to free",
+    )
     again = raws(server.address)
     assert again.hello is not None and again.hello.status is m.HandshakeStatus.OK
     again.send(m.Ping(2, reply=False))

@@ -31,10 +31,7 @@ def record(path: str, data: bytes, base: int = ANY_VERSION, digest: bytes | None
 
 
 def metric(server, packet_type: str) -> float:
-    try:
-        return server.metric(f'fs_received_packets_total{{packet_type="{packet_type}"}}')
-    except KeyError:
-        return 0.0
+    return server.metric(f'fs_received_packets_total{{packet_type="{packet_type}"}}', 0.0)
 
 
 def listing(address: str, **kwargs) -> dict[str, m.FileEntry]:
