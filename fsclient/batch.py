@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from common import messages as m
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 Result = m.FileEntry | FSError | OSError
 BYTES_IN_FLIGHT = 64 * 1024 * 1024
 """Small files are held in memory while they are sent: at most this much at once."""
+OnResult = Callable[[int, Result], None]
+"""Told each file's result (by its index) as soon as it is known, for progress and bookkeeping
+that need not wait for the last file."""
 Pair = tuple[str | os.PathLike[str], str]
 Item = tuple[str | os.PathLike[str], str, int, Known | None]
 """(local, remote, base version, known): an upload that must not overwrite a newer server
@@ -119,8 +122,10 @@ class SmallUpload:
 
 
 class BatchUpload:
-    def __init__(self, client: Client, pairs: Iterable[Pair | Item], window: int) -> None:
+    def __init__(self, client: Client, pairs: Iterable[Pair | Item], window: int,
+                 on_result: OnResult | None = None) -> None:  # fmt: skip
         self.client = client
+        self.on_result = on_result
         self.proto = client.proto
         self.pairs: list[Item] = [as_item(pair) for pair in pairs]
         self.window = window
@@ -142,11 +147,12 @@ class BatchUpload:
         for index in self.later:
             local, remote, base_version, known = self.pairs[index]
             try:
-                self.results[index] = await self.client.put(
+                result: Result = await self.client.put(
                     local, remote, base_version=base_version, known=known
                 )
             except (FSError, OSError) as exc:
-                self.results[index] = exc
+                result = exc
+            self.settled(index, result)
         assert all(result is not None for result in self.results)
         return self.results  # type: ignore[return-value]
 
@@ -186,7 +192,7 @@ class BatchUpload:
                 return
             source = FileSource(local)
         except (FSError, OSError) as exc:
-            self.results[index] = exc
+            self.settled(index, exc)
             return
         if source.view(0, source.meta.size) is None:  # it grew meanwhile
             source.close()
@@ -194,7 +200,7 @@ class BatchUpload:
             return
         if self.proto.failure is not None:
             source.close()
-            self.results[index] = self.proto.failure  # the connection's end, as for the rest
+            self.settled(index, self.proto.failure)  # the connection's end, as for the rest
             return
         upload = SmallUpload(self, index, self.client.new_file_id(), source, path, base_version)
         self.proto.mailboxes[upload.fid] = upload
@@ -209,7 +215,7 @@ class BatchUpload:
             if result is None:
                 self.later.append(index)
             else:
-                self.results[index] = result
+                self.settled(index, result)
         if refill:
             self.refill()
 
@@ -219,5 +225,10 @@ class BatchUpload:
         if isinstance(result, FileChanged):
             self.later.append(index)
         else:
-            self.results[index] = result
+            self.settled(index, result)
         self.refill()
+
+    def settled(self, index: int, result: Result) -> None:
+        self.results[index] = result
+        if self.on_result is not None:
+            self.on_result(index, result)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from common.errors import FSError
+from common.heap import tune_gc
 from common.limits import MIN_MAX_PACKET
 from common.messages import FileEntry
 from fsclient.access import DEFAULT_SERVER, Access
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
+        tune_gc()
         return uvloop.run(run(args))
     except (FSError, OSError, ValueError) as exc:
         message = exc.message if isinstance(exc, FSError) else str(exc)

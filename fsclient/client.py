@@ -38,7 +38,7 @@ from common.limits import (
 from common.paths import check_name, normalize_path, normalize_prefix
 from common.state import Phase
 from fsclient.access import DEFAULT_SERVER, Access, TLSError
-from fsclient.batch import BatchUpload, Item
+from fsclient.batch import BatchUpload, Item, OnResult
 from fsclient.protocol import ClientProtocol, ConnectionLost, Leftover, Mailbox, refusal
 from fsclient.transfer import (
     CHUNK,
@@ -206,13 +206,14 @@ class Client:
         )
 
     async def put_many(
-        self, pairs: Iterable[tuple[str | os.PathLike[str], str] | Item], *, window: int = 256
-    ) -> list[m.FileEntry | FSError | OSError]:
+        self, pairs: Iterable[tuple[str | os.PathLike[str], str] | Item], *, window: int = 256,
+        on_result: OnResult | None = None,
+    ) -> list[m.FileEntry | FSError | OSError]:  # fmt: skip
         """Upload many files with up to *window* in flight; one result (or error) per pair,
         in order. A pair may carry a base version to upload against, and what is known of
-        the file (see ``batch.Item``).
-        Small files are pipelined without a coroutine each (see ``BatchUpload``)."""
-        return await BatchUpload(self, pairs, window).run()
+        the file (see ``batch.Item``). *on_result(index, result)* hears of each file as soon
+        as it is done. Small files are pipelined without a coroutine each (``BatchUpload``)."""
+        return await BatchUpload(self, pairs, window, on_result).run()
 
     async def _upload(
         self, source: UploadSource, path: str, base_version: int, progress: Progress | None = None

@@ -169,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
+        from common.heap import tune_gc
         from fsserver.process import profiled, setup_logging
         from fsserver.supervisor import Supervisor
 
         setup_logging(config.log_level)
         logging.getLogger(__name__).debug("configuration: %s", config)
+        tune_gc()
         return profiled("supervisor", lambda: uvloop.run(Supervisor(config).serve()))
     finally:
         if made:

@@ -14,6 +14,7 @@ from fsserver.config import ServerConfig
 from fsserver.feed import ChangeFeed
 from fsserver.hashing import HashClient
 from fsserver.rpc import RpcClient
+from fsserver.staging import Staging
 
 if TYPE_CHECKING:
     from fsserver.connection import ClientConnection
@@ -31,6 +32,8 @@ class WorkerContext:
     tokens: TokenStore | None
     report: Callable[[tuple[Any, ...]], None]
     """Sends a message to the supervisor (failed handshakes, for its throttle)."""
+    staging: Staging
+    """This worker's area of the arena for small-file batches on their way into the store."""
     connections: set[ClientConnection] = field(default_factory=set)
 
     def too_large(self, size: int) -> str | None:

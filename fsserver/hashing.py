@@ -28,7 +28,9 @@ STREAM_MIN = 8 * 1024 * 1024
 REPORT_STEP = 4 * 1024 * 1024
 """A stream reports progress after at least this many new bytes."""
 
-Job = tuple[int, int, int]
+Job = tuple[int, int, int] | tuple[int, int, int, tuple[int, ...]]
+"""(job id, offset, length), or with the lengths of the pieces that fill the extent one after
+another: a run of small files, digested in one job (their digests, concatenated)."""
 
 
 class HashStream:
@@ -101,6 +103,20 @@ class HashClient:
             fut.set_result(EMPTY_DIGEST)
             return fut
         job = self._new_job(fut, offset, size)
+        self.requeue(job)
+        return fut
+
+    def digest_run(self, offset: int, sizes: tuple[int, ...]) -> asyncio.Future[bytes]:
+        """The digests of files that lie one after another from *offset*, concatenated: one
+        job, one answer for a whole small-file batch."""
+        total = sum(sizes)
+        fut: asyncio.Future[bytes] = self.loop.create_future()
+        if total == 0:
+            fut.set_result(EMPTY_DIGEST * len(sizes))
+            return fut
+        job = (self._next_id, offset, total, sizes)
+        self._next_id += 1
+        self._pending[job[0]] = (fut, job)
         self.requeue(job)
         return fut
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from common.heap import tune_gc
+
 T = TypeVar("T")
 
 PR_SET_NAME = 15
@@ -38,6 +40,7 @@ def setup_child(name: str, log_level: str) -> None:
         libc.prctl(PR_SET_NAME, f"fs-{name}".encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         logging.getLogger(__name__).debug("prctl(PR_SET_PDEATHSIG) not available")
+    tune_gc()
 
 
 def profiled(name: str, run: Callable[[], T]) -> T:

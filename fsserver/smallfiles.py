@@ -1,16 +1,15 @@
 """Small-file batches on the server (``BatchHandlers``, a mixin of ``ClientConnection``).
 
 A ``SmallFileBatch`` carries several whole files, each with the digest its sender computed.
-They take the same steps as a file session, batched: one ``reserve_many`` store call for the
-whole batch; the bytes of each reserved file copied into its extent of the arena; one hash job
-per file (the hash client sends every job of a loop iteration in one message) so that a hashing
-process verifies each digest from shared memory; one ``commit_many`` call for the files whose
-digest matched; then one reply with a result per file. Content the share holds already is not
-linked at reserve time (its bytes came anyway): ``commit`` reuses the stored blob, reported as
-``ALREADY_HAVE_CONTENT``, so every file of a batch is verified and the files get their versions
-in the order they were sent. A file whose digest does not match is not committed (its extent
-goes back) and is reported ``MISMATCH``: the client sends it again through a file session,
-which has retries.
+They take the same steps as a file session, batched, with one hop to each other process per
+batch: the files' bytes are copied one after another into the worker's staging area of the arena
+(``fsserver.staging``); one hash job has a hashing process digest every file from shared memory;
+then one ``store_many`` call stores the files whose digest matched, copying each into an extent
+of its own, or linking it to content the share holds already (``ALREADY_HAVE_CONTENT``); then
+one reply carries a result per file. Batches of a connection are stored in the order they
+arrived, so its files get their versions in the order they were sent. A file whose digest does
+not match is not stored and is reported ``MISMATCH``: the client sends it again through a file
+session, which has retries.
 """
 
 from __future__ import annotations
@@ -23,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import messages as m
-from common.errors import InvalidPath
+from common.errors import ErrorCode, InvalidPath
+from common.limits import DIGEST_SIZE
 from common.paths import normalize_path
 from fsserver import telemetry
 from fsserver.context import WorkerContext
-from fsserver.store import Committed, Linked, Refused, Reserved
+from fsserver.store import Committed, Linked
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,13 @@ class PendingBatch:
     files: tuple[m.SmallFile, ...]
     results: list[m.FileResult | None]
     paths: list[str]
-    held: dict[int, Reserved] = field(default_factory=dict)
-    """Files reserved and not yet handed to ``commit_many`` (given back if the batch dies)."""
-    digests: dict[int, bytes] = field(default_factory=dict)
-    waiting: int = 0
-    """Hash verdicts still to come."""
+    where: list[int] = field(default_factory=list)
+    """The files that go to the store (valid path, allowed size), in order."""
+    staged: int = -1
+    """Offset of the files' bytes in the staging area (-1: not there, or given back)."""
+    size: int = 0
+    digests: bytes = b""
+    """What the hasher found for the files of ``where``, concatenated."""
     verified: bool = False
 
 
@@ -66,7 +68,7 @@ class BatchHandlers:
     batches: dict[int, PendingBatch]
     batch_order: deque[PendingBatch]
     send: Callable[[m.Message], None]
-    call_store: Callable[..., None]
+    fail: Callable[[ErrorCode, str], None]
 
     def on_batch(self, msg: m.SmallFileBatch) -> None:
         files = msg.files
@@ -76,8 +78,6 @@ class BatchHandlers:
             batch.results = [denied] * len(files)
             self.finish_batch(batch)
             return
-        items: list[tuple[Any, ...]] = []
-        where: list[int] = []
         for index, f in enumerate(files):
             try:
                 path = normalize_path(f.path)
@@ -90,92 +90,84 @@ class BatchHandlers:
                 batch.results[index] = m.FileResult(S.TOO_LARGE, 0, too_large)
                 continue
             batch.paths[index] = path
-            items.append((path, size, f.mtime_ns, f.mode, f.base_version))
-            where.append(index)
-        if not items:
+            batch.where.append(index)
+            batch.size += size
+        if not batch.where:
             self.finish_batch(batch)
             return
         self.batches[msg.request_id] = batch
         self.batch_order.append(batch)
-        self.call_store(
-            lambda result: self.on_batch_reserved(batch, where, result),
-            "reserve_many",
-            self.share,
-            items,
-            self.origin,
+        self.ctx.staging.take(batch.size, lambda offset: self.on_batch_staged(batch, offset))
+
+    def live(self, batch: PendingBatch) -> bool:
+        return not self.closing and self.batches.get(batch.request_id) is batch
+
+    def on_batch_staged(self, batch: PendingBatch, offset: int) -> None:
+        """Room in the staging area: copy the files there, one after another, and have them
+        digested in one job."""
+        if not self.live(batch):  # closed while it waited for room
+            self.ctx.staging.give(offset, batch.size)
+            return
+        batch.staged = offset
+        arena, files = self.ctx.arena, batch.files
+        sizes = []
+        for index in batch.where:
+            data = files[index].data
+            arena[offset : offset + len(data)] = data
+            offset += len(data)
+            sizes.append(len(data))
+        self.ctx.hashes.digest_run(batch.staged, tuple(sizes)).add_done_callback(
+            lambda fut: self.on_batch_hashed(batch, fut)
         )
 
-    def on_batch_reserved(self, batch: PendingBatch, where: list[int], result: list[Any]) -> None:
-        if self.closing or self.batches.get(batch.request_id) is not batch:
-            for reserved in result:
-                if isinstance(reserved, Reserved):
-                    self.ctx.rpc.call("abort", reserved.ticket)
-            return
-        arena, hashes = self.ctx.arena, self.ctx.hashes
-        for index, outcome in zip(where, result, strict=True):
-            if isinstance(outcome, Refused):
-                batch.results[index] = m.FileResult(S(outcome.status), outcome.version,
-                                                    outcome.message)  # fmt: skip
-            else:
-                data = batch.files[index].data
-                arena[outcome.offset : outcome.offset + len(data)] = data
-                batch.held[index] = outcome
-                batch.waiting += 1
-                hashes.digest(outcome.offset, len(data)).add_done_callback(
-                    lambda fut, index=index: self.on_batch_hashed(batch, index, fut)
-                )
-        if not batch.waiting:
-            self.on_batch_verified(batch)
-
-    def on_batch_hashed(self, batch: PendingBatch, index: int, fut: asyncio.Future[bytes]) -> None:
-        if fut.cancelled():
-            return
-        batch.digests[index] = fut.result()
-        batch.waiting -= 1
-        if not batch.waiting:
-            self.on_batch_verified(batch)
-
-    def on_batch_verified(self, batch: PendingBatch) -> None:
-        """Every reserved file of *batch* is hashed. Batches commit in the order they arrived
-        (their files get versions in the order they were sent), so one that is verified
-        before an earlier one waits for it."""
-        if self.closing or self.batches.get(batch.request_id) is not batch:
-            return  # connection_lost gave the reservations back
+    def on_batch_hashed(self, batch: PendingBatch, fut: asyncio.Future[bytes]) -> None:
+        """Batches are stored in the order they arrived, so one that is verified before an
+        earlier one waits for it."""
+        if fut.cancelled() or not self.live(batch):
+            return  # drop_batches gave its staging back
+        batch.digests = fut.result()
         batch.verified = True
         order = self.batch_order
         while order and order[0].verified:
-            self.commit_batch(order.popleft())
+            self.store_batch(order.popleft())
 
-    def commit_batch(self, batch: PendingBatch) -> None:
-        """Commit the files whose digest matched."""
+    def store_batch(self, batch: PendingBatch) -> None:
+        """Store the files whose digest matched, in one call."""
         items: list[tuple[Any, ...]] = []
-        where: list[int] = []
-        for index, reserved in batch.held.items():
-            f, actual = batch.files[index], batch.digests[index]
+        stored: list[int] = []
+        source = batch.staged
+        for k, index in enumerate(batch.where):
+            f = batch.files[index]
+            actual = batch.digests[k * DIGEST_SIZE : (k + 1) * DIGEST_SIZE]
             if actual == f.digest:
-                items.append((reserved.ticket, batch.paths[index], f.mtime_ns, f.mode, actual,
-                              f.base_version))  # fmt: skip
-                where.append(index)
+                items.append((source, batch.paths[index], len(f.data), f.mtime_ns, f.mode,
+                              actual, f.base_version))  # fmt: skip
+                stored.append(index)
             else:
-                self.ctx.rpc.call("abort", reserved.ticket)
                 batch.results[index] = m.FileResult(
                     S.MISMATCH, 0, f"digest mismatch: the bytes sent hash to {actual.hex()}"
                 )
-        batch.held.clear()  # from here on the commit call owns the reservations
+            source += len(f.data)
         if not items:
+            self.unstage(batch)
             self.finish_batch(batch)
             return
-        self.call_store(
-            lambda result: self.on_batch_committed(batch, where, result),
-            "commit_many",
-            self.share,
-            items,
-            self.origin,
-        )
 
-    def on_batch_committed(self, batch: PendingBatch, where: list[int], result: list[Any]
-                           ) -> None:  # fmt: skip
-        for index, outcome in zip(where, result, strict=True):
+        def deliver(fut: asyncio.Future[Any]) -> None:
+            self.unstage(batch)  # the store has copied what it keeps (or the call failed)
+            if fut.cancelled() or self.closing:
+                return
+            exc = fut.exception()
+            if exc is not None:
+                log.error("store call store_many failed: %s", exc)
+                self.fail(ErrorCode.INTERNAL, "store unavailable")
+                return
+            self.on_batch_stored(batch, stored, fut.result())
+
+        self.ctx.rpc.call("store_many", self.share, items, self.origin).add_done_callback(deliver)
+
+    def on_batch_stored(self, batch: PendingBatch, stored: list[int], result: list[Any]) -> None:
+        for index, outcome in zip(stored, result, strict=True):
             if isinstance(outcome, Committed):
                 batch.results[index] = m.FileResult(S.STORED, outcome.version, "")
             elif isinstance(outcome, Linked):
@@ -184,6 +176,11 @@ class BatchHandlers:
                 batch.results[index] = m.FileResult(S(outcome.status), outcome.version,
                                                     outcome.message)  # fmt: skip
         self.finish_batch(batch)
+
+    def unstage(self, batch: PendingBatch) -> None:
+        if batch.staged >= 0:
+            self.ctx.staging.give(batch.staged, batch.size)
+            batch.staged = -1
 
     def finish_batch(self, batch: PendingBatch) -> None:
         self.batches.pop(batch.request_id, None)
@@ -194,10 +191,9 @@ class BatchHandlers:
         self.send(m.SmallFileBatchResponse(batch.request_id, results))
 
     def drop_batches(self) -> None:
-        """The connection is gone: give back every reservation no commit call holds."""
-        for batch in self.batches.values():
-            for reserved in batch.held.values():
-                self.ctx.rpc.call("abort", reserved.ticket)
-            batch.held.clear()
+        """The connection is gone: give back the staging of every batch no store call holds
+        (a hash job still reading it does no harm; its answer is ignored)."""
+        for batch in self.batch_order:
+            self.unstage(batch)
         self.batches.clear()
         self.batch_order.clear()

@@ -21,7 +21,7 @@ from sortedcontainers import SortedDict
 from common.errors import StoreFull
 from common.limits import ANY_VERSION, NO_VERSION
 from common.messages import FileEntry, InitStatus, LookupStatus
-from fsserver.allocator import ExtentAllocator
+from fsserver.allocator import ExtentAllocator, aligned
 
 PAGE_BYTES = 32 * 1024
 """A list or change page stops after about this many bytes (paths plus a fixed share per
@@ -170,6 +170,8 @@ class Store:
         self.blob_bytes = 0
         """Bytes of the stored blobs (each distinct content once): kept up to date, not summed."""
         self._ids = count(1)
+        self.arena: memoryview | None = None
+        """The blob arena; ``store_many`` copies staged batches into it."""
 
     # -- uploads -----------------------------------------------------------------------------
 
@@ -186,27 +188,13 @@ class Store:
         origin: int = 0,
     ) -> Reserved | Linked | Refused:
         """Room for an upload, or, if its content is already stored, the finished commit."""
-        refused = self._check_base(share, path, base_version, InitStatus.CONFLICT)
+        refused = self._admit(share, path, size, base_version)
         if refused:
             return refused
         new_path = not self._known(share, path)
-        if new_path and self.entries + self.new_paths >= self.max_entries:
-            return Refused(
-                InitStatus.NO_SPACE, 0, f"no space: the store holds its limit of "
-                f"{self.max_entries} entries (--max-files)",
-            )  # fmt: skip
-        over = self._over_quota(share, path, size)
-        if over:
-            return over
         blob = self.blobs.get((share, digest, size)) if digest is not None else None
         if blob is not None:
             return Linked(self._put(share, path, blob, mtime_ns, mode, origin))
-        if size > self.allocator.capacity:
-            return Refused(
-                InitStatus.TOO_LARGE,
-                0,
-                f"{path} is {size} bytes, more than the whole store ({self.allocator.capacity})",
-            )
         try:
             offset = self.allocator.allocate(size)
         except StoreFull as exc:
@@ -245,27 +233,47 @@ class Store:
             self.blob_bytes += blob.size
         return Committed(self._put(share, path, blob, mtime_ns, mode, origin), reused)
 
-    def reserve_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
-                     origin: int = 0) -> list[Reserved | Refused]:  # fmt: skip
-        """``reserve`` for each (path, size, mtime_ns, mode, base_version) of a small-file
-        batch: one store call for the whole batch. Content already stored is not linked here
-        (its bytes are in the batch anyway): ``commit`` reuses it, so the files of a batch
-        get their versions in order, and every one of them is verified."""
-        return [
-            self.reserve(owner, share, path, size, mtime_ns, mode, None, base_version, origin)
-            for path, size, mtime_ns, mode, base_version in items
-        ]  # type: ignore[misc]
-
-    def commit_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
-                    origin: int = 0) -> list[Committed | Linked | Refused]:  # fmt: skip
-        """``commit`` for each verified (ticket, path, mtime_ns, mode, digest, base_version)
-        of a small-file batch, in order; ``Linked`` where identical content was stored."""
+    def store_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
+                   origin: int = 0) -> list[Committed | Linked | Refused]:  # fmt: skip
+        """Store each verified (source, path, size, mtime_ns, mode, digest, base_version) of a
+        small-file batch, in order, in one call. Its bytes wait at *source*, in the calling
+        worker's staging area (outside the allocator), and are copied into a new extent here,
+        unless the share holds the content already (``Linked``). The new extents of a batch
+        come from one allocation when it fits; each blob frees its own part later."""
+        del owner  # the staging area is the worker's: nothing of it is held after this call
+        arena = self.arena
+        assert arena is not None, "store_many needs the arena"
+        room = sum(aligned(item[2]) for item in items)
+        try:
+            start = self.allocator.allocate(room) if room else 0
+        except StoreFull:
+            start = -1  # fragmented or nearly full: one allocation per file, as space allows
+        bump = start
         results: list[Committed | Linked | Refused] = []
-        for ticket, path, mtime_ns, mode, digest, base_version in items:
-            result = self.commit(owner, ticket, share, path, mtime_ns, mode, digest,
-                                 base_version, origin)  # fmt: skip
-            reused = isinstance(result, Committed) and result.reused
-            results.append(Linked(result.version) if reused else result)
+        for source, path, size, mtime_ns, mode, digest, base_version in items:
+            refused = self._admit(share, path, size, base_version)
+            if refused:
+                results.append(refused)
+                continue
+            key = (share, digest, size)
+            blob = self.blobs.get(key)
+            if blob is not None:
+                results.append(Linked(self._put(share, path, blob, mtime_ns, mode, origin)))
+                continue
+            if bump >= 0:
+                offset, bump = bump, bump + aligned(size)
+            else:
+                try:
+                    offset = self.allocator.allocate(size)
+                except StoreFull as exc:
+                    results.append(Refused(InitStatus.NO_SPACE, 0, exc.message))
+                    continue
+            arena[offset : offset + size] = arena[source : source + size]
+            blob = self.blobs[key] = Blob(share, digest, size, offset)
+            self.blob_bytes += size
+            results.append(Committed(self._put(share, path, blob, mtime_ns, mode, origin)))
+        if start >= 0:
+            self.allocator.free(bump, start + room - bump)  # what dedup and refusals left
         return results
 
     def abort(self, owner: int, ticket: int) -> None:
@@ -386,6 +394,28 @@ class Store:
         sh = self.shares.get(share)
         entry = sh.entries.get(path) if sh else None
         return entry if entry is not None and entry.blob is not None else None
+
+    def _admit(self, share: str, path: str, size: int, base_version: int) -> Refused | None:
+        """Why a new version of *path* of *size* bytes is refused (a conflict, the index limit,
+        the quota, the store's size), or None."""
+        refused = self._check_base(share, path, base_version, InitStatus.CONFLICT)
+        if refused:
+            return refused
+        if not self._known(share, path) and self.entries + self.new_paths >= self.max_entries:
+            return Refused(
+                InitStatus.NO_SPACE, 0, f"no space: the store holds its limit of "
+                f"{self.max_entries} entries (--max-files)",
+            )  # fmt: skip
+        over = self._over_quota(share, path, size)
+        if over:
+            return over
+        if size > self.allocator.capacity:
+            return Refused(
+                InitStatus.TOO_LARGE,
+                0,
+                f"{path} is {size} bytes, more than the whole store ({self.allocator.capacity})",
+            )
+        return None
 
     def _check_base(self, share: str, path: str, base_version: int, status: int) -> Refused | None:
         if base_version == ANY_VERSION:

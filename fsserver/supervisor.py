@@ -31,6 +31,7 @@ from fsserver.health import HealthServer, Response
 from fsserver.metrics import render_metrics
 from fsserver.process import profiled, setup_child
 from fsserver.rpc import serve_batch
+from fsserver.staging import arena_size
 from fsserver.store import Change, Store
 from fsserver.worker import worker_main
 
@@ -136,10 +137,11 @@ class Supervisor:
         self.check_tokens()
         clean_stale_segments()
         try:
-            self.arena = BlobArena.create(cfg.store_size)
+            self.arena = BlobArena.create(arena_size(cfg.store_size, cfg.workers))
         except (OSError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
         self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota)
+        self.store.arena = self.arena.view
         self.listener = bind_listener(cfg.host, cfg.port)
         self.port = self.listener.getsockname()[1]
         try:

@@ -25,6 +25,7 @@ from fsserver.feed import ChangeFeed
 from fsserver.hashing import HashClient
 from fsserver.process import profiled, setup_child
 from fsserver.rpc import RpcClient
+from fsserver.staging import Staging, staging_base
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ class Worker:
         feed = ChangeFeed(lambda shares: channel.send(("watch", shares)))
         rpc = RpcClient(channel)
         tokens = TokenStore(self.config.tokens) if self.config.tokens else None
+        staging = Staging(staging_base(self.config.store_size, self.worker_id))
         self.ctx = WorkerContext(self.worker_id, self.config, arena.view, self.store_id, rpc,
-                                 hashes, feed, tokens, channel.send)  # fmt: skip
+                                 hashes, feed, tokens, channel.send, staging)  # fmt: skip
         chores = [loop.create_task(telemetry.ProcessSampler("worker", self.worker_id).run()),
                   loop.create_task(self.publish_traffic())]  # fmt: skip
         await asyncio.sleep(0)  # the first samples are written before the worker says ready

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import xxhash
 
 from common import messages as m
 from common.codec import HEADER, encode
 from common.errors import ErrorCode, InvalidPath, PermissionDenied
-from common.limits import ANY_VERSION, MAX_BATCH_PACKET, NO_VERSION
+from common.limits import ANY_VERSION, MAX_BATCH_PACKET, MAX_BATCHES_IN_FLIGHT, NO_VERSION
 from fsclient import Client
 from fsserver.allocator import aligned
 from fsserver.auth import add_token
+from fsserver.staging import STAGING_BYTES
 from tests.conftest import run
 from tests.rawclient import RawClient
 from tests.serverproc import wait_for
@@ -156,17 +156,57 @@ def test_a_batch_on_a_small_packet_connection_ends_it(server):
     assert error is not None and error.code is ErrorCode.UNEXPECTED_PACKET
 
 
+def full_window(tag: str, per_file: int = 40_000) -> list[m.SmallFileBatch]:
+    """A connection's whole window of batches, each near the batch packet limit."""
+    batches = []
+    for rid in range(1, MAX_BATCHES_IN_FLIGHT + 1):
+        files = tuple(record(f"{tag}/{rid}-{n}", os.urandom(per_file)) for n in range(3))
+        batches.append(m.SmallFileBatch(rid, files))
+    return batches
+
+
 def test_a_connection_closed_mid_batch_leaves_no_reservation(server_factory):
-    server = server_factory("--store-size", "8MiB")
-    for attempt in range(5):
+    """Batches cut short by their connection's end give back their store space and their
+    room in the worker's staging area: later batches still get through."""
+    server = server_factory("--store-size", "16MiB", "--workers", "1")
+    for attempt in range(3):  # three windows: more than the worker's staging area
         raw = RawClient(server.address, max_packet=BIG)
-        files = tuple(record(f"r{attempt}/{n}", os.urandom(30_000)) for n in range(4))
-        raw.send(m.SmallFileBatch(1, files))
-        raw.close()  # before the reply
-    time.sleep(0.5)
-    stored = listing(server.address)
+        for batch in full_window(f"r{attempt}"):
+            raw.send(batch)
+        raw.close()  # before the replies
+
     # each batch either committed or gave its space back: used space is the stored files'
-    assert server.metric("fs_store_used_bytes") == aligned(30_000) * len(stored)
+    def settled() -> bool:
+        return server.metric("fs_store_used_bytes") == aligned(40_000) * len(
+            listing(server.address)
+        )
+
+    wait_for(settled, 10, "used bytes to match the stored files")
+    raw = RawClient(server.address, max_packet=BIG)
+    for batch in full_window("after"):
+        raw.send(batch)
+    for _ in range(MAX_BATCHES_IN_FLIGHT):
+        assert {r.status for r in raw.expect(m.SmallFileBatchResponse).results} == {S.STORED}
+    raw.close()
+
+
+def test_batches_beyond_the_staging_area_wait_for_room_and_all_arrive(server_factory):
+    """Three connections send their whole window at once to one worker: more bytes than its
+    staging area holds. The batches beyond it wait their turn; every file is stored whole."""
+    server = server_factory("--store-size", "32MiB", "--workers", "1")
+    conns = [RawClient(server.address, max_packet=BIG) for _ in range(3)]
+    sent: dict[str, bytes] = {}
+    for n, raw in enumerate(conns):
+        for batch in full_window(f"c{n}"):
+            sent.update((f.path, f.digest) for f in batch.files)
+            raw.send(batch)
+    assert len(sent) * 40_000 > STAGING_BYTES
+    for raw in conns:
+        replies = [raw.expect(m.SmallFileBatchResponse) for _ in range(MAX_BATCHES_IN_FLIGHT)]
+        assert sorted(r.request_id for r in replies) == list(range(1, MAX_BATCHES_IN_FLIGHT + 1))
+        assert {r.status for reply in replies for r in reply.results} == {S.STORED}
+        raw.close()
+    assert {p: e.digest for p, e in listing(server.address).items()} == sent
 
 
 def test_many_put_many_at_once_share_the_connections_batch_slots(server, tmp_path):

@@ -88,11 +88,11 @@ def test_the_index_has_a_limit_even_for_empty_files():
 
 
 def test_uploads_in_progress_to_new_paths_count_against_the_index_limit():
-    """A batch reserves many new paths at once: they must not overshoot --max-files."""
+    """Pipelined uploads reserve many new paths at once: they must not overshoot --max-files."""
     store = Store(64 * 1024, max_entries=3)
     upload(store, "s", "known", 10, D1)
-    items = [(f"new{n}", 10, 0, 0o644, ANY_VERSION) for n in range(50)]
-    results = store.reserve_many(0, "s", items)
+    results = [store.reserve(0, "s", f"new{n}", 10, 0, 0o644, None, ANY_VERSION)
+               for n in range(50)]  # fmt: skip
     assert [type(r) for r in results] == [Reserved, Reserved] + [Refused] * 48
     assert isinstance(store.reserve(0, "s", "known", 10, 0, 0o644, None, ANY_VERSION), Reserved)
     store.abort(0, results[0].ticket)  # a new path given up frees its place

@@ -29,6 +29,9 @@ from fsclient.transfer import install, temp_name
 
 log = logging.getLogger(__name__)
 
+DB_CHUNK = 1000
+"""Uploaded files are written to the state DB in transactions of this many, as they finish."""
+
 
 class FolderGone(RuntimeError):
     """The folder or its .fsync marker disappeared: stop before anything is deleted."""
@@ -89,28 +92,42 @@ class Actions:
     # -- to the server -----------------------------------------------------------------------
 
     async def upload(self, files: list[tuple[LocalFile, int]]) -> None:
-        """Upload files, each against the server version it was decided on."""
+        """Upload files, each against the server version it was decided on. Each file is
+        accounted for as soon as its result arrives (progress, tally, state DB in chunks),
+        while later ones are still on their way."""
         if not files:
             return
-        assert self.client is not None
+        client = self.client
+        assert client is not None
         items = [(self.abs(f.path), f.path, expected,
                   (f.size, f.mtime_ns, f.digest) if f.digest else None)
                  for f, expected in files]  # fmt: skip
-        results = await self.client.put_many(items)
-        lost = self.client.proto.failure  # the connection's end fails every file still open
-        done = []
-        for (local, _), result in zip(files, results, strict=True):
+        done: list[BaseEntry] = []
+        lost = False
+
+        def settled(index: int, result: m.FileEntry | FSError | OSError) -> None:
+            nonlocal lost
+            local = files[index][0]
             if isinstance(result, m.FileEntry):
                 done.append(self.uploaded(local, result))
+                if len(done) >= DB_CHUNK:
+                    self.db.put(done)
+                    done.clear()
             elif isinstance(result, Conflict):
                 log.info("%s changed on the server meanwhile; deciding again", local.path)
             elif isinstance(result, FileNotFoundError):
                 log.info("%s vanished before it was sent", local.path)
-            elif result is not lost:
+            elif result is client.proto.failure:
+                lost = True  # the connection's end fails every file still open
+            else:
                 self.fail(local.path, result)
-        self.db.put(done)  # what was sent before the connection ended is kept
-        if lost is not None and any(result is lost for result in results):
-            raise lost  # once, not once per file: the session ends (live mode reconnects)
+
+        try:
+            await client.put_many(items, on_result=settled)
+        finally:
+            self.db.put(done)  # what was sent before the connection ended is kept
+        if lost and client.proto.failure is not None:
+            raise client.proto.failure  # once, not once per file: the session ends
 
     def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:
         """The base for a file just uploaded (its inode only if it is still the same file)."""
