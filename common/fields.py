@@ -104,13 +104,16 @@ class Enum(FixedKind):
     def put(self, items: list[Any], value: Any) -> None:
         items.append(self.enum(value))  # ValueError for a value the enumeration does not list
 
+    @cached_property
+    def members(self) -> dict[int, IntEnum]:
+        """Value -> member: a dict lookup costs a fraction of calling the enumeration."""
+        return {member.value: member for member in self.enum}
+
     def take(self, items: tuple[Any, ...], index: int) -> Any:
-        try:
-            return self.enum(items[index])
-        except ValueError:
-            raise RemoteProtocolError(
-                f"unknown {self.enum.__name__} value {items[index]}"
-            ) from None
+        member = self.members.get(items[index])
+        if member is None:
+            raise RemoteProtocolError(f"unknown {self.enum.__name__} value {items[index]}")
+        return member
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from fsclient.batch import BatchUpload, Result
 
 S = m.FileStatus
-BATCH_WINDOW = min(8, MAX_BATCHES_IN_FLIGHT)
+BATCH_WINDOW = min(16, MAX_BATCHES_IN_FLIGHT)
 """Batches in flight on one connection: enough to keep the server's worker busy."""
 
 

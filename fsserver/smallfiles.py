@@ -27,7 +27,7 @@ from common.limits import DIGEST_SIZE
 from common.paths import normalize_path
 from fsserver import telemetry
 from fsserver.context import WorkerContext
-from fsserver.store import Committed, Linked
+from fsserver.store import BatchStored
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +166,16 @@ class BatchHandlers:
 
         self.ctx.rpc.call("store_many", self.share, items, self.origin).add_done_callback(deliver)
 
-    def on_batch_stored(self, batch: PendingBatch, stored: list[int], result: list[Any]) -> None:
-        for index, outcome in zip(stored, result, strict=True):
-            if isinstance(outcome, Committed):
-                batch.results[index] = m.FileResult(S.STORED, outcome.version, "")
-            elif isinstance(outcome, Linked):
-                batch.results[index] = m.FileResult(S.ALREADY_HAVE_CONTENT, outcome.version, "")
+    def on_batch_stored(self, batch: PendingBatch, stored: list[int], done: BatchStored
+                        ) -> None:  # fmt: skip
+        for at, index in enumerate(stored):
+            refused = done.refused.get(at)
+            if refused is not None:
+                batch.results[index] = m.FileResult(S(refused.status), refused.version,
+                                                    refused.message)  # fmt: skip
             else:
-                batch.results[index] = m.FileResult(S(outcome.status), outcome.version,
-                                                    outcome.message)  # fmt: skip
+                status = S.ALREADY_HAVE_CONTENT if at in done.reused else S.STORED
+                batch.results[index] = m.FileResult(status, done.versions[at], "")
         self.finish_batch(batch)
 
     def unstage(self, batch: PendingBatch) -> None:

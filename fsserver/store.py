@@ -12,6 +12,7 @@ several times faster than slotted dataclasses).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any, NamedTuple
@@ -56,6 +57,17 @@ class Refused(NamedTuple):
     status: int
     version: int
     message: str
+
+
+class BatchStored(NamedTuple):
+    """What ``store_many`` did with each file of a batch, by position: column lists, which
+    cross the process boundary several times faster than a record per file."""
+
+    versions: list[int]
+    """Each file's new version (0 if it was refused)."""
+    reused: set[int]
+    """Positions of files whose content the share held already (``ALREADY_HAVE_CONTENT``)."""
+    refused: dict[int, Refused]
 
 
 class ListPage(NamedTuple):
@@ -165,7 +177,9 @@ class Store:
         """Uploads in progress to paths not in the index yet: they count against max_entries."""
         self.reserved: dict[str, int] = {}
         """Bytes of uploads in progress, by share: they count against its quota."""
-        self.changes: list[Change] = []
+        self.changes: list[tuple[str, str, Entry, int]] = []
+        """(share, path, entry, origin) of each change since ``take_changes``: a ``Change``
+        record is made only for the changes some worker is to be sent."""
         self.logical_bytes = 0
         self.blob_bytes = 0
         """Bytes of the stored blobs (each distinct content once): kept up to date, not summed."""
@@ -234,12 +248,12 @@ class Store:
         return Committed(self._put(share, path, blob, mtime_ns, mode, origin), reused)
 
     def store_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
-                   origin: int = 0) -> list[Committed | Linked | Refused]:  # fmt: skip
+                   origin: int = 0) -> BatchStored:  # fmt: skip
         """Store each verified (source, path, size, mtime_ns, mode, digest, base_version) of a
         small-file batch, in order, in one call. Its bytes wait at *source*, in the calling
         worker's staging area (outside the allocator), and are copied into a new extent here,
-        unless the share holds the content already (``Linked``). The new extents of a batch
-        come from one allocation when it fits; each blob frees its own part later."""
+        unless the share holds the content already. The new extents of a batch come from one
+        allocation when it fits; each blob frees its own part later."""
         del owner  # the staging area is the worker's: nothing of it is held after this call
         arena = self.arena
         assert arena is not None, "store_many needs the arena"
@@ -249,32 +263,32 @@ class Store:
         except StoreFull:
             start = -1  # fragmented or nearly full: one allocation per file, as space allows
         bump = start
-        results: list[Committed | Linked | Refused] = []
-        for source, path, size, mtime_ns, mode, digest, base_version in items:
+        done = BatchStored([0] * len(items), set(), {})
+        for at, (source, path, size, mtime_ns, mode, digest, base_version) in enumerate(items):
             refused = self._admit(share, path, size, base_version)
             if refused:
-                results.append(refused)
+                done.refused[at] = refused
                 continue
             key = (share, digest, size)
             blob = self.blobs.get(key)
             if blob is not None:
-                results.append(Linked(self._put(share, path, blob, mtime_ns, mode, origin)))
-                continue
-            if bump >= 0:
-                offset, bump = bump, bump + aligned(size)
+                done.reused.add(at)
             else:
-                try:
-                    offset = self.allocator.allocate(size)
-                except StoreFull as exc:
-                    results.append(Refused(InitStatus.NO_SPACE, 0, exc.message))
-                    continue
-            arena[offset : offset + size] = arena[source : source + size]
-            blob = self.blobs[key] = Blob(share, digest, size, offset)
-            self.blob_bytes += size
-            results.append(Committed(self._put(share, path, blob, mtime_ns, mode, origin)))
+                if bump >= 0:
+                    offset, bump = bump, bump + aligned(size)
+                else:
+                    try:
+                        offset = self.allocator.allocate(size)
+                    except StoreFull as exc:
+                        done.refused[at] = Refused(InitStatus.NO_SPACE, 0, exc.message)
+                        continue
+                arena[offset : offset + size] = arena[source : source + size]
+                blob = self.blobs[key] = Blob(share, digest, size, offset)
+                self.blob_bytes += size
+            done.versions[at] = self._put(share, path, blob, mtime_ns, mode, origin)
         if start >= 0:
             self.allocator.free(bump, start + room - bump)  # what dedup and refusals left
-        return results
+        return done
 
     def abort(self, owner: int, ticket: int) -> None:
         hold = self._take_hold(owner, ticket, lease=False)
@@ -355,7 +369,7 @@ class Store:
         self._unref(entry.blob)
         tombstone = Entry(sh.seq, entry.mtime_ns, entry.mode, None)
         sh.record(path, tombstone)
-        self.changes.append(Change(share, tombstone.record(path), True, origin))
+        self.changes.append((share, path, tombstone, origin))
         return Committed(sh.seq)
 
     def changes_since(self, share: str, since: int, limit: int) -> ChangePage:
@@ -384,9 +398,11 @@ class Store:
             shares=sum(1 for sh in self.shares.values() if sh.live),
         )
 
-    def take_changes(self) -> list[Change]:
-        changes, self.changes = self.changes, []
-        return changes
+    def take_changes(self, wanted: Callable[[str, int], bool]) -> list[Change]:
+        """The changes since the last call that ``wanted(share, origin)``, oldest first."""
+        made, self.changes = self.changes, []
+        return [Change(share, entry.record(path), entry.blob is None, origin)
+                for share, path, entry, origin in made if wanted(share, origin)]  # fmt: skip
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -464,7 +480,7 @@ class Store:
         sh.seq += 1
         entry = Entry(sh.seq, mtime_ns, mode, blob)
         sh.record(path, entry)
-        self.changes.append(Change(share, entry.record(path), False, origin))
+        self.changes.append((share, path, entry, origin))
         return sh.seq
 
     def _unref(self, blob: Blob) -> None:

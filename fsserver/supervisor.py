@@ -304,9 +304,17 @@ class Supervisor:
             if child.channel is not None and child.alive:
                 replies = serve_batch(self.store, child.index, now)
                 child.channel.send_batch("rpc", replies, oversize=reply_too_large)
-        self.publish(self.store.take_changes())
+        self.publish(self.store.take_changes(self.wanted))
         if self.calls:
             self.loop.call_soon(self.serve_calls)
+
+    def wanted(self, share: str, origin: int) -> bool:
+        """Some worker is to be sent this change (see ``publish``)."""
+        for worker in self.workers.values():
+            watching = worker.watching
+            if watching and share in watching and origin != watching[share] and worker.alive:
+                return True
+        return False
 
     def publish(self, changes: list[Change]) -> None:
         """The change feed: each worker gets the changes of the shares it watches."""

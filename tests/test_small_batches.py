@@ -62,6 +62,26 @@ def test_put_many_sends_small_files_in_batches(server, tmp_path):
     assert metric(server, "file_sync_init") == 0  # not one file session
 
 
+def test_put_many_reports_each_file_as_it_is_done(server, tmp_path):
+    """``on_result`` hears of each file once, as soon as it is done: the small files, sent in
+    batches, before the big first file, which goes through a file session after them."""
+    (tmp_path / "big.bin").write_bytes(os.urandom(2 * BIG))
+    pairs = [(tmp_path / "big.bin", "big.bin")]
+    for n in range(100):
+        (tmp_path / f"{n}.txt").write_bytes(os.urandom(n + 1))
+        pairs.append((tmp_path / f"{n}.txt", f"{n}.txt"))
+    reported: list[tuple[int, object]] = []
+
+    async def main():
+        async with await Client.connect(server.address) as client:
+            return await client.put_many(pairs, on_result=lambda i, r: reported.append((i, r)))
+
+    results = run(main())
+    assert sorted(i for i, _ in reported) == list(range(len(pairs)))
+    assert all(results[i] is r for i, r in reported)
+    assert reported[-1][0] == 0  # the big file is the last one done
+
+
 def test_every_file_of_a_batch_gets_its_own_status(server_factory):
     server = server_factory("--store-size", "16MiB", "--max-file-size", "1000")
     raw = RawClient(server.address, max_packet=BIG)

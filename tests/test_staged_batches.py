@@ -13,7 +13,7 @@ from common.messages import InitStatus
 from fsserver.allocator import aligned
 from fsserver.hasher import hash_jobs
 from fsserver.staging import STAGING_BYTES, Staging, arena_size, staging_base
-from fsserver.store import Committed, Linked, Refused, Store
+from fsserver.store import BatchStored, Store
 from tests.test_store import check_invariants
 
 CAPACITY = 64 * 1024
@@ -40,6 +40,14 @@ def stage(arena: memoryview, files: list[tuple[str, bytes]], base_version: int =
     return items
 
 
+def outcomes(done: BatchStored) -> list[str]:
+    """Each file's fate: stored (new content), linked (content held already) or refused."""
+    return [
+        "refused" if at in done.refused else "linked" if at in done.reused else "stored"
+        for at in range(len(done.versions))
+    ]
+
+
 def stored_bytes(store: Store, arena: memoryview, share: str, path: str) -> bytes:
     entry = store.shares[share].entries[path]
     return bytes(arena[entry.blob.offset : entry.blob.offset + entry.blob.size])
@@ -48,9 +56,9 @@ def stored_bytes(store: Store, arena: memoryview, share: str, path: str) -> byte
 def test_store_many_copies_each_file_into_an_extent_of_its_own():
     store, arena = staged_store()
     files = [(f"f{n}", random.randbytes(100 * n + 1)) for n in range(5)]
-    results = store.store_many(0, "s", stage(arena, files))
-    assert [type(r) for r in results] == [Committed] * 5
-    assert [r.version for r in results] == [1, 2, 3, 4, 5]  # in the order sent
+    done = store.store_many(0, "s", stage(arena, files))
+    assert outcomes(done) == ["stored"] * 5
+    assert done.versions == [1, 2, 3, 4, 5]  # in the order sent
     for path, data in files:
         assert stored_bytes(store, arena, "s", path) == data
     arena[staging_base(CAPACITY, 0) :] = bytes(STAGING_BYTES)  # the staging area is reused
@@ -65,14 +73,16 @@ def test_store_many_copies_each_file_into_an_extent_of_its_own():
 
 def test_store_many_links_known_content_and_refuses_file_by_file():
     store, arena = staged_store(max_entries=4)
-    [first] = store.store_many(0, "s", stage(arena, [("a", b"same")]))
+    [first] = store.store_many(0, "s", stage(arena, [("a", b"same")])).versions
     files = [("b", b"same"), ("c", b"other"), ("d", b"other"), ("e", b"x"), ("f", b"y")]
     items = stage(arena, files)
-    items[0] = (*items[0][:6], first.version)  # "b" must be at a's version: a conflict
-    results = store.store_many(0, "s", items)
-    assert [type(r) for r in results] == [Refused, Committed, Linked, Committed, Refused]
-    assert results[0].status == InitStatus.CONFLICT and results[0].version == NO_VERSION
-    assert results[4].status == InitStatus.NO_SPACE and "--max-files" in results[4].message
+    items[0] = (*items[0][:6], first)  # "b" must be at a's version: a conflict
+    done = store.store_many(0, "s", items)
+    assert outcomes(done) == ["refused", "stored", "linked", "stored", "refused"]
+    assert done.versions == [0, 2, 3, 4, 0]
+    conflict, full = done.refused[0], done.refused[4]
+    assert conflict.status == InitStatus.CONFLICT and conflict.version == NO_VERSION
+    assert full.status == InitStatus.NO_SPACE and "--max-files" in full.message
     # "other" is stored once for c and d; the batch's unused room went back
     assert store.allocator.used_bytes == aligned(4) + aligned(5) + aligned(1)
     check_invariants(store)
@@ -80,10 +90,10 @@ def test_store_many_links_known_content_and_refuses_file_by_file():
 
 def test_store_many_keeps_the_quota_exactly():
     store, arena = staged_store(quota=1000)
-    results = store.store_many(0, "s", stage(arena, [(f"f{n}", random.randbytes(300))
-                                                      for n in range(5)]))  # fmt: skip
-    assert [type(r) for r in results] == [Committed] * 3 + [Refused] * 2
-    assert "quota" in results[3].message
+    files = [(f"f{n}", random.randbytes(300)) for n in range(5)]
+    done = store.store_many(0, "s", stage(arena, files))
+    assert outcomes(done) == ["stored"] * 3 + ["refused"] * 2
+    assert "quota" in done.refused[3].message
     check_invariants(store)
 
 
@@ -95,9 +105,9 @@ def test_store_many_fills_a_fragmented_store_file_by_file():
     for n in range(0, 8, 2):
         store.delete("s", f"pad{n}", ANY_VERSION)  # four free 1 KiB holes, none adjacent
     files = [(f"f{n}", random.randbytes(1000)) for n in range(5)]
-    results = store.store_many(0, "s", stage(arena, files))
-    assert [type(r) for r in results] == [Committed] * 4 + [Refused]
-    assert results[4].status == InitStatus.NO_SPACE
+    done = store.store_many(0, "s", stage(arena, files))
+    assert outcomes(done) == ["stored"] * 4 + ["refused"]
+    assert done.refused[4].status == InitStatus.NO_SPACE
     for path, data in files[:4]:
         assert stored_bytes(store, arena, "s", path) == data
     check_invariants(store)
