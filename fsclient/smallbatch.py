@@ -123,6 +123,7 @@ class Batcher:
                 raise proto.failure
             proto.requests[rid] = fut
             proto.send(m.SmallFileBatch(rid, tuple(files)))
+            proto.flush()  # at once: the server starts on it while the next batch is read
         except (FSError, OSError) as exc:
             proto.requests.pop(rid, None)
             self.upload.settle(indices, [exc] * len(indices), refill=False)

@@ -117,7 +117,7 @@ class HashClient:
         job = (self._next_id, offset, total, sizes)
         self._next_id += 1
         self._pending[job[0]] = (fut, job)
-        self.requeue(job)
+        self._send([(data, []) for data in pack_batches("hash", [job])])  # at once, alone
         return fut
 
     def stream(self, offset: int, size: int) -> HashStream:

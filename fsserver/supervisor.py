@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 from collections import deque
 from typing import Any
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 60.0
 ACCEPT_BATCH = 64
 CALL_SLICE = 256
+REPLY_DELAY = 0.0001
+"""Seconds a store reply may wait for others to share its control message."""
 ACCEPT_BACKOFF = 0.1
 
 
@@ -290,9 +293,17 @@ class Supervisor:
 
     def serve_calls(self) -> None:
         """Answer up to CALL_SLICE queued store calls, then let the loop run (accepts, other
-        workers) before the next slice: a flood of calls from one client cannot stall it."""
+        workers) before the next slice: a flood of calls from one client cannot stall it.
+
+        Each call's changes go out to the watching workers before its reply, so a client is
+        sent others' earlier changes before the reply to a later change of its own. Replies
+        share a message only while they come quickly: one that waited REPLY_DELAY for the
+        rest of its message leaves at once, so a worker can answer its client while the
+        calls queued behind it run (a window of batches flows through the store one by one,
+        not as a convoy)."""
         assert self.store is not None and self.loop is not None
         budget = CALL_SLICE
+        clock = time.perf_counter
         while self.calls and budget > 0:
             child, batch = self.calls[0]
             now, rest = batch[:budget], batch[budget:]
@@ -301,10 +312,18 @@ class Supervisor:
             else:
                 self.calls.popleft()
             budget -= len(now)
-            if child.channel is not None and child.alive:
-                replies = serve_batch(self.store, child.index, now)
+            replies: list[tuple[int, bool, Any]] = []
+            started = clock()
+            for call in now:
+                if not (child.channel is not None and child.alive):
+                    break
+                replies += serve_batch(self.store, child.index, [call])
+                self.publish(self.store.take_changes(self.wanted))
+                if clock() - started >= REPLY_DELAY:
+                    child.channel.send_batch("rpc", replies, oversize=reply_too_large)
+                    replies, started = [], clock()
+            if replies and child.channel is not None and child.alive:
                 child.channel.send_batch("rpc", replies, oversize=reply_too_large)
-        self.publish(self.store.take_changes(self.wanted))
         if self.calls:
             self.loop.call_soon(self.serve_calls)
 

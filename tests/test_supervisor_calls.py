@@ -1,0 +1,94 @@
+"""How the supervisor answers workers' store calls, over real control channels (no worker
+processes: each worker end is a channel this test reads): the order of changes and replies a
+worker sees, and replies that do not wait for a long queue of calls behind them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from common.limits import ANY_VERSION
+from fsserver.channel import MessageChannel, channel_pair
+from fsserver.children import Child, Role
+from fsserver.config import ServerConfig
+from fsserver.store import Linked, Reserved, Store
+from fsserver.supervisor import Supervisor
+
+DIGEST = b"\x07" * 16
+
+
+def seeded_store() -> Store:
+    """A store whose share "s" holds content DIGEST: reserving it again links at once."""
+    store = Store(1 << 20)
+    reserved = store.reserve(0, "s", "seed", 10, 0, 0o644, DIGEST, ANY_VERSION)
+    assert isinstance(reserved, Reserved)
+    store.commit(0, reserved.ticket, "s", "seed", 0, 0o644, DIGEST, ANY_VERSION)
+    store.take_changes(lambda share, origin: False)  # the seed is old news
+    return store
+
+
+def link(call_id: int, path: str, origin: int) -> tuple[int, str, tuple[Any, ...]]:
+    """An RPC call that stores *path* with the seeded content (one change, at once)."""
+    return (call_id, "reserve", ("s", path, 10, 0, 0o644, DIGEST, ANY_VERSION, origin))
+
+
+async def serve(calls: list[tuple[int, list[Any]]], watching: dict[int, dict[str, int | None]]
+                ) -> dict[int, list[Any]]:  # fmt: skip
+    """Queue *calls* (worker index, batch), let the supervisor serve them, and return what
+    each worker's end of its control channel received, in order."""
+    loop = asyncio.get_running_loop()
+    supervisor = Supervisor(ServerConfig())
+    supervisor.loop = loop
+    supervisor.store = seeded_store()
+    received: dict[int, list[Any]] = {}
+    ends = []
+    for index in (0, 1):
+        ours, theirs = channel_pair()
+        exited: asyncio.Future[int] = loop.create_future()
+        child = Child(Role.WORKER, index, None, exited)  # type: ignore[arg-type]
+        child.channel = MessageChannel(ours, lambda msg, fds: None, on_close=lambda: None)
+        child.watching = watching.get(index, {})
+        supervisor.workers[index] = child
+        got = received[index] = []
+        ends.append(MessageChannel(theirs, lambda msg, fds, got=got: got.append(msg),
+                                   on_close=lambda: None))  # fmt: skip
+    for index, batch in calls:
+        supervisor.calls.append((supervisor.workers[index], batch))
+    supervisor.serve_calls()
+    expected = sum(len(batch) for _, batch in calls)
+    for _ in range(500):
+        replies = sum(len(msg[1]) for got in received.values() for msg in got if msg[0] == "rpc")
+        if replies == expected:
+            break
+        await asyncio.sleep(0.01)
+    for child in supervisor.workers.values():
+        assert child.channel is not None
+        child.channel.close()
+    for end in ends:
+        end.close()
+    return received
+
+
+def test_a_worker_is_sent_earlier_changes_before_the_reply_to_a_later_call():
+    """Worker 0's client stores f, then worker 1's client stores g. Worker 1, whose client
+    watches the share, must see f's change before the reply about g: the sync client counts
+    every version below its own latest as seen."""
+    calls = [(0, [link(1, "f", origin=11)]), (1, [link(1, "g", origin=22)])]
+    received = asyncio.run(serve(calls, watching={1: {"s": 22}}))
+    assert [msg[0] for msg in received[1]] == ["feed", "rpc"]
+    [change] = received[1][0][1]
+    assert change.entry.path == "f" and change.origin == 11  # g is its own: not echoed
+    [(_, ok, result)] = received[1][1][1]
+    assert ok and isinstance(result, Linked) and result.version > change.entry.version
+
+
+def test_replies_do_not_wait_for_a_long_queue_of_calls():
+    """A worker's 250 calls in one message (one slice) are answered in several messages, the
+    first long before the last call is served."""
+    count = 250
+    batch = [link(n, f"p{n}", origin=0) for n in range(1, count + 1)]
+    received = asyncio.run(serve([(0, batch)], watching={}))
+    messages = [msg[1] for msg in received[0] if msg[0] == "rpc"]
+    assert len(messages) > 1
+    answered = [call_id for replies in messages for call_id, _, _ in replies]
+    assert answered == list(range(1, count + 1))  # each once, in order
