@@ -74,11 +74,13 @@ class SyncEngine:
         delay = BACKOFF_FIRST
         while True:
             self.actions.guard()
+            walking = self.start_walk()
             try:
                 client = await Client.connect(
                     self.server, self.share, client_id=self.client_id, access=self.access
                 )
             except (OSError, ConnectionLost) as exc:
+                walking.cancel()
                 if self.once:
                     raise
                 log.warning("cannot reach %s (%s); retrying in %.1f s", self.server, exc, delay)
@@ -86,7 +88,7 @@ class SyncEngine:
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             try:
-                await self.session(client)
+                await self.session(client, walking)
                 if self.once:
                     return 1 if self.actions.tally.failed else 0
             except (FSError, OSError) as exc:
@@ -95,11 +97,22 @@ class SyncEngine:
                 reason = exc.message if isinstance(exc, FSError) else str(exc)
                 log.warning("connection to %s lost (%s); reconnecting", self.server, reason)
             finally:
+                if not walking.cancel() and not walking.cancelled():
+                    walking.exception()  # not used (the session ended first): dropped
                 await client.close()
             delay = BACKOFF_FIRST
             await asyncio.sleep(delay)
 
-    async def session(self, client: Client) -> None:
+    def start_walk(self) -> asyncio.Future[dict[str, Stat]]:
+        """Walk the folder in a thread while the connection is set up: the walk is mostly
+        system calls, during which the loop's thread runs the handshake."""
+        self.scanner.stale.clear()
+        return asyncio.get_running_loop().run_in_executor(None, self.walk)
+
+    def walk(self) -> dict[str, Stat]:
+        return dict(self.scanner.walk())
+
+    async def session(self, client: Client, walking: asyncio.Future[dict[str, Stat]]) -> None:
         self.actions.client = client
         reseed = self.check_store(client.store_id)
         since = 0 if reseed else int(self.db.meta("last_seq", "0"))
@@ -112,7 +125,7 @@ class SyncEngine:
             stream = await client.subscribe(0)
         remote = await self.backlog(stream, since)
         failed = len(self.actions.tally.failed)
-        await self.reconcile(remote, reseed)
+        await self.reconcile(remote, reseed, await walking)
         # Others' changes made while we worked: the server sends them on this connection
         # before its reply to any later change of ours, so once they are applied every
         # version up to our own last one is accounted for.
@@ -172,11 +185,10 @@ class SyncEngine:
 
     # -- reconcile ---------------------------------------------------------------------------
 
-    async def reconcile(self, remote: dict[str, RemoteState], reseed: bool) -> None:
+    async def reconcile(self, remote: dict[str, RemoteState], reseed: bool,
+                        local: dict[str, Stat]) -> None:  # fmt: skip
         """Bring folder and server together, path by path (see ``plan.decide``)."""
         base = {entry.path: entry for entry in self.db.all()}
-        self.scanner.stale.clear()
-        local = dict(self.scanner.walk())
         for temp in self.scanner.stale:  # no download of ours is running yet
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.folder / temp)
