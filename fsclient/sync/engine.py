@@ -25,7 +25,7 @@ from fsclient.protocol import ConnectionLost
 from fsclient.sync.actions import Actions, FolderGone
 from fsclient.sync.ignore import IGNORE_FILE, IgnoreRules
 from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
-from fsclient.sync.scan import Scanner, Stat, same_stat
+from fsclient.sync.scan import FolderWalk, Scanner, Stat, same_stat
 from fsclient.sync.state import BaseEntry, StateDB
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,13 @@ class SyncEngine:
         delay = BACKOFF_FIRST
         while True:
             self.actions.guard()
-            walking = self.start_walk()
+            walking = FolderWalk(self.scanner)
             try:
                 client = await Client.connect(
                     self.server, self.share, client_id=self.client_id, access=self.access
                 )
             except (OSError, ConnectionLost) as exc:
-                walking.cancel()
+                walking.drop()
                 if self.once:
                     raise
                 log.warning("cannot reach %s (%s); retrying in %.1f s", self.server, exc, delay)
@@ -97,22 +97,12 @@ class SyncEngine:
                 reason = exc.message if isinstance(exc, FSError) else str(exc)
                 log.warning("connection to %s lost (%s); reconnecting", self.server, reason)
             finally:
-                if not walking.cancel() and not walking.cancelled():
-                    walking.exception()  # not used (the session ended first): dropped
+                walking.drop()
                 await client.close()
             delay = BACKOFF_FIRST
             await asyncio.sleep(delay)
 
-    def start_walk(self) -> asyncio.Future[dict[str, Stat]]:
-        """Walk the folder in a thread while the connection is set up: the walk is mostly
-        system calls, during which the loop's thread runs the handshake."""
-        self.scanner.stale.clear()
-        return asyncio.get_running_loop().run_in_executor(None, self.walk)
-
-    def walk(self) -> dict[str, Stat]:
-        return dict(self.scanner.walk())
-
-    async def session(self, client: Client, walking: asyncio.Future[dict[str, Stat]]) -> None:
+    async def session(self, client: Client, walking: FolderWalk) -> None:
         self.actions.client = client
         reseed = self.check_store(client.store_id)
         since = 0 if reseed else int(self.db.meta("last_seq", "0"))
@@ -125,7 +115,7 @@ class SyncEngine:
             stream = await client.subscribe(0)
         remote = await self.backlog(stream, since)
         failed = len(self.actions.tally.failed)
-        await self.reconcile(remote, reseed, await walking)
+        await self.reconcile(remote, reseed, await walking.take())
         # Others' changes made while we worked: the server sends them on this connection
         # before its reply to any later change of ours, so once they are applied every
         # version up to our own last one is accounted for.

@@ -10,6 +10,7 @@ files would otherwise hold about 57 MiB of stat objects while it is reconciled.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -167,3 +168,27 @@ class Scanner:
         if path not in self.warned:
             self.warned.add(path)
             log.warning("%s: %s", path, why)
+
+
+class FolderWalk:
+    """``Scanner.walk`` of the whole folder, run in a thread while the connection is set up
+    (the walk is mostly system calls, during which the loop's thread runs the handshake).
+    Its result is handed over once and not kept: a live client must not hold on to it."""
+
+    def __init__(self, scanner: Scanner) -> None:
+        scanner.stale.clear()
+        walk = scanner.walk
+        self.future: asyncio.Future[dict[str, Stat]] | None = (
+            asyncio.get_running_loop().run_in_executor(None, lambda: dict(walk()))
+        )
+
+    async def take(self) -> dict[str, Stat]:
+        future, self.future = self.future, None
+        assert future is not None, "a walk is taken once"
+        return await future
+
+    def drop(self) -> None:
+        """Not taken (the connection failed first): the result, or error, is dropped."""
+        future, self.future = self.future, None
+        if future is not None and not future.cancel() and not future.cancelled():
+            future.exception()
