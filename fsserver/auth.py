@@ -134,6 +134,15 @@ def check_tokens_file(path: str) -> None:
         parse(item)
 
 
+def new_token() -> str:
+    """A random token (256 bits, URL-safe) that does not start with '-': one that did would
+    read as an option in ``fsclient --token TOKEN`` (1 token in 64 did)."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
+
+
 def add_token(path: str, name: str, shares: list[str], read_only: bool) -> str:
     """Generate a token, store its hash in *path* (created if missing), return the token."""
     for share in shares:
@@ -142,7 +151,7 @@ def add_token(path: str, name: str, shares: list[str], read_only: bool) -> str:
     tokens = read_tokens(file) if file.exists() else []
     if any(item["name"] == name for item in tokens):
         raise TokenFileError(f"{path} already has a token named {name!r}")
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     tokens.append({
         "name": name, "sha256": token_hash(token.encode()).hex(), "shares": sorted(shares),
         "read_only": read_only, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -44,7 +44,7 @@ SESSIONS = Counter(
     ["direction", "outcome"],
 )  # fmt: skip
 HASH_SECONDS = Histogram(
-    "fs_hash_seconds", "Time to digest one extent in a hasher.",
+    "fs_hash_seconds", "Time to digest one extent, or one small-file batch, in a hasher.",
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
 )  # fmt: skip
 HASH_BYTES = Counter("fs_hash_bytes", "Bytes digested by the hashing pool.")

@@ -21,6 +21,7 @@ from common.limits import ANY_VERSION, MAGIC, PROTOCOL_VERSION
 from fsclient import Client
 from fsclient.access import Access
 from fsclient.protocol import ConnectionLost
+from fsserver.auth import new_token
 from tests.conftest import run
 from tests.rawclient import Closed, RawClient
 from tests.secured import add_token, fsclient, fsserver_tool
@@ -57,6 +58,14 @@ def test_add_token_prints_the_token_once_and_stores_only_its_hash(tokens):
     bad = fsserver_tool("add-token", "x", "--tokens", str(tokens), "--share", "../up")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
     assert tomllib.loads(tokens.read_text()) == {"token": list(entries.values())}
+
+
+def test_generated_tokens_never_read_as_an_option():
+    """``fsclient --token TOKEN`` must work for every token the server hands out: one that
+    starts with '-' reads as an option (about 1 in 64 random tokens did)."""
+    tokens = [new_token() for _ in range(3000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and all(len(t) >= 43 for t in tokens)
 
 
 def test_bad_tokens_are_refused_before_any_file_operation(server_factory, tokens):
