@@ -126,6 +126,9 @@ class BatchUpload:
                  on_result: OnResult | None = None) -> None:  # fmt: skip
         self.client = client
         self.on_result = on_result
+        self.callback_error: BaseException | None = None
+        """What ``on_result`` raised: it is not called again, the upload goes on (files in
+        flight must still be answered), and ``run`` raises it at the end."""
         self.proto = client.proto
         self.pairs: list[Item] = [as_item(pair) for pair in pairs]
         self.window = window
@@ -153,6 +156,8 @@ class BatchUpload:
             except (FSError, OSError) as exc:
                 result = exc
             self.settled(index, result)
+        if self.callback_error is not None:
+            raise self.callback_error
         assert all(result is not None for result in self.results)
         return self.results  # type: ignore[return-value]
 
@@ -231,4 +236,8 @@ class BatchUpload:
     def settled(self, index: int, result: Result) -> None:
         self.results[index] = result
         if self.on_result is not None:
-            self.on_result(index, result)
+            try:
+                self.on_result(index, result)
+            except BaseException as exc:  # runs in protocol callbacks: raise it from run()
+                self.on_result = None
+                self.callback_error = exc

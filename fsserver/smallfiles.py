@@ -124,7 +124,8 @@ class BatchHandlers:
         """Batches are stored in the order they arrived, so one that is verified before an
         earlier one waits for it."""
         if fut.cancelled() or not self.live(batch):
-            return  # drop_batches gave its staging back
+            self.unstage(batch)  # closing: no store call will read it (if drop_batches has not
+            return  # given it back already)
         batch.digests = fut.result()
         batch.verified = True
         order = self.batch_order

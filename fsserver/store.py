@@ -4,9 +4,8 @@ It lives in the supervisor only, the single owner of the index and the allocator
 it through RPC. Content is addressed by (XXH3-128 digest, size), so identical content is kept
 once. A blob is freed when nothing refers to it: no path, no pending download lease.
 
-Expected outcomes (a conflict, a full store, a missing path) are returned as result objects,
-not raised, so that they cross the process boundary as plain data (named tuples: they pickle
-several times faster than slotted dataclasses).
+Expected outcomes (a conflict, a full store, a missing path) are returned as result objects
+(``fsserver.records``), not raised, so that they cross the process boundary as plain data.
 """
 
 from __future__ import annotations
@@ -15,108 +14,38 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, NamedTuple
 
 from sortedcontainers import SortedDict
 
 from common.errors import StoreFull
 from common.limits import ANY_VERSION, NO_VERSION
 from common.messages import FileEntry, InitStatus, LookupStatus
-from fsserver.allocator import ExtentAllocator, aligned
+from fsserver.allocator import ExtentAllocator
+from fsserver.records import (
+    BatchStored,
+    Blob,
+    BlobKey,
+    Change,
+    ChangePage,
+    Committed,
+    Linked,
+    ListPage,
+    Opened,
+    Refused,
+    Reserved,
+    StoreStats,
+)
+from fsserver.storebatch import BatchStoring
+
+__all__ = [
+    "BatchStored", "Blob", "BlobKey", "Change", "ChangePage", "Committed", "Linked", "ListPage",
+    "Opened", "Refused", "Reserved", "Store", "StoreStats",
+]  # fmt: skip
 
 PAGE_BYTES = 32 * 1024
 """A list or change page stops after about this many bytes (paths plus a fixed share per
 entry), so that one store reply always fits one control message."""
 ENTRY_BYTES = 128
-
-
-class Reserved(NamedTuple):
-    ticket: int
-    offset: int
-
-
-class Linked(NamedTuple):
-    """The content was already stored; the path now refers to it."""
-
-    version: int
-
-
-class Committed(NamedTuple):
-    version: int
-    reused: bool = False
-    """The share held this content already: the path now refers to it (stored once)."""
-
-
-class Opened(NamedTuple):
-    entry: FileEntry
-    offset: int
-    lease: int
-
-
-class Refused(NamedTuple):
-    status: int
-    version: int
-    message: str
-
-
-class BatchStored(NamedTuple):
-    """What ``store_many`` did with each file of a batch, by position: column lists, which
-    cross the process boundary several times faster than a record per file."""
-
-    versions: list[int]
-    """Each file's new version (0 if it was refused)."""
-    reused: set[int]
-    """Positions of files whose content the share held already (``ALREADY_HAVE_CONTENT``)."""
-    refused: dict[int, Refused]
-
-
-class ListPage(NamedTuple):
-    entries: tuple[FileEntry, ...]
-    more: bool
-
-
-class Change(NamedTuple):
-    share: str
-    entry: FileEntry
-    deleted: bool
-    origin: int = 0
-    """The connection that made the change (0: none); its subscription does not echo it."""
-
-
-class ChangePage(NamedTuple):
-    """Changes after a sequence number, oldest first; ``seq`` is the share's latest."""
-
-    changes: tuple[Change, ...]
-    more: bool
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoreStats:
-    capacity_bytes: int
-    used_bytes: int
-    blob_bytes: int
-    logical_bytes: int
-    files: int
-    shares: int
-
-
-@dataclass(slots=True)
-class Blob:
-    share: str
-    digest: bytes
-    size: int
-    offset: int
-    refs: int = 0
-
-    @property
-    def key(self) -> BlobKey:
-        return (self.share, self.digest, self.size)
-
-
-BlobKey = tuple[str, bytes, int]
-"""Content is shared within a share only: a digest and a size are not proof of holding the
-bytes (XXH3 is no cryptographic hash), so they must never open another share's content."""
 
 
 @dataclass(slots=True)
@@ -163,9 +92,10 @@ class _Hold:
     """An upload to a path the index does not hold yet: it will take an entry."""
 
 
-class Store:
+class Store(BatchStoring):
     def __init__(self, capacity: int, max_entries: int = 1_000_000, quota: int = 0) -> None:
         self.store_id = os.urandom(16)
+        self.size = capacity
         self.allocator = ExtentAllocator(capacity)
         self.max_entries = max_entries
         self.quota = quota
@@ -246,49 +176,6 @@ class Store:
             blob = self.blobs[key] = Blob(share, digest, hold.size, hold.offset)
             self.blob_bytes += blob.size
         return Committed(self._put(share, path, blob, mtime_ns, mode, origin), reused)
-
-    def store_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
-                   origin: int = 0) -> BatchStored:  # fmt: skip
-        """Store each verified (source, path, size, mtime_ns, mode, digest, base_version) of a
-        small-file batch, in order, in one call. Its bytes wait at *source*, in the calling
-        worker's staging area (outside the allocator), and are copied into a new extent here,
-        unless the share holds the content already. The new extents of a batch come from one
-        allocation when it fits; each blob frees its own part later."""
-        del owner  # the staging area is the worker's: nothing of it is held after this call
-        arena = self.arena
-        assert arena is not None, "store_many needs the arena"
-        room = sum(aligned(item[2]) for item in items)
-        try:
-            start = self.allocator.allocate(room) if room else 0
-        except StoreFull:
-            start = -1  # fragmented or nearly full: one allocation per file, as space allows
-        bump = start
-        done = BatchStored([0] * len(items), set(), {})
-        for at, (source, path, size, mtime_ns, mode, digest, base_version) in enumerate(items):
-            refused = self._admit(share, path, size, base_version)
-            if refused:
-                done.refused[at] = refused
-                continue
-            key = (share, digest, size)
-            blob = self.blobs.get(key)
-            if blob is not None:
-                done.reused.add(at)
-            else:
-                if bump >= 0:
-                    offset, bump = bump, bump + aligned(size)
-                else:
-                    try:
-                        offset = self.allocator.allocate(size)
-                    except StoreFull as exc:
-                        done.refused[at] = Refused(InitStatus.NO_SPACE, 0, exc.message)
-                        continue
-                arena[offset : offset + size] = arena[source : source + size]
-                blob = self.blobs[key] = Blob(share, digest, size, offset)
-                self.blob_bytes += size
-            done.versions[at] = self._put(share, path, blob, mtime_ns, mode, origin)
-        if start >= 0:
-            self.allocator.free(bump, start + room - bump)  # what dedup and refusals left
-        return done
 
     def abort(self, owner: int, ticket: int) -> None:
         hold = self._take_hold(owner, ticket, lease=False)

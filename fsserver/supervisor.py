@@ -295,12 +295,13 @@ class Supervisor:
         """Answer up to CALL_SLICE queued store calls, then let the loop run (accepts, other
         workers) before the next slice: a flood of calls from one client cannot stall it.
 
-        Each call's changes go out to the watching workers before its reply, so a client is
-        sent others' earlier changes before the reply to a later change of its own. Replies
-        share a message only while they come quickly: one that waited REPLY_DELAY for the
-        rest of its message leaves at once, so a worker can answer its client while the
-        calls queued behind it run (a window of batches flows through the store one by one,
-        not as a convoy)."""
+        A call's changes go out to the watching workers after every reply up to its own, and
+        before the replies to later calls, so each worker sees changes and replies in the
+        order the store made them (a sync client counts every version below its own latest
+        as seen). Replies share a message only while they come quickly: once REPLY_DELAY has
+        passed since the first reply of a message (checked after each call), the message
+        leaves, so a worker can answer its client while the calls queued behind it run (a
+        window of batches flows through the store one by one, not as a convoy)."""
         assert self.store is not None and self.loop is not None
         budget = CALL_SLICE
         clock = time.perf_counter
@@ -318,10 +319,11 @@ class Supervisor:
                 if not (child.channel is not None and child.alive):
                     break
                 replies += serve_batch(self.store, child.index, [call])
-                self.publish(self.store.take_changes(self.wanted))
-                if clock() - started >= REPLY_DELAY:
+                changes = self.store.take_changes(self.wanted)
+                if changes or clock() - started >= REPLY_DELAY:
                     child.channel.send_batch("rpc", replies, oversize=reply_too_large)
                     replies, started = [], clock()
+                self.publish(changes)
             if replies and child.channel is not None and child.alive:
                 child.channel.send_batch("rpc", replies, oversize=reply_too_large)
         if self.calls:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
 import xxhash
 
 from common import messages as m
@@ -227,6 +228,31 @@ def test_batches_beyond_the_staging_area_wait_for_room_and_all_arrive(server_fac
         assert {r.status for reply in replies for r in reply.results} == {S.STORED}
         raw.close()
     assert {p: e.digest for p, e in listing(server.address).items()} == sent
+
+
+def test_an_on_result_that_raises_ends_put_many_with_its_error(server, tmp_path):
+    """The callback runs inside the client's protocol callbacks: what it raises must end
+    ``put_many`` with that error once the files in flight are answered, not stall it."""
+    pairs = []
+    for n in range(40):
+        (tmp_path / f"{n}.txt").write_bytes(os.urandom(n + 1))
+        pairs.append((tmp_path / f"{n}.txt", f"raise/{n}.txt"))
+    calls = []
+
+    def on_result(index: int, result: object) -> None:
+        calls.append(index)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+
+    async def main():
+        async with await Client.connect(server.address) as client:
+            with pytest.raises(OSError, match="No space left"):
+                await asyncio.wait_for(client.put_many(pairs, on_result=on_result), 20)
+            return await client.ping()
+
+    run(main())
+    assert len(calls) == 5  # not called after it raised
+    assert len(listing(server.address)) == len(pairs)  # the upload itself went on
 
 
 def test_many_put_many_at_once_share_the_connections_batch_slots(server, tmp_path):

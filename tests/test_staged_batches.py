@@ -141,3 +141,21 @@ def test_each_worker_slot_has_its_own_staging_area_after_the_store():
     assert staging_base(1000, 0) == aligned(1000)
     assert staging_base(1000, 1) - staging_base(1000, 0) == STAGING_BYTES
     assert arena_size(1000, 2) == staging_base(1000, 2)
+
+
+def test_store_many_copies_only_from_the_callers_own_staging_area():
+    """A worker names where its files wait: anywhere else (the store's blobs, another worker's
+    area) is refused before anything is stored or allocated."""
+    store, arena = staged_store()
+    [secret] = stage(arena, [("secret", b"another share's bytes")])
+    store.store_many(0, "other", [secret])
+    blob_offset = store.shares["other"].entries["secret"].blob.offset
+    thief = (blob_offset, "copy", *secret[2:])  # points into the store itself
+    with pytest.raises(ValueError, match="outside the staging area"):
+        store.store_many(0, "mine", [thief])
+    [ok] = stage(arena, [("ok", b"x" * 100)])
+    with pytest.raises(ValueError, match="outside the staging area of worker 1"):
+        store.store_many(1, "mine", [ok])  # worker 0's area, named by worker 1
+    assert "mine" not in store.shares
+    assert store.allocator.used_bytes == aligned(len(b"another share's bytes"))
+    check_invariants(store)

@@ -92,3 +92,21 @@ def test_replies_do_not_wait_for_a_long_queue_of_calls():
     assert len(messages) > 1
     answered = [call_id for replies in messages for call_id, _, _ in replies]
     assert answered == list(range(1, count + 1))  # each once, in order
+
+
+def test_a_worker_sees_its_replies_and_others_changes_in_the_order_they_were_made():
+    """Two connections of one worker, X and Y, both watching the share: X stores g, then Y
+    stores h. The worker must get the reply about g before h's change (a later version), and
+    g's change before the reply about h."""
+    calls = [(1, [link(1, "g", origin=21), link(2, "h", origin=22)])]
+    received = asyncio.run(serve(calls, watching={1: {"s": None}}))
+
+    def position(kind: str, match) -> int:
+        return next(n for n, msg in enumerate(received[1]) if msg[0] == kind
+                    and any(match(item) for item in msg[1]))  # fmt: skip
+
+    reply_g = position("rpc", lambda reply: reply[0] == 1)
+    reply_h = position("rpc", lambda reply: reply[0] == 2)
+    change_g = position("feed", lambda change: change.entry.path == "g")
+    change_h = position("feed", lambda change: change.entry.path == "h")
+    assert reply_g < change_h and change_g < reply_h

@@ -72,21 +72,28 @@ class SyncEngine:
     async def run(self) -> int:
         """Sync until stopped (or once); the exit code: 0, or 1 if anything failed."""
         delay = BACKOFF_FIRST
+        walking: FolderWalk | None = None
         while True:
             self.actions.guard()
-            walking = FolderWalk(self.scanner)
+            if walking is None or walking.finished:  # a walk still running is fresh enough
+                if walking is not None:
+                    walking.drop()
+                walking = FolderWalk(self.scanner)
             try:
                 client = await Client.connect(
                     self.server, self.share, client_id=self.client_id, access=self.access
                 )
             except (OSError, ConnectionLost) as exc:
-                walking.drop()
                 if self.once:
+                    walking.drop()
                     raise
                 log.warning("cannot reach %s (%s); retrying in %.1f s", self.server, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
+            except BaseException:  # refused (a bad token, TLS), or stopped
+                walking.drop()
+                raise
             try:
                 await self.session(client, walking)
                 if self.once:
@@ -98,6 +105,7 @@ class SyncEngine:
                 log.warning("connection to %s lost (%s); reconnecting", self.server, reason)
             finally:
                 walking.drop()
+                walking = None
                 await client.close()
             delay = BACKOFF_FIRST
             await asyncio.sleep(delay)

@@ -173,7 +173,9 @@ class Scanner:
 class FolderWalk:
     """``Scanner.walk`` of the whole folder, run in a thread while the connection is set up
     (the walk is mostly system calls, during which the loop's thread runs the handshake).
-    Its result is handed over once and not kept: a live client must not hold on to it."""
+    Its result is handed over once and not kept: a live client must not hold on to it. A
+    thread cannot be stopped: a client that cannot connect keeps the walk that is still
+    running rather than start another beside it (``finished``)."""
 
     def __init__(self, scanner: Scanner) -> None:
         scanner.stale.clear()
@@ -181,6 +183,11 @@ class FolderWalk:
         self.future: asyncio.Future[dict[str, Stat]] | None = (
             asyncio.get_running_loop().run_in_executor(None, lambda: dict(walk()))
         )
+
+    @property
+    def finished(self) -> bool:
+        """The walk is over (or dropped): its result may be stale by now."""
+        return self.future is None or self.future.done()
 
     async def take(self) -> dict[str, Stat]:
         future, self.future = self.future, None

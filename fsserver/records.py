@@ -1,0 +1,99 @@
+"""What the store answers, as plain data: these cross the process boundary from the supervisor
+to the workers, so they are named tuples, which pickle several times faster than slotted
+dataclasses. Also ``Blob``, a stored content, which ``Store`` and ``BatchStoring`` share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from common.messages import FileEntry
+
+
+class Reserved(NamedTuple):
+    ticket: int
+    offset: int
+
+
+class Linked(NamedTuple):
+    """The content was already stored; the path now refers to it."""
+
+    version: int
+
+
+class Committed(NamedTuple):
+    version: int
+    reused: bool = False
+    """The share held this content already: the path now refers to it (stored once)."""
+
+
+class Opened(NamedTuple):
+    entry: FileEntry
+    offset: int
+    lease: int
+
+
+class Refused(NamedTuple):
+    status: int
+    version: int
+    message: str
+
+
+class ListPage(NamedTuple):
+    entries: tuple[FileEntry, ...]
+    more: bool
+
+
+class Change(NamedTuple):
+    share: str
+    entry: FileEntry
+    deleted: bool
+    origin: int = 0
+    """The connection that made the change (0: none); its subscription does not echo it."""
+
+
+class ChangePage(NamedTuple):
+    """Changes after a sequence number, oldest first; ``seq`` is the share's latest."""
+
+    changes: tuple[Change, ...]
+    more: bool
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    capacity_bytes: int
+    used_bytes: int
+    blob_bytes: int
+    logical_bytes: int
+    files: int
+    shares: int
+
+
+@dataclass(slots=True)
+class Blob:
+    share: str
+    digest: bytes
+    size: int
+    offset: int
+    refs: int = 0
+
+    @property
+    def key(self) -> BlobKey:
+        return (self.share, self.digest, self.size)
+
+
+BlobKey = tuple[str, bytes, int]
+"""Content is shared within a share only: a digest and a size are not proof of holding the
+bytes (XXH3 is no cryptographic hash), so they must never open another share's content."""
+
+
+class BatchStored(NamedTuple):
+    """What ``store_many`` did with each file of a batch, by position: column lists, which
+    cross the process boundary several times faster than a record per file."""
+
+    versions: list[int]
+    """Each file's new version (0 if it was refused)."""
+    reused: set[int]
+    """Positions of files whose content the share held already (``ALREADY_HAVE_CONTENT``)."""
+    refused: dict[int, Refused]
