@@ -149,7 +149,11 @@ def test_a_revoked_token_stops_working_without_a_restart(server_factory, tokens)
     tokens.write_text(tomli_w.dumps({"token": [{"name": "x", "sha256": "00"}]}) + "[broken")
     with pytest.raises(AuthError):  # an unreadable file opens nothing: no token comes back
         run(put(other, "e.txt"))
-    assert "tokens file unusable, refusing every token" in server.log.text()
+    wait_for(
+        lambda: "tokens file unusable, refusing every token" in server.log.text(),
+        10,
+        "the worker's log line about the broken file",
+    )  # (the log arrives by a pipe)
     fresh = add_token(tokens.with_name("fresh.toml"), "fresh", "default")
     tokens.write_text(tokens.with_name("fresh.toml").read_text())
     assert run(put(fresh, "f.txt")) == 3
@@ -281,7 +285,11 @@ def test_failed_attempts_are_counted_and_throttled_but_a_typo_is_not_locked_out(
     wait_for(lambda: run(attempt(token)) == "turned away", 10, "the throttle to engage")
     assert server.metric("fs_throttled_connections_total") >= 1
     assert server.metric("fs_auth_failures_total") == 10
-    assert "failed to authenticate 10 times; refused for 10 s" in server.log.text()
+    wait_for(
+        lambda: "failed to authenticate 10 times; refused for 10 s" in server.log.text(),
+        10,
+        "the supervisor's log line about the throttle",
+    )  # (it arrives by a pipe)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])

@@ -205,7 +205,7 @@ def test_folder_moved_away_stops_the_client_and_nothing_is_lost(clients, tmp_pat
     a.folder.rename(tmp_path / "A-moved")
     wait_for(lambda: a.proc.poll() is not None, 10, "A's client to stop")
     assert a.proc.returncode != 0
-    assert "marker is gone" in a.log.text()
+    wait_for(lambda: "marker is gone" in a.log.text(), 10, "A's error line")  # (by a pipe)
 
     async def on_server() -> list[str]:
         async with await Client.connect(clients.server.address) as client:
