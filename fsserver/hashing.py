@@ -114,10 +114,7 @@ class HashClient:
         if total == 0:
             fut.set_result(EMPTY_DIGEST * len(sizes))
             return fut
-        job = (self._next_id, offset, total, sizes)
-        self._next_id += 1
-        self._pending[job[0]] = (fut, job)
-        self._send([(data, []) for data in pack_batches("hash", [job])])  # at once, alone
+        self.requeue(self._new_job(fut, offset, total, sizes))
         return fut
 
     def stream(self, offset: int, size: int) -> HashStream:
@@ -149,15 +146,20 @@ class HashClient:
                     self.requeue(job)
 
     def requeue(self, job: Job) -> None:
-        if job[2] >= LARGE_JOB:
+        """Send *job*: alone and at once if it is big or a batch's run of small files (its
+        batch waits for nothing else), else with the other jobs of this loop iteration."""
+        if job[2] >= LARGE_JOB or len(job) > 3:
             self._send([(data, []) for data in pack_batches("hash", [job])])
             return
         if not self._batch:
             self.loop.call_soon(self._flush)
         self._batch.append(job)
 
-    def _new_job(self, fut: asyncio.Future[bytes], offset: int, size: int) -> Job:
-        job = (self._next_id, offset, size)
+    def _new_job(self, fut: asyncio.Future[bytes], offset: int, size: int,
+                 pieces: tuple[int, ...] = ()) -> Job:  # fmt: skip
+        job: Job = (self._next_id, offset, size)
+        if pieces:
+            job = (*job, pieces)
         self._next_id += 1
         self._pending[job[0]] = (fut, job)
         return job

@@ -67,23 +67,17 @@ class RpcClient:
         self._waiting.clear()
 
 
-def serve_batch(
-    store: Store,
-    owner: int,
-    batch: list[tuple[int, str, tuple[Any, ...]]],
-) -> list[tuple[int, bool, Any]]:
-    """Supervisor side: run a worker's batch against the store, in order."""
-    replies = []
-    for call_id, op, args in batch:
-        method: Callable[..., Any] | None = getattr(store, op, None)
-        if op in OWNED_OPS and method is not None:
-            args = (owner, *args)
-        elif op not in SHARED_OPS or method is None:
-            replies.append((call_id, False, f"unknown store call {op!r}"))
-            continue
-        try:
-            replies.append((call_id, True, method(*args)))
-        except Exception as exc:  # a bug in a call must not take the supervisor down
-            log.exception("store call %s from worker %d failed", op, owner)
-            replies.append((call_id, False, f"{op} failed: {exc}"))
-    return replies
+def serve_call(store: Store, owner: int, call: tuple[int, str, tuple[Any, ...]]
+               ) -> tuple[int, bool, Any]:  # fmt: skip
+    """Supervisor side: run one call of worker slot *owner*; (call id, ok, result or why)."""
+    call_id, op, args = call
+    method: Callable[..., Any] | None = getattr(store, op, None)
+    if op in OWNED_OPS and method is not None:
+        args = (owner, *args)
+    elif op not in SHARED_OPS or method is None:
+        return (call_id, False, f"unknown store call {op!r}")
+    try:
+        return (call_id, True, method(*args))
+    except Exception as exc:  # a bug in a call must not take the supervisor down
+        log.exception("store call %s from worker %d failed", op, owner)
+        return (call_id, False, f"{op} failed: {exc}")

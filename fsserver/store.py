@@ -173,8 +173,7 @@ class Store(BatchStoring):
             return refused
         reused = blob is not None
         if blob is None:
-            blob = self.blobs[key] = Blob(share, digest, hold.size, hold.offset)
-            self.blob_bytes += blob.size
+            blob = self._new_blob(share, digest, hold.size, hold.offset)
         return Committed(self._put(share, path, blob, mtime_ns, mode, origin), reused)
 
     def abort(self, owner: int, ticket: int) -> None:
@@ -369,6 +368,12 @@ class Store(BatchStoring):
         sh.record(path, entry)
         self.changes.append((share, path, entry, origin))
         return sh.seq
+
+    def _new_blob(self, share: str, digest: bytes, size: int, offset: int) -> Blob:
+        """Content just verified at *offset*, now owned by the index (no path refers to it yet)."""
+        blob = self.blobs[(share, digest, size)] = Blob(share, digest, size, offset)
+        self.blob_bytes += size
+        return blob
 
     def _unref(self, blob: Blob) -> None:
         blob.refs -= 1

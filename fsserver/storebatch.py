@@ -23,7 +23,6 @@ class BatchStoring:
     allocator: ExtentAllocator
     arena: memoryview | None
     blobs: dict[BlobKey, Blob]
-    blob_bytes: int
 
     if TYPE_CHECKING:  # Store's own, declared here for the type checker
 
@@ -32,6 +31,8 @@ class BatchStoring:
 
         def _put(self, share: str, path: str, blob: Blob, mtime_ns: int, mode: int,
                  origin: int) -> int: ...  # fmt: skip
+
+        def _new_blob(self, share: str, digest: bytes, size: int, offset: int) -> Blob: ...
 
     def store_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
                    origin: int = 0) -> BatchStored:  # fmt: skip
@@ -84,7 +85,6 @@ class BatchStoring:
                     return bump
             assert self.arena is not None, "store_many needs the arena"
             self.arena[offset : offset + size] = self.arena[source : source + size]
-            blob = self.blobs[key] = Blob(share, digest, size, offset)
-            self.blob_bytes += size
+            blob = self._new_blob(share, digest, size, offset)
         done.versions[at] = self._put(share, path, blob, mtime_ns, mode, origin)
         return bump

@@ -31,7 +31,7 @@ from fsserver.hasher import serve_jobs
 from fsserver.health import HealthServer, Response
 from fsserver.metrics import render_metrics
 from fsserver.process import profiled, setup_child
-from fsserver.rpc import serve_batch
+from fsserver.rpc import serve_call
 from fsserver.staging import arena_size
 from fsserver.store import Change, Store
 from fsserver.worker import worker_main
@@ -318,7 +318,7 @@ class Supervisor:
             for call in now:
                 if not (child.channel is not None and child.alive):
                     break
-                replies += serve_batch(self.store, child.index, [call])
+                replies.append(serve_call(self.store, child.index, call))
                 changes = self.store.take_changes(self.wanted)
                 if changes or clock() - started >= REPLY_DELAY:
                     child.channel.send_batch("rpc", replies, oversize=reply_too_large)
@@ -329,23 +329,25 @@ class Supervisor:
         if self.calls:
             self.loop.call_soon(self.serve_calls)
 
+    @staticmethod
+    def takes(worker: Child, share: str, origin: int) -> bool:
+        """*worker* is to be sent a change of *share* made by connection *origin*: it watches
+        the share, and not only through that very connection (a client is not sent its own
+        changes)."""
+        watching = worker.watching
+        return share in watching and origin != watching[share]
+
     def wanted(self, share: str, origin: int) -> bool:
         """Some worker is to be sent this change (see ``publish``)."""
-        for worker in self.workers.values():
-            watching = worker.watching
-            if watching and share in watching and origin != watching[share] and worker.alive:
-                return True
-        return False
+        return any(w.alive and self.takes(w, share, origin) for w in self.workers.values())
 
     def publish(self, changes: list[Change]) -> None:
         """The change feed: each worker gets the changes of the shares it watches."""
         if not changes:
             return
         for worker in self.workers.values():
-            watching = worker.watching
-            if watching and worker.channel is not None and worker.alive:
-                mine = [change for change in changes if change.share in watching
-                        and change.origin != watching[change.share]]  # fmt: skip
+            if worker.watching and worker.channel is not None and worker.alive:
+                mine = [c for c in changes if self.takes(worker, c.share, c.origin)]
                 if mine:
                     worker.channel.send_batch("feed", mine)
 

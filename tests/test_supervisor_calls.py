@@ -13,6 +13,7 @@ from fsserver.children import Child, Role
 from fsserver.config import ServerConfig
 from fsserver.store import Linked, Reserved, Store
 from fsserver.supervisor import Supervisor
+from tests.serverproc import eventually
 
 DIGEST = b"\x07" * 16
 
@@ -56,11 +57,11 @@ async def serve(calls: list[tuple[int, list[Any]]], watching: dict[int, dict[str
         supervisor.calls.append((supervisor.workers[index], batch))
     supervisor.serve_calls()
     expected = sum(len(batch) for _, batch in calls)
-    for _ in range(500):
-        replies = sum(len(msg[1]) for got in received.values() for msg in got if msg[0] == "rpc")
-        if replies == expected:
-            break
-        await asyncio.sleep(0.01)
+
+    def replies() -> int:
+        return sum(len(msg[1]) for got in received.values() for msg in got if msg[0] == "rpc")
+
+    await eventually(lambda: replies() == expected, 5, "every reply")
     for child in supervisor.workers.values():
         assert child.channel is not None
         child.channel.close()

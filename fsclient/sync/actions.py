@@ -126,7 +126,8 @@ class Actions:
             await client.put_many(items, on_result=settled)
         finally:
             self.db.put(done)  # what was sent before the connection ended is kept
-        if lost and client.proto.failure is not None:
+        if lost:
+            assert client.proto.failure is not None
             raise client.proto.failure  # once, not once per file: the session ends
 
     def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:

@@ -83,17 +83,14 @@ class SyncEngine:
                 client = await Client.connect(
                     self.server, self.share, client_id=self.client_id, access=self.access
                 )
-            except (OSError, ConnectionLost) as exc:
-                if self.once:
-                    walking.drop()
+            except BaseException as exc:
+                if self.once or not isinstance(exc, (OSError, ConnectionLost)):
+                    walking.drop()  # refused (a bad token, TLS), stopped, or --once: the end
                     raise
                 log.warning("cannot reach %s (%s); retrying in %.1f s", self.server, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
-            except BaseException:  # refused (a bad token, TLS), or stopped
-                walking.drop()
-                raise
             try:
                 await self.session(client, walking)
                 if self.once:
