@@ -3,7 +3,8 @@
 Every change to the folder re-checks, right before it, that the file is still what the decision
 was made about: a download never replaces a file edited meanwhile, a delete never removes one.
 Every change to the server is conditional on the version the decision saw. Anything that no
-longer holds is left for the next look at that path, not forced.
+longer holds is not forced: the action says so (``Outcome``), and the engine decides that path
+again. A lost connection is not one path's failure: it ends the session (it is raised).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum, auto
 from pathlib import Path
 
 from common import messages as m
@@ -22,7 +24,7 @@ from common.errors import Conflict, FSError, NotFound
 from common.limits import NO_VERSION
 from fsclient.client import Client
 from fsclient.progress import SyncProgress
-from fsclient.sync.plan import LocalFile, RemoteState
+from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState
 from fsclient.sync.scan import Scanner, brief, same_stat
 from fsclient.sync.state import BaseEntry, StateDB, folder_is_synced
 from fsclient.transfer import install, temp_name
@@ -41,6 +43,18 @@ class LocalChanged(RuntimeError):
     """The file changed after the decision about it was made."""
 
 
+class Outcome(Enum):
+    """What became of an action: only DONE lets the engine count the server's news as applied."""
+
+    DONE = auto()
+    CHANGED_HERE = auto()
+    """The local file changed meanwhile: decide again once it is quiet."""
+    CHANGED_THERE = auto()
+    """The server's version moved meanwhile: decide again with its news."""
+    FAILED = auto()
+    """An error, logged and counted: try again later."""
+
+
 @dataclass
 class Tally:
     uploaded: int = 0
@@ -48,7 +62,8 @@ class Tally:
     deleted: int = 0
     conflicts: int = 0
     bytes: int = 0
-    failed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    """Path -> why it failed last; a path that succeeds later is taken off."""
 
     def line(self) -> str:
         parts = [f"{self.uploaded} uploaded", f"{self.downloaded} downloaded",
@@ -89,59 +104,78 @@ class Actions:
                 f"unmounted?); stopping so that nothing is deleted on the server"
             )
 
+    async def carry_out(self, path: str, decision: Decision, local: LocalFile | None,
+                        remote: RemoteState | None) -> Outcome:  # fmt: skip
+        """Act on one path's decision (see ``plan.decide``)."""
+        do = decision.do
+        if do is Do.UPLOAD and local is not None:
+            undone = await self.upload([(local, decision.expected)])
+            return undone.get(path, Outcome.DONE)
+        if do is Do.DOWNLOAD and remote is not None:
+            return await self.download(path, remote, local)
+        if do is Do.DELETE_LOCAL and local is not None:
+            return self.delete_local(path, local)
+        if do is Do.DELETE_REMOTE:
+            return await self.delete_remote(path, decision.expected)
+        if do is Do.CONFLICT and local is not None and remote is not None:
+            return await self.conflict(local, remote)
+        if do is Do.RECORD and local is not None:
+            self.record(path, local.digest, decision.version)
+        elif do is Do.FORGET:
+            self.db.remove([path])
+        return Outcome.DONE
+
     # -- to the server -----------------------------------------------------------------------
 
-    async def upload(self, files: list[tuple[LocalFile, int]]) -> None:
+    async def upload(self, files: list[tuple[LocalFile, int]]) -> dict[str, Outcome]:
         """Upload files, each against the server version it was decided on. Each file is
         accounted for as soon as its result arrives (progress, tally, state DB in chunks),
-        while later ones are still on their way."""
+        while later ones are still on their way. Returns the files that were not DONE."""
         if not files:
-            return
+            return {}
         client = self.client
         assert client is not None
         items = [(self.abs(f.path), f.path, expected,
                   (f.size, f.mtime_ns, f.digest) if f.digest else None)
                  for f, expected in files]  # fmt: skip
         done: list[BaseEntry] = []
-        lost = False
+        undone: dict[str, Outcome] = {}
 
         def settled(index: int, result: m.FileEntry | FSError | OSError) -> None:
-            nonlocal lost
             local = files[index][0]
             if isinstance(result, m.FileEntry):
                 done.append(self.uploaded(local, result))
                 if len(done) >= DB_CHUNK:
                     self.db.put(done)
                     done.clear()
+            elif client.proto.failure is not None:
+                undone[local.path] = Outcome.FAILED  # the session ends: raised below, once
             elif isinstance(result, Conflict):
                 log.info("%s changed on the server meanwhile; deciding again", local.path)
+                undone[local.path] = Outcome.CHANGED_THERE
             elif isinstance(result, FileNotFoundError):
-                log.info("%s vanished before it was sent", local.path)
-            elif result is client.proto.failure:
-                lost = True  # the connection's end fails every file still open
+                log.info("%s vanished before it was sent; deciding again", local.path)
+                undone[local.path] = Outcome.CHANGED_HERE
             else:
-                self.fail(local.path, result)
+                undone[local.path] = self.fail(local.path, result)
 
         try:
             await client.put_many(items, on_result=settled)
         finally:
             self.db.put(done)  # what was sent before the connection ended is kept
-        if lost:
-            assert client.proto.failure is not None
-            raise client.proto.failure  # once, not once per file: the session ends
+        self.raise_if_lost()
+        return undone
 
     def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:
         """The base for a file just uploaded (its inode only if it is still the same file)."""
+        self.succeeded(local.path, 1, entry.size)
         self.tally.uploaded += 1
-        self.tally.bytes += entry.size
         self.highest = max(self.highest, entry.version)
-        if self.progress is not None:
-            self.progress.advance(1, entry.size)
         inode = local.inode if (local.size, local.mtime_ns) == (entry.size, entry.mtime_ns) else 0
         return BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,
                          entry.digest, entry.version)  # fmt: skip
 
-    async def delete_remote(self, path: str, expected: int) -> None:
+    async def delete_remote(self, path: str, expected: int) -> Outcome:
         assert self.client is not None
         self.guard()
         try:
@@ -150,13 +184,18 @@ class Actions:
             log.debug("%s was already gone on the server", path)  # the outcome we wanted
         except Conflict:
             log.info("%s changed on the server meanwhile; not deleting it", path)
-            return
+            return Outcome.CHANGED_THERE
+        except FSError as exc:
+            return self.fail(path, exc)
         self.db.remove([path])
+        self.succeeded(path)
         self.tally.deleted += 1
+        return Outcome.DONE
 
     # -- to the folder -----------------------------------------------------------------------
 
-    async def download(self, path: str, remote: RemoteState, expect: LocalFile | None) -> None:
+    async def download(self, path: str, remote: RemoteState, expect: LocalFile | None
+                       ) -> Outcome:  # fmt: skip
         """Fetch *path* unless the local file is no longer *expect* (None: absent)."""
         assert self.client is not None
         check = self._unchanged(path, expect)
@@ -167,17 +206,15 @@ class Actions:
                 await self.client.get(path, dest, before_replace=check)
         except LocalChanged:
             log.info("%s changed locally during the download; deciding again", path)
-            return
+            return Outcome.CHANGED_HERE
         except NotFound:
-            return  # deleted meanwhile: its notification follows
+            return Outcome.CHANGED_THERE  # deleted meanwhile: its notification follows
         except (FSError, OSError) as exc:
-            self.fail(path, exc)
-            return
+            return self.fail(path, exc)
         self.record(path, remote.digest, remote.version)
+        self.succeeded(path, 1, remote.size)
         self.tally.downloaded += 1
-        self.tally.bytes += remote.size
-        if self.progress is not None:
-            self.progress.advance(1, remote.size)
+        return Outcome.DONE
 
     def _copy_local(self, path: str, remote: RemoteState, check: Callable[[], None]) -> bool:
         """A rename or copy elsewhere: the content is here already, under another name."""
@@ -196,35 +233,42 @@ class Actions:
             return True
         return False
 
-    def delete_local(self, path: str, expect: LocalFile) -> None:
+    def delete_local(self, path: str, expect: LocalFile) -> Outcome:
         try:
             self._unchanged(path, expect)()
             os.unlink(self.abs(path))
         except LocalChanged:
             log.info("%s changed locally; not deleting it", path)
-            return
+            return Outcome.CHANGED_HERE
         except FileNotFoundError:
             log.debug("%s was already gone here", path)  # the outcome we wanted
+        except OSError as exc:
+            return self.fail(path, exc)
         self.db.remove([path])
+        self.succeeded(path)
         self.tally.deleted += 1
         self._prune(os.path.dirname(path))
+        return Outcome.DONE
 
-    async def conflict(self, local: LocalFile, remote: RemoteState) -> None:
+    async def conflict(self, local: LocalFile, remote: RemoteState) -> Outcome:
         """Keep both: the local version moves to a conflict copy (uploaded as a file of its
-        own), and the server's version takes the name."""
+        own; if that upload does not go through, the copy is a new local file like any
+        other), and the server's version takes the name."""
         copy = conflict_name(local.path, self.client_id)
         try:
             self._unchanged(local.path, local)()
             os.rename(self.abs(local.path), self.abs(copy))
         except (LocalChanged, FileNotFoundError):
-            return
+            return Outcome.CHANGED_HERE
+        except OSError as exc:
+            return self.fail(local.path, exc)
         log.warning("conflict on %s: the local version is kept as %s", local.path, copy)
         self.tally.conflicts += 1
+        self.db.remove([local.path])
         moved = self.scanner.local(copy, brief(os.lstat(self.abs(copy))), None)
         if moved is not None:
             await self.upload([(moved, NO_VERSION)])
-        self.db.remove([local.path])
-        await self.download(local.path, remote, None)
+        return await self.download(local.path, remote, None)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -235,10 +279,27 @@ class Actions:
         size, mtime_ns, inode, mode = st
         self.db.put([BaseEntry(path, size, mtime_ns, mode, inode, digest, version)])
 
-    def fail(self, path: str, exc: BaseException) -> None:
+    def raise_if_lost(self) -> None:
+        """A connection that ended fails every file still open on it: that is the session's
+        end, raised once, not one failure per file."""
+        failure = self.client.proto.failure if self.client is not None else None
+        if failure is not None:
+            raise failure
+
+    def fail(self, path: str, exc: BaseException) -> Outcome:
+        """An action's error: FAILED (logged, counted), or the session's end if the connection
+        is gone."""
+        self.raise_if_lost()
         message = exc.message if isinstance(exc, FSError) else str(exc)
         log.error("%s: %s", path, message)
-        self.tally.failed.append(f"{path}: {message}")
+        self.tally.failed[path] = message
+        return Outcome.FAILED
+
+    def succeeded(self, path: str, files: int = 0, size: int = 0) -> None:
+        self.tally.failed.pop(path, None)
+        self.tally.bytes += size
+        if self.progress is not None and files:
+            self.progress.advance(files, size)
 
     def _unchanged(self, path: str, expect: LocalFile | None) -> Callable[[], None]:
         def check() -> None:

@@ -98,8 +98,8 @@ async def sync(args: argparse.Namespace) -> int:
     tally = engine.actions.tally
     print(f"synced {folder} with {server}/{share}: {tally.line()} in "
           f"{time.monotonic() - started:.1f} s")  # fmt: skip
-    for failure in tally.failed[:20]:
-        print(f"  failed: {failure}", file=sys.stderr)
+    for path, why in list(tally.failed.items())[:20]:
+        print(f"  failed: {path}: {why}", file=sys.stderr)
     return code
 
 

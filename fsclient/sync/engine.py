@@ -2,31 +2,35 @@
 
 A session: connect; compare the server's store id with the one this folder last saw (a new
 store means the server restarted empty: everything is sent again, nothing deleted); subscribe
-from the last version seen and read the backlog; reconcile every path (``reconcile``); then,
-unless ``--once``, live: folder events (debounced per path) and server notifications each
-settle their path, one path at a time. A lost connection starts a new session after a back-off.
+from the last version seen and read the backlog; reconcile every path (``reconcile``); settle
+again what did not apply; then, unless ``--once``, live: folder events (debounced per path) and
+server notifications put their path on the ``SettleQueue``, which a few settlers work through,
+one path at a time each. A lost connection starts a new session after a back-off.
+
+The sync position saved in the state only moves past a server change once it is applied
+(``ServerNews``); see ``fsclient.sync.pending``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from pathlib import Path
 
 from common import messages as m
-from common.errors import Conflict, FSError, InvalidPath
+from common.errors import Conflict, FSError, InvalidPath, NotFound
 from common.paths import is_canonical
 from fsclient.access import Access
 from fsclient.client import ChangeStream, Client
-from fsclient.progress import SyncProgress
 from fsclient.protocol import ConnectionLost
-from fsclient.sync.actions import Actions, FolderGone
+from fsclient.sync.actions import Actions, Outcome
 from fsclient.sync.ignore import IGNORE_FILE, IgnoreRules
-from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
-from fsclient.sync.scan import FolderWalk, Scanner, Stat, same_stat
-from fsclient.sync.state import BaseEntry, StateDB
+from fsclient.sync.pending import ServerNews, SettleQueue
+from fsclient.sync.plan import RemoteState, decide
+from fsclient.sync.reconcile import Reconcile
+from fsclient.sync.scan import FolderWalk, Scanner, same_stat
+from fsclient.sync.state import StateDB
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,15 @@ BACKOFF_MAX = 30.0
 GUARD_EVERY = 1.0
 RESCAN_EVERY = 600.0
 """A stat-only rescan catches what the watcher missed (inotify drops events when overrun)."""
-DOWNLOAD_WINDOW = 32
+SETTLERS = 16
+"""Paths settled at once in live mode (each may be a download or an upload)."""
 KEEPALIVE_EVERY = 60.0
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+"""A path whose action failed is tried again after a back-off, doubling up to this."""
+TRIES_AT_ONCE = 5
+"""A path that keeps moving while it is acted on is decided again at once this many times,
+then it waits like a failure."""
 
 
 def remote_state(note: m.ChangeNotification) -> RemoteState:
@@ -58,14 +69,17 @@ class SyncEngine:
         self.once = once
         self.scanner = Scanner(folder, IgnoreRules.load(folder))
         self.actions = Actions(folder, db, self.scanner, client_id)
-        self.pending: dict[str, RemoteState] = {}
-        self.unapplied: set[int] = set()
-        self.seen = int(db.meta("last_seq", "0"))
-        self.stored_seq = self.seen
+        self.stored_seq = int(db.meta("last_seq", "0"))
         """The ``last_seq`` this engine last wrote to the state."""
-        self.busy: set[str] = set()
-        self.again: set[str] = set()
+        self.news = ServerNews(self.stored_seq)
+        self.queue = SettleQueue()
+        self.stream: ChangeStream | None = None
         self.timers: dict[str, asyncio.TimerHandle] = {}
+        """Per path: a debounce of a local change, or the back-off after a failure."""
+        self.tries: dict[str, int] = {}
+        """Per path: how many times in a row it was acted on without getting DONE."""
+        self.reseeding = db.meta("reseed") == "1"
+        """Every file is being sent again (a new store): until all went, a restart resends."""
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -103,51 +117,60 @@ class SyncEngine:
             finally:
                 walking.drop()
                 walking = None
+                self.stream = None
                 await client.close()
             delay = BACKOFF_FIRST
             await asyncio.sleep(delay)
 
     async def session(self, client: Client, walking: FolderWalk) -> None:
         self.actions.client = client
+        self.news.clear()  # what did not apply is read again: the position is before it
+        self.queue.clear()
         reseed = self.check_store(client.store_id)
-        since = 0 if reseed else int(self.db.meta("last_seq", "0"))
+        since = 0 if reseed else self.stored_seq
         try:
-            stream = await client.subscribe(since)
+            self.stream = await client.subscribe(since)
         except Conflict:  # the server has fewer versions than this folder saw: a new store
             log.warning("the server's history is behind this folder's; sending everything again")
             self.db.forget_versions()
+            self.read_from_start()
             reseed, since = True, 0
-            stream = await client.subscribe(0)
-        remote = await self.backlog(stream, since)
-        failed = len(self.actions.tally.failed)
-        await self.reconcile(remote, reseed, await walking.take())
-        # Others' changes made while we worked: the server sends them on this connection
-        # before its reply to any later change of ours, so once they are applied every
-        # version up to our own last one is accounted for.
-        for note in stream.arrived():
-            self.note(note)
-        for path in list(self.pending):
-            await self.settle(path)
-        if len(self.actions.tally.failed) == failed:  # else the backlog is read again next time
-            self.seen = max(self.seen, stream.seq, self.actions.highest,
-                            *(r.version for r in remote.values()))  # fmt: skip
-            self.mark_synced(self.seen)
-            self.db.set_meta(reseed=0)
-        if not self.once:
-            await self.live(stream)
+            self.stream = await client.subscribe(0)
+        remote = await self.backlog(self.stream, since)
+        undone = await Reconcile(self.scanner, self.db, self.actions).run(
+            remote, reseed, await walking.take()
+        )
+        for path in undone:
+            if path in remote:
+                self.news.add(path, remote[path])
+        self.news.seen = max(self.news.seen, self.stream.seq)
+        self.retry(undone)
+        self.absorb()  # others' changes made while we worked
+        if self.once:
+            await self.settle_all()
+        else:
+            await self.live(self.stream)
 
     def check_store(self, store_id: bytes) -> bool:
         """True if the server's store is not the one this folder last synced with."""
         known = self.db.meta("store_id")
-        fresh = known != store_id.hex() or self.db.meta("reseed") == "1"
+        fresh = known != store_id.hex() or self.reseeding
         if known and known != store_id.hex():
             log.warning("the server's store changed (restarted without its data?): "
                         "this folder's files are sent again; nothing is deleted")  # fmt: skip
             self.db.forget_versions()
         if fresh:
-            self.db.set_meta(store_id=store_id.hex(), reseed=1, last_seq=0)
-            self.seen = self.stored_seq = 0
+            self.db.set_meta(store_id=store_id.hex())
+            self.read_from_start()
         return fresh and bool(known)
+
+    def read_from_start(self) -> None:
+        """A store this folder has not fully synced with: every file is sent (until all went,
+        a restart does it again), and the server's history is read from 0."""
+        self.db.set_meta(reseed=1, last_seq=0)
+        self.reseeding = True
+        self.stored_seq = 0
+        self.news = ServerNews(0)
 
     async def backlog(self, stream: ChangeStream, since: int) -> dict[str, RemoteState]:
         """Every path the server changed after *since*, at its latest state."""
@@ -178,101 +201,6 @@ class SyncEngine:
                 return None
         return None if self.scanner.rules.ignored(path) else path
 
-    # -- reconcile ---------------------------------------------------------------------------
-
-    async def reconcile(self, remote: dict[str, RemoteState], reseed: bool,
-                        local: dict[str, Stat]) -> None:  # fmt: skip
-        """Bring folder and server together, path by path (see ``plan.decide``)."""
-        base = {entry.path: entry for entry in self.db.all()}
-        for temp in self.scanner.stale:  # no download of ours is running yet
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.folder / temp)
-        uploads: list[tuple[LocalFile, int]] = []
-        later: list[tuple[str, Decision, LocalFile | None, RemoteState | None]] = []
-        records = []
-        ignored = self.scanner.rules.ignored
-        for path in self.changed_paths(base, local, remote, reseed):
-            if ignored(path):
-                continue
-            st, here, news = local.get(path), base.get(path), remote.get(path)
-            current = self.scanner.local(path, st, here, lazy=news is None) if st else None
-            decision = decide(here, current, news, reseed)
-            if decision.do is Do.UPLOAD and current is not None:
-                uploads.append((current, decision.expected))
-            elif decision.do is Do.RECORD and current is not None:
-                records.append((path, current.digest, decision.version))
-            elif decision.do is not Do.NOTHING:
-                later.append((path, decision, current, news))
-        with self.db.transaction():
-            for path, digest, version in records:
-                self.actions.record(path, digest, version)
-        transfers = [r for _, d, _, r in later if d.do is Do.DOWNLOAD and r is not None]
-        self.actions.progress = SyncProgress(
-            len(uploads) + len(transfers),
-            sum(f.size for f, _ in uploads) + sum(r.size for r in transfers),
-        )
-        try:
-            await self.transfer(uploads, later)
-        finally:
-            self.actions.progress.close()
-            self.actions.progress = None
-
-    @staticmethod
-    def changed_paths(base: dict[str, BaseEntry], local: dict[str, Stat],
-                      remote: dict[str, RemoteState], reseed: bool) -> list[str]:  # fmt: skip
-        """The paths that may need something done, in order. A file whose stat matches its
-        base, with no news from the server and a known version, is skipped here: ``decide``
-        would say NOTHING (content and bookkeeping agree), and a no-change run is mostly that."""
-        paths = []
-        for path, st in local.items():
-            here = base.get(path)
-            if (here is None or reseed or not here.version or path in remote
-                    or st[:3] != (here.size, here.mtime_ns, here.inode)):  # fmt: skip
-                paths.append(path)
-        paths.extend((base.keys() | remote.keys()) - local.keys())
-        paths.sort()
-        return paths
-
-    async def transfer(self, uploads: list[tuple[LocalFile, int]],
-                       later: list[tuple[str, Decision, LocalFile | None, RemoteState | None]]
-                       ) -> None:  # fmt: skip
-        await self.actions.upload(uploads)
-        gate = asyncio.Semaphore(DOWNLOAD_WINDOW)
-
-        async def apply(item: tuple[str, Decision, LocalFile | None, RemoteState | None]) -> None:
-            async with gate:
-                await self.apply(*item)
-
-        # downloads first: a file renamed on the server is copied from its old local name
-        # before that name's delete arrives
-        await asyncio.gather(*(apply(i) for i in later if i[1].do is Do.DOWNLOAD))
-        for item in later:
-            if item[1].do is not Do.DOWNLOAD:
-                await self.apply(*item)
-
-    async def apply(self, path: str, decision: Decision, local: LocalFile | None,
-                    remote: RemoteState | None) -> None:  # fmt: skip
-        do = decision.do
-        try:
-            if do is Do.UPLOAD and local is not None:
-                await self.actions.upload([(local, decision.expected)])
-            elif do is Do.DOWNLOAD and remote is not None:
-                await self.actions.download(path, remote, local)
-            elif do is Do.DELETE_LOCAL and local is not None:
-                self.actions.delete_local(path, local)
-            elif do is Do.DELETE_REMOTE:
-                await self.actions.delete_remote(path, decision.expected)
-            elif do is Do.CONFLICT and local is not None and remote is not None:
-                await self.actions.conflict(local, remote)
-            elif do is Do.RECORD and local is not None:
-                self.actions.record(path, local.digest, decision.version)
-            elif do is Do.FORGET:
-                self.db.remove([path])
-        except (FolderGone, ConnectionLost):
-            raise
-        except (FSError, OSError) as exc:
-            self.actions.fail(path, exc)
-
     # -- live --------------------------------------------------------------------------------
 
     async def live(self, stream: ChangeStream) -> None:
@@ -284,6 +212,7 @@ class SyncEngine:
         log.info("watching %s", self.folder)
         tasks = [loop.create_task(self.follow(stream)), loop.create_task(self.watch_guard()),
                  loop.create_task(self.rescans()), loop.create_task(self.keepalive())]  # fmt: skip
+        tasks += [loop.create_task(self.settler()) for _ in range(SETTLERS)]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -292,24 +221,32 @@ class SyncEngine:
             watcher.stop()
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # none left running
             for timer in self.timers.values():
                 timer.cancel()
             self.timers.clear()
 
     async def follow(self, stream: ChangeStream) -> None:
         async for note in stream:
-            path = self.note(note)
-            if path is not None and path not in self.timers:  # a local change about to
-                self.settle_soon(path)  # settle will take it
+            self.take_news(note)
 
-    def note(self, note: m.ChangeNotification) -> str | None:
-        """Remember a server change for its path; the path, if it is one to sync."""
-        self.seen = max(self.seen, note.entry.version)
+    def take_news(self, note: m.ChangeNotification) -> None:
+        """A server change: remember it for its path and settle that path (at once, unless
+        a local change to it is about to be settled anyway)."""
+        self.news.seen = max(self.news.seen, note.entry.version)
         path = self.accept_remote_path(note.entry.path)
         if path is not None:
-            self.pending[path] = remote_state(note)
-            self.unapplied.add(note.entry.version)
-        return path
+            self.news.add(path, remote_state(note))
+            if path not in self.timers:
+                self.queue.put(path)
+
+    def absorb(self) -> None:
+        """Take in the notifications that have arrived but are not read yet. The server sends
+        others' changes before its reply to any later call of ours, so after a reply these
+        are what the server held when it answered."""
+        if self.stream is not None:
+            for note in self.stream.arrived():
+                self.take_news(note)
 
     async def keepalive(self) -> None:
         """A quiet connection is closed by the server's idle timeout; a ping keeps it."""
@@ -332,10 +269,10 @@ class SyncEngine:
             for path, st in self.scanner.walk():
                 seen.add(path)
                 if not same_stat(st, base.get(path)):
-                    self.settle_soon(path)
+                    self.queue.put(path)
             for path in base:  # the walk just saw the others there
                 if path not in seen and self.scanner.stat(path) is None:
-                    self.settle_soon(path)
+                    self.queue.put(path)
 
     def local_changed(self, path: str, is_dir: bool) -> None:
         """A watcher event (on the loop): settle the path once it has been quiet a while."""
@@ -347,54 +284,105 @@ class SyncEngine:
         else:
             paths = {path}
         for one in paths:
-            if self.scanner.rules.ignored(one):
-                continue
-            timer = self.timers.pop(one, None)
-            if timer is not None:
-                timer.cancel()
-            self.timers[one] = asyncio.get_running_loop().call_later(
-                self.debounce, self.debounced, one
-            )
+            if not self.scanner.rules.ignored(one):
+                self.settle_later(one, self.debounce)
 
-    def debounced(self, path: str) -> None:
+    def settle_later(self, path: str, delay: float) -> None:
+        """Settle *path* after *delay* seconds (a later call starts the wait again)."""
+        timer = self.timers.pop(path, None)
+        if timer is not None:
+            timer.cancel()
+        self.timers[path] = asyncio.get_running_loop().call_later(delay, self._due, path)
+
+    def _due(self, path: str) -> None:
         self.timers.pop(path, None)
-        self.settle_soon(path)
+        self.queue.put(path)
 
-    def settle_soon(self, path: str) -> None:
-        if path in self.busy:
-            self.again.add(path)
-        else:
-            asyncio.get_running_loop().create_task(self.settle(path))
+    # -- settling ----------------------------------------------------------------------------
+
+    async def settler(self) -> None:
+        while True:
+            path = await self.queue.take()
+            try:
+                await self.settle(path)
+            finally:
+                self.queue.done(path)
+
+    async def settle_all(self) -> None:
+        """--once: settle what the reconcile left until nothing is waiting."""
+        tasks = [asyncio.ensure_future(self.queue.drained())]
+        tasks += [asyncio.ensure_future(self.settler()) for _ in range(SETTLERS)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a settler ends only by raising (a lost connection)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.save_progress()
 
     async def settle(self, path: str) -> None:
-        """Decide and act on one path, as often as news about it keeps coming."""
-        self.busy.add(path)
-        try:
-            while True:
-                self.again.discard(path)
-                remote = self.pending.pop(path, None)
-                base = self.db.get(path)
-                st = self.scanner.stat(path)
-                local = self.scanner.local(path, st, base) if st else None
-                await self.apply(path, decide(base, local, remote), local, remote)
-                if remote is not None:
-                    self.unapplied.discard(remote.version)
-                if path not in self.again:
-                    break
-        finally:
-            self.busy.discard(path)
+        """Decide and act on one path, from a fresh look at the folder and the server's news."""
+        remote = self.news.get(path)
+        base = self.db.get(path)
+        st = self.scanner.stat(path)
+        local = self.scanner.local(path, st, base) if st else None
+        decision = decide(base, local, remote)
+        outcome = await self.actions.carry_out(path, decision, local, remote)
+        if outcome is Outcome.DONE:
+            self.tries.pop(path, None)
+            if remote is not None and not self.news.applied(path, remote):
+                self.queue.put(path)  # newer news came meanwhile
+        else:
+            if outcome is Outcome.CHANGED_THERE:
+                await self.look_again(path)
+            self.retry({path: outcome})
         self.save_progress()
+
+    async def look_again(self, path: str) -> None:
+        """The server's version of *path* moved under an action: take in its news, which is
+        on its way before the reply that said so. If none is there (it was read in a session
+        that could not apply it, say), ask the server for the path as it is."""
+        self.absorb()
+        client = self.actions.client
+        if self.news.get(path) is not None or client is None:
+            return
+        try:
+            entry = await client.stat(path)
+        except NotFound:
+            self.news.add(path, RemoteState(self.news.seen, deleted=True))
+            return
+        self.news.add(path, RemoteState(entry.version, False, entry.size, entry.mtime_ns,
+                                        entry.mode, entry.digest))  # fmt: skip
+
+    def retry(self, undone: dict[str, Outcome]) -> None:
+        """Settle again the paths whose action was not DONE: a path that moved at once (a
+        few times in a row), a changed local file once it is quiet, a failure after a
+        back-off (--once: not at all; it is reported, and read again next run)."""
+        for path, outcome in undone.items():
+            tries = self.tries[path] = self.tries.get(path, 0) + 1
+            if outcome is Outcome.FAILED or tries > TRIES_AT_ONCE:
+                if not self.once:
+                    self.settle_later(path, min(RETRY_FIRST * 2 ** (tries - 1), RETRY_MAX))
+                elif outcome is not Outcome.FAILED:
+                    self.actions.fail(path, RuntimeError("it keeps changing while it is synced"))
+            elif outcome is Outcome.CHANGED_HERE and not self.once:
+                self.settle_later(path, self.debounce)
+            else:
+                self.queue.put(path)
 
     def save_progress(self) -> None:
         """Persist the highest version below which every change has been applied."""
-        self.seen = max(self.seen, self.actions.highest)
-        upto = min(self.unapplied) - 1 if self.unapplied else self.seen
+        self.absorb()  # a change of others older than our own last one is not skipped
+        self.news.seen = max(self.news.seen, self.actions.highest)
+        upto = self.news.position()
         if upto > self.stored_seq:
-            self.mark_synced(upto)
-
-    def mark_synced(self, seq: int) -> None:
-        self.db.mark_synced(seq)
-        self.stored_seq = seq
+            self.db.mark_synced(upto)
+            self.stored_seq = upto
+        if self.reseeding and not self.news and not self.actions.tally.failed:
+            self.db.set_meta(reseed=0)
+            self.reseeding = False
 
 
 def default_client_id() -> str:

@@ -1,0 +1,106 @@
+"""``Reconcile``: a session's first pass over the whole folder, made for trees of many files.
+
+Every path that may need something is decided (``plan.decide``) against the folder walk, the
+state DB and the server's backlog; new and changed files go up in one pipelined batch, then
+downloads run in a window, then the rest. What did not apply is handed back to the engine,
+which decides those paths again (``Outcome``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+from fsclient.progress import SyncProgress
+from fsclient.sync.actions import Actions, Outcome
+from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
+from fsclient.sync.scan import Scanner, Stat
+from fsclient.sync.state import BaseEntry, StateDB
+
+DOWNLOAD_WINDOW = 32
+
+Later = tuple[str, Decision, LocalFile | None, RemoteState | None]
+
+
+class Reconcile:
+    def __init__(self, scanner: Scanner, db: StateDB, actions: Actions) -> None:
+        self.scanner = scanner
+        self.db = db
+        self.actions = actions
+        self.undone: dict[str, Outcome] = {}
+
+    async def run(self, remote: dict[str, RemoteState], reseed: bool,
+                  local: dict[str, Stat]) -> dict[str, Outcome]:  # fmt: skip
+        """Bring folder and server together, path by path; the paths that were not DONE."""
+        base = {entry.path: entry for entry in self.db.all()}
+        for temp in self.scanner.stale:  # no download of ours is running yet
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.scanner.root, temp))
+        uploads: list[tuple[LocalFile, int]] = []
+        later: list[Later] = []
+        records = []
+        ignored = self.scanner.rules.ignored
+        for path in changed_paths(base, local, remote, reseed):
+            if ignored(path):
+                continue
+            st, here, news = local.get(path), base.get(path), remote.get(path)
+            current = self.scanner.local(path, st, here, lazy=news is None) if st else None
+            decision = decide(here, current, news, reseed)
+            if decision.do is Do.UPLOAD and current is not None:
+                uploads.append((current, decision.expected))
+            elif decision.do is Do.RECORD and current is not None:
+                records.append((path, current.digest, decision.version))
+            elif decision.do is not Do.NOTHING:
+                later.append((path, decision, current, news))
+        with self.db.transaction():
+            for path, digest, version in records:
+                self.actions.record(path, digest, version)
+        transfers = [r for _, d, _, r in later if d.do is Do.DOWNLOAD and r is not None]
+        self.actions.progress = SyncProgress(
+            len(uploads) + len(transfers),
+            sum(f.size for f, _ in uploads) + sum(r.size for r in transfers),
+        )
+        try:
+            await self.transfer(uploads, later)
+        finally:
+            self.actions.progress.close()
+            self.actions.progress = None
+        return self.undone
+
+    async def transfer(self, uploads: list[tuple[LocalFile, int]], later: list[Later]) -> None:
+        self.undone.update(await self.actions.upload(uploads))
+        gate = asyncio.Semaphore(DOWNLOAD_WINDOW)
+
+        async def apply(item: Later) -> None:
+            async with gate:
+                await self.apply(*item)
+
+        # downloads first: a file renamed on the server is copied from its old local name
+        # before that name's delete arrives
+        await asyncio.gather(*(apply(i) for i in later if i[1].do is Do.DOWNLOAD))
+        for item in later:
+            if item[1].do is not Do.DOWNLOAD:
+                await self.apply(*item)
+
+    async def apply(self, path: str, decision: Decision, local: LocalFile | None,
+                    remote: RemoteState | None) -> None:  # fmt: skip
+        outcome = await self.actions.carry_out(path, decision, local, remote)
+        if outcome is not Outcome.DONE:
+            self.undone[path] = outcome
+
+
+def changed_paths(base: dict[str, BaseEntry], local: dict[str, Stat],
+                  remote: dict[str, RemoteState], reseed: bool) -> list[str]:  # fmt: skip
+    """The paths that may need something done, in order. A file whose stat matches its base,
+    with no news from the server and a known version, is skipped here: ``decide`` would say
+    NOTHING (content and bookkeeping agree), and a no-change run is mostly that."""
+    paths = []
+    for path, st in local.items():
+        here = base.get(path)
+        if (here is None or reseed or not here.version or path in remote
+                or st[:3] != (here.size, here.mtime_ns, here.inode)):  # fmt: skip
+            paths.append(path)
+    paths.extend((base.keys() | remote.keys()) - local.keys())
+    paths.sort()
+    return paths
