@@ -12,6 +12,7 @@ from pathlib import Path
 
 import xxhash
 
+from fsclient.transfer import TEMP_MARK
 from tests.serverproc import ROOT, ServerLog, wait_for
 
 DEBOUNCE = 0.3
@@ -57,16 +58,17 @@ class SyncProcess:
 
 
 def files(folder: Path) -> dict[str, bytes]:
-    """Every synced file under *folder* (not the state folder), path -> content. A live
-    client may rename or delete files while this looks: what vanishes is left out (os.walk
-    skips a vanished folder), so a caller polling for a condition just looks again."""
+    """Every synced file under *folder* (not the state folder, not the temp file of a
+    download in progress), path -> content. A live client may rename or delete files while
+    this looks: what vanishes is left out (os.walk skips a vanished folder), so a caller
+    polling for a condition just looks again."""
     found = {}
     for parent, _dirs, names in os.walk(folder):
         base = Path(parent)
         for name in names:
             path = base / name
             rel = path.relative_to(folder).as_posix()
-            if rel.startswith(".fsync/") or path.is_symlink():
+            if rel.startswith(".fsync/") or TEMP_MARK in name or path.is_symlink():
                 continue
             try:
                 found[rel] = path.read_bytes()
