@@ -1,5 +1,5 @@
-"""Helpers for tests of TLS and tokens: the real ``fsserver init-tls`` / ``add-token`` commands
-and the real ``fsclient`` command line."""
+"""Helpers for tests of TLS and tokens: the real ``fsserver init-tls`` / ``add-token``
+commands (the ``fsclient`` command line is run by ``tests.cli``)."""
 
 from __future__ import annotations
 
@@ -34,14 +34,6 @@ def add_token(tokens: Path, name: str, *shares: str, read_only: bool = False) ->
                            *(["--read-only"] if read_only else []))  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
-
-
-def fsclient(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "fsclient", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=60, env={**clean, **(env or {})},
-    )  # fmt: skip
 
 
 @dataclass
