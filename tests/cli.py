@@ -1,5 +1,6 @@
-"""Run the real ``fsclient`` command line in tests: one way to build its command and its
-environment, so that every test runs the worktree's client the same way."""
+"""Run the real ``fsclient`` and ``fsserver`` command lines in tests to their end: one way to
+build the command and its environment, so that every test runs the worktree's code the same
+way. (Servers that keep running are started by ``tests.serverproc``.)"""
 
 from __future__ import annotations
 
@@ -29,14 +30,20 @@ def fsclient_command(*args: str, server: HasAddress | str | None = None) -> list
     return cmd
 
 
-def fsclient_env(env: dict[str, str] | None = None) -> dict[str, str]:
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without the ``FS_*`` settings (a developer's own
     ``FS_SERVER`` or ``FS_TOKEN`` must not leak into a test), plus *env*. The repository
-    comes first on the import path, so that the client under test runs from any folder (not
+    comes first on the import path, so that the code under test runs from any folder (not
     an installed copy)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FS_")}
     path = os.pathsep.join(p for p in (str(ROOT), clean.get("PYTHONPATH")) if p)
     return {**clean, "PYTHONPATH": path, **(env or {})}
+
+
+def _run(cmd: list[str], env: dict[str, str] | None, cwd: Path | str | None, input: str | None,
+         timeout: float) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    return subprocess.run(cmd, cwd=cwd or ROOT, env=cli_env(env), input=input,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def fsclient(*args: str, server: HasAddress | str | None = None,
@@ -45,7 +52,11 @@ def fsclient(*args: str, server: HasAddress | str | None = None,
              timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """Run ``fsclient ARGS`` to its end (from the repository root unless *cwd* is given);
     its output is captured as text."""
-    return subprocess.run(
-        fsclient_command(*args, server=server), cwd=cwd or ROOT, env=fsclient_env(env),
-        input=input, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    return _run(fsclient_command(*args, server=server), env, cwd, input, timeout)
+
+
+def fsserver_tool(*args: str, env: dict[str, str] | None = None,
+                  timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run ``fsserver ARGS`` to its end: a tool (``init-tls``, ``add-token``) or a start
+    that must fail."""
+    return _run([sys.executable, "-m", "fsserver", *args], env, None, None, timeout)

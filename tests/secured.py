@@ -1,24 +1,12 @@
-"""Helpers for tests of TLS and tokens: the real ``fsserver init-tls`` / ``add-token``
-commands (the ``fsclient`` command line is run by ``tests.cli``)."""
+"""Helpers for tests of TLS and tokens: certificate pairs and tokens made by the real
+``fsserver init-tls`` / ``add-token`` commands (run by ``tests.cli``)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.serverproc import ROOT
-
-
-def fsserver_tool(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fsserver", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=60, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+from tests.cli import fsserver_tool
 
 
 def init_tls(folder: Path) -> str:

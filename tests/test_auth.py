@@ -22,10 +22,10 @@ from fsclient import Client
 from fsclient.access import Access
 from fsclient.protocol import ConnectionLost
 from fsserver.auth import new_token
-from tests.cli import fsclient
+from tests.cli import fsclient, fsserver_tool
 from tests.conftest import run
 from tests.rawclient import Closed, RawClient
-from tests.secured import add_token, fsserver_tool
+from tests.secured import add_token
 from tests.serverproc import eventually, start_server, wait_for
 
 

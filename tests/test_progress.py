@@ -10,7 +10,7 @@ import subprocess
 import termios
 
 from fsclient import Client
-from tests.cli import fsclient, fsclient_command, fsclient_env
+from tests.cli import cli_env, fsclient, fsclient_command
 from tests.conftest import run
 from tests.serverproc import ROOT
 
@@ -46,7 +46,7 @@ def cli_output(server, args: list[str], on_tty: bool) -> str:
         return fsclient(*args, server=server).stderr
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
-    proc = subprocess.Popen(fsclient_command(*args, server=server), cwd=ROOT, env=fsclient_env(),
+    proc = subprocess.Popen(fsclient_command(*args, server=server), cwd=ROOT, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=slave)  # fmt: skip
     os.close(slave)
     chunks = []

@@ -14,7 +14,7 @@ import pytest
 import xxhash
 
 from fsclient import Client
-from tests.cli import fsclient, fsclient_command, fsclient_env
+from tests.cli import cli_env, fsclient, fsclient_command
 from tests.conftest import run
 from tests.serverproc import ROOT
 
@@ -106,7 +106,7 @@ def peak_rss_mib(args: list[str]) -> tuple[int, float]:
     VmHWM is read while the process runs (it only grows). ``ru_maxrss`` from wait4 would not
     do: it includes the RSS of this test process, which the child was forked from.
     """
-    proc = subprocess.Popen(fsclient_command(*args), cwd=ROOT, env=fsclient_env(),
+    proc = subprocess.Popen(fsclient_command(*args), cwd=ROOT, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     peak_kib = 0
     status = f"/proc/{proc.pid}/status"
