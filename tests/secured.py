@@ -1,24 +1,12 @@
-"""Helpers for tests of TLS and tokens: the real ``fsserver init-tls`` / ``add-token`` commands
-and the real ``fsclient`` command line."""
+"""Helpers for tests of TLS and tokens: certificate pairs and tokens made by the real
+``fsserver init-tls`` / ``add-token`` commands (run by ``tests.cli``)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.serverproc import ROOT
-
-
-def fsserver_tool(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fsserver", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=60, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+from tests.cli import fsserver_tool
 
 
 def init_tls(folder: Path) -> str:
@@ -34,14 +22,6 @@ def add_token(tokens: Path, name: str, *shares: str, read_only: bool = False) ->
                            *(["--read-only"] if read_only else []))  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
-
-
-def fsclient(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "fsclient", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=60, env={**clean, **(env or {})},
-    )  # fmt: skip
 
 
 @dataclass

@@ -8,6 +8,7 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +17,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 READY = re.compile(r"fsserver ready on (\S+):(\d+)")
 METRICS = re.compile(r"fsserver metrics on (\S+):(\d+)")
@@ -30,6 +33,14 @@ async def eventually(predicate: Callable[[], object], timeout: float, what: str)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for programs that cannot take
+    port 0 and say which port they got)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
@@ -120,6 +131,21 @@ class ServerProcess:
                 self.kill_group()
                 raise
         return time.monotonic() - start
+
+    def child(self, name: str) -> psutil.Process:
+        """The server's child process *name* (``worker-0``, ``hasher-1``...)."""
+        found = [p for p in psutil.Process(self.pid).children() if p.name() == f"fs-{name}"]
+        assert len(found) == 1, f"{len(found)} children named fs-{name}"
+        return found[0]
+
+    def kill_child(self, name: str, timeout: float = 10.0) -> psutil.Process:
+        """SIGKILL the child *name* and wait until the supervisor has seen it die; returns
+        the dead process (its pid tells the replacement apart)."""
+        victim = self.child(name)
+        victim.kill()
+        exited = f"{name} (pid {victim.pid}) exited"
+        wait_for(lambda: exited in self.log.text(), timeout, f"the supervisor to log {exited!r}")
+        return victim
 
     def kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -16,15 +16,16 @@ import xxhash
 
 from common import messages as m
 from common.codec import DATA_HEADER, encode
-from common.errors import AuthError, ErrorCode, PermissionDenied
+from common.errors import AuthError, ErrorCode, NotFound, PermissionDenied
 from common.limits import ANY_VERSION, MAGIC, PROTOCOL_VERSION
 from fsclient import Client
 from fsclient.access import Access
 from fsclient.protocol import ConnectionLost
 from fsserver.auth import new_token
+from tests.cli import fsclient, fsserver_tool
 from tests.conftest import run
 from tests.rawclient import Closed, RawClient
-from tests.secured import add_token, fsclient, fsserver_tool
+from tests.secured import add_token
 from tests.serverproc import eventually, start_server, wait_for
 
 
@@ -251,8 +252,11 @@ def test_share_a_token_sees_nothing_of_share_b(server_factory, tokens, tmp_path)
                 await admin.put_bytes(b"for a", "from-admin.txt")
             note = await asyncio.wait_for(anext(stream), 10)  # b's change never shows up here
             assert note.entry.path == "from-admin.txt"
-            with pytest.raises(Exception, match=r"second\.txt"):
+            with pytest.raises(NotFound) as missing:  # not a dropped connection: a typed no
                 await alice.get("second.txt", tmp_path / "x")
+            assert str(missing.value) == "not found: second.txt"
+            assert not (tmp_path / "x").exists()
+            assert await alice.ping() is None  # and the connection lives on
 
     run(main())
     assert run(listing(server, token_b, "b")) == {"secret.txt": 1, "second.txt": 2}

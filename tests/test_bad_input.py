@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -16,6 +14,7 @@ from common import messages as m
 from common.errors import ErrorCode, InvalidPath
 from common.limits import ANY_VERSION
 from fsclient import Client
+from tests.cli import fsclient
 from tests.conftest import run
 from tests.rawclient import RawClient
 from tests.serverproc import wait_for
@@ -135,10 +134,7 @@ def test_client_refuses_bad_paths_before_sending(server):
 def test_cli_prints_a_clear_one_line_error(server, tmp_path, remote, expected):
     local = tmp_path / "f.txt"
     local.write_text("x")
-    result = subprocess.run(
-        [sys.executable, "-m", "fsclient", "put", str(local), remote, "--server", server.address],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = fsclient("put", str(local), remote, server=server)
     assert result.returncode == 1
     assert result.stderr.startswith("fsclient: error: ")
     assert expected in result.stderr
@@ -146,20 +142,13 @@ def test_cli_prints_a_clear_one_line_error(server, tmp_path, remote, expected):
 
 
 def test_cli_errors_for_unreachable_server_and_bad_arguments():
-    result = subprocess.run(
-        [sys.executable, "-m", "fsclient", "ls", "--server", "127.0.0.1:1"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = fsclient("ls", server="127.0.0.1:1")
     assert result.returncode == 1
     assert result.stderr.startswith("fsclient: error: cannot connect to 127.0.0.1:1")
-    result = subprocess.run(
-        [sys.executable, "-m", "fsclient", "ls", "--server", "no-port"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = fsclient("ls", server="no-port")
     assert result.returncode == 1
     assert "expected HOST:PORT" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "fsclient", "frobnicate"],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = fsclient("frobnicate")
     assert result.returncode == 2
 
 

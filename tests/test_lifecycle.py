@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from common.limits import ANY_VERSION
 from fsclient import Client
 from tests.conftest import run
 from tests.rawclient import RawClient
-from tests.serverproc import start_server, wait_for
+from tests.serverproc import free_port, start_server, wait_for
 
 
 def server_family(pid: int) -> list[psutil.Process]:
@@ -97,12 +96,6 @@ def test_killed_supervisor_takes_its_children_and_segment_with_it():
         server.kill_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_restarted_server_binds_the_same_port_at_once(server_factory):
     port = str(free_port())
     first = server_factory("--port", port, "--store-size", "8MiB")
@@ -143,9 +136,7 @@ def test_crashed_worker_is_replaced_and_files_survive(server_factory):
     children = psutil.Process(server.pid).children()
     names = sorted(p.name() for p in children if p.name().startswith("fs-"))
     assert names == ["fs-hasher-0", "fs-worker-0", "fs-worker-1"]
-    victim = next(p for p in children if p.name() == "fs-worker-1")
-    victim.kill()
-    wait_for(lambda: "worker-1 (pid" in server.log.text(), 10, "the supervisor to notice")
+    victim = server.kill_child("worker-1")
 
     def replaced() -> bool:
         current = psutil.Process(server.pid).children()

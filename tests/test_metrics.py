@@ -8,30 +8,22 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from fsclient import Client
 from tests.conftest import run
-from tests.serverproc import ROOT, wait_for
+from tests.serverproc import ROOT, free_port, wait_for
 
 DEPLOY = ROOT / "deploy"
 needs_prometheus = pytest.mark.skipif(
     not shutil.which("prometheus"), reason="Debian package prometheus (make test installs it)"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -132,9 +124,7 @@ def test_metrics_stay_right_when_a_worker_dies(server_factory):
     key = 'fs_received_bytes_total{packet_type="file_sync_data"}'
     wait_for(lambda: parse_metrics(server.http_get("/metrics")[1]).get(key) == wire, 10,
              "the uploads in /metrics")  # fmt: skip
-    victim = next(p for p in psutil.Process(server.pid).children() if p.name() == "fs-worker-0")
-    victim.kill()
-    wait_for(lambda: "worker-0 (pid" in server.log.text(), 10, "the supervisor to notice")
+    victim = server.kill_child("worker-0")
     wait_for(lambda: server.http_get("/readyz")[0] == 200, 10, "a replacement worker")
 
     def settled() -> dict[str, float] | None:
@@ -150,7 +140,7 @@ def test_metrics_stay_right_when_a_worker_dies(server_factory):
 
 
 def test_dashboard_asks_only_for_metrics_that_exist(server):
-    upload_4k(server, {"x.bin": os.urandom(10_000)})
+    wire = upload_4k(server, {"x.bin": os.urandom(10_000)})
     dashboard = json.loads((DEPLOY / "grafana" / "fs-dashboard.json").read_text())
     asked = set()
     for panel in dashboard["panels"]:
@@ -161,7 +151,14 @@ def test_dashboard_asks_only_for_metrics_that_exist(server):
     def exported() -> set[str]:
         return {re.sub(r"\{.*", "", key) for key in parse_metrics(server.http_get("/metrics")[1])}
 
-    wait_for(lambda: asked <= exported(), 5, "the first samples of every process")
+    def published() -> bool:
+        """Every process has sampled itself, and the worker has counted the upload."""
+        samples = parse_metrics(server.http_get("/metrics")[1])
+        rss = {k for k in samples if k.startswith("fs_process_resident_memory_bytes{")}
+        counted = samples.get('fs_received_bytes_total{packet_type="file_sync_data"}') == wire
+        return len(rss) == 4 and counted  # the acceptor, 2 workers and the hasher
+
+    wait_for(published, 10, "the first samples of every process")
     missing = sorted(asked - exported())
     assert not missing, f"the dashboard queries metrics that /metrics lacks: {missing}"
     exported_now = exported()

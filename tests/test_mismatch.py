@@ -117,10 +117,6 @@ def test_big_upload_hashed_while_streaming_detects_a_mismatch(server_factory):
 def test_hasher_killed_during_a_streamed_upload(server_factory):
     """The hasher digesting an upload dies half-way: the worker falls back to a one-shot job
     on the replacement hasher, and the upload still verifies."""
-    import psutil
-
-    from tests.serverproc import wait_for
-
     server = server_factory("--store-size", "64MiB", "--hash-workers", "1")
     data = os.urandom(32 * 1024 * 1024)
     half = len(data) // 2
@@ -130,9 +126,7 @@ def test_hasher_killed_during_a_streamed_upload(server_factory):
     raw.send_raw(raw.conn.frame_data(1, memoryview(data)[:half]))
     raw.send(m.Ping(1, reply=False))  # round trip: the first half has been taken in
     raw.expect(m.Ping)
-    [hasher] = [p for p in psutil.Process(server.pid).children() if p.name() == "fs-hasher-0"]
-    hasher.kill()
-    wait_for(lambda: "hasher-0 (pid" in server.log.text(), 10, "the supervisor to notice")
+    server.kill_child("hasher-0")
     raw.send_raw(raw.conn.frame_data(1, memoryview(data)[half:]))
     raw.send(m.FileSyncCheckHash(1, xxhash.xxh3_128_digest(data)))
     assert raw.expect(m.FileSyncCheckHashResponse, timeout=30).status is m.HashStatus.OK

@@ -7,11 +7,12 @@ import os
 import pty
 import struct
 import subprocess
-import sys
 import termios
 
 from fsclient import Client
+from tests.cli import cli_env, fsclient, fsclient_command
 from tests.conftest import run
+from tests.serverproc import ROOT
 
 
 def test_api_reports_progress_up_to_the_size(server, tmp_path):
@@ -42,11 +43,10 @@ def test_api_reports_progress_up_to_the_size(server, tmp_path):
 def cli_output(server, args: list[str], on_tty: bool) -> str:
     """Run fsclient with stderr on a pseudo-terminal (or a pipe); return what stderr got."""
     if not on_tty:
-        return subprocess.run([sys.executable, "-m", "fsclient", *args, "--server", server.address],
-                              capture_output=True, text=True, timeout=60).stderr  # fmt: skip
+        return fsclient(*args, server=server).stderr
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
-    proc = subprocess.Popen([sys.executable, "-m", "fsclient", *args, "--server", server.address],
+    proc = subprocess.Popen(fsclient_command(*args, server=server), cwd=ROOT, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=slave)  # fmt: skip
     os.close(slave)
     chunks = []

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 import xxhash
 
 from fsclient import Client
+from tests.cli import cli_env, fsclient, fsclient_command
 from tests.conftest import run
+from tests.serverproc import ROOT
 
 SIZES = [0, 1, 4095, 4096, 4097, 50 * 1024 * 1024]
 NAMES = {
@@ -66,21 +67,14 @@ def test_roundtrip_sizes_names_and_listing(big_server, tmp_path, max_packet):
     run(main())
 
 
-def fsclient(server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fsclient", *args, "--server", server.address],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-
-
 def test_cli_put_ls_get_rm(server, tmp_path):
     local = tmp_path / "notes.txt"
     local.write_bytes(b"hello from the command line\n" * 100)
     remote = "docs/ünïcødé notes.txt"
 
-    put = fsclient(server, "put", str(local), remote)
+    put = fsclient("put", str(local), remote, server=server)
     assert put.returncode == 0, put.stderr
-    ls = fsclient(server, "ls")
+    ls = fsclient("ls", server=server)
     assert ls.returncode == 0, ls.stderr
     path, size, version, digest, mtime = ls.stdout.rstrip("\n").rsplit("\t", 4)
     assert path == remote
@@ -90,17 +84,17 @@ def test_cli_put_ls_get_rm(server, tmp_path):
     assert mtime.startswith("20")
 
     back = tmp_path / "back.txt"
-    get = fsclient(server, "--max-packet", "4096", "get", remote, str(back))
+    get = fsclient("--max-packet", "4096", "get", remote, str(back), server=server)
     assert get.returncode == 0, get.stderr
     assert back.read_bytes() == local.read_bytes()
     assert not [p for p in tmp_path.iterdir() if ".fs-tmp-" in p.name]
 
-    as_json = fsclient(server, "ls", "docs/", "--json")
+    as_json = fsclient("ls", "docs/", "--json", server=server)
     assert '"size": 2800' in as_json.stdout
-    rm = fsclient(server, "rm", remote)
+    rm = fsclient("rm", remote, server=server)
     assert rm.returncode == 0, rm.stderr
-    assert fsclient(server, "ls").stdout == ""
-    missing = fsclient(server, "get", remote, str(tmp_path / "x"))
+    assert fsclient("ls", server=server).stdout == ""
+    missing = fsclient("get", remote, str(tmp_path / "x"), server=server)
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"fsclient: error: not found: {remote}"
     assert not (tmp_path / "x").exists()
@@ -112,7 +106,7 @@ def peak_rss_mib(args: list[str]) -> tuple[int, float]:
     VmHWM is read while the process runs (it only grows). ``ru_maxrss`` from wait4 would not
     do: it includes the RSS of this test process, which the child was forked from.
     """
-    proc = subprocess.Popen([sys.executable, "-m", "fsclient", *args],
+    proc = subprocess.Popen(fsclient_command(*args), cwd=ROOT, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     peak_kib = 0
     status = f"/proc/{proc.pid}/status"

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 
 from fsclient import Client
 from fsserver.cli import config_from
 from fsserver.config import ServerConfig, parse_size
+from tests.cli import fsserver_tool
 from tests.conftest import run
 
 
@@ -45,10 +45,8 @@ def test_limits_and_deadlines_from_flags_and_environment():
 
 
 def fsserver(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fsserver", "--port", "0", "--metrics-port", "0", *args],
-        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    """A start that must fail (on ports of its own choosing, should it not)."""
+    return fsserver_tool("--port", "0", "--metrics-port", "0", *args, env=env)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ connection like any malformed packet."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import pytest
@@ -138,7 +139,7 @@ def test_a_read_only_token_may_not_write_in_a_batch(server_factory, tmp_path):
     assert list(listing(server.address, access=Access(token=reader))) == ["f.txt"]
 
 
-def test_client_maps_statuses_to_errors_and_resends_a_mismatch(server, tmp_path):
+def test_client_maps_batch_statuses_to_results_and_errors(server, tmp_path):
     (tmp_path / "ok.txt").write_bytes(b"ok")
 
     async def main():
@@ -147,34 +148,76 @@ def test_client_maps_statuses_to_errors_and_resends_a_mismatch(server, tmp_path)
                                           (tmp_path / "ok.txt", "bad//path")])  # fmt: skip
 
     ok, bad = run(main())
-    assert isinstance(ok, m.FileEntry) and isinstance(bad, InvalidPath)
+    assert isinstance(ok, m.FileEntry) and ok.path == "ok.txt"
+    assert isinstance(bad, InvalidPath)
+    assert list(listing(server.address)) == ["ok.txt"]
 
 
-def test_a_batch_over_the_size_limit_ends_the_connection(server):
-    raw = RawClient(server.address, max_packet=BIG)
+def test_client_resends_a_batch_mismatch_through_a_file_session(server, tmp_path, monkeypatch):
+    """A file whose batch record the server finds damaged (MISMATCH: here its digest is made
+    wrong on the way out) is sent again, by itself, through a file session."""
+    import fsclient.batch
+
+    right = fsclient.batch.digest_of
+    damaged: list[bytes] = []
+
+    def digest_of(data: bytes) -> bytes:
+        if data == b"damaged on the way" and not damaged:
+            damaged.append(data)
+            return bytes(16)
+        return right(data)
+
+    monkeypatch.setattr(fsclient.batch, "digest_of", digest_of)
+    contents = {"fine.txt": b"fine", "resent.txt": b"damaged on the way"}
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+
+    async def main():
+        async with await Client.connect(server.address) as client:
+            return await client.put_many([(tmp_path / name, name) for name in contents])
+
+    results = run(main())
+    assert damaged, "the batch did not carry the damaged record"
+    assert [(r.path, r.digest) for r in results] == [(n, right(d)) for n, d in contents.items()]
+    assert {p: e.digest for p, e in listing(server.address).items()} == {
+        n: right(d) for n, d in contents.items()
+    }
+    wait_for(lambda: metric(server, "small_file_batch") >= 1, 5, "the batch")
+    wait_for(lambda: metric(server, "file_sync_init") == 1, 5, "one file session: the resend")
+
+
+def oversized_batch() -> bytes:
     files = tuple(record(f"f{n}", os.urandom(60_000)) for n in range(3))
     body = encode(m.SmallFileBatch(1, files))[HEADER.size :]
     assert HEADER.size + len(body) > MAX_BATCH_PACKET
-    raw.send_raw(HEADER.pack(HEADER.size + len(body), m.PacketType.SMALL_FILE_BATCH) + body)
-    error = raw.error_or_close()
-    assert error is not None and error.code is ErrorCode.PACKET_TOO_LARGE
+    return HEADER.pack(HEADER.size + len(body), m.PacketType.SMALL_FILE_BATCH) + body
 
 
-def test_a_batch_with_lengths_that_do_not_add_up_ends_the_connection(server):
-    raw = RawClient(server.address, max_packet=BIG)
+def batch_with_lengths_that_do_not_add_up() -> bytes:
     body = bytearray(encode(m.SmallFileBatch(1, (record("f", b"12345"),)))[HEADER.size :])
     body = body[:-2]  # the data field claims 5 bytes, 3 follow
-    raw.send_raw(HEADER.pack(HEADER.size + len(body), m.PacketType.SMALL_FILE_BATCH) + body)
-    error = raw.error_or_close()
-    assert error is not None and error.code is ErrorCode.MALFORMED
+    return HEADER.pack(HEADER.size + len(body), m.PacketType.SMALL_FILE_BATCH) + body
+
+
+def small_batch() -> bytes:
+    return encode(m.SmallFileBatch(1, (record("f", b"x"),)))
+
+
+@pytest.mark.parametrize(
+    ("max_packet", "packet", "code"),
+    [
+        (BIG, oversized_batch, ErrorCode.PACKET_TOO_LARGE),
+        (BIG, batch_with_lengths_that_do_not_add_up, ErrorCode.MALFORMED),
+        (4096, small_batch, ErrorCode.UNEXPECTED_PACKET),  # the seed's packets: no batches
+    ],
+    ids=["over-the-batch-size-limit", "lengths-do-not-add-up", "on-a-4096-byte-connection"],
+)
+def test_a_bad_batch_ends_the_connection_and_stores_nothing(server, max_packet, packet, code):
+    with contextlib.closing(RawClient(server.address, max_packet=max_packet)) as raw:
+        raw.send_raw(packet())
+        error = raw.error_or_close()
+    assert error is not None and error.code is code
     assert listing(server.address) == {}
-
-
-def test_a_batch_on_a_small_packet_connection_ends_it(server):
-    raw = RawClient(server.address)  # the seed's 4096-byte packets
-    raw.send_raw(encode(m.SmallFileBatch(1, (record("f", b"x"),))))
-    error = raw.error_or_close()
-    assert error is not None and error.code is ErrorCode.UNEXPECTED_PACKET
 
 
 def full_window(tag: str, per_file: int = 40_000) -> list[m.SmallFileBatch]:

@@ -3,17 +3,22 @@ has, and reuses space after a delete."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import subprocess
-import sys
 
 import pytest
 
-from common.errors import StoreFull
+from common import messages as m
+from common.errors import ErrorCode, StoreFull
+from common.limits import ANY_VERSION
 from fsclient import Client
+from tests.cli import fsclient
 from tests.conftest import run
+from tests.rawclient import RawClient
+from tests.serverproc import wait_for
 
 MiB = 1024 * 1024
+USED = "fs_store_used_bytes"
 
 
 def test_same_content_under_twenty_names_takes_its_size_once(server_factory, tmp_path):
@@ -56,11 +61,7 @@ def test_full_store_says_no_space_keeps_files_and_reuses_space(server_factory, t
     run(fill_then_overflow())
     assert (tmp_path / "first-back.bin").read_bytes() == first
 
-    cli = subprocess.run(
-        [sys.executable, "-m", "fsclient", "put", str(tmp_path / "second.bin"), "second.bin",
-         "--server", server.address],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    cli = fsclient("put", str(tmp_path / "second.bin"), "second.bin", server=server)
     assert cli.returncode == 1
     assert cli.stderr.startswith("fsclient: error: no space for 5242880 bytes")
     assert cli.stderr.count("\n") == 1
@@ -79,27 +80,26 @@ def test_full_store_says_no_space_keeps_files_and_reuses_space(server_factory, t
 
 def test_a_session_the_client_gives_up_frees_its_space(server_factory):
     """A reservation ends with its session: by Cancel, by a file-scoped Error, or by the
-    connection closing. Each time the next 5 MiB upload into an 8 MiB store must fit."""
-    from common import messages as m
-    from common.errors import ErrorCode
-    from common.limits import ANY_VERSION
-    from tests.rawclient import RawClient
-
+    connection closing. Each time the space comes back, and the next 5 MiB upload into an
+    8 MiB store fits. A Cancel or an Error frees it while the connection stays open."""
     server = server_factory("--store-size", "8MiB")
     data = os.urandom(5 * MiB)
     for how in ["cancel", "error", "disconnect"]:
-        raw = RawClient(server.address)
-        raw.send(m.FileSyncInit(1, len(data), 0, 0o644, ANY_VERSION, None, f"{how}.bin"))
-        assert raw.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
-        raw.send_raw(raw.conn.frame_data(1, memoryview(data)[: 1 * MiB]))
-        if how == "cancel":
-            raw.send(m.FileSyncCancel(1))
-        elif how == "error":
-            raw.send(m.Error(ErrorCode.INTERNAL, 1, "disk read failed"))
-        if how != "disconnect":  # a round trip: the server has handled what came before
-            raw.send(m.Ping(1, reply=False))
-            assert raw.expect(m.Ping).reply
-        raw.close()
+        with contextlib.closing(RawClient(server.address)) as raw:
+            raw.send(m.FileSyncInit(1, len(data), 0, 0o644, ANY_VERSION, None, f"{how}.bin"))
+            assert raw.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
+            assert server.metric(USED) >= len(data), "the session holds its space"
+            raw.send_raw(raw.conn.frame_data(1, memoryview(data)[: 1 * MiB]))
+            if how == "cancel":
+                raw.send(m.FileSyncCancel(1))
+            elif how == "error":
+                raw.send(m.Error(ErrorCode.INTERNAL, 1, "disk read failed"))
+            else:
+                raw.close()
+            wait_for(lambda: server.metric(USED) == 0, 10, f"the space back after the {how}")
+            if how != "disconnect":  # the session ended, not the connection
+                raw.send(m.Ping(1, reply=False))
+                assert raw.expect(m.Ping).reply
 
         async def fits():
             async with await Client.connect(server.address) as client:

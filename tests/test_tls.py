@@ -18,8 +18,9 @@ from common.tls import server_context
 from fsclient import Client
 from fsclient.access import Access, TLSError
 from fsclient.protocol import ConnectionLost
+from tests.cli import fsclient, fsserver_tool
 from tests.conftest import run
-from tests.secured import Pair, add_token, fsclient, fsserver_tool, init_tls
+from tests.secured import Pair, add_token, init_tls
 
 
 @pytest.fixture
