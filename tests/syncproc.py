@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import xxhash
 
 from fsclient.transfer import TEMP_MARK
+from tests.cli import cli_env, fsclient, fsclient_command
 from tests.serverproc import ROOT, ServerLog, wait_for
 
 DEBOUNCE = 0.3
@@ -29,10 +29,10 @@ class SyncProcess:
     def start(self) -> SyncProcess:
         self.log = ServerLog()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fsclient", "sync", str(self.folder), "--server", self.address,
-             "--debounce", str(self.debounce)],
+            fsclient_command("sync", str(self.folder), "--debounce", str(self.debounce),
+                             server=self.address),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=cli_env({"PYTHONUNBUFFERED": "1"}),
         )  # fmt: skip
         threading.Thread(target=self._pump, daemon=True).start()
         wait_for(lambda: "watching" in self.log.text() or self.proc.poll() is not None, 30,
@@ -82,8 +82,11 @@ def digests(folder: Path) -> dict[str, bytes]:
 
 
 def once(folder: Path, address: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fsclient", "sync", str(folder), "--once", "--server", address,
-         *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    return fsclient("sync", str(folder), "--once", *extra, server=address)
+
+
+def status(folder: Path) -> str:
+    """``fsclient status DIR``'s report (it must succeed)."""
+    result = fsclient("status", str(folder))
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +18,8 @@ import xxhash
 
 from fsclient import Client
 from tests.conftest import run
-from tests.serverproc import ROOT, ServerProcess, wait_for
-from tests.syncproc import SyncProcess, digests
+from tests.serverproc import ServerProcess, wait_for
+from tests.syncproc import SyncProcess, digests, status
 
 SEEDS = [int(s) for s in os.environ.get("FS_SYNC_SEEDS", "1,2").split(",")]
 OPERATIONS = 45
@@ -117,13 +115,6 @@ def server_digests(server: ServerProcess) -> dict[str, bytes]:
     return run(listing())
 
 
-def pending_changes(folder: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "fsclient", "status", str(folder)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    line = [x for x in result.stdout.splitlines() if x.startswith("pending changes:")]
-    return line[0] if line else result.stdout + result.stderr
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 def test_three_live_folders_converge_whatever_happens(server_factory, tmp_path, seed):
     server = server_factory("--workers", "2", "--store-size", "512MiB")
@@ -172,7 +163,7 @@ def test_three_live_folders_converge_whatever_happens(server_factory, tmp_path, 
                     f"the last write to {path} was lost; {story}"
                 )
         for c in clients:
-            assert pending_changes(c.folder) == "pending changes: 0", story
+            assert "pending changes: 0" in status(c.folder), story
             assert not [p for p in c.folder.rglob("*") if ".fs-tmp-" in p.name], story
             assert "Traceback" not in c.log.text(), c.log.text()
     finally:

@@ -6,17 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import xxhash
 
 from fsclient import Client
+from tests.cli import fsclient
 from tests.conftest import run
-from tests.serverproc import ROOT, start_server, wait_for
-from tests.syncproc import DEBOUNCE, SyncProcess, digests, files, once
+from tests.serverproc import start_server, wait_for
+from tests.syncproc import DEBOUNCE, SyncProcess, digests, files, once, status
 
 DEADLINE = DEBOUNCE + 2.0 + 5.0
 """The acceptance says the debounce plus 2 s; the 5 s more are for a loaded 2-core machine,
@@ -223,22 +221,15 @@ def test_once_over_2000_small_files(server, tmp_path):
     for n in range(2000):
         (folder / f"{n // 100:02d}").mkdir(exist_ok=True)
         (folder / f"{n // 100:02d}" / f"{n}.txt").write_bytes(os.urandom(4096))
-    result = subprocess.run(
-        [sys.executable, "-m", "fsclient", "sync", str(folder), "--once", "--server",
-         server.address], cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = once(folder, server.address)
     assert result.returncode == 0, result.stderr
     assert "2000 uploaded, 0 downloaded, 0 deleted, 0 conflicts, 0 failed" in result.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "fsclient", "sync", str(folder), "--once", "--server",
-         server.address], cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    again = once(folder, server.address)
     assert again.returncode == 0
     assert "0 uploaded, 0 downloaded, 0 deleted, 0 conflicts, 0 failed" in again.stdout
-    status = subprocess.run([sys.executable, "-m", "fsclient", "status", str(folder)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert "files in sync:   2000" in status.stdout
-    assert "pending changes: 0" in status.stdout
+    report = status(folder)
+    assert "files in sync:   2000" in report
+    assert "pending changes: 0" in report
 
 
 def test_symlinks_are_skipped_with_a_warning_and_never_followed(server, tmp_path):
@@ -282,16 +273,10 @@ def test_a_connection_the_server_ends_is_one_error_not_one_per_file(server_facto
 def test_once_reports_failure_with_a_non_zero_exit(tmp_path):
     folder = tmp_path / "f"
     folder.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "fsclient", "sync", str(folder), "--once", "--server",
-         "127.0.0.1:1"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = once(folder, "127.0.0.1:1")
     assert result.returncode == 1
     assert result.stderr.startswith("fsclient: error: cannot connect")
-    missing = subprocess.run(
-        [sys.executable, "-m", "fsclient", "sync", str(Path(tmp_path / "nope")), "--once"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    missing = fsclient("sync", str(tmp_path / "nope"), "--once")
     assert missing.returncode == 1
     assert "does not exist" in missing.stderr
 

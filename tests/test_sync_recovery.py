@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
 import psutil
 import xxhash
 
 from fsclient import Client
 from tests.conftest import run
-from tests.serverproc import ROOT, ServerProcess, wait_for
-from tests.syncproc import SyncProcess, digests, files
+from tests.serverproc import ServerProcess, wait_for
+from tests.syncproc import SyncProcess, digests, files, status
 
 ROUNDS = 3
 """A round whose cut came too late (the download had finished) is tried again."""
@@ -54,13 +52,6 @@ def put(server: ServerProcess, data: bytes, path: str) -> None:
             await client.put_bytes(data, path)
 
     run(upload())
-
-
-def status(folder) -> str:
-    result = subprocess.run([sys.executable, "-m", "fsclient", "status", str(folder)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def cut_a_download(server: ServerProcess, b: SyncProcess, size: int, freeze: bool = False

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -19,7 +17,7 @@ from common.state import Role
 from fsclient.sync.actions import conflict_name
 from fsclient.sync.plan import Do, LocalFile, RemoteState, decide
 from fsclient.sync.state import BaseEntry
-from tests.serverproc import ROOT
+from tests.syncproc import once
 
 D1, D2, D3 = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
 
@@ -174,10 +172,7 @@ def test_paths_from_the_server_that_escape_the_folder_are_refused(tmp_path):
     folder = tmp_path / "inner" / "synced"
     folder.mkdir(parents=True)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "fsclient", "sync", str(folder), "--once", "--server",
-             f"127.0.0.1:{evil.port}"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        result = once(folder, f"127.0.0.1:{evil.port}")
     finally:
         assert evil.loop is not None
         evil.loop.call_soon_threadsafe(evil.stop.set)
