@@ -13,6 +13,7 @@ from common import messages as m
 from common.limits import MAGIC, PROTOCOL_VERSION
 from tests.rawclient import Closed, RawClient
 from tests.secured import add_token, fsclient
+from tests.served import stop_cleanly
 from tests.serverproc import ServerProcess, start_server
 
 MiB = 1 << 20
@@ -28,11 +29,7 @@ def one_worker() -> Iterator[ServerProcess]:
     try:
         yield server
     finally:
-        try:
-            server.stop()
-        finally:
-            server.kill_group()
-    assert server.shm_segments() == []
+        stop_cleanly(server)
 
 
 def answer(address: str, version: int = PROTOCOL_VERSION, share: str = "default",
