@@ -190,11 +190,13 @@ def used_bytes_reach(server: ServerProcess, expected: int, what: str) -> None:
     wait_for(lambda: server.metric(USED) == expected, 10, what)
 
 
-def test_an_overwrite_during_a_slow_download_neither_changes_its_bytes_nor_frees_them(
+def test_an_overwrite_and_a_delete_during_a_slow_download_neither_change_nor_free_its_bytes(
     server_factory,
 ):
-    """A 64 MiB store; the 24 MiB being downloaded, then its new version: two copies. A third
-    does not fit until the download is over, and then it goes where the first one was."""
+    """A 64 MiB store. While a slow client downloads the 24 MiB of x.bin, x.bin gets a new
+    version (two copies are held now: a third does not fit), then is deleted (the new version
+    goes; the one being read stays, so 48 MiB in one piece do not fit). The client reads the
+    first version, whole; then its space comes back, and the 48 MiB fit where it was."""
     server = server_factory("--workers", "1", "--store-size", "64MiB")
     first = random.Random(1).randbytes(24 * MiB)
     put(server, first, "x.bin")
@@ -206,10 +208,13 @@ def test_an_overwrite_during_a_slow_download_neither_changes_its_bytes_nor_frees
         assert put(server, second, "x.bin").digest == digest_of(second)
         assert server.metric(USED) == 2 * aligned(24 * MiB)  # the first is still held
         refused_for_space(server, 24 * MiB)
+        rm(server, "x.bin")
+        assert server.metric(USED) == aligned(24 * MiB)  # the second went, the first stays
+        refused_for_space(server, 48 * MiB)
         received, _ = reader.download(1, 1 << 40)  # reads the rest, verifies, answers OK
         assert received == first
-    used_bytes_reach(server, aligned(24 * MiB), "the first version's space to come back")
-    put(server, os.urandom(24 * MiB), "third.bin")  # in the first version's place
+    used_bytes_reach(server, 0, "the first version's space to come back")
+    put(server, os.urandom(48 * MiB), "big.bin")
 
 
 def test_a_download_ended_early_holds_its_bytes_until_they_are_sent(server_factory):
