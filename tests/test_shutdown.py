@@ -6,10 +6,10 @@ not lose the Error to a reset), the library's typed error, and a live ``fsclient
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-import threading
 
 import pytest
 
@@ -25,6 +25,8 @@ from tests.syncproc import SyncProcess
 MiB = 1 << 20
 BYE = m.Error(ErrorCode.SHUTTING_DOWN, NO_FILE, "server is shutting down")
 BYE_TEXT = "server error SHUTTING_DOWN: server is shutting down"
+SAID_BYE = ": server is shutting down\n"
+"""The end of the worker's log line for a connection it ends so."""
 
 
 @pytest.fixture
@@ -73,45 +75,45 @@ def test_a_client_half_way_through_an_upload_reads_shutting_down(server):
     stopped_cleanly(server)
 
 
-def test_a_client_still_sending_its_upload_reads_shutting_down_not_a_reset(server):
-    """The server lingers: it reads and drops what the client still sends, so the socket is
-    not closed with bytes unread (which would reset the connection under the Error)."""
+def test_a_client_whose_upload_bytes_wait_unread_gets_the_error_and_a_close_not_a_reset(server):
+    """The client also downloads, and does not read it: the server's replies wait, so it
+    stops reading the client (back-pressure), and upload bytes the client sent wait unread
+    in the server's socket. A socket closed so is reset, and the reset would overtake the
+    Error. The server lingers instead (it reads and drops them), so the client reads every
+    byte it was sent, the Error last, then a clean close."""
+    stored = os.urandom(24 * MiB)
+    run(put_bytes(server, stored, "down.bin"))
     raw = RawClient(server.address, max_packet=MiB)
-    size = 200 * MiB
-    raw.send(m.FileSyncInit(1, size, 0, 0o644, ANY_VERSION, None, "big.bin"))
-    assert raw.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
-    packet = raw.conn.data_header(1, MiB - 9) + os.urandom(MiB - 9)
-    sent = threading.Semaphore(0)
-    ended = threading.Event()
-
-    def pump() -> None:
-        try:
-            while not ended.is_set():
-                raw.sock.sendall(packet)  # more than the upload's size: ended long before
-                sent.release()
-        except OSError:
-            pass
-
-    sender = threading.Thread(target=pump, daemon=True)
-    sender.start()
     try:
-        for _ in range(8):  # the upload is under way
-            assert sent.acquire(timeout=10)
+        raw.send(m.FileSyncInit(1, 32 * MiB, 0, 0o644, ANY_VERSION, None, "up.bin"))
+        assert raw.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
+        raw.send(m.DownloadRequest(2, "down.bin"))
+        piece = raw.conn.data_header(1, MiB - 9) + os.urandom(MiB - 9)
+        raw.sock.setblocking(False)
+        unread = 0
+        with contextlib.suppress(BlockingIOError):  # until the server stops taking them
+            while True:
+                assert unread < 32 * MiB, "the server kept reading"
+                unread += raw.sock.send(piece)
+        raw.sock.setblocking(True)
         terminate(server)
-        assert raw.error_or_close() == BYE  # by its header: the raw state machine lags
+        assert raw.error_or_close(timeout=30) == BYE  # after the download's bytes
         raw.sock.settimeout(10)
-        assert raw.sock.recv(1 << 16) == b""  # then the server's FIN; a reset would raise
+        assert raw.sock.recv(1 << 16) == b""  # a close; a reset would raise
     finally:
-        ended.set()
         raw.close()
-        sender.join(10)
     stopped_cleanly(server)
+
+
+async def put_bytes(server: ServerProcess, data: bytes, path: str) -> None:
+    async with await Client.connect(server.address) as client:
+        await client.put_bytes(data, path)
 
 
 def test_the_library_raises_the_servers_reason_mid_upload_and_stops_sending(
     server, tmp_path, caplog
 ):
-    """The upload is sending when the server stops: ``put`` raises ``RemoteError`` with the
+    """The upload is mid-way when the server stops: ``put`` raises ``RemoteError`` with the
     code and message, not a state-machine complaint or a reset, and it stops writing at once
     (a transport that failed logs a warning per write it is still given)."""
     local = tmp_path / "big.bin"
@@ -124,6 +126,8 @@ def test_the_library_raises_the_servers_reason_mid_upload_and_stops_sending(
         if not signalled and done >= 20 * MiB:
             signalled.append(done)
             terminate(server)
+            # the upload goes on only once the server has said goodbye: it is mid-way then
+            wait_for(lambda: SAID_BYE in server.log.text(), 10, "the server's goodbye")
 
     async def main() -> None:
         async with await Client.connect(server.address) as client:
