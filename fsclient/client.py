@@ -256,7 +256,7 @@ class Client:
         ring: BufferRing | None = None
         pos = 0
         while pos < size:
-            await proto.writable.wait()
+            await proto.ready_to_send()
             n = min(step, size - pos)
             buffer = None
             chunk = source.view(pos, n)

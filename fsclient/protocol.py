@@ -272,6 +272,17 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.written += sum(len(chunk) for chunk in chunks)
         self.transport.writelines(chunks)
 
+    async def ready_to_send(self) -> None:
+        """Wait until the transport takes more; raise why the connection ended, if it has.
+        A sender must stop there: a closed connection's state machine refuses to frame its
+        data (with a complaint of its own, not the server's reason), and a transport that
+        failed drops what it is given, with a warning per write."""
+        await self.writable.wait()
+        if self.failure is None and self.transport is not None and self.transport.is_closing():
+            await self.closed  # a failed write: connection_lost says why, at its turn
+        if self.failure is not None:
+            raise self.failure
+
     def buffered(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport else 0
 

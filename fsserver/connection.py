@@ -132,6 +132,10 @@ class ClientConnection(
         log.debug("connection from %s", self.peer)
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.closing:  # lingering (see ``linger``): what still arrives is dropped
+            self.direct = False
+            self.fill = 0
+            return self.view
         if self.fill == 0:
             target = self.conn.direct_target()
             if target is not None and len(target) >= DIRECT_READ_MIN:
@@ -141,6 +145,8 @@ class ClientConnection(
         return self.view[self.fill :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.closing:
+            return
         self.last_heard = self.loop.time()
         if self.direct:
             self.conn.direct_received(nbytes)
@@ -305,14 +311,30 @@ class ClientConnection(
         buffered = self.transport.get_write_buffer_size() if self.transport else 0
         return buffered + self.outbox_bytes > MAX_LAG_BYTES
 
-    def fail(self, code: ErrorCode, message: str) -> None:
-        """End the connection with a connection-level Error; other clients are unaffected."""
+    def fail(self, code: ErrorCode, message: str, *, linger: bool = False) -> None:
+        """End the connection with a connection-level Error; other clients are unaffected.
+        With *linger*, the client is given the time to read it (see ``linger``)."""
         if self.closing or self.transport is None:
             return
         log.info("closing connection from %s: %s", self.peer, message)
         self.flush()
         self.transport.write(encode(m.Error(code, NO_FILE, message)))
-        self.close()
+        if linger and self.transport.can_write_eof():
+            self.linger()
+        else:
+            self.close()
+
+    def linger(self) -> None:
+        """Send a FIN after what is buffered, then read and drop what the client still sends
+        until it closes too (or ABORT_AFTER has passed). A socket closed with bytes unread
+        resets the connection, and a client busy sending (an upload) would lose our last
+        packet, the Error that says why, to the reset."""
+        assert self.transport is not None
+        self.closing = True
+        transport = self.transport
+        transport.write_eof()
+        transport.resume_reading()
+        self.loop.call_later(ABORT_AFTER, transport.abort)
 
     def close(self) -> None:
         """Close after the buffered bytes are sent, or abort if the client will not take them
@@ -326,7 +348,7 @@ class ClientConnection(
         self.loop.call_later(ABORT_AFTER, transport.abort)
 
     def shutdown(self) -> None:
-        self.fail(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+        self.fail(ErrorCode.SHUTTING_DOWN, "server is shutting down", linger=True)
 
     # -- dispatch ----------------------------------------------------------------------------
 
