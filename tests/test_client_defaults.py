@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.secured import fsclient
+from tests.cli import fsclient
 from tests.served import listing, stop_cleanly
 from tests.serverproc import start_server
 

@@ -18,9 +18,9 @@ from common.errors import Conflict, ErrorCode, NotFound
 from common.limits import ANY_VERSION, NO_VERSION
 from fsclient import Client
 from fsserver.allocator import aligned
+from tests.cli import fsclient
 from tests.conftest import run
 from tests.rawclient import RawClient
-from tests.secured import fsclient
 from tests.serverproc import ServerProcess, wait_for
 
 KiB = 1024

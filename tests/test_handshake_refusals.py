@@ -11,8 +11,9 @@ import pytest
 
 from common import messages as m
 from common.limits import MAGIC, PROTOCOL_VERSION
+from tests.cli import fsclient
 from tests.rawclient import Closed, RawClient
-from tests.secured import add_token, fsclient
+from tests.secured import add_token
 from tests.served import stop_cleanly
 from tests.serverproc import ServerProcess, start_server
 

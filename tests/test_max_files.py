@@ -12,9 +12,9 @@ from common.digest import digest_of
 from common.errors import ErrorCode, StoreFull
 from common.limits import ANY_VERSION
 from fsclient import Client
+from tests.cli import fsclient, fsserver_tool
 from tests.conftest import run
 from tests.rawclient import RawClient
-from tests.secured import fsclient, fsserver_tool
 from tests.serverproc import wait_for
 
 FULL = "no space: the store holds its limit of {} entries (--max-files)"

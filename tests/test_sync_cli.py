@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from tests.secured import fsclient
+from tests.cli import fsclient
 from tests.served import listing
 from tests.serverproc import wait_for
 from tests.syncproc import SyncProcess
