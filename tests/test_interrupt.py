@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,21 @@ MOMENTS = 8
 """Signals per command."""
 OUR_CODE = tuple(str(ROOT / package) + os.sep for package in ("fsclient", "fsserver", "common"))
 FRAME = re.compile(r'^\s*File "([^"]+)", line', re.MULTILINE)
+
+
+@pytest.fixture(autouse=True)
+def sigint_as_in_a_terminal() -> Iterator[None]:
+    """The commands started here must see SIGINT as a terminal's foreground job does. A test run
+    started in the background by a shell without job control (as CI may do) ignores SIGINT, and
+    its children would inherit that (and rightly keep ignoring it)."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def console_script(name: str) -> list[str]:
