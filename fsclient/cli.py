@@ -138,14 +138,14 @@ class Interrupt:
             signal.signal(signal.SIGINT, self.previous)
 
 
-async def run(args: argparse.Namespace, interrupt: Interrupt | None = None) -> int:
+async def run(args: argparse.Namespace, interrupt: Interrupt) -> int:
     task = asyncio.current_task()
-    if interrupt is not None and task is not None:
-        interrupt.cancels(task)
+    assert task is not None
+    interrupt.cancels(task)
     try:
         return await _command(args)
     except asyncio.CancelledError:
-        if interrupt is not None and interrupt.fired:
+        if interrupt.fired:
             return 130
         raise
 

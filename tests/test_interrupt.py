@@ -22,11 +22,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +40,7 @@ from tests.syncproc import SyncProcess
 MOMENTS = 8
 """Signals per command."""
 OUR_CODE = tuple(str(ROOT / package) + os.sep for package in ("fsclient", "fsserver", "common"))
+SWALLOWED = "Exception ignored in"
 FRAME = re.compile(r'^\s*File "([^"]+)", line', re.MULTILINE)
 
 
@@ -84,26 +87,45 @@ class Outcome:
         return bool(frames) and not any(path.startswith(OUR_CODE) for path in frames)
 
 
-def start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start(command: list[str], env: dict[str, str] | None = None, out: Any = subprocess.PIPE,
+          err: Any = subprocess.PIPE) -> subprocess.Popen[str]:  # fmt: skip
     return subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=err, text=True,
+        start_new_session=True,
     )  # fmt: skip
 
 
 def interrupt(command: list[str], after: float, env: dict[str, str] | None = None) -> Outcome:
-    proc = start(command, env)
-    time.sleep(after)  # the moment under test, not a wait for something
-    signalled = proc.poll() is None
-    if signalled:
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    return Outcome(proc.pid, signalled, proc.returncode, out, err)
+    """Ctrl-C *after* seconds into *command*. Python's start-up can swallow it (a
+    KeyboardInterrupt in one of its weakref callbacks is only reported, as "Exception ignored
+    in"): then the command runs on, and gets Ctrl-C again, as a user would press it again."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = start(command, env, out, err)
+        time.sleep(after)  # the moment under test, not a wait for something
+        signalled = running = proc.poll() is None
+        try:
+            while running:
+                running = ctrl_c_lost(proc, err)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        return Outcome(proc.pid, signalled, proc.returncode, read(out), read(err))
+
+
+def ctrl_c_lost(proc: subprocess.Popen[str], err: Any) -> bool:
+    """Ctrl-C, then wait until *proc* ends (False) or Python swallows the signal (True)."""
+    seen = read(err).count(SWALLOWED)
+    os.killpg(proc.pid, signal.SIGINT)
+    wait_for(lambda: proc.poll() is not None or read(err).count(SWALLOWED) > seen, 30,
+             "the command to end")  # fmt: skip
+    return proc.poll() is None
+
+
+def read(file: Any) -> str:
+    file.seek(0)
+    return file.read()
 
 
 def duration(command: list[str], done: Callable[[str], bool]) -> float:
