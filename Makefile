@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages that real-program tests and benchmarks need (installed only if missing).
+# Debian packages (installed only if missing): `python3 -m venv` needs ensurepip, which Debian
+# ships apart; real-program tests and benchmarks need the others.
+VENV_DEBS := python3-venv
 TEST_DEBS := prometheus
 BENCH_DEBS := rsync
 ARGS ?=
@@ -13,6 +15,7 @@ PYTEST_ARGS ?=
 .PHONY: run test lint format bench setup clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || bash .ci/apt-install $(VENV_DEBS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

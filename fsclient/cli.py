@@ -8,9 +8,12 @@ arguments.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Any
 
 from common.errors import FSError
@@ -106,7 +109,48 @@ def format_entry(entry: FileEntry, as_json: bool) -> str:
     return f"{entry.path}\t{entry.size}\t{entry.version}\t{entry.digest.hex()}\t{mtime}"
 
 
-async def run(args: argparse.Namespace) -> int:
+class Interrupt:
+    """Ctrl-C while a command runs: the first cancels the command, which cleans up at its next
+    await (main then exits 130); a second ends the process at once. The handler never raises
+    KeyboardInterrupt, so no moment of the run can end in a traceback."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self.previous: Any = None
+
+    def cancels(self, task: asyncio.Task[Any]) -> None:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:  # started in the background: Ctrl-C is not for us
+            return
+        loop = asyncio.get_running_loop()
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            self.fired = True
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
+
+        self.previous = previous
+        signal.signal(signal.SIGINT, on_sigint)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+async def run(args: argparse.Namespace, interrupt: Interrupt) -> int:
+    task = asyncio.current_task()
+    assert task is not None
+    interrupt.cancels(task)
+    try:
+        return await _command(args)
+    except asyncio.CancelledError:
+        if interrupt.fired:
+            return 130
+        raise
+
+
+async def _command(args: argparse.Namespace) -> int:
     from fsclient.client import Client
 
     if args.command == "sync":
@@ -154,18 +198,23 @@ async def _rm(client: Any, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupt = Interrupt()
     try:
         import uvloop
 
         tune_gc()
-        return uvloop.run(run(args))
+        code = uvloop.run(run(args, interrupt))
     except (FSError, OSError, ValueError) as exc:
-        message = exc.message if isinstance(exc, FSError) else str(exc)
-        print(f"fsclient: error: {message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        code = 1
+        if not interrupt.fired:
+            message = exc.message if isinstance(exc, FSError) else str(exc)
+            print(f"fsclient: error: {message}", file=sys.stderr)
+    finally:
+        interrupt.restore()
+    if interrupt.fired:
         print("fsclient: interrupted", file=sys.stderr)
         return 130
+    return code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,25 @@
-import sys
+"""The ``fsserver`` command (console script and ``python -m fsserver``) starts here.
 
-from fsserver.cli import main
+Ctrl-C while Python loads the program must end it quietly, with no KeyboardInterrupt traceback:
+the first statement below gives SIGINT its default action back (the process ends at once; the
+shell sees exit status 130), until ``fsserver.cli.main`` takes signals over, before it creates
+anything that needs cleaning up. Keep this module and the package's ``__init__`` free of
+imports: they run before that statement.
+"""
+
+import _signal  # built in and already loaded; ``import signal`` would load more modules first
+
+if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not if ignored (nohup)
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+
+
+def main() -> int:
+    from fsserver.cli import main as run_command
+
+    return run_command()
+
 
 if __name__ == "__main__":
+    import sys
+
     sys.exit(main())

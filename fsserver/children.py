@@ -70,7 +70,14 @@ def spawn(
 ) -> Child:
     """Start a child and call *on_exit* on the loop when it ends."""
     process = SPAWN.Process(target=target, args=args, name=f"{role.value}-{index}", daemon=False)
-    process.start()
+    # A terminal's Ctrl-C reaches the whole process group: a child still loading Python would
+    # die of it with a traceback. It starts with SIGINT blocked (kept across exec; a signal
+    # meanwhile waits for the unblock here), and ignores it in setup_child.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     loop = asyncio.get_running_loop()
     child = Child(role, index, process, exited=loop.create_future())
     sentinel = process.sentinel

@@ -6,9 +6,11 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, NoReturn
 
 from fsserver.config import LOG_LEVELS, ConfigError, ServerConfig, parse_size
@@ -159,12 +161,38 @@ def tool(argv: list[str]) -> int | None:
     return 0
 
 
+class EarlySignals:
+    """SIGINT and SIGTERM while the server loads and starts, before the supervisor takes them
+    over: kept (no KeyboardInterrupt at some random line, no traceback), then handed to it."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.target: Callable[[int], None] | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self.on_signal)
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.target is None:
+            self.received.append(signum)
+        else:
+            self.target(signum)
+
+    def hand_to(self, target: Callable[[int], None]) -> None:
+        """From now on *target* gets each signal, starting with those already received (a
+        signal handler runs between two bytecodes, so none is lost or handed over twice)."""
+        self.target = target
+        for signum in self.received:
+            target(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     code = tool(argv)
     if code is not None:
         return code
     config = config_from(argv, dict(os.environ))
+    early = EarlySignals()
     made = metrics_dir()
     try:
         import uvloop
@@ -176,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(config.log_level)
         logging.getLogger(__name__).debug("configuration: %s", config)
         tune_gc()
-        return profiled("supervisor", lambda: uvloop.run(Supervisor(config).serve()))
+        supervisor = Supervisor(config)
+        early.hand_to(supervisor.request_stop)
+        return profiled("supervisor", lambda: uvloop.run(supervisor.serve()))
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)

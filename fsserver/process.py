@@ -27,13 +27,15 @@ def setup_logging(level: str) -> None:
 
 def setup_child(name: str, log_level: str) -> None:
     """Called first in a worker or hasher. Ctrl-C goes to the supervisor, which stops the
-    children in order; if the supervisor dies without that, the kernel sends SIGTERM. The
-    process is named ``fs-<name>`` so that ps and top tell the roles apart."""
+    children in order (they start with SIGINT blocked, see ``children.spawn``); if the
+    supervisor dies without that, the kernel sends SIGTERM. The process is named
+    ``fs-<name>`` so that ps and top tell the roles apart."""
     import multiprocessing
 
     multiprocessing.current_process().name = name
     setup_logging(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since spawn()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

@@ -87,6 +87,7 @@ class Supervisor:
         self.config = config
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_requested = asyncio.Event()
+        self.stop_signal = 0
         self.stopping = False
         self.exit_code = 0
         self.arena: BlobArena | None = None
@@ -132,9 +133,21 @@ class Supervisor:
             log.warning("second interrupt: killing children now")
             for child in [*self.workers.values(), *self.hashers.values()]:
                 child.process.kill()
+        self.stop_signal = self.stop_signal or sig
         self.stop_requested.set()
 
+    def stopped_early(self) -> bool:
+        """A stop before the server is ready (even while Python loaded it) is no error: it
+        ends quietly with the shell's code for that signal (130 for Ctrl-C)."""
+        if not self.stop_signal:
+            return False
+        log.info("stopped by %s before it was ready", signal.Signals(self.stop_signal).name)
+        self.exit_code = 128 + self.stop_signal
+        return True
+
     async def startup(self) -> None:
+        if self.stopped_early():
+            return
         cfg = self.config
         raise_fd_limit()
         self.check_tokens()
@@ -159,7 +172,9 @@ class Supervisor:
         for index in range(cfg.workers):
             self.start_worker(index)
         await self.wait_ready()
-        if self.stop_requested.is_set():
+        if self.stopped_early():
+            return
+        if self.stop_requested.is_set():  # a child kept failing to start
             raise StartupError("stopped before the workers were ready")
         assert self.loop is not None
         self.loop.add_reader(self.listener.fileno(), self.accept)

@@ -14,8 +14,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -24,7 +26,7 @@ from fsclient import Client
 from fsclient.access import Access
 from fsserver.config import parse_size
 from tests.conftest import run
-from tests.serverproc import ROOT, ServerLog, wait_for
+from tests.serverproc import METRICS, READY, ROOT, ServerLog, wait_for
 
 DEPLOY = ROOT / "deploy"
 
@@ -73,6 +75,7 @@ def test_dockerfile_has_what_operators_rely_on(dockerfile):
     assert any("pip install" in line and "wheels" in line for line in dockerfile.final)
     assert dockerfile.user and dockerfile.user != "root"
     assert dockerfile.expose == {7878, 9478}
+    assert {int(dockerfile.env["FS_PORT"]), int(dockerfile.env["FS_METRICS_PORT"])} == {7878, 9478}
     assert dockerfile.stopsignal == "SIGTERM"
     assert dockerfile.env["FS_HOST"] == "0.0.0.0"
     assert {"FS_PORT", "FS_METRICS_PORT", "FS_STORE_SIZE", "FS_WORKERS"} <= dockerfile.env.keys()
@@ -84,7 +87,8 @@ def test_dockerfile_has_what_operators_rely_on(dockerfile):
 def test_the_project_builds_as_a_wheel(tmp_path):
     """From a copy of the tracked files, as the image's build stage has them: a build leaves
     build/ and *.egg-info behind, which must not land in the checkout (a stale build/lib
-    could slip deleted modules into later wheels)."""
+    could slip deleted modules into later wheels). The build backend warns of nothing (the
+    verbose output shows its warnings, such as a deprecated form of ``project.license``)."""
     source = tmp_path / "src"
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
                              check=True).stdout.decode().split("\0")  # fmt: skip
@@ -92,19 +96,23 @@ def test_the_project_builds_as_a_wheel(tmp_path):
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v",
          "--wheel-dir", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert not re.findall(r".*\w+Warning: .*", result.stdout + result.stderr)
     assert [p.name for p in tmp_path.glob("fs_filesync-*.whl")]
 
 
 def test_the_container_command_runs_as_is(dockerfile, tmp_path):
     """CMD with the image's ENV (the image installs the console script; so does make), in a
     folder standing in for the image's WORKDIR: the first start creates the tokens file and
-    logs its one token, which then opens share 'default'; no token opens nothing."""
+    logs its one token, which then opens share 'default'; no token opens nothing. Only the two
+    ports are free ones instead of the image's (something here may hold 7878 and 9478, such as
+    `make run`); the HEALTHCHECK reads its port from the ENV, so it gets the free one too."""
     tokens = tmp_path / Path(dockerfile.env["FS_TOKENS"]).name
-    env = {**os.environ, **dockerfile.env, "FS_TOKENS": str(tokens)}
+    env = {**os.environ, **dockerfile.env, "FS_TOKENS": str(tokens), "FS_PORT": "0",
+           "FS_METRICS_PORT": "0"}  # fmt: skip
     bindir = Path(sys.executable).parent
     command = [str(bindir / dockerfile.cmd[0]), *dockerfile.cmd[1:]]
     proc = subprocess.Popen(
@@ -120,13 +128,22 @@ def test_the_container_command_runs_as_is(dockerfile, tmp_path):
 
     threading.Thread(target=pump, daemon=True).start()
     try:
-        port = dockerfile.env["FS_PORT"]
-        wait_for(lambda: f"ready on 0.0.0.0:{port}" in log.text() or proc.poll() is not None,
-                 60, "the container's server")  # fmt: skip
+        ready = wait_for(lambda: log.find(READY) or proc.poll() is not None, 60,
+                         "the container's server")  # fmt: skip
         assert proc.poll() is None, log.text()
+        host, port = ready.group(1), ready.group(2)
+        metrics = log.find(METRICS)
+        assert metrics and host == metrics.group(1) == dockerfile.env["FS_HOST"]
+        env["FS_METRICS_PORT"] = metrics.group(2)  # what the HEALTHCHECK reads
         health = subprocess.run([str(bindir / "python"), *dockerfile.healthcheck[1:]], env=env,
                                 timeout=30)  # fmt: skip
         assert health.returncode == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics.group(2)}/metrics") as resp:
+            capacity = re.search(r"^fs_store_capacity_bytes (\S+)$", resp.read().decode(), re.M)
+        assert capacity and float(capacity.group(1)) == parse_size(dockerfile.env["FS_STORE_SIZE"])
+        roles = {"worker": int(dockerfile.env["FS_WORKERS"]),
+                 "hasher": int(dockerfile.env["FS_HASH_WORKERS"])}  # fmt: skip
+        wait_for(lambda: children(proc.pid) == roles, 30, "the workers and hashers")
         token = re.search(r"token for share 'default': (\S+)", log.text())
         assert token, log.text()
         assert token.group(1) not in tokens.read_text()  # only its hash is stored
@@ -147,6 +164,13 @@ def test_the_container_command_runs_as_is(dockerfile, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def children(pid: int) -> dict[str, int]:
+    """How many workers and hashers the server runs (their process names say which)."""
+    names = [child.name() for child in psutil.Process(pid).children()]
+    return {role: sum(name.startswith(f"fs-{role}-") for name in names)
+            for role in ("worker", "hasher")}  # fmt: skip
 
 
 def test_compose_agrees_with_the_dockerfile(dockerfile):
