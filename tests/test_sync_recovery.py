@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 
-import psutil
 import xxhash
 
 from fsclient import Client
@@ -31,11 +30,6 @@ def holds(folder, name: str, data: bytes) -> bool:
 
 def temp_files(folder) -> list[str]:
     return [p.name for p in folder.iterdir() if ".fs-tmp-" in p.name]
-
-
-def worker(server: ServerProcess) -> psutil.Process:
-    [child] = [p for p in psutil.Process(server.pid).children() if p.name() == "fs-worker-0"]
-    return child
 
 
 def server_digests(server: ServerProcess) -> dict[str, bytes]:
@@ -62,7 +56,7 @@ def cut_a_download(server: ServerProcess, b: SyncProcess, size: int, freeze: boo
     for attempt in range(ROUNDS):
         name = f"cut{attempt}.bin"
         data = os.urandom(size)
-        victim = worker(server)
+        victim = server.child("worker-0")
         put(server, data, name)
         wait_for(lambda: temp_files(b.folder) or (b.folder / name).exists(), 30,  # noqa: B023
                  "B's download to start")  # fmt: skip
@@ -155,3 +149,35 @@ def test_a_restart_after_a_cut_download_fetches_the_file(server_factory, tmp_pat
         wait_for(lambda: holds(b.folder, name, data), 60, "the restarted client to fetch the file")
     finally:
         b.stop()
+
+
+def test_an_upload_cut_by_a_worker_kill_is_sent_again(server_factory, tmp_path):
+    """The other direction: a live upload cut by a worker kill is one warning and a
+    reconnect, and the file is sent again (no traceback of a task nobody awaited)."""
+    server = server_factory("--workers", "1", "--store-size", "600MiB")
+    a = SyncProcess(tmp_path / "A", server.address, debounce=0.3)
+    a.folder.mkdir()
+    a.start()
+    try:
+        for attempt in range(ROUNDS):
+            name = f"up{attempt}.bin"
+            data = os.urandom(256 * 1024 * 1024)
+            used = server.metric("fs_store_used_bytes")
+            (a.folder / name).write_bytes(data)
+            wait_for(lambda: server.metric("fs_store_used_bytes") > used, 30,  # noqa: B023
+                     "A's upload to start")  # fmt: skip
+            server.kill_child("worker-0")
+            wait_for(lambda: server.http_get("/readyz")[0] == 200, 30, "a new worker")
+            if name not in server_digests(server):
+                break  # the kill cut the upload
+        else:
+            raise AssertionError("every upload finished before the worker kill landed")
+        expected = xxhash.xxh3_128_digest(data)
+        wait_for(lambda: server_digests(server).get(name) == expected, 60,
+                 "A to send the file again after reconnecting")  # fmt: skip
+        assert "pending changes: 0" in status(a.folder)
+        log = a.log.text()
+        assert "reconnecting" in log and "Traceback" not in log, log
+        assert "never retrieved" not in log and f"{name}: " not in log, log
+    finally:
+        assert a.stop() == 0
