@@ -92,8 +92,9 @@ class Client:
             raise ValueError(f"--max-packet must be at least {DEFAULT_MAX_PACKET}")
         proto = await open_connection(host, port, proposal, access, timeout)
         auth = access.token.encode()
-        proto.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, proposal, client_id, share, auth))
-        try:
+        try:  # (the server may have closed the connection before this is sent)
+            proto.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, proposal, client_id, share,
+                                          auth))  # fmt: skip
             hello = await asyncio.wait_for(proto.handshake, timeout)
         except TimeoutError:
             proto.abort(ConnectionError("no handshake answer from server"), send_error=False)
