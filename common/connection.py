@@ -482,5 +482,10 @@ class FSConnection:
             raise LocalProtocolError(
                 f"agreed packet size {msg.max_packet} outside {MIN_MAX_PACKET}..{limit}"
             )
+        if msg.max_in_flight < 1:
+            raise LocalProtocolError("an in-flight limit of 0 allows nothing")
         self._set_max_packet(msg.max_packet)
+        # Both ends count by the server's limit from here on: a client that would open one
+        # session or request too many fails on its own side, before the server ends it all.
+        self.sessions.max_in_flight = self.requests.max_in_flight = msg.max_in_flight
         self.phase = ConnPhase.READY

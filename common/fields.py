@@ -296,5 +296,7 @@ U32 = Int("I")
 U64 = Int("Q")
 I64 = Int("q")
 DIGEST = Digest()
+BYTES16 = Digest()
+"""16 opaque bytes (an id such as the store's): on the wire exactly like a digest."""
 OPT_DIGEST = OptionalDigest()
 BOOL = Bool()

@@ -19,6 +19,7 @@ from typing import Annotated
 from common.errors import ErrorCode
 from common.fields import (
     BOOL,
+    BYTES16,
     DIGEST,
     I64,
     OPT_DIGEST,
@@ -237,7 +238,10 @@ class VersionHandshakeResponse:
     version: Annotated[int, U16]
     max_packet: Annotated[int, U32]
     worker_id: Annotated[int, U16]
-    store_id: Annotated[bytes, DIGEST]
+    store_id: Annotated[bytes, BYTES16]
+    max_in_flight: Annotated[int, U32]
+    """The server's limit of open sessions, and apart from them of outstanding requests, on
+    this connection: a client keeps its windows within it."""
     message: Annotated[str, MESSAGE]
 
 

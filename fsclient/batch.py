@@ -166,6 +166,10 @@ class BatchUpload:
         while self.in_flight < self.window and self.in_flight_bytes < BYTES_IN_FLIGHT:
             if batcher is not None and batcher.blocked:
                 break
+            if not self.proto.slots.session_room() and self.proto.failure is None:
+                # at the server's limit (other calls on the connection hold sessions too)
+                self.proto.slots.when_room(self.refill)
+                break
             index = next(self.todo, None)
             if index is None:
                 self.exhausted = True
@@ -174,7 +178,7 @@ class BatchUpload:
         if batcher is not None:
             batcher.pump(final=self.exhausted)
         idle = batcher is None or batcher.idle
-        if not self.in_flight and idle and not self.done.done():
+        if self.exhausted and not self.in_flight and idle and not self.done.done():
             self.done.set_result(None)
 
     def begin(self, index: int) -> None:

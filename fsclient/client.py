@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import os
 import secrets
-import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +25,7 @@ from common.errors import (
     FSError,
     HashMismatch,
     RemoteError,
+    RemoteProtocolError,
 )
 from common.limits import (
     ABSOLUTE_MAX_PACKET,
@@ -37,8 +37,9 @@ from common.limits import (
 )
 from common.paths import check_name, normalize_path, normalize_prefix
 from common.state import Phase
-from fsclient.access import DEFAULT_SERVER, Access, TLSError
+from fsclient.access import DEFAULT_SERVER, Access
 from fsclient.batch import BatchUpload, Item, OnResult
+from fsclient.connect import closed_at_handshake, looks_like_tls, open_connection, parse_server
 from fsclient.protocol import ClientProtocol, ConnectionLost, Leftover, Mailbox, refusal
 from fsclient.transfer import (
     CHUNK,
@@ -58,59 +59,15 @@ SEND_CHUNK = 256 * 1024
 MAX_ATTEMPTS = 4
 
 
-async def _open(
-    host: str, port: int, proposal: int, access: Access, timeout: float
-) -> ClientProtocol:
-    """A TCP (or TLS) connection whose server passed the checks *access* asks for."""
-    loop = asyncio.get_running_loop()
-    context = access.ssl_context()
-    where = f"{host}:{port}"
-    try:
-        _, proto = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: ClientProtocol(proposal), host, port, ssl=context,
-                server_hostname=host if context else None,
-            ),
-            timeout,
-        )  # fmt: skip
-    except (OSError, TimeoutError) as exc:
-        if context is not None:
-            if isinstance(exc, ssl.SSLCertVerificationError):
-                raise TLSError(
-                    f"TLS certificate of {where} is not trusted: {exc.verify_message}"
-                ) from None
-            if isinstance(exc, ssl.SSLError):
-                raise TLSError(
-                    f"TLS handshake with {where} failed ({exc.reason}): is it a TLS port?"
-                ) from None
-            if isinstance(exc, ConnectionResetError | TimeoutError):
-                raise TLSError(f"TLS handshake with {where} failed: is it a TLS port?") from None
-        reason = getattr(exc, "strerror", None) or exc or "timed out"
-        raise ConnectionError(f"cannot connect to {where}: {reason}") from None
-    if context is not None:
-        ssl_object = proto.transport.get_extra_info("ssl_object")
-        try:
-            access.verify_peer(ssl_object.getpeercert(binary_form=True), where)
-        except TLSError:
-            proto.transport.abort()
-            raise
-    return proto
-
-
-def parse_server(server: str) -> tuple[str, int]:
-    """``"host:port"`` (``[v6]:port`` for IPv6) -> (host, port)."""
-    host, sep, port = server.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"invalid server address {server!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
 class Client:
     def __init__(self, proto: ClientProtocol, hello: m.VersionHandshakeResponse) -> None:
         self.proto = proto
         self.worker_id = hello.worker_id
         self.store_id = hello.store_id
         self.max_packet = hello.max_packet
+        self.max_in_flight = hello.max_in_flight
+        """The server's limit of open sessions (and of outstanding requests): calls wait for
+        a free one instead of passing it."""
         self._ids = itertools.count(1)
 
     @classmethod
@@ -133,18 +90,19 @@ class Client:
         proposal = max_packet or ABSOLUTE_MAX_PACKET
         if proposal < DEFAULT_MAX_PACKET:
             raise ValueError(f"--max-packet must be at least {DEFAULT_MAX_PACKET}")
-        proto = await _open(host, port, proposal, access, timeout)
+        proto = await open_connection(host, port, proposal, access, timeout)
         auth = access.token.encode()
-        proto.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, proposal, client_id, share, auth))
-        try:
+        try:  # (the server may have closed the connection before this is sent)
+            proto.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, proposal, client_id, share,
+                                          auth))  # fmt: skip
             hello = await asyncio.wait_for(proto.handshake, timeout)
         except TimeoutError:
             proto.abort(ConnectionError("no handshake answer from server"), send_error=False)
             raise ConnectionError(f"{host}:{port} did not answer the FS handshake") from None
-        except ConnectionLost:
-            hint = "" if access.uses_tls else " (does it need --tls?)"
-            message = f"{host}:{port} closed the connection at the handshake{hint}"
-            raise ConnectionLost(message) from None
+        except (ConnectionLost, RemoteProtocolError) as exc:
+            if isinstance(exc, RemoteProtocolError) and not looks_like_tls(proto.head):
+                raise  # a server that breaks the protocol, not one that closed
+            raise await closed_at_handshake(host, port, proto.head, access) from None
         if hello.status is not m.HandshakeStatus.OK:
             proto.abort(RemoteError(hello.message), send_error=False)
             raise refusal(hello.status, hello.message)
@@ -218,7 +176,7 @@ class Client:
     async def _upload(
         self, source: UploadSource, path: str, base_version: int, progress: Progress | None = None
     ) -> m.FileEntry:
-        fid, box = self._open_session()
+        fid, box = await self._open_session()
         try:
             meta = source.meta
             self.proto.send(m.FileSyncInit(fid, meta.size, meta.mtime_ns, meta.mode,
@@ -301,7 +259,7 @@ class Client:
         if dest.is_dir():
             dest = dest / path.rsplit("/", 1)[-1]
         target = DownloadTarget(dest, progress)
-        fid, box = self._open_session()
+        fid, box = await self._open_session()
         try:
             self.proto.start_download(fid, target)
             self.proto.send(m.DownloadRequest(fid, path))
@@ -378,6 +336,7 @@ class Client:
             raise refusal(status, message)
 
     async def _request(self, make: Any) -> Any:
+        await self.proto.slots.wait(self.proto.slots.request_room)
         rid = self._new_id(self.proto.requests)
         fut = self.proto.requests[rid] = asyncio.get_running_loop().create_future()
         self.proto.send(make(rid))
@@ -389,7 +348,9 @@ class Client:
     def new_request_id(self) -> int:
         return self._new_id(self.proto.requests)
 
-    def _open_session(self) -> tuple[int, Mailbox]:
+    async def _open_session(self) -> tuple[int, Mailbox]:
+        """A file id and mailbox for a new session, once the server's limit allows one."""
+        await self.proto.slots.wait(self.proto.slots.session_room)
         fid = self.new_file_id()
         box = self.proto.mailboxes[fid] = Mailbox(asyncio.get_running_loop())
         if self.proto.failure is not None:

@@ -33,6 +33,7 @@ from common.errors import (
 from common.limits import NO_FILE
 from common.rules import RESPONSES
 from common.state import Phase, Role
+from fsclient.slots import Slots
 from fsclient.transfer import DownloadTarget
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ STAGING_BYTES = 256 * 1024
 DIRECT_READ_MIN = 64 * 1024
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
+HEAD_BYTES = 8
 WRITEV_MAX = 16
 """Up to this many queued packets leave in one writev; more are joined into one buffer."""
 
@@ -163,9 +165,10 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.handshake: asyncio.Future[m.VersionHandshakeResponse] = self.loop.create_future()
         self.pings: dict[int, asyncio.Future[None]] = {}
         self.notifications: asyncio.Queue[m.ChangeNotification | BaseException] | None = None
-        self.batch_waiters: dict[Any, None] = {}
-        """Small-file batchers waiting for one of the connection's batch slots (in order)."""
+        self.slots = Slots(self.conn, self.loop)
         self.failure: BaseException | None = None
+        self.head = b""
+        """The first bytes the server sent (what they look like says what it speaks)."""
         self.outbox: list[bytes | bytearray] = []
         self.written = 0
         """Bytes handed to the transport so far; minus ``buffered()``, the bytes sent."""
@@ -196,6 +199,8 @@ class ClientProtocol(asyncio.BufferedProtocol):
                 self.abort(exc, send_error=False)
             return
         self.fill += nbytes
+        if not self.head:
+            self.head = bytes(self.view[: min(self.fill, HEAD_BYTES)])
         try:
             events, used = self.conn.receive(self.view[: self.fill])
             for event in events:
@@ -210,6 +215,8 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.staging[:rest] = self.view[used : self.fill]
         self.fill = rest
         self._grow_staging()
+        if self.slots.waiters and events:
+            self.slots.wake()
 
     def _grow_staging(self) -> None:
         """After the handshake a whole packet may be larger than the initial buffer."""
@@ -242,6 +249,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         if self.failure is not None:  # the server's reason, not the state machine's complaint
             raise self.failure
         self.queue(self.conn.send(msg))
+        self.slots.sent(msg)
 
     def queue(self, packet: bytes | bytearray) -> None:
         """Queue bytes the caller will not touch again (they may leave later)."""
@@ -391,3 +399,4 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.downloads.clear()
         if self.notifications is not None:
             self.notifications.put_nowait(exc)
+        self.slots.fail()

@@ -102,15 +102,16 @@ class Batcher:
 
     def pump(self, final: bool = False) -> None:
         """Send the full batches the window allows (and the last, partial one if *final*).
-        The connection's limit is shared by every ``put_many`` on it: at that limit this
-        batcher waits, and the next batch answered on the connection wakes it."""
+        The connection's limits are shared by every call on it (a batch is a request, and at
+        most MAX_BATCHES_IN_FLIGHT are outstanding): at a limit this batcher waits, and the
+        next answer on the connection wakes it."""
         if final and self.files:
             self.full.append((self.indices, self.files))
             self.files, self.indices, self.size = [], [], 0
         proto = self.proto
         while self.full and self.in_flight < BATCH_WINDOW:
-            if proto.conn.batches.full and proto.failure is None:
-                proto.batch_waiters[self] = None
+            if not proto.slots.batch_room() and proto.failure is None:
+                proto.slots.when_room(self.pump)
                 return
             self.send(*self.full.popleft())
 
@@ -143,16 +144,8 @@ class Batcher:
                 results = fut.result().results
                 self.upload.settle(indices, [result_of(f, r) for f, r in
                                              zip(files, results, strict=True)])  # fmt: skip
-            self.wake_others()
 
         return done
-
-    def wake_others(self) -> None:
-        """A batch slot of the connection is free: batchers waiting for one go on."""
-        waiting = list(self.proto.batch_waiters)
-        self.proto.batch_waiters.clear()
-        for batcher in waiting:
-            batcher.pump()
 
 
 __all__ = ["Batcher", "read_small"]

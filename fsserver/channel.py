@@ -108,6 +108,69 @@ def fds_ancillary(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
 
 
+class SendQueue:
+    """Messages, each with the sockets it passes along, waiting their turn on a socket that
+    must not block the loop: sent in order as the socket takes them. A passed socket is
+    closed here once its message has left (the receiver owns its duplicate then).
+
+    *flags* go to every ``sendmsg`` (``MSG_DONTWAIT`` for a socket whose blocking mode other
+    processes share); *extra_fds* travel with every message; *on_error(exc)* runs when a send
+    fails, and without it the error propagates to the caller.
+    """
+
+    def __init__(self, sock: socket.socket, *, flags: int = 0, extra_fds: Sequence[int] = (),
+                 on_error: Callable[[OSError], None] | None = None) -> None:  # fmt: skip
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.flags = flags
+        self.extra_fds = list(extra_fds)
+        self.on_error = on_error
+        self.waiting: deque[tuple[bytes, list[socket.socket]]] = deque()
+        self.closed = False
+
+    def push(self, messages: list[tuple[bytes, list[socket.socket]]]) -> None:
+        if self.closed:
+            for _, socks in messages:
+                for sock in socks:
+                    sock.close()
+            return
+        was_idle = not self.waiting
+        self.waiting.extend(messages)
+        if was_idle:
+            self._drain()
+
+    def _drain(self) -> None:
+        while self.waiting:
+            data, socks = self.waiting[0]
+            fds = [*self.extra_fds, *(s.fileno() for s in socks)]
+            try:
+                self.sock.sendmsg([data], fds_ancillary(fds), self.flags)
+            except BlockingIOError:
+                self.loop.add_writer(self.sock.fileno(), self._writable)
+                return
+            except OSError as exc:
+                if self.on_error is None:
+                    raise
+                self.on_error(exc)
+                return
+            self.waiting.popleft()
+            for sock in socks:
+                sock.close()  # the receiver owns its duplicate now
+
+    def _writable(self) -> None:
+        self.loop.remove_writer(self.sock.fileno())
+        self._drain()
+
+    def close(self) -> None:
+        """Send nothing more, and close the sockets that were still to be passed."""
+        self.closed = True
+        self.loop.remove_writer(self.sock.fileno())
+        for _, socks in self.waiting:
+            for sock in socks:
+                sock.close()
+        self.waiting.clear()
+
+
 class MessageChannel:
     """One end of a control channel. ``on_message(obj, fds)`` runs on the loop."""
 
@@ -119,7 +182,7 @@ class MessageChannel:
         self.on_message = on_message
         self.on_close = on_close
         self.loop = asyncio.get_running_loop()
-        self._queue: deque[tuple[bytes, list[socket.socket]]] = deque()
+        self._out = SendQueue(sock, on_error=self._send_failed)
         self._closed = False
         self.loop.add_reader(sock.fileno(), self._readable)
 
@@ -133,33 +196,11 @@ class MessageChannel:
             self.send_raw(data, [])
 
     def send_raw(self, data: bytes, socks: list[socket.socket]) -> None:
-        if self._closed:
-            for sock in socks:
-                sock.close()
-            return
-        self._queue.append((data, socks))
-        if len(self._queue) == 1:
-            self._flush()
+        self._out.push([(data, socks)])
 
-    def _flush(self) -> None:
-        while self._queue:
-            data, socks = self._queue[0]
-            try:
-                self.sock.sendmsg([data], fds_ancillary([s.fileno() for s in socks]))
-            except BlockingIOError:
-                self.loop.add_writer(self.sock.fileno(), self._writable)
-                return
-            except OSError as exc:
-                log.debug("control channel send failed: %s", exc)
-                self.close()
-                return
-            self._queue.popleft()
-            for sock in socks:
-                sock.close()  # the receiver owns its duplicate now
-
-    def _writable(self) -> None:
-        self.loop.remove_writer(self.sock.fileno())
-        self._flush()
+    def _send_failed(self, exc: OSError) -> None:
+        log.debug("control channel send failed: %s", exc)
+        self.close()
 
     def _readable(self) -> None:
         while not self._closed:
@@ -184,10 +225,6 @@ class MessageChannel:
             return
         self._closed = True
         self.loop.remove_reader(self.sock.fileno())
-        self.loop.remove_writer(self.sock.fileno())
-        for _, socks in self._queue:
-            for sock in socks:
-                sock.close()
-        self._queue.clear()
+        self._out.close()
         self.sock.close()
         self.on_close()

@@ -391,11 +391,9 @@ class ClientConnection(
         except InvalidName as exc:
             status, text = m.HandshakeStatus.INVALID_SHARE, exc.message
         agreed = self.conn.negotiate(msg.max_packet)
-        self.send(
-            m.VersionHandshakeResponse(
-                status, PROTOCOL_VERSION, agreed, self.ctx.worker_id, self.ctx.store_id, text
-            )
-        )
+        in_flight = self.conn.sessions.max_in_flight
+        self.send(m.VersionHandshakeResponse(status, PROTOCOL_VERSION, agreed, self.ctx.worker_id,
+                                             self.ctx.store_id, in_flight, text))  # fmt: skip
         if status is not m.HandshakeStatus.OK:
             self.flush()
             self.close()

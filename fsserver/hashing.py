@@ -13,10 +13,9 @@ import asyncio
 import logging
 import pickle
 import socket
-from collections import deque
 
 from common.digest import EMPTY_DIGEST
-from fsserver.channel import channel_pair, fds_ancillary, pack_batches
+from fsserver.channel import SendQueue, channel_pair, pack_batches
 from fsserver.hasher import PROGRESS
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,9 @@ class HashClient:
         self._pending: dict[int, tuple[asyncio.Future[bytes], Job]] = {}
         self._streams: dict[int, HashStream] = {}
         self._batch: list[Job] = []
-        self._unsent: deque[tuple[bytes, list[socket.socket]]] = deque()
+        # MSG_DONTWAIT, not O_NONBLOCK: the job socket's file status is shared with every
+        # other worker. Each job carries this worker's reply socket.
+        self._out = SendQueue(jobs, flags=socket.MSG_DONTWAIT, extra_fds=[self.reply_out.fileno()])
         self.loop.add_reader(self.reply_in.fileno(), self._on_replies)
 
     def digest(self, offset: int, size: int) -> asyncio.Future[bytes]:
@@ -169,29 +170,7 @@ class HashClient:
         self._send([(data, []) for data in pack_batches("hash", batch)])
 
     def _send(self, messages: list[tuple[bytes, list[socket.socket]]]) -> None:
-        was_idle = not self._unsent
-        self._unsent.extend(messages)
-        if was_idle:
-            self._drain()
-
-    def _drain(self) -> None:
-        while self._unsent:
-            data, socks = self._unsent[0]
-            fds = [self.reply_out.fileno(), *(s.fileno() for s in socks)]
-            try:
-                # MSG_DONTWAIT, not O_NONBLOCK: the job socket's file status is shared with
-                # every other worker.
-                self.jobs.sendmsg([data], fds_ancillary(fds), socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                self.loop.add_writer(self.jobs.fileno(), self._writable)
-                return
-            self._unsent.popleft()
-            for sock in socks:
-                sock.close()  # the hasher has its own copy now
-
-    def _writable(self) -> None:
-        self.loop.remove_writer(self.jobs.fileno())
-        self._drain()
+        self._out.push(messages)
 
     def _on_replies(self) -> None:
         while True:
@@ -207,7 +186,7 @@ class HashClient:
 
     def close(self) -> None:
         self.loop.remove_reader(self.reply_in.fileno())
-        self.loop.remove_writer(self.jobs.fileno())
+        self._out.close()
         for stream in self._streams.values():
             stream.give_up()
         self.reply_in.close()

@@ -44,7 +44,7 @@ def pair(max_packet: int = BIG) -> tuple[FSConnection, FSConnection]:
     server.receive(memoryview(client.send(hello)))
     agreed = server.negotiate(max_packet)
     answer = m.VersionHandshakeResponse(m.HandshakeStatus.OK, PROTOCOL_VERSION, agreed, 0,
-                                        bytes(16), "")  # fmt: skip
+                                        bytes(16), 4096, "")  # fmt: skip
     client.receive(memoryview(server.send(answer)))
     return client, server
 

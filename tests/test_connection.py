@@ -263,7 +263,9 @@ class ConnectionPair:
         assert self.client.phase is ConnPhase.AWAIT_HANDSHAKE_RESPONSE
         assert self.server.phase is ConnPhase.HANDSHAKE_RECEIVED
         agreed = self.server.negotiate(proposal)
-        reply = m.VersionHandshakeResponse(status, PROTOCOL_VERSION, agreed, 3, DIGEST, "")
+        reply = m.VersionHandshakeResponse(
+            status, PROTOCOL_VERSION, agreed, 3, DIGEST, self.server.sessions.max_in_flight, ""
+        )
         assert self.s2c(reply) == [reply]
         return agreed
 
@@ -362,9 +364,9 @@ def test_server_will_not_negotiate_below_4096(proposal):
 def test_agreed_size_outside_client_limit_is_rejected():
     pair = ConnectionPair(client_limit=8192)
     pair.c2s(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, 8192, "c", "s", b""))
-    too_big = m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, 8193, 0, DIGEST, "")
+    too_big = m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, 8193, 0, DIGEST, 4096, "")
     tr_error(clone(pair.client), encode(too_big), ErrorCode.MALFORMED)
-    too_small = m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, 4095, 0, DIGEST, "")
+    too_small = m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, 4095, 0, DIGEST, 4096, "")
     tr_error(pair.client, encode(too_small), ErrorCode.MALFORMED)
     assert_broken(pair.client)
 
@@ -375,7 +377,7 @@ def test_server_may_not_agree_to_more_than_its_limit():
     for bad in (8193, 4095):
         with pytest.raises(LocalProtocolError):
             pair.server.send(
-                m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, bad, 0, DIGEST, "")
+                m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, bad, 0, DIGEST, 4096, "")
             )
     assert pair.server.phase is ConnPhase.HANDSHAKE_RECEIVED
     assert pair.server.max_packet == DEFAULT_MAX_PACKET
@@ -384,7 +386,7 @@ def test_server_may_not_agree_to_more_than_its_limit():
 def test_client_rejects_agreement_above_its_proposal():
     client = FSConnection(Role.CLIENT, max_packet_limit=SERVER_MAX_PACKET)
     client.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, 8192, "c", "s", b""))
-    reply = m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, 65536, 0, DIGEST, "")
+    reply = m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, 65536, 0, DIGEST, 4096, "")
     with pytest.raises(RemoteProtocolError):
         client.receive(memoryview(encode(reply)))
 

@@ -469,13 +469,14 @@ class Fuzzer:
         """A packet only the server may send."""
         r = self.rng
         fid, rid = self.known_file_id(w), next(w.ids)
-        entry = m.FileEntry(1, 1, 0, 0o644, bytes(16), "fz/x")
+        zero = bytes(16)
+        entry = m.FileEntry(1, 1, 0, 0o644, zero, "fz/x")
         ok = m.LookupStatus.OK
         make = r.choice([
             lambda: m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, ""),
             lambda: m.FileSyncRetryUpload(fid, 1),
             lambda: m.FileSyncFinish(fid, 1),
-            lambda: m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, 4096, 0, bytes(16), ""),
+            lambda: m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, 4096, 0, zero, 4096, ""),
             lambda: m.ListResponse(rid, ok, False, "", (entry,)),
             lambda: m.StatResponse(rid, ok, "", entry),
             lambda: m.DownloadResponse(fid, ok, "", entry),

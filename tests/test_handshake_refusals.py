@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from common import messages as m
-from common.limits import MAGIC, PROTOCOL_VERSION
+from common.limits import MAGIC, MAX_IN_FLIGHT, PROTOCOL_VERSION
 from tests.cli import fsclient
 from tests.rawclient import Closed, RawClient
 from tests.secured import add_token
@@ -79,7 +79,7 @@ def test_refused_handshakes_are_answered_exactly_then_closed(one_worker, hello, 
     version, share, client_id = hello
     status, message = expected
     assert answer(server.address, version, share, client_id) == m.VersionHandshakeResponse(
-        status, PROTOCOL_VERSION, MiB, 0, store_id(server.address), message
+        status, PROTOCOL_VERSION, MiB, 0, store_id(server.address), MAX_IN_FLIGHT, message
     )
 
 
@@ -92,11 +92,11 @@ def test_names_and_version_are_checked_before_the_token(server_factory, tmp_path
     sid = store_id_with(server.address, token)  # the token opens docs
     for auth in (b"", b"wrong", token.encode()):
         assert answer(server.address, 3, "docs", auth=auth) == m.VersionHandshakeResponse(
-            H.UNSUPPORTED_VERSION, 1, MiB, 0, sid,
+            H.UNSUPPORTED_VERSION, 1, MiB, 0, sid, MAX_IN_FLIGHT,
             "protocol version 3 not supported (server speaks 1)",
         )  # fmt: skip
         assert answer(server.address, 1, "bad share", auth=auth) == m.VersionHandshakeResponse(
-            H.INVALID_SHARE, 1, MiB, 0, sid, f"share name 'bad share' {NAME_RULE}"
+            H.INVALID_SHARE, 1, MiB, 0, sid, MAX_IN_FLIGHT, f"share name 'bad share' {NAME_RULE}"
         )
     assert answer(server.address, 1, "docs").status is H.AUTH_FAILED  # only now the token
 

@@ -402,7 +402,7 @@ class SessionMachine(RuleBasedStateMachine):
         assert server.feed(client.send(hello)) == [hello]
         agreed = server.negotiate(proposal)
         reply = m.VersionHandshakeResponse(
-            m.HandshakeStatus.OK, PROTOCOL_VERSION, agreed, 0, bytes(16), ""
+            m.HandshakeStatus.OK, PROTOCOL_VERSION, agreed, 0, bytes(16), LIMIT, ""
         )
         assert client.feed(server.send(reply)) == [reply]
         assert client.phase is server.phase is ConnPhase.READY

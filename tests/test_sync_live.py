@@ -256,18 +256,40 @@ def test_symlinks_are_skipped_with_a_warning_and_never_followed(server, tmp_path
 
 
 def test_a_connection_the_server_ends_is_one_error_not_one_per_file(server_factory, tmp_path):
-    """A server that allows fewer files in flight than the client keeps (README) ends the
-    connection: the client says so once, not once per file, and exits 1."""
-    server = server_factory("--max-in-flight", "100", "--store-size", "128MiB")
+    """A server that goes away (its worker killed) while a hundred uploads are open: the
+    client says so once, not once per file, and exits 1. A relay holds back the server's
+    answers from the first upload on, so every upload is still open when the worker dies."""
+    import psutil
+
+    from common.messages import PacketType
+    from tests.relay import Relay
+
+    server = server_factory("--workers", "1", "--store-size", "128MiB")
     folder = tmp_path / "f"
     folder.mkdir()
     for n in range(300):  # over the batch size limit: one file session each
         (folder / f"{n:03d}.bin").write_bytes(os.urandom(100 * 1024))
-    result = once(folder, server.address)
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert errors == ["fsclient: error: server error LIMIT_EXCEEDED: more than 100 sessions "
-                      "in flight"], result.stderr  # fmt: skip
+    inits = PacketType.FILE_SYNC_INIT
+    with Relay(server.address, hold_from=inits) as relay, open(tmp_path / "err", "w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fsclient", "sync", str(folder), "--once", "--server",
+             relay.address], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: relay.count(inits) >= 100 or proc.poll() is not None, 60,
+                     "a hundred uploads open")  # fmt: skip
+            for child in psutil.Process(server.pid).children():
+                if child.name().startswith("fs-worker"):
+                    child.kill()
+            assert proc.wait(60) == 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    errors = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["fsclient: error: connection to server lost"], stderr
 
 
 def test_once_reports_failure_with_a_non_zero_exit(tmp_path):

@@ -145,7 +145,7 @@ class EvilServer:
                 if isinstance(event, m.VersionHandshake):
                     writer.write(conn.send(m.VersionHandshakeResponse(
                         m.HandshakeStatus.OK, 1, conn.negotiate(event.max_packet), 0,
-                        b"E" * 16, "")))  # fmt: skip
+                        b"E" * 16, 4096, "")))  # fmt: skip
                 elif isinstance(event, m.SubscribeRequest):
                     names = [*self.BAD, "ok.txt"]
                     writer.write(conn.send(m.SubscribeResponse(
