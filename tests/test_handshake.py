@@ -20,9 +20,9 @@ from common.limits import MAGIC, PROTOCOL_VERSION
 from common.state import Role
 from fsclient import Client
 from fsclient.protocol import ConnectionLost
+from tests.cli import fsclient
 from tests.conftest import run
 from tests.rawclient import RawClient
-from tests.secured import fsclient
 
 TLS_ALERT = bytes.fromhex("15030300020246")
 """A TLS alert record (fatal, protocol_version): what some TLS servers answer to a non-TLS

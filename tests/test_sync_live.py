@@ -6,14 +6,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 
 import pytest
 import xxhash
 
+from common.messages import PacketType
 from fsclient import Client
-from tests.cli import fsclient
+from tests.cli import cli_env, fsclient, fsclient_command
 from tests.conftest import run
-from tests.serverproc import start_server, wait_for
+from tests.relay import Relay
+from tests.serverproc import ROOT, start_server, wait_for
 from tests.syncproc import DEBOUNCE, SyncProcess, digests, files, once, status
 
 DEADLINE = DEBOUNCE + 2.0 + 5.0
@@ -259,11 +262,6 @@ def test_a_connection_the_server_ends_is_one_error_not_one_per_file(server_facto
     """A server that goes away (its worker killed) while a hundred uploads are open: the
     client says so once, not once per file, and exits 1. A relay holds back the server's
     answers from the first upload on, so every upload is still open when the worker dies."""
-    import psutil
-
-    from common.messages import PacketType
-    from tests.relay import Relay
-
     server = server_factory("--workers", "1", "--store-size", "128MiB")
     folder = tmp_path / "f"
     folder.mkdir()
@@ -272,15 +270,13 @@ def test_a_connection_the_server_ends_is_one_error_not_one_per_file(server_facto
     inits = PacketType.FILE_SYNC_INIT
     with Relay(server.address, hold_from=inits) as relay, open(tmp_path / "err", "w+") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fsclient", "sync", str(folder), "--once", "--server",
-             relay.address], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True,
+            fsclient_command("sync", str(folder), "--once", server=relay.address), cwd=ROOT,
+            env=cli_env(), stdout=subprocess.DEVNULL, stderr=err, text=True,
         )  # fmt: skip
         try:
             wait_for(lambda: relay.count(inits) >= 100 or proc.poll() is not None, 60,
                      "a hundred uploads open")  # fmt: skip
-            for child in psutil.Process(server.pid).children():
-                if child.name().startswith("fs-worker"):
-                    child.kill()
+            server.kill_child("worker-0")
             assert proc.wait(60) == 1
         finally:
             if proc.poll() is None:
