@@ -15,7 +15,7 @@ from common.connection import FSConnection
 from common.limits import ANY_VERSION, NO_VERSION
 from common.state import Role
 from fsclient.sync.actions import conflict_name
-from fsclient.sync.plan import Do, LocalFile, RemoteState, decide
+from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
 from fsclient.sync.state import BaseEntry
 from tests.syncproc import once
 
@@ -73,6 +73,10 @@ def test_after_a_store_reset_nothing_is_deleted():
         None, local(D1), None, reseed=True
     )
     assert decide(base(D1, 0), local(D1), None, reseed=True).do is Do.UPLOAD
+    # a base without a version (its upload after the reset did not go through yet) is sent
+    # later too, but only if the server does not hold the path: create-only
+    assert decide(base(D1, 0), local(D1), None) == Decision(Do.UPLOAD, NO_VERSION)
+    assert decide(base(D1, 0), local(D1), remote(D1)).do is Do.RECORD
     assert decide(base(D1, 0), local(D1), None, reseed=True).expected == ANY_VERSION
     assert decide(base(D1, 0), None, None, reseed=True).do is Do.FORGET
     assert decide(base(D1, 0), local(D1), remote(D2), reseed=True).do is Do.DOWNLOAD

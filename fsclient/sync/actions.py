@@ -63,7 +63,7 @@ class Tally:
     conflicts: int = 0
     bytes: int = 0
     failed: dict[str, str] = field(default_factory=dict)
-    """Path -> why it failed last; a path that succeeds later is taken off."""
+    """Path -> why it failed last; a path settled later (or ignored since) is taken off."""
 
     def line(self) -> str:
         parts = [f"{self.uploaded} uploaded", f"{self.downloaded} downloaded",
@@ -123,6 +123,7 @@ class Actions:
             self.record(path, local.digest, decision.version)
         elif do is Do.FORGET:
             self.db.remove([path])
+        self.succeeded(path)  # whatever failed before is settled now
         return Outcome.DONE
 
     # -- to the server -----------------------------------------------------------------------
@@ -200,10 +201,13 @@ class Actions:
         assert self.client is not None
         check = self._unchanged(path, expect)
         dest = self.abs(path)
+        digest, version, size = remote.digest, remote.version, remote.size
         try:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             if not self._copy_local(path, remote, check):
-                await self.client.get(path, dest, before_replace=check)
+                # the server sends what it holds now, which may be newer than the news
+                entry = await self.client.get(path, dest, before_replace=check)
+                digest, version, size = entry.digest, entry.version, entry.size
         except LocalChanged:
             log.info("%s changed locally during the download; deciding again", path)
             return Outcome.CHANGED_HERE
@@ -211,8 +215,8 @@ class Actions:
             return Outcome.CHANGED_THERE  # deleted meanwhile: its notification follows
         except (FSError, OSError) as exc:
             return self.fail(path, exc)
-        self.record(path, remote.digest, remote.version)
-        self.succeeded(path, 1, remote.size)
+        self.record(path, digest, version)
+        self.succeeded(path, 1, size)
         self.tally.downloaded += 1
         return Outcome.DONE
 
@@ -265,9 +269,10 @@ class Actions:
         log.warning("conflict on %s: the local version is kept as %s", local.path, copy)
         self.tally.conflicts += 1
         self.db.remove([local.path])
-        moved = self.scanner.local(copy, brief(os.lstat(self.abs(copy))), None)
-        if moved is not None:
-            await self.upload([(moved, NO_VERSION)])
+        with contextlib.suppress(OSError):  # else the copy is sent like any new local file
+            moved = self.scanner.local(copy, brief(os.lstat(self.abs(copy))), None)
+            if moved is not None:
+                await self.upload([(moved, NO_VERSION)])
         return await self.download(local.path, remote, None)
 
     # -- bookkeeping -------------------------------------------------------------------------

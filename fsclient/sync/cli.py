@@ -40,7 +40,6 @@ def add_commands(command: object) -> None:
 
 def open_folder(args: argparse.Namespace) -> tuple[Path, StateDB, str, str, str]:
     """The folder, its state, and the server, share and client id to use for it."""
-    from fsclient.sync.engine import default_client_id
     from fsclient.sync.state import StateDB
 
     folder = Path(args.dir).absolute()
@@ -55,6 +54,11 @@ def open_folder(args: argparse.Namespace) -> tuple[Path, StateDB, str, str, str]
     client_id = db.meta("client_id") or default_client_id()
     db.set_meta(share=share, server=server, client_id=client_id)
     return folder, db, server, share, client_id
+
+
+def default_client_id() -> str:
+    host = "".join(c for c in os.uname().nodename if c.isalnum() or c in "-_")[:24] or "host"
+    return f"{host}-{os.urandom(3).hex()}"
 
 
 def folder_access(args: argparse.Namespace, db: StateDB) -> Access:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import time
 from pathlib import Path
 
 from common import messages as m
-from common.errors import Conflict, FSError, InvalidPath, NotFound
-from common.paths import is_canonical
+from common.errors import Conflict, FSError, NotFound
 from fsclient.access import Access
 from fsclient.client import ChangeStream, Client
 from fsclient.protocol import ConnectionLost
@@ -29,6 +28,7 @@ from fsclient.sync.ignore import IGNORE_FILE, IgnoreRules
 from fsclient.sync.pending import ServerNews, SettleQueue
 from fsclient.sync.plan import RemoteState, decide
 from fsclient.sync.reconcile import Reconcile
+from fsclient.sync.remote import accept, remote_state
 from fsclient.sync.scan import FolderWalk, Scanner, same_stat
 from fsclient.sync.state import StateDB
 
@@ -48,11 +48,6 @@ RETRY_MAX = 60.0
 TRIES_AT_ONCE = 5
 """A path that keeps moving while it is acted on is decided again at once this many times,
 then it waits like a failure."""
-
-
-def remote_state(note: m.ChangeNotification) -> RemoteState:
-    e = note.entry
-    return RemoteState(e.version, note.deleted, e.size, e.mtime_ns, e.mode, e.digest)
 
 
 class SyncEngine:
@@ -105,6 +100,7 @@ class SyncEngine:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
+            started = time.monotonic()
             try:
                 await self.session(client, walking)
                 if self.once:
@@ -119,13 +115,17 @@ class SyncEngine:
                 walking = None
                 self.stream = None
                 await client.close()
-            delay = BACKOFF_FIRST
+            # a server that takes the connection and drops it at once is not hammered with a
+            # walk and a reconcile each time
+            lasted = time.monotonic() - started
+            delay = BACKOFF_FIRST if lasted > BACKOFF_MAX else min(delay * 2, BACKOFF_MAX)
             await asyncio.sleep(delay)
 
     async def session(self, client: Client, walking: FolderWalk) -> None:
         self.actions.client = client
         self.news.clear()  # what did not apply is read again: the position is before it
         self.queue.clear()
+        self.tries.clear()
         reseed = self.check_store(client.store_id)
         since = 0 if reseed else self.stored_seq
         try:
@@ -144,7 +144,7 @@ class SyncEngine:
             if path in remote:
                 self.news.add(path, remote[path])
         self.news.seen = max(self.news.seen, self.stream.seq)
-        self.retry(undone)
+        self.schedule_retries(undone)
         self.absorb()  # others' changes made while we worked
         if self.once:
             await self.settle_all()
@@ -152,7 +152,9 @@ class SyncEngine:
             await self.live(self.stream)
 
     def check_store(self, store_id: bytes) -> bool:
-        """True if the server's store is not the one this folder last synced with."""
+        """Start over if the server's store is not the one this folder last synced with, or
+        a start-over did not finish; True if local files are to be sent again whatever the
+        server says (not on a first sync: there is no earlier store to make up for)."""
         known = self.db.meta("store_id")
         fresh = known != store_id.hex() or self.reseeding
         if known and known != store_id.hex():
@@ -171,6 +173,11 @@ class SyncEngine:
         self.reseeding = True
         self.stored_seq = 0
         self.news = ServerNews(0)
+        self.actions.highest = 0  # versions of the old store say nothing about the new one
+
+    def news_path(self, path: str) -> str | None:
+        """A path the server announced, if it is one to sync (see ``remote.accept``)."""
+        return accept(self.folder, self.scanner.rules, path)
 
     async def backlog(self, stream: ChangeStream, since: int) -> dict[str, RemoteState]:
         """Every path the server changed after *since*, at its latest state."""
@@ -179,27 +186,10 @@ class SyncEngine:
         while last < stream.seq:
             note = await anext(stream)
             last = note.entry.version
-            path = self.accept_remote_path(note.entry.path)
+            path = self.news_path(note.entry.path)
             if path is not None:
                 remote[path] = remote_state(note)
         return remote
-
-    def accept_remote_path(self, path: str) -> str | None:
-        """A path from the server, if it is safe and not ignored. A malicious server must not
-        make the client write outside its folder: no '..', no absolute path, no symlink."""
-        try:
-            if not is_canonical(path):
-                raise InvalidPath(f"not in canonical form: {path!r}")
-        except InvalidPath as exc:
-            log.error("refused a path from the server: %s", exc.message)
-            return None
-        parent = self.folder
-        for part in path.split("/")[:-1]:
-            parent = parent / part
-            if parent.is_symlink():
-                log.error("refused %s from the server: %s is a symbolic link", path, parent)
-                return None
-        return None if self.scanner.rules.ignored(path) else path
 
     # -- live --------------------------------------------------------------------------------
 
@@ -234,7 +224,7 @@ class SyncEngine:
         """A server change: remember it for its path and settle that path (at once, unless
         a local change to it is about to be settled anyway)."""
         self.news.seen = max(self.news.seen, note.entry.version)
-        path = self.accept_remote_path(note.entry.path)
+        path = self.news_path(note.entry.path)
         if path is not None:
             self.news.add(path, remote_state(note))
             if path not in self.timers:
@@ -324,21 +314,35 @@ class SyncEngine:
 
     async def settle(self, path: str) -> None:
         """Decide and act on one path, from a fresh look at the folder and the server's news."""
+        self.absorb()
         remote = self.news.get(path)
-        base = self.db.get(path)
-        st = self.scanner.stat(path)
-        local = self.scanner.local(path, st, base) if st else None
-        decision = decide(base, local, remote)
-        outcome = await self.actions.carry_out(path, decision, local, remote)
+        if self.scanner.rules.ignored(path):  # ignored since it was queued: neither side
+            self.forget(path, remote)  # is touched (a delete on the server would be wrong)
+            return
+        try:
+            base = self.db.get(path)
+            st = self.scanner.stat(path)
+            local = self.scanner.local(path, st, base) if st else None
+            decision = decide(base, local, remote)
+            outcome = await self.actions.carry_out(path, decision, local, remote)
+        except OSError as exc:  # an unreadable file, say: this path fails, not the client
+            outcome = self.actions.fail(path, exc)
         if outcome is Outcome.DONE:
-            self.tries.pop(path, None)
-            if remote is not None and not self.news.applied(path, remote):
-                self.queue.put(path)  # newer news came meanwhile
-        else:
+            if remote is None or self.news.mark_applied(path, remote):
+                self.tries.pop(path, None)
+            else:
+                outcome = Outcome.CHANGED_THERE  # newer news came meanwhile: settle it too
+        if outcome is not Outcome.DONE:
             if outcome is Outcome.CHANGED_THERE:
                 await self.look_again(path)
-            self.retry({path: outcome})
+            self.schedule_retries({path: outcome})
         self.save_progress()
+
+    def forget(self, path: str, remote: RemoteState | None) -> None:
+        if remote is not None:
+            self.news.mark_applied(path, remote)
+        self.tries.pop(path, None)
+        self.actions.tally.failed.pop(path, None)
 
     async def look_again(self, path: str) -> None:
         """The server's version of *path* moved under an action: take in its news, which is
@@ -353,10 +357,13 @@ class SyncEngine:
         except NotFound:
             self.news.add(path, RemoteState(self.news.seen, deleted=True))
             return
+        except FSError as exc:  # the retry looks again
+            self.actions.fail(path, exc)
+            return
         self.news.add(path, RemoteState(entry.version, False, entry.size, entry.mtime_ns,
                                         entry.mode, entry.digest))  # fmt: skip
 
-    def retry(self, undone: dict[str, Outcome]) -> None:
+    def schedule_retries(self, undone: dict[str, Outcome]) -> None:
         """Settle again the paths whose action was not DONE: a path that moved at once (a
         few times in a row), a changed local file once it is quiet, a failure after a
         back-off (--once: not at all; it is reported, and read again next run)."""
@@ -383,8 +390,3 @@ class SyncEngine:
         if self.reseeding and not self.news and not self.actions.tally.failed:
             self.db.set_meta(reseed=0)
             self.reseeding = False
-
-
-def default_client_id() -> str:
-    host = "".join(c for c in os.uname().nodename if c.isalnum() or c in "-_")[:24] or "host"
-    return f"{host}-{os.urandom(3).hex()}"

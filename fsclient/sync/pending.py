@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Iterable
 
 from fsclient.sync.plan import RemoteState
 
@@ -37,11 +36,14 @@ class ServerNews:
         if path not in self.oldest:
             self.oldest[path] = state.version
             heapq.heappush(self._heap, (state.version, path))
+            if len(self._heap) > 2 * len(self.oldest) + 64:  # stale entries behind a stuck one
+                self._heap = [(v, p) for p, v in self.oldest.items()]
+                heapq.heapify(self._heap)
 
     def get(self, path: str) -> RemoteState | None:
         return self.latest.get(path)
 
-    def applied(self, path: str, state: RemoteState) -> bool:
+    def mark_applied(self, path: str, state: RemoteState) -> bool:
         """*state* was applied to *path*; True if that settles the path (no newer news came)."""
         if self.latest.get(path) is not state:
             return path not in self.latest
@@ -79,10 +81,6 @@ class SettleQueue:
         else:
             self.waiting[path] = None
             self._changed.set()
-
-    def put_all(self, paths: Iterable[str]) -> None:
-        for path in paths:
-            self.put(path)
 
     async def take(self) -> str:
         while not self.waiting:

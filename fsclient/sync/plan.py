@@ -7,7 +7,8 @@ content (digest, or absence) differs from the base's. Then:
 =================  =================  ===================================================
 local              remote             decision
 =================  =================  ===================================================
-unchanged          unchanged          nothing (or record a new stat / version)
+unchanged          unchanged          nothing (or record a new stat / version; or upload, if
+                                      the server may not hold it: a base without a version)
 changed            unchanged          upload it, or delete it on the server
 unchanged          changed            download it, or delete the local file
 both changed to the same content      record it (the two sides converged)
@@ -117,9 +118,13 @@ def decide(base: BaseEntry | None, local: LocalFile | None, remote: RemoteState 
 
 
 def _settled(base: BaseEntry | None, local: LocalFile | None, r_version: int) -> Decision:
-    """Content agrees everywhere; only bookkeeping may be stale."""
+    """Content agrees everywhere; only bookkeeping may be stale. A base without a version
+    (the store was replaced, and this file's upload did not go through yet) is sent, but only
+    if the server does not hold the path (else the conflict brings its news)."""
     if local is None:
         return _forget(base)
+    if base is not None and base.version == NO_VERSION and r_version == NO_VERSION:
+        return Decision(Do.UPLOAD, NO_VERSION)
     if base is None or not local.same_stat(base) or base.version != r_version:
         return Decision(Do.RECORD, version=r_version)
     return Decision(Do.NOTHING)

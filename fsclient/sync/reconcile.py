@@ -45,7 +45,11 @@ class Reconcile:
             if ignored(path):
                 continue
             st, here, news = local.get(path), base.get(path), remote.get(path)
-            current = self.scanner.local(path, st, here, lazy=news is None) if st else None
+            try:
+                current = self.scanner.local(path, st, here, lazy=news is None) if st else None
+            except OSError as exc:  # unreadable: this path fails, not the session
+                self.undone[path] = self.actions.fail(path, exc)
+                continue
             decision = decide(here, current, news, reseed)
             if decision.do is Do.UPLOAD and current is not None:
                 uploads.append((current, decision.expected))
