@@ -14,7 +14,7 @@ from fsserver.config import ServerConfig
 from fsserver.feed import ChangeFeed
 from fsserver.hashing import HashClient
 from fsserver.rpc import RpcClient
-from fsserver.staging import Staging
+from fsserver.store.staging import Staging
 
 if TYPE_CHECKING:
     from fsserver.connection import ClientConnection

@@ -25,8 +25,8 @@ from typing import Any
 
 from common.digest import StreamingDigest, digest_of
 from fsserver import telemetry
-from fsserver.arena import BlobArena
 from fsserver.channel import recv_message, unpack
+from fsserver.store.arena import BlobArena
 
 log = logging.getLogger(__name__)
 

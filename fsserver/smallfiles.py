@@ -1,16 +1,15 @@
 """Small-file batches on the server (``BatchHandlers``, a mixin of ``ClientConnection``).
 
-A ``SmallFileBatch`` carries several whole files, each with the digest its sender computed.
-They take the same steps as a file session, batched, with one hop to each other process per
-batch: the files' bytes are copied one after another into the worker's staging area of the arena
-(``fsserver.staging``); one hash job has a hashing process digest every file from shared memory;
-then one ``store_many`` call stores the files whose digest matched, copying each into an extent
-of its own, or linking it to content the share holds already (``ALREADY_HAVE_CONTENT``); then
-one reply carries a result per file. Batches of a connection are stored in the order they
+A ``SmallFileBatch`` carries several whole files, each with the digest its sender computed. They
+take the same steps as a file session, batched, with one hop to each other process per batch:
+the files' bytes are copied one after another into the worker's staging area of the arena
+(``fsserver.store.staging``); one hash job has a hashing process digest every file from shared
+memory; then one ``store_many`` call stores the files whose digest matched, copying each into an
+extent of its own, or linking it to content the share holds already (``ALREADY_HAVE_CONTENT``);
+then one reply carries a result per file. Batches of a connection are stored in the order they
 arrived, so its files get their versions in the order they were sent. A file whose digest does
 not match is not stored and is reported ``MISMATCH``: the client sends it again through a file
-session, which has retries.
-"""
+session, which has retries."""
 
 from __future__ import annotations
 

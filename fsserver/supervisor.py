@@ -22,7 +22,6 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from fsserver import telemetry
-from fsserver.arena import BlobArena, clean_stale_segments
 from fsserver.auth import Throttle, TokenFileError, add_token, check_tokens_file
 from fsserver.channel import MessageChannel, channel_pair
 from fsserver.children import Child, RestartPolicy, Role, spawn, stop_all
@@ -32,8 +31,9 @@ from fsserver.health import HealthServer, Response
 from fsserver.metrics import render_metrics
 from fsserver.process import profiled, setup_child
 from fsserver.rpc import serve_call
-from fsserver.staging import arena_size
 from fsserver.store import Change, Store
+from fsserver.store.arena import BlobArena, clean_stale_segments
+from fsserver.store.staging import arena_size
 from fsserver.worker import worker_main
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import uvloop
 
 from common.tls import server_context
 from fsserver import telemetry
-from fsserver.arena import BlobArena
 from fsserver.auth import TokenStore
 from fsserver.channel import MessageChannel
 from fsserver.config import ServerConfig
@@ -25,7 +24,8 @@ from fsserver.feed import ChangeFeed
 from fsserver.hashing import HashClient
 from fsserver.process import profiled, setup_child
 from fsserver.rpc import RpcClient
-from fsserver.staging import Staging, staging_base
+from fsserver.store.arena import BlobArena
+from fsserver.store.staging import Staging, staging_base
 
 log = logging.getLogger(__name__)
 

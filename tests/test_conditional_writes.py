@@ -17,7 +17,7 @@ from common.digest import digest_of
 from common.errors import Conflict, ErrorCode, NotFound
 from common.limits import ANY_VERSION, NO_VERSION
 from fsclient import Client
-from fsserver.allocator import aligned
+from fsserver.store.allocator import aligned
 from tests.cli import fsclient
 from tests.conftest import run
 from tests.rawclient import RawClient

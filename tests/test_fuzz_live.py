@@ -61,7 +61,7 @@ from common.limits import (
     PROTOCOL_VERSION,
 )
 from fsclient import Client
-from fsserver.allocator import aligned
+from fsserver.store.allocator import aligned
 from tests.conftest import run
 from tests.rawclient import RawClient
 from tests.serverproc import ServerProcess, wait_for

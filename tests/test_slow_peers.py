@@ -27,7 +27,7 @@ from common.digest import digest_of
 from common.errors import ErrorCode, StoreFull
 from common.limits import NO_FILE
 from fsclient import Client
-from fsserver.allocator import aligned
+from fsserver.store.allocator import aligned
 from tests.conftest import run
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_limits import SlowReader

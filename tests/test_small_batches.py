@@ -16,9 +16,9 @@ from common.codec import HEADER, encode
 from common.errors import ErrorCode, InvalidPath, PermissionDenied
 from common.limits import ANY_VERSION, MAX_BATCH_PACKET, MAX_BATCHES_IN_FLIGHT, NO_VERSION
 from fsclient import Client
-from fsserver.allocator import aligned
 from fsserver.auth import add_token
-from fsserver.staging import STAGING_BYTES
+from fsserver.store.allocator import aligned
+from fsserver.store.staging import STAGING_BYTES
 from tests.conftest import run
 from tests.rawclient import RawClient
 from tests.serverproc import wait_for

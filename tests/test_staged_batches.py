@@ -10,10 +10,10 @@ import xxhash
 
 from common.limits import ANY_VERSION, NO_VERSION
 from common.messages import InitStatus
-from fsserver.allocator import aligned
 from fsserver.hasher import hash_jobs
-from fsserver.staging import STAGING_BYTES, Staging, arena_size, staging_base
 from fsserver.store import BatchStored, Store
+from fsserver.store.allocator import aligned
+from fsserver.store.staging import STAGING_BYTES, Staging, arena_size, staging_base
 from tests.test_store import check_invariants
 
 CAPACITY = 64 * 1024

@@ -9,8 +9,8 @@ import pytest
 
 from common.limits import ANY_VERSION
 from common.messages import InitStatus
-from fsserver.allocator import aligned
 from fsserver.store import Committed, Linked, Opened, Refused, Reserved, Store
+from fsserver.store.allocator import aligned
 
 D1, D2 = b"\x01" * 16, b"\x02" * 16
 

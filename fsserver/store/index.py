@@ -5,7 +5,7 @@ it through RPC. Content is addressed by (XXH3-128 digest, size), so identical co
 once. A blob is freed when nothing refers to it: no path, no pending download lease.
 
 Expected outcomes (a conflict, a full store, a missing path) are returned as result objects
-(``fsserver.records``), not raised, so that they cross the process boundary as plain data.
+(``fsserver.store.records``), not raised, so that they cross the process boundary as plain data.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from sortedcontainers import SortedDict
 from common.errors import StoreFull
 from common.limits import ANY_VERSION, NO_VERSION
 from common.messages import FileEntry, InitStatus, LookupStatus
-from fsserver.allocator import ExtentAllocator
-from fsserver.records import (
-    BatchStored,
+from fsserver.store.allocator import ExtentAllocator
+from fsserver.store.batch import BatchStoring
+from fsserver.store.records import (
     Blob,
     BlobKey,
     Change,
@@ -35,12 +35,6 @@ from fsserver.records import (
     Reserved,
     StoreStats,
 )
-from fsserver.storebatch import BatchStoring
-
-__all__ = [
-    "BatchStored", "Blob", "BlobKey", "Change", "ChangePage", "Committed", "Linked", "ListPage",
-    "Opened", "Refused", "Reserved", "Store", "StoreStats",
-]  # fmt: skip
 
 PAGE_BYTES = 32 * 1024
 """A list or change page stops after about this many bytes (paths plus a fixed share per

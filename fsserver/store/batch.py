@@ -1,6 +1,6 @@
 """``BatchStoring``, a part of ``Store``: small-file batches stored in one call.
 
-A batch's files wait in the calling worker's staging area (``fsserver.staging``), already
+A batch's files wait in the calling worker's staging area (``fsserver.store.staging``), already
 verified by a hasher. ``store_many`` does for each what ``reserve`` and ``commit`` do for a file
 session, in one step: the same checks, then a link to content the share holds, or a copy from
 staging into a new extent. Checking and storing in one step keeps the quota and the index limit
@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from common.errors import StoreFull
 from common.messages import InitStatus
-from fsserver.allocator import ExtentAllocator, aligned
-from fsserver.records import BatchStored, Blob, BlobKey, Refused
-from fsserver.staging import STAGING_BYTES, staging_base
+from fsserver.store.allocator import ExtentAllocator, aligned
+from fsserver.store.records import BatchStored, Blob, BlobKey, Refused
+from fsserver.store.staging import STAGING_BYTES, staging_base
 
 
 class BatchStoring:

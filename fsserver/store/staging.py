@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from common.errors import StoreFull
 from common.limits import MAX_BATCH_PACKET, MAX_BATCHES_IN_FLIGHT
-from fsserver.allocator import ExtentAllocator, aligned
+from fsserver.store.allocator import ExtentAllocator, aligned
 
 STAGING_BYTES = MAX_BATCHES_IN_FLIGHT * MAX_BATCH_PACKET
 """A worker's staging area: one connection's whole window of batches (2 MiB). Batches beyond
