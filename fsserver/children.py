@@ -33,6 +33,7 @@ MAX_QUICK_DEATHS = 5
 class Role(Enum):
     WORKER = "worker"
     HASHER = "hasher"
+    PERSISTER = "persister"
 
 
 @dataclass(eq=False)

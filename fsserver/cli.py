@@ -49,10 +49,17 @@ OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
      "TOML file of hashed tokens (see add-token); without it, no authentication"),
     ("--tls-cert", "tls_cert", "FS_TLS_CERT", str, "TLS certificate (PEM) to serve with"),
     ("--tls-key", "tls_key", "FS_TLS_KEY", str, "private key (PEM) of --tls-cert"),
+    ("--data-dir", "data_dir", "FS_DATA_DIR", str,
+     "folder that keeps the store on disk (without it, memory only: a restart loses all)"),
+    ("--fsync", "fsync", "FS_FSYNC", str.lower,
+     "when an upload is acknowledged: always (on disk), interval (may lose the last 100 ms), "
+     "never (the OS decides)"),
 ]
 FLAGS: list[tuple[str, str, str, str]] = [
     ("--insecure-no-auth", "insecure_no_auth", "FS_INSECURE_NO_AUTH",
      "serve a non-loopback address without tokens"),
+    ("--repair", "repair", "FS_REPAIR",
+     "start even if the data dir is damaged in the middle, keeping what checks out"),
 ]
 # fmt: on
 TRUE = {"1", "true", "yes", "on"}

@@ -15,6 +15,7 @@ from common.limits import ABSOLUTE_MAX_PACKET, MIN_MAX_PACKET, SERVER_MAX_PACKET
 _UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
 _SIZE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+FSYNC_MODES = ("always", "interval", "never")
 
 
 def parse_size(text: str) -> int:
@@ -57,6 +58,11 @@ class ServerConfig:
     insecure_no_auth: bool = False
     tls_cert: str = ""
     tls_key: str = ""
+    data_dir: str = ""
+    """Where the store is kept on disk; empty: memory only (nothing survives a restart)."""
+    fsync: str = "always"
+    repair: bool = False
+    """Start even if the data dir is damaged in the middle, keeping what checks out."""
     shutdown_grace: float = 2.0
 
     def __post_init__(self) -> None:
@@ -79,6 +85,7 @@ class ServerConfig:
             (self.idle_timeout > 0, "--idle-timeout must be positive"),
             (self.packet_timeout > 0, "--packet-timeout must be positive"),
             (self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}"),
+            (self.fsync in FSYNC_MODES, f"--fsync must be one of {', '.join(FSYNC_MODES)}"),
             (self.shutdown_grace >= 0, "shutdown grace must not be negative"),
         ]
         checks += [

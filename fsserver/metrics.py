@@ -34,9 +34,30 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("fs_store_shares", "Shares holding at least one file.", s.shares)
 
 
-def render_metrics(stats: StoreStats) -> tuple[bytes, str]:
+class PersistCollector(Collector):
+    def __init__(self, stats: dict[str, float]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "fs_persist_waiting_bytes",
+            "Bytes of new content not yet written to the data dir (--fsync interval or never: "
+            "what a crash of the host could lose).",
+            self.stats["waiting_bytes"],
+        )
+        yield GaugeMetricFamily(
+            "fs_persist_pending_entries",
+            "Store changes (journal entries) not yet applied to the data dir.",
+            self.stats["pending_entries"],
+        )
+
+
+def render_metrics(stats: StoreStats, persist: dict[str, float] | None = None
+                   ) -> tuple[bytes, str]:  # fmt: skip
     """Every process's metrics (their files in PROMETHEUS_MULTIPROC_DIR) and the store's."""
     registry = CollectorRegistry(auto_describe=False)
     MultiProcessCollector(registry)
     registry.register(StoreCollector(stats))
+    if persist is not None:
+        registry.register(PersistCollector(persist))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import multiprocess
@@ -26,6 +27,7 @@ from fsserver.auth import Throttle, TokenFileError, add_token, check_tokens_file
 from fsserver.channel import MessageChannel, channel_pair
 from fsserver.children import Child, RestartPolicy, Role, spawn, stop_all
 from fsserver.config import ServerConfig
+from fsserver.durability import Durability
 from fsserver.hasher import serve_jobs
 from fsserver.health import HealthServer, Response
 from fsserver.metrics import render_metrics
@@ -33,6 +35,8 @@ from fsserver.process import profiled, setup_child
 from fsserver.rpc import serve_call
 from fsserver.store import Change, Store
 from fsserver.store.arena import BlobArena, clean_stale_segments
+from fsserver.store.catalog import CatalogError
+from fsserver.store.recovery import RecoveryError
 from fsserver.store.staging import arena_size
 from fsserver.worker import worker_main
 
@@ -92,6 +96,7 @@ class Supervisor:
         self.exit_code = 0
         self.arena: BlobArena | None = None
         self.store: Store | None = None
+        self.durability: Durability | None = None
         self.listener: socket.socket | None = None
         self.jobs_worker_end: socket.socket | None = None
         self.jobs_hasher_end: socket.socket | None = None
@@ -158,6 +163,7 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota)
         self.store.arena = self.arena.view
+        self.load_data_dir()
         self.listener = bind_listener(cfg.host, cfg.port)
         self.port = self.listener.getsockname()[1]
         try:
@@ -171,6 +177,8 @@ class Supervisor:
             self.start_hasher(index)
         for index in range(cfg.workers):
             self.start_worker(index)
+        if self.durability is not None:
+            self.durability.start()
         await self.wait_ready()
         if self.stopped_early():
             return
@@ -183,6 +191,22 @@ class Supervisor:
             telemetry.RESTARTS.labels(role.value)
         log.info("fsserver metrics on %s:%d", cfg.host, self.metrics_port)
         log.info("fsserver ready on %s:%d", cfg.host, self.port)
+
+    def load_data_dir(self) -> None:
+        """With --data-dir: the store as it was, before anything is served."""
+        cfg = self.config
+        assert self.store is not None and self.arena is not None
+        if not cfg.data_dir:
+            log.warning("memory-only store: nothing survives a restart (--data-dir keeps it)")
+            return
+        self.durability = Durability(cfg, self.store, self.arena.name, self.on_child_exit)
+        try:
+            done = self.durability.load()
+        except (RecoveryError, CatalogError, OSError) as exc:
+            raise StartupError(f"cannot load data dir {cfg.data_dir}: {exc}") from None
+        log.info("loaded %d files (%d bytes in %d blobs) from %s in %.2f s; --fsync %s",
+                 done.files, done.bytes, done.blobs, cfg.data_dir, done.seconds,
+                 cfg.fsync)  # fmt: skip
 
     def check_tokens(self) -> None:
         """A tokens file that is named but missing is created with one token for the share
@@ -203,7 +227,9 @@ class Supervisor:
 
     async def wait_ready(self) -> None:
         async def all_ready() -> None:
-            while not all(w.ready for w in self.workers.values()):
+            while not all(w.ready for w in self.workers.values()) or (
+                self.durability is not None and not self.durability.ready
+            ):
                 if self.stop_requested.is_set():
                     return
                 await asyncio.sleep(0.01)
@@ -225,6 +251,8 @@ class Supervisor:
             if worker.channel is not None:
                 worker.channel.send(("stop",))
         await stop_all(list(self.workers.values()), self.config.shutdown_grace + 0.5)
+        if self.durability is not None:
+            await self.durability.stop()
         await stop_all(list(self.hashers.values()), 1.0)
         for worker in self.workers.values():
             if worker.channel is not None:
@@ -277,6 +305,10 @@ class Supervisor:
                 child.channel.close()
             dropped = self.store.drop_owner(child.index)
             log.info("released %d reservations and leases of %s", dropped, child.name)
+            self.log_changes()
+        elif child.role is Role.PERSISTER:
+            assert self.durability is not None
+            self.durability.exited(child)
         else:
             self.broadcast(("hasher_died",))
         delay = self.restarts.delay(child)
@@ -285,9 +317,12 @@ class Supervisor:
             self.exit_code = 1
             self.stop_requested.set()
             return
-        start = self.start_worker if child.role is Role.WORKER else self.start_hasher
+        start = {Role.WORKER: self.start_worker, Role.HASHER: self.start_hasher,
+                 Role.PERSISTER: lambda _: self.durability and self.durability.start()}  # fmt: skip
         telemetry.RESTARTS.labels(child.role.value).inc()
-        self.loop.call_later(delay, lambda: None if self.stopping else start(child.index))
+        self.loop.call_later(
+            delay, lambda: None if self.stopping else start[child.role](child.index)
+        )
 
     def on_worker_message(self, child: Child, msg: Any, fds: list[int]) -> None:
         for fd in fds:
@@ -334,15 +369,36 @@ class Supervisor:
                 if not (child.channel is not None and child.alive):
                     break
                 replies.append(serve_call(self.store, child.index, call))
+                self.log_changes()
                 changes = self.store.take_changes(self.wanted)
                 if changes or clock() - started >= REPLY_DELAY:
-                    child.channel.send_batch("rpc", replies, oversize=reply_too_large)
+                    self.answer(child, replies)
                     replies, started = [], clock()
                 self.publish(changes)
-            if replies and child.channel is not None and child.alive:
-                child.channel.send_batch("rpc", replies, oversize=reply_too_large)
+            if replies:
+                self.answer(child, replies)
+        if self.durability is not None:
+            self.durability.send_log()
         if self.calls:
             self.loop.call_soon(self.serve_calls)
+
+    def log_changes(self) -> None:
+        if self.durability is not None:
+            self.durability.log_changes()
+
+    def deliver(self, send: Callable[[], None]) -> None:
+        """Send an answer now, or (--fsync always) once every change so far is on disk."""
+        if self.durability is None:
+            send()
+        else:
+            self.durability.deliver(send)
+
+    def answer(self, child: Child, replies: list[tuple[int, bool, Any]]) -> None:
+        def send() -> None:
+            if child.channel is not None and child.alive:
+                child.channel.send_batch("rpc", replies, oversize=reply_too_large)
+
+        self.deliver(send)
 
     @staticmethod
     def takes(worker: Child, share: str, origin: int) -> bool:
@@ -364,7 +420,8 @@ class Supervisor:
             if worker.watching and worker.channel is not None and worker.alive:
                 mine = [c for c in changes if self.takes(worker, c.share, c.origin)]
                 if mine:
-                    worker.channel.send_batch("feed", mine)
+                    self.deliver(lambda w=worker, m=mine: w.channel and w.channel.send_batch(
+                        "feed", m))  # fmt: skip
 
     def broadcast(self, msg: Any) -> None:
         for worker in self.workers.values():
@@ -423,10 +480,13 @@ class Supervisor:
         alive = [w for w in self.workers.values() if w.alive and w.ready]
         if self.stopping or not self.listener or len(alive) < self.config.workers:
             return Response(503, f"{len(alive)}/{self.config.workers} workers ready\n".encode())
+        if self.durability is not None and not self.durability.ready:
+            return Response(503, b"the persisting process is starting\n")
         return Response(200, b"ready\n")
 
     def metrics(self) -> Response:
         if self.store is None:
             return Response(503, b"starting\n")
-        body, content_type = render_metrics(self.store.stats())
+        persist = self.durability.stats() if self.durability is not None else None
+        body, content_type = render_metrics(self.store.stats(), persist)
         return Response(200, body, content_type)

@@ -52,7 +52,26 @@ HASH_QUEUE = Gauge(
     "fs_hash_queue_depth", "Hash jobs sent by workers and not yet answered.",
     multiprocess_mode="livesum",
 )  # fmt: skip
-RESTARTS = Counter("fs_restarts", "Worker and hasher processes restarted.", ["role"])
+RESTARTS = Counter("fs_restarts", "Worker, hasher and persister processes restarted.", ["role"])
+DISK_WRITE_BYTES = Counter(
+    "fs_disk_write_bytes", "Bytes of file content the persisting process wrote to the data dir."
+)
+FSYNC_SECONDS = Histogram(
+    "fs_fsync_seconds",
+    "Time to make one group of changes durable (segment fsync and catalog commit).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)  # fmt: skip
+PERSIST_FAILURES = Counter(
+    "fs_persist_failures", "Groups of changes the data dir refused (a full disk), tried again."
+)
+RECOVERY_SECONDS = Gauge(
+    "fs_recovery_seconds", "Time the last start took to load the data dir.",
+    multiprocess_mode="max",
+)  # fmt: skip
+RECOVERY_DAMAGED = Counter(
+    "fs_recovery_damaged_records",
+    "Records of the data dir found damaged at start and dropped (a torn tail, or --repair).",
+)
 AUTH_FAILURES = Counter("fs_auth_failures", "Handshakes refused for a bad or missing token.")
 THROTTLED = Counter(
     "fs_throttled_connections", "Connections turned away from addresses that failed too often."

@@ -43,6 +43,7 @@ class Dockerfile:
         self.final = lines[last_from:]
         self.env: dict[str, str] = {}
         self.expose: set[int] = set()
+        self.volumes: set[str] = set()
         self.cmd: list[str] = []
         self.healthcheck: list[str] = []
         self.user = self.stopsignal = self.workdir = ""
@@ -51,6 +52,8 @@ class Dockerfile:
             word = word.upper()
             if word == "ENV":
                 self.env.update(dict(pair.split("=", 1) for pair in shlex.split(rest)))
+            elif word == "VOLUME":
+                self.volumes |= set(rest.split())
             elif word == "EXPOSE":
                 self.expose |= {int(port) for port in rest.split()}
             elif word == "CMD":
@@ -82,6 +85,9 @@ def test_dockerfile_has_what_operators_rely_on(dockerfile):
     assert "/healthz" in " ".join(dockerfile.healthcheck)
     # listening on 0.0.0.0 needs tokens; the file sits in the image's own writable folder
     assert Path(dockerfile.env["FS_TOKENS"]).parent == Path(dockerfile.workdir)
+    # the store is kept on a volume of its own, made durable before each answer
+    assert dockerfile.env["FS_DATA_DIR"] in dockerfile.volumes
+    assert dockerfile.env["FS_FSYNC"] == "always"
 
 
 def test_the_project_builds_as_a_wheel(tmp_path):
@@ -112,6 +118,7 @@ def test_the_container_command_runs_as_is(dockerfile, tmp_path):
     `make run`); the HEALTHCHECK reads its port from the ENV, so it gets the free one too."""
     tokens = tmp_path / Path(dockerfile.env["FS_TOKENS"]).name
     env = {**os.environ, **dockerfile.env, "FS_TOKENS": str(tokens), "FS_PORT": "0",
+           "FS_DATA_DIR": str(tmp_path / "data"),
            "FS_METRICS_PORT": "0"}  # fmt: skip
     bindir = Path(sys.executable).parent
     command = [str(bindir / dockerfile.cmd[0]), *dockerfile.cmd[1:]]
@@ -184,6 +191,7 @@ def test_compose_agrees_with_the_dockerfile(dockerfile):
     shm = parse_size(server["shm_size"].upper().replace("M", "MiB").replace("G", "GiB"))
     assert shm > parse_size(env["FS_STORE_SIZE"])
     assert server["stop_signal"] == dockerfile.stopsignal
+    assert any(v.endswith(f":{env['FS_DATA_DIR']}") for v in server["volumes"])  # a volume
     prom = compose["services"]["prometheus"]
     assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prom["volumes"]
     scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
@@ -210,6 +218,11 @@ def test_kubernetes_agrees_with_the_dockerfile(dockerfile):
     [tokens] = [v for v in container["volumeMounts"] if v["name"] == "tokens"]
     assert Path(env["FS_TOKENS"]).parent == Path(tokens["mountPath"])
     assert [v["secret"] for v in pod["spec"]["volumes"] if v["name"] == "tokens"]
+    [data] = [v for v in container["volumeMounts"] if v["name"] == "data"]
+    assert data["mountPath"] == env["FS_DATA_DIR"]
+    [claim] = [v for v in pod["spec"]["volumes"] if v["name"] == "data"]
+    pvc = yaml.safe_load((DEPLOY / "k8s" / "pvc.yaml").read_text())
+    assert claim["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == env["FS_METRICS_PORT"]

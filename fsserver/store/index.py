@@ -11,9 +11,11 @@ Expected outcomes (a conflict, a full store, a missing path) are returned as res
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
+from typing import Any
 
 from sortedcontainers import SortedDict
 
@@ -22,6 +24,7 @@ from common.limits import ANY_VERSION, NO_VERSION
 from common.messages import FileEntry, InitStatus, LookupStatus
 from fsserver.store.allocator import ExtentAllocator
 from fsserver.store.batch import BatchStoring
+from fsserver.store.persisted import Persisted
 from fsserver.store.records import (
     Blob,
     BlobKey,
@@ -86,7 +89,7 @@ class _Hold:
     """An upload to a path the index does not hold yet: it will take an entry."""
 
 
-class Store(BatchStoring):
+class Store(BatchStoring, Persisted):
     def __init__(self, capacity: int, max_entries: int = 1_000_000, quota: int = 0) -> None:
         self.store_id = os.urandom(16)
         self.size = capacity
@@ -108,8 +111,15 @@ class Store(BatchStoring):
         self.blob_bytes = 0
         """Bytes of the stored blobs (each distinct content once): kept up to date, not summed."""
         self._ids = count(1)
+        self._blob_ids = count(1)
         self.arena: memoryview | None = None
         """The blob arena; ``store_many`` copies staged batches into it."""
+        self.journal: list[tuple[Any, ...]] | None = None
+        """With a data dir: the records of every change since ``take_journal``, for disk
+        (see ``fsserver.store.journal``). A new blob stays pinned (one more ref) until the
+        journal says it is on disk (``unpin``), so that its extent keeps its bytes till then."""
+        self.disk_room: int | None = None
+        """With a data dir: bytes the disk can still take; uploads beyond it get NO_SPACE."""
 
     # -- uploads -----------------------------------------------------------------------------
 
@@ -250,6 +260,9 @@ class Store(BatchStoring):
         tombstone = Entry(sh.seq, entry.mtime_ns, entry.mode, None)
         sh.record(path, tombstone)
         self.changes.append((share, path, tombstone, origin))
+        if self.journal is not None:
+            self.journal.append(("del", share, path, sh.seq, entry.mtime_ns, entry.mode,
+                                 time.time()))  # fmt: skip
         return Committed(sh.seq)
 
     def changes_since(self, share: str, since: int, limit: int) -> ChangePage:
@@ -305,6 +318,9 @@ class Store(BatchStoring):
         over = self._over_quota(share, path, size)
         if over:
             return over
+        if self.disk_room is not None and size > self.disk_room:
+            return Refused(InitStatus.NO_SPACE, 0, f"no space: the data dir's disk has "
+                           f"{max(self.disk_room, 0)} bytes left for {size}")  # fmt: skip
         if size > self.allocator.capacity:
             return Refused(
                 InitStatus.TOO_LARGE,
@@ -361,12 +377,20 @@ class Store(BatchStoring):
         entry = Entry(sh.seq, mtime_ns, mode, blob)
         sh.record(path, entry)
         self.changes.append((share, path, entry, origin))
+        if self.journal is not None:
+            self.journal.append(("put", share, path, sh.seq, mtime_ns, mode, blob.id))
         return sh.seq
 
     def _new_blob(self, share: str, digest: bytes, size: int, offset: int) -> Blob:
         """Content just verified at *offset*, now owned by the index (no path refers to it yet)."""
-        blob = self.blobs[(share, digest, size)] = Blob(share, digest, size, offset)
+        blob = Blob(share, digest, size, offset, id=next(self._blob_ids))
+        self.blobs[(share, digest, size)] = blob
         self.blob_bytes += size
+        if self.journal is not None:
+            blob.refs += 1  # pinned until it is on disk
+            self.journal.append(("blob", blob.id, share, digest, size, offset))
+            if self.disk_room is not None:
+                self.disk_room -= size
         return blob
 
     def _unref(self, blob: Blob) -> None:
@@ -375,6 +399,8 @@ class Store(BatchStoring):
             del self.blobs[blob.key]
             self.blob_bytes -= blob.size
             self.allocator.free(blob.offset, blob.size)
+            if self.journal is not None:
+                self.journal.append(("free", blob.id))
 
     def _take_hold(self, owner: int, hold_id: int, lease: bool) -> _Hold:
         hold = self.holds.get(hold_id)

@@ -77,6 +77,8 @@ class Blob:
     size: int
     offset: int
     refs: int = 0
+    id: int = 0
+    """Its name on disk (``catalog.py``); 0 in a memory-only store."""
 
     @property
     def key(self) -> BlobKey:

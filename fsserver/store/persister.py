@@ -1,0 +1,204 @@
+"""The persisting process: it writes the journal (``journal.py``) to the data dir.
+
+A blocking loop of its own, so that no disk write or fsync ever runs on an event loop that
+serves clients. It takes every journal entry that has arrived as one group: new blobs are
+appended to the open segment straight from the shared arena, the segment is synced, then the
+group's catalog rows and its last LSN are committed in one transaction (the catalog never
+points at bytes that are not durable). It answers ``("applied", lsn, disk room)``.
+
+``--fsync``: ``always`` commits each group at once, durably (entries that arrive during an
+fsync make the next group: a group commit); ``interval`` gathers entries for up to
+``INTERVAL`` seconds before each durable commit; ``never`` commits each group without any
+fsync (the OS writes when it likes).
+
+A write that fails (a full disk) is undone (the segment is cut back, the transaction rolled
+back), reported, and tried again a moment later; the supervisor keeps the entries meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from fsserver import telemetry
+from fsserver.channel import recv_message, unpack
+from fsserver.store.arena import BlobArena
+from fsserver.store.catalog import Catalog
+from fsserver.store.compaction import Compactor
+from fsserver.store.segments import Placed, SegmentDamage, SegmentWriter, segment_name
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 0.1
+RETRY_AFTER = 1.0
+DISK_MARGIN = 16 << 20
+"""Room kept free on the data dir's disk for the catalog and its WAL."""
+
+
+def disk_room(folder: Path) -> int:
+    return shutil.disk_usage(folder).free - DISK_MARGIN
+
+
+class Persister:
+    def __init__(self, folder: Path, fsync: str, sock: socket.socket, arena: memoryview,
+                 segment: int) -> None:  # fmt: skip
+        self.folder = folder
+        self.fsync = fsync
+        self.sock = sock
+        self.arena = arena
+        self.catalog = Catalog(folder, fsync)
+        self.segments = SegmentWriter(folder / "segments", segment)
+        self.group: list[tuple[int, list[tuple[Any, ...]]]] = []
+        self.sampler = telemetry.ProcessSampler("persister")
+        self.running = True
+        self.deadline = 0.0
+        self.compactor = Compactor(folder / "segments", self.catalog)
+        self.compact_after = 0.0
+        self.remove_orphans()
+
+    def serve(self) -> None:
+        self.answer(("ready", self.catalog.lsn, disk_room(self.folder)))
+        while self.running or self.group:
+            if self.sampler.due():  # once a second: also how much room the disk has now
+                self.sampler.sample()
+                self.answer(("room", disk_room(self.folder)))
+            if select.select([self.sock], [], [], self.timeout())[0]:
+                self.receive()
+            if self.group and self.due():
+                self.write_group()
+            elif not self.group and self.running:
+                self.compact()
+
+    def timeout(self) -> float:
+        if not self.group:
+            return 0.0 if self.compactor.busy else telemetry.SAMPLE_EVERY
+        if self.fsync != "interval" or not self.running:
+            return 0.0
+        return max(0.0, self.deadline - time.monotonic())
+
+    def due(self) -> bool:
+        """The group is to be written now (``interval``: once its oldest entry is 100 ms old)."""
+        return self.fsync != "interval" or not self.running or time.monotonic() >= self.deadline
+
+    def receive(self) -> None:
+        """Every message waiting: journal entries join the group."""
+        while True:
+            try:
+                data, _ = recv_message(self.sock, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            if not data:
+                self.running = False
+                return
+            message = unpack(data)
+            if message[0] == "log":
+                if not self.group:
+                    self.deadline = time.monotonic() + INTERVAL
+                self.group.extend(message[1])
+            elif message[0] == "stop":
+                self.running = False
+
+    def write_group(self) -> None:
+        group, self.group = self.group, []
+        mark = (self.segments.number, self.segments.size)
+        try:
+            self.apply(group)
+        except OSError as exc:  # a full disk, an I/O error: undo, report, try again
+            self.undo(mark)
+            log.error("cannot write the data dir: %s; retrying in %.0f s", exc, RETRY_AFTER)
+            telemetry.PERSIST_FAILURES.inc()
+            self.answer(("failed", str(exc), disk_room(self.folder)))
+            time.sleep(RETRY_AFTER)
+            self.group = group + self.group
+            return
+        self.answer(("applied", group[-1][0], disk_room(self.folder)))
+
+    def apply(self, group: list[tuple[int, list[tuple[Any, ...]]]]) -> None:
+        placed: dict[int, Placed] = {}
+        written = 0
+        for _, records in group:
+            for record in records:
+                if record[0] == "blob":
+                    _, blob_id, _share, digest, size, offset = record
+                    with self.arena[offset : offset + size] as content:
+                        placed[blob_id] = self.segments.append(blob_id, digest, content)
+                    written += size
+        started = time.perf_counter()
+        if self.fsync != "never":
+            self.segments.sync()
+        try:
+            self.catalog.apply((r for _, records in group for r in records), placed, group[-1][0])
+        except Exception as exc:  # sqlite3.OperationalError for a full disk
+            raise OSError(str(exc)) from exc
+        if self.fsync != "never":
+            telemetry.FSYNC_SECONDS.observe(time.perf_counter() - started)
+        telemetry.DISK_WRITE_BYTES.inc(written)
+
+    def undo(self, mark: tuple[int, int]) -> None:
+        """Cut the open segment back to where the failed group began."""
+        number, size = mark
+        folder = self.folder / "segments"
+        if self.segments.number != number:  # it rolled on: the new segment holds nothing
+            self.segments.close()
+            (folder / segment_name(self.segments.number)).unlink(missing_ok=True)
+            self.segments = SegmentWriter(folder, number, size)  # reopened at *size*
+            if (folder / segment_name(number)).exists():
+                os.truncate(folder / segment_name(number), size)
+        else:
+            self.segments.cut(size)
+
+    def compact(self) -> None:
+        """One step of compaction, between groups (none for a while after a failure)."""
+        if time.monotonic() < self.compact_after:
+            return
+        mark = (self.segments.number, self.segments.size)
+        try:
+            self.compactor.step(self.segments)
+        except (OSError, SegmentDamage) as exc:
+            log.warning("compaction stopped: %s; trying again in a minute", exc)
+            self.undo(mark)
+            self.compactor.abandon()
+            self.compact_after = time.monotonic() + 60.0
+
+    def remove_orphans(self) -> None:
+        """Segment files no catalog row names: written by a group that never committed."""
+        known = set(self.catalog.segment_numbers())
+        for path in (self.folder / "segments").glob("*.seg"):
+            number = int(path.stem) if path.stem.isdigit() else self.segments.number
+            if number not in known and number < self.segments.number:
+                log.info("removing %s: no committed record is in it", path.name)
+                path.unlink()
+
+    def answer(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.sock.sendall(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+        except OSError:  # the supervisor is gone: so is the point of going on
+            self.running = False
+
+    def close(self) -> None:
+        self.segments.close()
+        self.catalog.close()
+
+
+def serve_journal(folder: str, fsync: str, sock: socket.socket, arena_name: str,
+                  segment: int) -> None:  # fmt: skip
+    """Body of the persisting process: until the supervisor says stop (or goes)."""
+    arena = BlobArena.attach(arena_name)
+    assert arena.view is not None
+    sock.setblocking(True)
+    persister = Persister(Path(folder), fsync, sock, arena.view, segment)
+    # SIGTERM (a stop, or the supervisor's death): write the group in hand, then go
+    signal.signal(signal.SIGTERM, lambda *_: setattr(persister, "running", False))
+    try:
+        persister.serve()
+    finally:
+        persister.close()
+        arena.close()

@@ -1,0 +1,183 @@
+"""Blob bytes on disk: append-only segment files of checksummed records.
+
+A record is a 48-byte header (magic, blob id, size, the content's XXH3-128 digest, and an
+XXH3-64 of those fields) followed by the content. The catalog (``catalog.py``) says where each
+live blob's record is; a record is only ever appended, and a segment is only ever removed whole
+(by compaction, once its live records were copied on). The header's own check tells a torn or
+overwritten header; the digest tells torn or damaged content.
+
+Files are named ``NNNNNNNN.seg`` in the ``segments`` folder of the data dir. One is open for
+appending at a time; a new one is started when it passes ``SEGMENT_BYTES``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+MAGIC = b"FSB1"
+HEADER = struct.Struct("<4s4xQQ16s")
+"""magic, (pad), blob id, size, digest; then the XXH3-64 of these 40 bytes."""
+CHECK = struct.Struct("<Q")
+HEADER_SIZE = HEADER.size + CHECK.size
+SEGMENT_BYTES = 256 << 20
+WRITE_CHUNK = 8 << 20
+
+
+class SegmentDamage(ValueError):
+    """A record that does not check out: the message names the file and the offset."""
+
+
+def segment_name(number: int) -> str:
+    return f"{number:08d}.seg"
+
+
+def header(blob_id: int, size: int, digest: bytes) -> bytes:
+    fields = HEADER.pack(MAGIC, blob_id, size, digest)
+    return fields + CHECK.pack(xxhash.xxh3_64_intdigest(fields))
+
+
+def check_header(raw: bytes, where: str) -> tuple[int, int, bytes]:
+    """(blob id, size, digest) of a record header, or SegmentDamage."""
+    if len(raw) < HEADER_SIZE:
+        raise SegmentDamage(f"{where}: record header cut short ({len(raw)} of {HEADER_SIZE} bytes)")
+    fields = raw[: HEADER.size]
+    magic, blob_id, size, digest = HEADER.unpack(fields)
+    (check,) = CHECK.unpack_from(raw, HEADER.size)
+    if magic != MAGIC or check != xxhash.xxh3_64_intdigest(fields):
+        raise SegmentDamage(f"{where}: record header does not check out")
+    return blob_id, size, digest
+
+
+@dataclass(slots=True)
+class Placed:
+    """Where a blob's record went: its segment and the offset of its header."""
+
+    segment: int
+    offset: int
+
+
+class SegmentWriter:
+    """Appends records to the newest segment; ``sync`` makes what was appended durable."""
+
+    def __init__(self, folder: Path, number: int, size: int = 0) -> None:
+        self.folder = folder
+        self.number = number
+        self.size = size
+        self.fd = -1
+        """Opened at the first append: a start that writes nothing leaves no empty file."""
+        self.dirty = False
+        self.new_files = False
+        """A segment was created since the last sync: the folder needs an fsync too."""
+
+    def _open(self, number: int) -> int:
+        """Open for writing at its end (not O_APPEND, which ``copy_file_range`` refuses)."""
+        fd = os.open(self.folder / segment_name(number),
+                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)  # fmt: skip
+        os.lseek(fd, self.size, os.SEEK_SET)
+        return fd
+
+    def cut(self, size: int) -> None:
+        """Cut what was appended after *size* (a group that could not be written)."""
+        if self.fd >= 0:
+            os.ftruncate(self.fd, size)
+            os.lseek(self.fd, size, os.SEEK_SET)
+        self.size = size
+
+    def append(self, blob_id: int, digest: bytes, content: memoryview) -> Placed:
+        """Write one record (the content straight from *content*, e.g. the shared arena)."""
+        self._make_room()
+        placed = Placed(self.number, self.size)
+        _write_all(self.fd, header(blob_id, len(content), digest))
+        for start in range(0, len(content), WRITE_CHUNK):
+            _write_all(self.fd, content[start : start + WRITE_CHUNK])
+        self.size += HEADER_SIZE + len(content)
+        self.dirty = True
+        return placed
+
+    def append_from(self, source: int, offset: int, blob_id: int, size: int,
+                    digest: bytes) -> Placed:  # fmt: skip
+        """Copy the record at *offset* of the open segment file *source* (compaction), in the
+        kernel: no byte of it passes through this process."""
+        self._make_room()
+        placed = Placed(self.number, self.size)
+        _write_all(self.fd, header(blob_id, size, digest))
+        done = 0
+        while done < size:
+            n = os.copy_file_range(source, self.fd, size - done, offset + HEADER_SIZE + done)
+            if n == 0:
+                raise SegmentDamage(f"segment {segment_name(placed.segment)}: blob {blob_id} "
+                                    "cut short while it was compacted")  # fmt: skip
+            done += n
+        self.size += HEADER_SIZE + size
+        self.dirty = True
+        return placed
+
+    def _make_room(self) -> None:
+        """Open the segment at the first append; start a new one once it is full."""
+        if self.fd < 0:
+            self.fd = self._open(self.number)
+            self.new_files = True
+        elif self.size >= SEGMENT_BYTES:
+            self.roll()
+
+    def roll(self) -> None:
+        if self.dirty:
+            os.fsync(self.fd)  # the old segment is complete before the new one is written
+        os.close(self.fd)
+        self.number += 1
+        self.size = 0
+        self.fd = self._open(self.number)
+        self.new_files = True
+
+    def sync(self) -> None:
+        if self.dirty and self.fd >= 0:
+            os.fsync(self.fd)
+            self.dirty = False
+        if self.new_files:
+            sync_folder(self.folder)
+            self.new_files = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def sync_folder(folder: Path) -> None:
+    """A new or renamed file's name is durable only once its folder is synced."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_record(fd: int, offset: int, into: memoryview, expect: tuple[int, int, bytes],
+                where: str) -> None:  # fmt: skip
+    """Read the record at *offset* of an open segment into *into* (its content's size) and
+    check it is the blob *expect* (id, size, digest); SegmentDamage if it is not."""
+    raw = os.pread(fd, HEADER_SIZE, offset)
+    got = check_header(raw, f"{where} at offset {offset}")
+    if got != expect:
+        raise SegmentDamage(f"{where} at offset {offset}: holds blob {got[0]}, not {expect[0]}")
+    done = 0
+    while done < len(into):
+        n = os.preadv(fd, [into[done:]], offset + HEADER_SIZE + done)
+        if n == 0:
+            raise SegmentDamage(f"{where} at offset {offset}: content cut short "
+                                f"({done} of {len(into)} bytes)")  # fmt: skip
+        done += n
+    if xxhash.xxh3_128_digest(into) != expect[2]:
+        raise SegmentDamage(f"{where} at offset {offset}: content does not match its digest")
