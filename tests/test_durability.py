@@ -19,7 +19,7 @@ import xxhash
 from common.errors import FSError, StoreFull
 from fsclient import Client
 from tests.conftest import run
-from tests.serverproc import ServerProcess, start_server, wait_for
+from tests.serverproc import ServerProcess, eventually, start_server, wait_for
 
 SMALL = (0, 64 * 1024)
 BIG = 3 * 1024 * 1024
@@ -120,7 +120,6 @@ def kill_rounds(tmp_path: Path, fsync: str, rounds: int, seed: int) -> int:
     try:
         for round_no in range(rounds):
             killed_at = run(upload_and_kill(server, acked, rng, f"r{round_no}"))
-            assert any(p.startswith(f"r{round_no}/") for p in acked.files), "nothing acked"
             server = durable_server(data_dir, "--fsync", fsync)
             state = server_state(server, fetch=f"r{round_no}/")
             for path, (_version, listed, sent) in state.items():
@@ -145,7 +144,9 @@ async def upload_and_kill(server: ServerProcess, acked: Acked, rng: random.Rando
                           tag: str) -> float:  # fmt: skip
     """Uploads until a random kill point, then kill -9 of the whole server; when it was."""
     task = asyncio.ensure_future(upload_until_killed(server.address, acked, rng, tag))
-    await asyncio.sleep(rng.uniform(0.2, 1.2))  # the users' pace up to the kill point
+    await eventually(lambda: any(p.startswith(f"{tag}/") for p in acked.files), 30,
+                     "a first upload")  # fmt: skip
+    await asyncio.sleep(rng.uniform(0.0, 1.0))  # the users' pace up to the kill point
     killed_at = time.time()
     kill_everything(server)
     await task

@@ -89,40 +89,47 @@ class Catalog:
 
     def apply(self, records: Iterable[Record], placed: dict[int, Placed], lsn: int) -> None:
         """One group of journal records, in one transaction; *placed*: where the group's new
-        blobs were appended."""
+        blobs were appended. Rows of a kind are written with one ``executemany`` each: the
+        order that matters (a path's later version wins) is kept within the entries."""
+        entries: list[tuple[Any, ...]] = []
+        blobs: list[tuple[Any, ...]] = []
+        freed: list[int] = []
+        seqs: dict[str, int] = {}
+        segments: dict[int, list[int]] = {}
+        for record in records:
+            kind = record[0]
+            if kind == "put" or kind == "del":
+                _, share, path, version, mtime_ns, mode, last = record
+                blob_id, at = (last, None) if kind == "put" else (None, last)
+                entries.append((share, path, version, mtime_ns, mode, blob_id, at))
+                seqs[share] = max(seqs.get(share, 0), version)
+            elif kind == "blob":
+                _, blob_id, share, digest, size, _offset = record
+                where = placed[blob_id]
+                blobs.append((blob_id, share, digest, size, where.segment, where.offset))
+                grow = segments.setdefault(where.segment, [0, 0])
+                grow[0] += HEADER_SIZE + size
+                grow[1] += HEADER_SIZE + size
+            elif kind == "free":
+                freed.append(record[1])
         db = self.db
         db.execute("BEGIN")
         try:
-            for record in records:
-                kind = record[0]
-                if kind == "put":
-                    _, share, path, version, mtime_ns, mode, blob_id = record
-                    self._entry(share, path, version, mtime_ns, mode, blob_id, None)
-                elif kind == "del":
-                    _, share, path, version, mtime_ns, mode, at = record
-                    self._entry(share, path, version, mtime_ns, mode, None, at)
-                elif kind == "blob":
-                    _, blob_id, share, digest, size, _offset = record
-                    at = placed[blob_id]
-                    row = (blob_id, share, digest, size, at.segment, at.offset)
-                    db.execute("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?)", row)
-                    self._segment_bytes(at.segment, HEADER_SIZE + size, HEADER_SIZE + size)
-                elif kind == "free":
-                    self._free(record[1])
+            db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?)", blobs)
+            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", entries)
+            db.executemany(
+                "INSERT INTO shares VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET seq = max(seq, excluded.seq)", seqs.items(),
+            )  # fmt: skip
+            for blob_id in freed:
+                self._free(blob_id)
+            for segment, (live, total) in segments.items():
+                self._segment_bytes(segment, live, total)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('lsn', ?)", (lsn,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-
-    def _entry(self, share: str, path: str, version: int, mtime_ns: int, mode: int,
-               blob_id: int | None, deleted_at: float | None) -> None:  # fmt: skip
-        self.db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (share, path, version, mtime_ns, mode, blob_id, deleted_at))  # fmt: skip
-        self.db.execute(
-            "INSERT INTO shares VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
-            "SET seq = max(seq, excluded.seq)", (share, version),
-        )  # fmt: skip
 
     def _free(self, blob_id: int) -> None:
         row = self.db.execute("SELECT segment, size FROM blobs WHERE id = ?", (blob_id,)).fetchone()

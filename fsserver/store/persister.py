@@ -33,7 +33,7 @@ from fsserver.channel import recv_message, unpack
 from fsserver.store.arena import BlobArena
 from fsserver.store.catalog import Catalog
 from fsserver.store.compaction import Compactor
-from fsserver.store.segments import Placed, SegmentDamage, SegmentWriter, segment_name
+from fsserver.store.segments import SegmentDamage, SegmentWriter, segment_name
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +122,16 @@ class Persister:
         self.answer(("applied", group[-1][0], disk_room(self.folder)))
 
     def apply(self, group: list[tuple[int, list[tuple[Any, ...]]]]) -> None:
-        placed: dict[int, Placed] = {}
-        written = 0
-        for _, records in group:
-            for record in records:
-                if record[0] == "blob":
-                    _, blob_id, _share, digest, size, offset = record
-                    with self.arena[offset : offset + size] as content:
-                        placed[blob_id] = self.segments.append(blob_id, digest, content)
-                    written += size
+        arena = self.arena
+        new = [(r[1], r[3], arena[r[5] : r[5] + r[4]])
+               for _, records in group for r in records if r[0] == "blob"]  # fmt: skip
+        written = sum(len(view) for _, _, view in new)
+        try:
+            spots = self.segments.append_all(new)
+        finally:
+            for _, _, view in new:
+                view.release()
+        placed = {blob_id: spot for (blob_id, _, _), spot in zip(new, spots, strict=True)}
         started = time.perf_counter()
         if self.fsync != "never":
             self.segments.sync()
