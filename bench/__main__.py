@@ -1,8 +1,9 @@
 """``python -m bench``: FS against raw TCP and rsync on loopback; see ``bench/__init__.py``.
 
-Two suites, both by default (core, then sync): ``--suite core`` (transfers through
-``fsclient.Client``, ``bench.run``) and ``--suite sync`` (whole ``fsclient sync`` commands and
-live clients, ``bench.syncrun``). Each writes its own section of docs/PERFORMANCE.md.
+Three suites, all by default: ``--suite core`` (transfers through ``fsclient.Client``,
+``bench.run``), ``--suite sync`` (whole ``fsclient sync`` commands and live clients,
+``bench.syncrun``) and ``--suite durable`` (what ``--data-dir`` costs, ``bench.durabench``).
+Each writes its own section of docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bench.run import MiB, Outcome, Settings, run_suite, say
 
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 SECTION = "core"
-SUITES = ("core", "sync", "all")
+SUITES = ("core", "sync", "durable", "all")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--suite", choices=SUITES, default="all",
-                   help="which suite to run (default all: core, then sync)")  # fmt: skip
+                   help="which suite to run (default all: core, sync, durable)")  # fmt: skip
     p.add_argument(
         "--quick", action="store_true", help="small sizes, 1 round, no doc update (smoke test)"
     )
@@ -151,6 +152,20 @@ def run_sync(args: argparse.Namespace) -> None:
         say(f"bench: wrote the '{section}' section of {args.doc}")
 
 
+def run_durable(args: argparse.Namespace) -> None:
+    from bench import durabench
+
+    s = durabench.DurableSettings.quick() if args.quick else durabench.DurableSettings()
+    if args.repeats:
+        s.rounds = max(1, args.repeats)
+    tables, all_pass = durabench.report(s, durabench.run_durable_suite(s))
+    print("\n".join(tables))
+    print(f"\ndurable: {'all' if all_pass else 'not all'} targets met", flush=True)
+    if not (args.no_write or args.quick):
+        write_section(args.doc, durabench.SECTION, durabench.document(s, tables, args.quick))
+        say(f"bench: wrote the '{durabench.SECTION}' section of {args.doc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.profile:
@@ -163,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             run_core(args)
         if args.suite in ("sync", "all"):
             run_sync(args)
+        if args.suite in ("durable", "all"):
+            run_durable(args)
     except KeyboardInterrupt:
         say("bench: interrupted, everything stopped")
         return 130

@@ -15,7 +15,7 @@ from typing import Any
 from fsserver.channel import MessageChannel, channel_pair
 from fsserver.children import Child, Role, spawn, stop_all
 from fsserver.config import ServerConfig
-from fsserver.process import setup_child
+from fsserver.process import profiled, setup_child
 from fsserver.store import Store
 from fsserver.store.journal import Journal
 from fsserver.store.recovery import Loaded, load
@@ -31,7 +31,8 @@ def persister_main(config: ServerConfig, sock: socket.socket, arena_name: str,
     from fsserver.store.persister import serve_journal
 
     setup_child("persister-0", config.log_level)
-    serve_journal(config.data_dir, config.fsync, sock, arena_name, segment)
+    profiled("persister-0", lambda: serve_journal(config.data_dir, config.fsync, sock,
+                                                  arena_name, segment))  # fmt: skip
 
 
 class Durability:
