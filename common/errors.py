@@ -80,6 +80,12 @@ class Conflict(FSError):
     code = ErrorCode.CONFLICT
 
 
+class HistoryExpired(FSError):
+    """The server no longer keeps the deletes since the version asked for: rescan in full."""
+
+    code = ErrorCode.CONFLICT
+
+
 class AuthError(FSError):
     code = ErrorCode.AUTH_FAILED
 

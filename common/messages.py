@@ -127,6 +127,8 @@ class LookupStatus(IntEnum):
     INVALID_PATH = 2
     CONFLICT = 3
     DENIED = 4
+    EXPIRED = 5
+    """A subscription from a version older than the share's oldest kept tombstone."""
 
 
 @dataclass(slots=True)

@@ -51,6 +51,8 @@ OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
     ("--tls-key", "tls_key", "FS_TLS_KEY", str, "private key (PEM) of --tls-cert"),
     ("--data-dir", "data_dir", "FS_DATA_DIR", str,
      "folder that keeps the store on disk (without it, memory only: a restart loses all)"),
+    ("--tombstone-days", "tombstone_days", "FS_TOMBSTONE_DAYS", float,
+     "days a deleted file's tombstone is kept; a client away longer does a full rescan"),
     ("--fsync", "fsync", "FS_FSYNC", str.lower,
      "when an upload is acknowledged: always (on disk), interval (may lose the last 100 ms), "
      "never (the OS decides)"),

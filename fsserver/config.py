@@ -63,6 +63,8 @@ class ServerConfig:
     fsync: str = "always"
     repair: bool = False
     """Start even if the data dir is damaged in the middle, keeping what checks out."""
+    tombstone_days: float = 30.0
+    """A deleted path's tombstone is kept this long, then forgotten."""
     shutdown_grace: float = 2.0
 
     def __post_init__(self) -> None:
@@ -86,6 +88,7 @@ class ServerConfig:
             (self.packet_timeout > 0, "--packet-timeout must be positive"),
             (self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}"),
             (self.fsync in FSYNC_MODES, f"--fsync must be one of {', '.join(FSYNC_MODES)}"),
+            (self.tombstone_days > 0, "--tombstone-days must be positive"),
             (self.shutdown_grace >= 0, "shutdown grace must not be negative"),
         ]
         checks += [

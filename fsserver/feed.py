@@ -124,6 +124,9 @@ class Subscription:
             if self.last > page.seq:
                 self._refuse(page.seq)
                 return
+            if 0 < self.last < page.pruned:
+                self._expired(page)
+                return
             self.conn.send(m.SubscribeResponse(self.request_id, m.LookupStatus.OK, page.seq, ""))
         for change in page.changes:
             self._send(change)
@@ -148,6 +151,15 @@ class Subscription:
             self.request_id, m.LookupStatus.CONFLICT, seq,
             f"version {self.last} is ahead of this share's latest version {seq}: the store was "
             f"replaced; subscribe from 0",
+        ))  # fmt: skip
+
+    def _expired(self, page: ChangePage) -> None:
+        """A client away longer than the tombstones are kept may have missed deletes."""
+        self.stop()
+        self.conn.send(m.SubscribeResponse(
+            self.request_id, m.LookupStatus.EXPIRED, page.seq,
+            f"version {self.last} is older than the oldest delete this share remembers "
+            f"({page.pruned}): subscribe from 0 and compare every file",
         ))  # fmt: skip
 
     def _send(self, change: Change) -> None:

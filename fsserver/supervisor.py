@@ -48,6 +48,7 @@ CALL_SLICE = 256
 REPLY_DELAY = 0.0001
 """Seconds a store reply may wait for others to share its control message."""
 ACCEPT_BACKOFF = 0.1
+PRUNE_EVERY = 3600.0
 
 
 def reply_too_large(reply: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
@@ -187,6 +188,7 @@ class Supervisor:
         assert self.loop is not None
         self.loop.add_reader(self.listener.fileno(), self.accept)
         self.sampler = self.loop.create_task(telemetry.ProcessSampler("acceptor").run())
+        self.prune_tombstones()
         for role in Role:  # exported from the start, as zero
             telemetry.RESTARTS.labels(role.value)
         log.info("fsserver metrics on %s:%d", cfg.host, self.metrics_port)
@@ -207,6 +209,19 @@ class Supervisor:
         log.info("loaded %d files (%d bytes in %d blobs) from %s in %.2f s; --fsync %s",
                  done.files, done.bytes, done.blobs, cfg.data_dir, done.seconds,
                  cfg.fsync)  # fmt: skip
+
+    def prune_tombstones(self) -> None:
+        """Forget tombstones past --tombstone-days; again every hour (or half the period)."""
+        assert self.store is not None and self.loop is not None
+        keep = self.config.tombstone_days * 86400
+        gone = self.store.prune_tombstones(time.time() - keep)
+        if gone:
+            log.info("forgot %d tombstones older than %g days", gone, self.config.tombstone_days)
+            self.log_changes()
+            if self.durability is not None:
+                self.durability.send_log()
+        if not self.stopping:
+            self.loop.call_later(min(PRUNE_EVERY, keep / 2), self.prune_tombstones)
 
     def check_tokens(self) -> None:
         """A tokens file that is named but missing is created with one token for the share

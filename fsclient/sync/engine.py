@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from common import messages as m
-from common.errors import Conflict, FSError, NotFound
+from common.errors import Conflict, FSError, HistoryExpired, NotFound
 from fsclient.access import Access
 from fsclient.client import ChangeStream, Client
 from fsclient.protocol import ConnectionLost
@@ -128,6 +128,7 @@ class SyncEngine:
         self.tries.clear()
         reseed = self.check_store(client.store_id)
         since = 0 if reseed else self.stored_seq
+        rescan = False
         try:
             self.stream = await client.subscribe(since)
         except Conflict:  # the server has fewer versions than this folder saw: a new store
@@ -136,7 +137,15 @@ class SyncEngine:
             self.read_from_start()
             reseed, since = True, 0
             self.stream = await client.subscribe(0)
+        except HistoryExpired:  # away longer than the server keeps deletes
+            log.warning("this folder was away longer than the server keeps deletes: "
+                        "comparing every file with the server's")  # fmt: skip
+            rescan, since = True, 0
+            self.stream = await client.subscribe(0)
         remote = await self.backlog(self.stream, since)
+        if rescan:  # a path the server does not know any more was deleted there long ago
+            for entry in self.db.all():
+                remote.setdefault(entry.path, RemoteState(0, deleted=True))
         undone = await Reconcile(self.scanner, self.db, self.actions).run(
             remote, reseed, await walking.take()
         )

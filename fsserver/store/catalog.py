@@ -22,7 +22,9 @@ from fsserver.store.segments import HEADER_SIZE, Placed
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS shares (name TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shares (
+    name TEXT PRIMARY KEY, seq INTEGER NOT NULL, pruned INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs (
     id INTEGER PRIMARY KEY, share TEXT NOT NULL, digest BLOB NOT NULL, size INTEGER NOT NULL,
     segment INTEGER NOT NULL, offset INTEGER NOT NULL
@@ -94,6 +96,7 @@ class Catalog:
         entries: list[tuple[Any, ...]] = []
         blobs: list[tuple[Any, ...]] = []
         freed: list[int] = []
+        gone: list[tuple[Any, ...]] = []
         seqs: dict[str, int] = {}
         segments: dict[int, list[int]] = {}
         for record in records:
@@ -112,15 +115,21 @@ class Catalog:
                 grow[1] += HEADER_SIZE + size
             elif kind == "free":
                 freed.append(record[1])
+            elif kind == "gone":
+                gone.append(record[1:])
         db = self.db
         db.execute("BEGIN")
         try:
             db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?)", blobs)
             db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", entries)
             db.executemany(
-                "INSERT INTO shares VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                "INSERT INTO shares (name, seq) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
                 "SET seq = max(seq, excluded.seq)", seqs.items(),
             )  # fmt: skip
+            db.executemany("DELETE FROM entries WHERE share = ? AND path = ? AND version = ?",
+                           gone)  # fmt: skip
+            db.executemany("UPDATE shares SET pruned = max(pruned, ?) WHERE name = ?",
+                           [(version, share) for share, _, version in gone])  # fmt: skip
             for blob_id in freed:
                 self._free(blob_id)
             for segment, (live, total) in segments.items():
@@ -161,8 +170,8 @@ class Catalog:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def shares(self) -> list[tuple[str, int]]:
-        return self.db.execute("SELECT name, seq FROM shares").fetchall()
+    def shares(self) -> list[tuple[str, int, int]]:
+        return self.db.execute("SELECT name, seq, pruned FROM shares").fetchall()
 
     def blobs(self) -> list[tuple[int, str, bytes, int, int, int]]:
         """(id, share, digest, size, segment, offset), in the order they lie on disk."""
@@ -170,10 +179,11 @@ class Catalog:
             "SELECT id, share, digest, size, segment, offset FROM blobs ORDER BY segment, offset"
         ).fetchall()
 
-    def entries(self) -> Iterator[tuple[str, str, int, int, int, int | None]]:
-        """(share, path, version, mtime_ns, mode, blob id or None), streamed."""
+    def entries(self) -> Iterator[tuple[str, str, int, int, int, int | None, float | None]]:
+        """(share, path, version, mtime_ns, mode, blob id or None, deleted at), streamed."""
         yield from self.db.execute(
-            "SELECT share, path, version, mtime_ns, mode, blob FROM entries ORDER BY share, path"
+            "SELECT share, path, version, mtime_ns, mode, blob, deleted_at FROM entries "
+            "ORDER BY share, path"
         )
 
     def segment_numbers(self) -> list[int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
@@ -38,6 +39,7 @@ from fsserver.store.records import (
     Reserved,
     StoreStats,
 )
+from fsserver.store.retention import Retention
 
 PAGE_BYTES = 32 * 1024
 """A list or change page stops after about this many bytes (paths plus a fixed share per
@@ -67,6 +69,10 @@ class Share:
     live: int = 0
     bytes: int = 0
     """Logical bytes of the share's live files (what its quota counts)."""
+    tombstones: deque[tuple[float, int, str]] = field(default_factory=deque)
+    """(unix time, version, path) of each delete, oldest first (see ``Retention``)."""
+    pruned: int = 0
+    """The version of the newest tombstone forgotten."""
 
     def record(self, path: str, entry: Entry) -> None:
         old = self.entries.get(path)
@@ -89,7 +95,7 @@ class _Hold:
     """An upload to a path the index does not hold yet: it will take an entry."""
 
 
-class Store(BatchStoring, Persisted):
+class Store(BatchStoring, Persisted, Retention):
     def __init__(self, capacity: int, max_entries: int = 1_000_000, quota: int = 0) -> None:
         self.store_id = os.urandom(16)
         self.size = capacity
@@ -259,10 +265,11 @@ class Store(BatchStoring, Persisted):
         self._unref(entry.blob)
         tombstone = Entry(sh.seq, entry.mtime_ns, entry.mode, None)
         sh.record(path, tombstone)
+        now = time.time()
+        sh.tombstones.append((now, sh.seq, path))
         self.changes.append((share, path, tombstone, origin))
         if self.journal is not None:
-            self.journal.append(("del", share, path, sh.seq, entry.mtime_ns, entry.mode,
-                                 time.time()))  # fmt: skip
+            self.journal.append(("del", share, path, sh.seq, entry.mtime_ns, entry.mode, now))
         return Committed(sh.seq)
 
     def changes_since(self, share: str, since: int, limit: int) -> ChangePage:
@@ -274,12 +281,12 @@ class Store(BatchStoring, Persisted):
         budget = PAGE_BYTES
         for version in sh.by_version.irange(minimum=since, inclusive=(False, True)):
             if len(changes) >= limit or budget <= 0:
-                return ChangePage(tuple(changes), True, sh.seq)
+                return ChangePage(tuple(changes), True, sh.seq, sh.pruned)
             path = sh.by_version[version]
             budget -= len(path.encode()) + ENTRY_BYTES
             entry = sh.entries[path]
             changes.append(Change(share, entry.record(path), deleted=entry.blob is None))
-        return ChangePage(tuple(changes), False, sh.seq)
+        return ChangePage(tuple(changes), False, sh.seq, sh.pruned)
 
     def stats(self) -> StoreStats:
         return StoreStats(

@@ -6,7 +6,8 @@ Every store call that changes something leaves journal records (``Store.take_jou
 - ``("blob", id, share, digest, size, arena offset)``: new content, to append to a segment;
 - ``("put", share, path, version, mtime_ns, mode, blob id)``: a path's new version;
 - ``("del", share, path, version, mtime_ns, mode, unix time)``: a path's tombstone;
-- ``("free", blob id)``: content nothing refers to any more.
+- ``("free", blob id)``: content nothing refers to any more;
+- ``("gone", share, path, version)``: a tombstone past its retention, forgotten.
 
 The records of one call form one entry with the next log sequence number (LSN). Entries go to
 the persisting process in order; it applies a group of them in one catalog transaction and

@@ -5,6 +5,7 @@ until they are written, and the rebuild from the catalog at start (``fsserver.st
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from itertools import count
 from typing import TYPE_CHECKING, Any
@@ -42,20 +43,20 @@ class Persisted:
 
     def restore(
         self,
-        shares: Iterable[tuple[str, int]],
+        shares: Iterable[tuple[str, int, int]],
         blobs: dict[int, Blob],
-        entries: Iterable[tuple[str, str, int, int, int, int | None]],
+        entries: Iterable[tuple[str, str, int, int, int, int | None, float | None]],
     ) -> None:
         """Rebuild the index from a data dir (``fsserver.store.recovery``), before any call;
         *blobs* are in the arena already, their extents allocated."""
         from fsserver.store.index import Entry, Share
 
-        for name, seq in shares:
-            self.shares[name] = Share(seq=seq)
+        for name, seq, pruned in shares:
+            self.shares[name] = Share(seq=seq, pruned=pruned)
         for blob in blobs.values():
             self.blobs[blob.key] = blob
             self.blob_bytes += blob.size
-        for share, path, version, mtime_ns, mode, blob_id in entries:
+        for share, path, version, mtime_ns, mode, blob_id, deleted_at in entries:
             sh = self.shares.setdefault(share, Share())
             blob = blobs[blob_id] if blob_id is not None else None
             sh.record(path, Entry(version, mtime_ns, mode, blob))
@@ -66,4 +67,8 @@ class Persisted:
                 sh.live += 1
                 sh.bytes += blob.size
                 self.logical_bytes += blob.size
+            else:
+                sh.tombstones.append((deleted_at or 0.0, version, path))
+        for sh in self.shares.values():  # oldest delete first
+            sh.tombstones = deque(sorted(sh.tombstones))
         self._blob_ids = count(max(blobs, default=0) + 1)

@@ -58,6 +58,9 @@ class ChangePage(NamedTuple):
     changes: tuple[Change, ...]
     more: bool
     seq: int
+    pruned: int = 0
+    """The newest tombstone forgotten (``--tombstone-days``): a client whose position is
+    below it may have missed a delete."""
 
 
 @dataclass(frozen=True, slots=True)
