@@ -97,6 +97,8 @@ class Session:
     phase: Phase
     size: int = 0
     transferred: int = 0
+    asked: int = 0
+    """A download's requested offset: the response starts there or at 0."""
 
 
 class SessionTable:
@@ -113,8 +115,11 @@ class SessionTable:
         session = self.sessions.get(file_id)
         return session.phase if session else None
 
-    def apply(self, file_id: int, step: Step, sender: Role, size: int | None = None) -> Phase:
-        """Move *file_id* through *step*; ``size`` is given with INIT and DOWNLOAD_OK."""
+    def apply(self, file_id: int, step: Step, sender: Role, size: int | None = None,
+              offset: int = 0) -> Phase:  # fmt: skip
+        """Move *file_id* through *step*; ``size`` is given with INIT and DOWNLOAD_OK, an
+        ``offset`` with DOWNLOAD_REQUEST (asked), ACCEPTED and DOWNLOAD_OK (where the
+        payload starts: the bytes before it count as transferred)."""
         session = self.sessions.get(file_id)
         current = session.phase if session else None
         nxt = TRANSITIONS.get((current, step, sender))
@@ -143,11 +148,26 @@ class SessionTable:
             session.size = size
         if step is Step.RETRY:
             session.transferred = 0
+        elif offset:
+            self._start_at(file_id, session, step, offset)
         if nxt is Phase.DONE:
             del self.sessions[file_id]
         else:
             session.phase = nxt
         return nxt
+
+    @staticmethod
+    def _start_at(file_id: int, session: Session, step: Step, offset: int) -> None:
+        """A resumed session: the payload starts at *offset* (section 6.3 of the spec)."""
+        if step is Step.DOWNLOAD_REQUEST:
+            session.asked = offset
+            return
+        if offset > session.size or (step is Step.DOWNLOAD_OK and offset != session.asked):
+            raise LocalProtocolError(
+                f"file {file_id}: offset {offset} of {session.size} bytes "
+                f"(asked {session.asked if step is Step.DOWNLOAD_OK else 'nothing'})"
+            )
+        session.transferred = offset
 
     def count_data(self, file_id: int, nbytes: int, sender: Role) -> None:
         """Account *nbytes* of payload for *file_id*, refusing more than its size."""

@@ -238,7 +238,7 @@ class ClientConnection(
             if sessions:  # cut short by the connection's end
                 telemetry.SESSIONS.labels(direction, "error").inc(len(sessions))
         for upload in self.uploads.values():
-            self.drop(upload)
+            self.drop(upload, park=True)
         self.uploads.clear()
         self.drop_batches()
         self.release_all_downloads()
