@@ -144,12 +144,16 @@ class SessionTable:
                 f"CheckHash for file {file_id} after {session.transferred} of {session.size} bytes",
                 ErrorCode.UNEXPECTED_PACKET,
             )
+        if offset and step is not Step.DOWNLOAD_REQUEST:
+            self._check_offset(file_id, session, step, offset, size)
         if size is not None:
             session.size = size
         if step is Step.RETRY:
             session.transferred = 0
+        elif step is Step.DOWNLOAD_REQUEST:
+            session.asked = offset
         elif offset:
-            self._start_at(file_id, session, step, offset)
+            session.transferred = offset
         if nxt is Phase.DONE:
             del self.sessions[file_id]
         else:
@@ -157,17 +161,16 @@ class SessionTable:
         return nxt
 
     @staticmethod
-    def _start_at(file_id: int, session: Session, step: Step, offset: int) -> None:
-        """A resumed session: the payload starts at *offset* (section 6.3 of the spec)."""
-        if step is Step.DOWNLOAD_REQUEST:
-            session.asked = offset
-            return
-        if offset > session.size or (step is Step.DOWNLOAD_OK and offset != session.asked):
+    def _check_offset(file_id: int, session: Session, step: Step, offset: int,
+                      size: int | None) -> None:  # fmt: skip
+        """A resumed session's payload starts at *offset*: within the file, and for a
+        download where it was asked to (section 6.3 of the spec)."""
+        size = session.size if size is None else size
+        if offset > size or (step is Step.DOWNLOAD_OK and offset != session.asked):
+            asked = session.asked if step is Step.DOWNLOAD_OK else "nothing"
             raise LocalProtocolError(
-                f"file {file_id}: offset {offset} of {session.size} bytes "
-                f"(asked {session.asked if step is Step.DOWNLOAD_OK else 'nothing'})"
+                f"file {file_id}: offset {offset} of {size} bytes (asked {asked})"
             )
-        session.transferred = offset
 
     def count_data(self, file_id: int, nbytes: int, sender: Role) -> None:
         """Account *nbytes* of payload for *file_id*, refusing more than its size."""

@@ -45,7 +45,8 @@ def lost(exc: BaseException) -> bool:
 async def retrying(client: Client, attempt: Callable[[], Awaitable[T]], what: str) -> T:
     """Run *attempt*; while it fails because the connection was lost, and the client may
     reconnect (see ``Client.may_reconnect``), connect again after a back-off and run it again.
-    The last failure is raised once ``RETRY_DELAYS`` are used up."""
+    Once ``RETRY_DELAYS`` are used up, the last attempt's failure is raised (the server's
+    reason, say, rather than that it cannot be reached since)."""
     delays = iter(RETRY_DELAYS)
     while True:
         try:
@@ -53,18 +54,18 @@ async def retrying(client: Client, attempt: Callable[[], Awaitable[T]], what: st
         except FSError as exc:
             if not (lost(exc) and client.may_reconnect):
                 raise
-            failure: BaseException = exc
-        while True:  # a new connection, or the reason there is none
+            failure, reason = exc, str(exc)
+        while True:  # a new connection, or no more tries
             delay = next(delays, None)
             if delay is None:
                 raise failure
-            log.warning("%s: %s; reconnecting in %.1f s", what, failure, delay)
+            log.warning("%s: %s; reconnecting in %.1f s", what, reason, delay)
             await asyncio.sleep(delay)
             try:
                 await client.reconnect()
                 break
             except (OSError, ConnectionLost) as exc:  # refused, reset: the server is away
-                failure = exc
+                reason = str(exc)
 
 
 _partials: dict[Path, Partial] = {}

@@ -276,6 +276,8 @@ class DownloadTarget:
         self.entry: FileEntry | None = None
         self.held = 0
         """Bytes the temp file held when the request went out (a download resumed)."""
+        self.expect: bytes | None = None
+        """The digest of the file those bytes belong to."""
         self.resumable = True
 
     def open(self, partial: Partial | None = None) -> tuple[int, bytes | None]:
@@ -290,7 +292,7 @@ class DownloadTarget:
         if partial is None:
             return 0, None
         self.sink.take_prefix(partial.size)
-        self.held = partial.size
+        self.held, self.expect = partial.size, partial.digest
         return partial.size, partial.digest
 
     def begin(self, offset: int) -> FileSink:
@@ -339,12 +341,13 @@ class DownloadTarget:
         holds nothing to resume from)."""
         self.cut()
         sink, entry, temp = self.sink, self.entry, self.temp
-        if not self.resumable or sink is None or entry is None or temp is None:
+        digest, size = (entry.digest, entry.size) if entry is not None else (self.expect, self.held)
+        if not self.resumable or sink is None or temp is None or digest is None:
             return None
-        if not 0 < sink.written <= entry.size:
+        if not 0 < sink.written <= size:
             return None
         self.temp = None  # (``discard`` leaves it)
-        return Partial(temp, entry.digest, sink.written)
+        return Partial(temp, digest, sink.written)
 
     def discard(self) -> None:
         if self.fd >= 0:

@@ -558,6 +558,44 @@ def test_upload_with_a_mismatch_then_a_retry(pair):
     pair.c2s(m.FileSyncCheckHash(4, DIGEST))
 
 
+def test_a_resumed_upload_sends_the_rest_and_a_retry_all_of_it(pair):
+    """Section 5.13: the server holds 6000 bytes; the client sends the other 4240, then (after
+    a mismatch) the whole file again."""
+    pair.c2s(m.FileSyncInit(4, 10240, 5, 0o600, 0, None, "big.bin"))
+    pair.s2c(m.FileSyncInitResponse(4, m.InitStatus.ACCEPTED, 0, 6000, ""))
+    for end in (pair.client, pair.server):
+        session = end.sessions.sessions[4]
+        assert (session.phase, session.size, session.transferred) == (Phase.UPLOADING, 10240, 6000)
+    with pytest.raises(LocalProtocolError) as sent_too_much:
+        pair.client.send(m.FileSyncData(4, bytes(4241)))
+    assert sent_too_much.value.code is ErrorCode.LIMIT_EXCEEDED
+    pair.stream(pair.client, 4, bytes(4240))
+    pair.c2s(m.FileSyncCheckHash(4, DIGEST))
+    pair.s2c(m.FileSyncCheckHashResponse(4, m.HashStatus.MISMATCH, OTHER_DIGEST))
+    pair.s2c(m.FileSyncRetryUpload(4, 1))
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(m.FileSyncCheckHash(4, DIGEST))  # the retry needs every byte
+    pair.stream(pair.client, 4, bytes(10240))
+    pair.c2s(m.FileSyncCheckHash(4, DIGEST))
+    pair.assert_agree()
+
+
+def test_a_download_resumes_at_the_offset_asked(pair):
+    entry = m.FileEntry(100, 7, 0, 0o644, DIGEST, "d")
+    pair.c2s(m.DownloadRequest(3, 60, DIGEST, "d"))
+    pair.s2c(m.DownloadResponse(3, m.LookupStatus.OK, 60, "", entry))
+    assert pair.client.sessions.sessions[3].transferred == 60
+    pair.stream(pair.server, 3, bytes(40))
+    pair.s2c(m.FileSyncCheckHash(3, DIGEST))
+    pair.c2s(m.FileSyncCheckHashResponse(3, m.HashStatus.OK, DIGEST))
+    # asked for an offset, answered from the first byte: the content changed
+    pair.c2s(m.DownloadRequest(3, 60, OTHER_DIGEST, "d"))
+    pair.s2c(m.DownloadResponse(3, m.LookupStatus.OK, 0, "", entry))
+    pair.stream(pair.server, 3, bytes(100))
+    pair.s2c(m.FileSyncCheckHash(3, DIGEST))
+    pair.assert_agree()
+
+
 def test_empty_file_upload(pair):
     pair.upload_accepted(1, 0)
     pair.stream(pair.client, 1, b"")

@@ -9,18 +9,23 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
 import pytest
 import xxhash
 
+from common import messages as m
+from common.limits import ANY_VERSION
 from fsclient import Client
 from fsclient.protocol import ConnectionLost
 from tests.cli import cli_env, fsclient, fsclient_command
 from tests.conftest import run
+from tests.rawclient import RawClient
 from tests.relay import Relay
 from tests.serverproc import ROOT, ServerProcess, eventually, wait_for
+from tests.syncproc import SyncProcess
 
 MiB = 1 << 20
 BIG = 200 * MiB
@@ -56,6 +61,19 @@ def temp_files(folder: Path) -> list[str]:
     return [name for name in os.listdir(folder) if ".fs-tmp-" in name]
 
 
+async def cut_short(address: str, transfer: Callable[[Client], Awaitable[object]],
+                    **cut: int) -> None:  # fmt: skip
+    """Run *transfer* on a client whose connection a relay cuts (``cut_up`` or ``cut_down``
+    bytes): it fails with ConnectionLost. The client does not reconnect: this test sees each
+    attempt on its own."""
+    with Relay(address, **cut) as relay:  # type: ignore[arg-type]
+        client = await Client.connect(relay.address)
+        client.dial = None
+        with pytest.raises(ConnectionLost):
+            await transfer(client)
+        await client.close()
+
+
 @pytest.fixture
 def big_server(server_factory):
     return server_factory("--workers", "2", "--store-size", "512MiB")
@@ -69,12 +87,7 @@ def test_a_cut_upload_resumes_and_sends_about_half(big_server, tmp_path):
     digest = random_file(local, BIG)
 
     async def main():
-        with Relay(server.address, cut_up=BIG // 2) as relay:
-            client = await Client.connect(relay.address)
-            client.dial = None  # no reconnecting: this test sees each attempt on its own
-            with pytest.raises(ConnectionLost):
-                await client.put(local, "big.bin")
-            await client.close()
+        await cut_short(server.address, lambda c: c.put(local, "big.bin"), cut_up=BIG // 2)
         quiet(server)
         wait_for(lambda: server.metric("fs_store_parked_bytes") == BIG, 10, "the upload parked")
         first = server.metric(RECEIVED, 0.0)
@@ -106,12 +119,7 @@ def test_a_cut_download_resumes_and_sends_about_half(big_server, tmp_path):
             await client.put(local, "big.bin")
         quiet(server)
         before = server.metric(SENT, 0.0)
-        with Relay(server.address, cut_down=BIG // 2) as relay:
-            client = await Client.connect(relay.address)
-            client.dial = None
-            with pytest.raises(ConnectionLost):
-                await client.get("big.bin", dest)
-            await client.close()
+        await cut_short(server.address, lambda c: c.get("big.bin", dest), cut_down=BIG // 2)
         assert not dest.exists()
         assert len(temp_files(back)) == 1, "the part received is kept"
         quiet(server)
@@ -138,12 +146,7 @@ def test_a_download_resumes_only_the_same_content(server, tmp_path):
     async def main():
         async with await Client.connect(server.address) as client:
             await client.put_bytes(old, "f.bin")
-        with Relay(server.address, cut_down=3 * MiB) as relay:
-            client = await Client.connect(relay.address)
-            client.dial = None
-            with pytest.raises(ConnectionLost):
-                await client.get("f.bin", dest)
-            await client.close()
+        await cut_short(server.address, lambda c: c.get("f.bin", dest), cut_down=3 * MiB)
         assert len(temp_files(tmp_path)) == 1
         quiet(server)
         before = server.metric(SENT, 0.0)
@@ -270,3 +273,140 @@ def test_kill_9_of_the_worker_serving_a_put(server_factory, tmp_path):
             assert (await client.stat("big.bin")).digest == digest
 
     run(check())
+
+
+def test_kept_bytes_that_are_not_the_file_cost_a_retry_not_a_wrong_file(server, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    """The file changed after the cut, keeping its size, mtime and mode: the upload resumes,
+    the whole file's digest does not match, and the retry sends all of it. Likewise a kept
+    download whose bytes were changed: it is done again from the start."""
+    import fsclient.transfer as transfer
+
+    monkeypatch.setattr(transfer, "PREHASH_MAX", 0)  # no Init digest: only the hash can tell
+    size = 8 * MiB
+    local = tmp_path / "f.bin"
+    random_file(local, size)
+    stamp = local.stat().st_mtime_ns
+
+    async def main():
+        await cut_short(server.address, lambda c: c.put(local, "f.bin"), cut_up=size // 2)
+        quiet(server)
+        before = server.metric(RECEIVED, 0.0)
+        random_file(local, size)  # (new content, same size) ...
+        os.utime(local, ns=(stamp, stamp))  # ... and same mtime
+        digest = file_digest(local)
+        async with await Client.connect(server.address) as client:
+            entry = await client.put(local, "f.bin")
+        quiet(server)
+        assert entry.digest == digest
+        return server.metric(RECEIVED, 0.0) - before
+
+    assert run(main()) > 1.3 * size, "the rest, then the whole file again"
+
+
+def test_a_kept_download_that_was_changed_is_done_again(server, tmp_path):
+    data = os.urandom(8 * MiB)
+    folder = tmp_path / "down"
+    folder.mkdir()
+
+    async def main():
+        async with await Client.connect(server.address) as client:
+            await client.put_bytes(data, "f.bin")
+        await cut_short(server.address, lambda c: c.get("f.bin", folder / "f.bin"),
+                        cut_down=4 * MiB)  # fmt: skip
+        [temp] = temp_files(folder)
+        with open(folder / temp, "r+b") as f:  # a byte of the kept part changed
+            f.write(b"\xff" if f.read(1) != b"\xff" else b"\x00")
+        async with await Client.connect(server.address) as client:
+            await client.get("f.bin", folder / "f.bin")
+
+    run(main())
+    assert (folder / "f.bin").read_bytes() == data
+    assert temp_files(folder) == []
+
+
+def test_sync_resumes_its_uploads_and_downloads(server_factory, tmp_path):
+    """A live ``fsclient sync`` whose connection is cut mid-transfer reconnects by itself;
+    its next upload of the file resumes on the server, its next download from the part it
+    kept (the reconcile at the start of its next session leaves that temp file alone)."""
+    server = server_factory("--workers", "2", "--store-size", "256MiB")
+    size = 48 * MiB
+    up, down = tmp_path / "up", tmp_path / "down"
+    up.mkdir()
+    down.mkdir()
+    digest = random_file(up / "big.bin", size)
+    with Relay(server.address, cut_up=size // 2) as relay:
+        sync = SyncProcess(up, relay.address).start()
+        try:
+            wait_for(lambda: server_digest(server, "big.bin") == digest, 60, "the upload")
+        finally:
+            sync.stop()
+        assert len(relay.up) >= 2 and relay.up[1] < 0.75 * size, relay.up
+    with Relay(server.address, cut_down=size // 2) as relay:
+        sync = SyncProcess(down, relay.address).start()
+        try:
+            wait_for(lambda: (down / "big.bin").exists() and file_digest(down / "big.bin")
+                     == digest, 60, "the download")  # fmt: skip
+        finally:
+            sync.stop()
+        assert len(relay.down) >= 2 and relay.down[1] < 0.75 * size, relay.down
+    assert temp_files(down) == []
+
+
+def server_digest(server: ServerProcess, path: str) -> bytes | None:
+    async def look() -> bytes | None:
+        async with await Client.connect(server.address) as client:
+            return next((e.digest for e in await client.ls() if e.path == path), None)
+
+    return run(look())
+
+
+def test_an_upload_that_meets_the_same_one_in_progress_waits_for_it_then_resumes(server):
+    """The second FileSyncInit of the same file to the same path, while the first upload's
+    connection is still open: the answer waits for that one to end, then resumes its bytes.
+    If it does not end (two clients uploading the same file), a fresh upload starts."""
+    size = 8 * MiB
+    data = os.urandom(size)
+    init = m.FileSyncInit(1, size, 5, 0o644, ANY_VERSION, None, "same.bin")
+    first = RawClient(server.address, max_packet=1 << 20)
+    first.send(init)
+    assert first.expect(m.FileSyncInitResponse).offset == 0
+    first.send_raw(first.conn.frame_data(1, memoryview(data)[: 3 * MiB]))
+    second = RawClient(server.address, max_packet=1 << 20)
+    second.send(init)
+    first.close()  # (a connection that ends while the second one waits)
+    resumed = second.expect(m.FileSyncInitResponse)
+    assert (resumed.status, resumed.offset) == (m.InitStatus.ACCEPTED, 3 * MiB)
+    third = RawClient(server.address, max_packet=1 << 20)
+    third.send(init)  # the second is in progress, and stays: after a while, a fresh start
+    fresh = third.expect(m.FileSyncInitResponse)
+    assert (fresh.status, fresh.offset) == (m.InitStatus.ACCEPTED, 0)
+    for client, start in ((second, 3 * MiB), (third, 0)):
+        client.send_raw(client.conn.frame_data(1, memoryview(data)[start:]))
+        client.send(m.FileSyncCheckHash(1, xxhash.xxh3_128_digest(data)))
+        assert client.expect(m.FileSyncCheckHashResponse).status is m.HashStatus.OK
+        assert client.expect(m.FileSyncFinish).version
+        client.close()
+
+
+def test_resuming_works_with_the_seeds_4096_byte_packets(server, tmp_path):
+    size = 6 * MiB
+    local = tmp_path / "f.bin"
+    digest = random_file(local, size)
+    dest = tmp_path / "back.bin"
+
+    async def main():
+        for cut in ({"cut_up": size // 2}, {"cut_down": size // 2}):
+            with Relay(server.address, **cut) as relay:  # type: ignore[arg-type]
+                client = await Client.connect(relay.address, max_packet=4096)
+                assert client.max_packet == 4096
+                if "cut_up" in cut:
+                    assert (await client.put(local, "f.bin")).digest == digest
+                    assert len(relay.up) == 2 and relay.up[1] < 0.6 * size
+                else:
+                    assert (await client.get("f.bin", dest)).digest == digest
+                    assert len(relay.down) == 2 and relay.down[1] < 0.6 * size
+                await client.close()
+
+    run(main())
+    assert file_digest(dest) == digest

@@ -17,7 +17,6 @@ from itertools import count
 
 from sortedcontainers import SortedDict
 
-from common.errors import StoreFull
 from common.limits import ANY_VERSION, NO_VERSION
 from common.messages import FileEntry, InitStatus, LookupStatus
 from fsserver.store.allocator import ExtentAllocator
@@ -141,11 +140,8 @@ class Store(BatchStoring, ParkedUploads):
         if blob is not None:
             self._discard_parked(key)
             return Linked(self._put(share, path, blob, mtime_ns, mode, origin))
-        try:
-            room = self._room(key, size, digest, resume)
-        except StoreFull as exc:
-            return Refused(InitStatus.NO_SPACE, 0, exc.message)
-        if isinstance(room, Busy):
+        room = self._room(key, size, digest, resume)
+        if isinstance(room, Busy | Refused):  # (Refused: no space)
             return room
         offset, held = room
         ticket = next(self._ids)
@@ -153,8 +149,7 @@ class Store(BatchStoring, ParkedUploads):
         self.new_paths += new_path
         if size:
             self.reserved[share] = self.reserved.get(share, 0) + size
-        if key is not None:
-            self._track(ticket, key, digest, held)
+        self._track(ticket, key, digest, held)
         return Reserved(ticket, offset, held)
 
     def commit(

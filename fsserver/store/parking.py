@@ -21,8 +21,9 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from common.errors import StoreFull
+from common.messages import InitStatus
 from fsserver.store.allocator import ExtentAllocator
-from fsserver.store.records import Busy
+from fsserver.store.records import Busy, Refused
 
 RESUME_MIN = 1 << 20
 """Uploads at least this big can be resumed; smaller ones are cheaper to send again."""
@@ -108,16 +109,19 @@ class ParkedUploads:
     # -- for Store ---------------------------------------------------------------------------
 
     def _room(self, key: ResumeKey | None, size: int, digest: bytes | None, resume: bool
-              ) -> tuple[int, int] | Busy:  # fmt: skip
+              ) -> tuple[int, int] | Busy | Refused:  # fmt: skip
         """Where a new upload's bytes go, and how many of them are there already: the extent
-        of the same upload cut short (unless not *resume*), or a new one (StoreFull)."""
+        of the same upload cut short (unless not *resume*), or a new one (if there is room)."""
         if key is not None and resume:
             if key in self.live_keys:
                 return Busy()
             parked = self._resume(key, digest)
             if parked is not None:
                 return parked.offset, parked.done
-        return self._allocate(size), 0
+        try:
+            return self._allocate(size), 0
+        except StoreFull as exc:
+            return Refused(InitStatus.NO_SPACE, 0, exc.message)
 
     def _resume(self, key: ResumeKey, digest: bytes | None) -> Parked | None:
         """Take back the extent parked under *key*, if its content may be the same (digests,
@@ -132,7 +136,9 @@ class ParkedUploads:
         self.parked_bytes -= parked.size
         return parked
 
-    def _track(self, ticket: int, key: ResumeKey, digest: bytes | None, done: int) -> None:
+    def _track(self, ticket: int, key: ResumeKey | None, digest: bytes | None, done: int) -> None:
+        if key is None:
+            return  # too small to resume
         self.resumable[ticket] = Resumable(key, digest, done)
         self.live_keys[key] = self.live_keys.get(key, 0) + 1
 
