@@ -404,13 +404,13 @@ class FSConnection:
         self._require_ready(ptype, sender)
         step = session_step(msg)
         if step is not None:
-            file_id, what, size = step
+            file_id, what, size, offset = step
             if sender is not self.role and file_id in self._ended:
                 if what in (Step.INIT, Step.DOWNLOAD_REQUEST):
                     del self._ended[file_id]  # the peer saw our Error and reuses the id
                 elif self._stale(file_id):
                     return False
-            self.sessions.apply(file_id, what, sender, size)
+            self.sessions.apply(file_id, what, sender, size, offset)
             if what in (Step.CHECK_HASH, Step.CANCEL) and sender is not self.role:
                 self.detach_sink(file_id)
         elif type(msg) in RESPONSE_OF:

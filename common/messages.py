@@ -185,6 +185,9 @@ class FileSyncInitResponse:
     file_id: Annotated[int, U32]
     status: Annotated[InitStatus, Enum(InitStatus)]
     version: Annotated[int, U64]
+    offset: Annotated[int, U64]
+    """ACCEPTED: how many bytes of the file the server holds already (from an upload of the
+    same content cut short); the client sends from there. Otherwise 0."""
     message: Annotated[str, MESSAGE]
 
 
@@ -281,6 +284,10 @@ class StatResponse:
 @dataclass(frozen=True, slots=True)
 class DownloadRequest:
     file_id: Annotated[int, U32]
+    offset: Annotated[int, U64]
+    """Where to start: the client holds the bytes before it, of the content ``digest`` names
+    (a download cut short). Honoured only if the stored content still has that digest."""
+    digest: Annotated[bytes | None, OPT_DIGEST]
     path: Annotated[str, PATH]
 
 
@@ -288,6 +295,8 @@ class DownloadRequest:
 class DownloadResponse:
     file_id: Annotated[int, U32]
     status: Annotated[LookupStatus, Enum(LookupStatus)]
+    offset: Annotated[int, U64]
+    """OK: the offset of the first payload byte, the request's when it resumes, else 0."""
     message: Annotated[str, MESSAGE]
     entry: Annotated[FileEntry | None, OptionalRecord(FileEntry)]
 

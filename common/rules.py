@@ -60,30 +60,36 @@ INIT_STEPS = {
 }
 
 
-def session_step(msg: m.Message) -> tuple[int, Step, int | None] | None:
-    """The session transition a message makes, or None if it is not a session packet."""
+def session_step(msg: m.Message) -> tuple[int, Step, int | None, int] | None:
+    """The session transition a message makes, or None if it is not a session packet: (file
+    id, step, the session's size if the packet sets it, the offset it names)."""
     match msg:
         case m.FileSyncInit(file_id=fid, size=size):
-            return fid, Step.INIT, size
-        case m.FileSyncInitResponse(file_id=fid, status=status):
-            return fid, INIT_STEPS.get(status, Step.REFUSED), None
+            return fid, Step.INIT, size, 0
+        case m.FileSyncInitResponse(file_id=fid, status=status, offset=offset):
+            step = INIT_STEPS.get(status, Step.REFUSED)
+            if offset and step is not Step.ACCEPTED:
+                raise LocalProtocolError(f"FileSyncInitResponse {status.name} with offset {offset}")
+            return fid, step, None, offset
         case m.FileSyncCheckHash(file_id=fid):
-            return fid, Step.CHECK_HASH, None
+            return fid, Step.CHECK_HASH, None, 0
         case m.FileSyncCheckHashResponse(file_id=fid, status=status):
             ok = status is m.HashStatus.OK
-            return fid, Step.HASH_OK if ok else Step.HASH_MISMATCH, None
+            return fid, Step.HASH_OK if ok else Step.HASH_MISMATCH, None, 0
         case m.FileSyncRetryUpload(file_id=fid):
-            return fid, Step.RETRY, None
+            return fid, Step.RETRY, None, 0
         case m.FileSyncFinish(file_id=fid):
-            return fid, Step.FINISH, None
+            return fid, Step.FINISH, None, 0
         case m.FileSyncCancel(file_id=fid):
-            return fid, Step.CANCEL, None
-        case m.DownloadRequest(file_id=fid):
-            return fid, Step.DOWNLOAD_REQUEST, None
-        case m.DownloadResponse(file_id=fid, status=status, entry=entry):
+            return fid, Step.CANCEL, None, 0
+        case m.DownloadRequest(file_id=fid, offset=offset):
+            return fid, Step.DOWNLOAD_REQUEST, None, offset
+        case m.DownloadResponse(file_id=fid, status=status, entry=entry, offset=offset):
             if status is not m.LookupStatus.OK:
-                return fid, Step.REFUSED, None
+                if offset:
+                    raise LocalProtocolError(f"DownloadResponse {status.name} with offset {offset}")
+                return fid, Step.REFUSED, None, 0
             if entry is None:
                 raise LocalProtocolError("DownloadResponse OK without an entry")
-            return fid, Step.DOWNLOAD_OK, entry.size
+            return fid, Step.DOWNLOAD_OK, entry.size, offset
     return None

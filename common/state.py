@@ -97,6 +97,8 @@ class Session:
     phase: Phase
     size: int = 0
     transferred: int = 0
+    asked: int = 0
+    """A download's requested offset: the response starts there or at 0."""
 
 
 class SessionTable:
@@ -113,8 +115,11 @@ class SessionTable:
         session = self.sessions.get(file_id)
         return session.phase if session else None
 
-    def apply(self, file_id: int, step: Step, sender: Role, size: int | None = None) -> Phase:
-        """Move *file_id* through *step*; ``size`` is given with INIT and DOWNLOAD_OK."""
+    def apply(self, file_id: int, step: Step, sender: Role, size: int | None = None,
+              offset: int = 0) -> Phase:  # fmt: skip
+        """Move *file_id* through *step*; ``size`` is given with INIT and DOWNLOAD_OK, an
+        ``offset`` with DOWNLOAD_REQUEST (asked), ACCEPTED and DOWNLOAD_OK (where the
+        payload starts: the bytes before it count as transferred)."""
         session = self.sessions.get(file_id)
         current = session.phase if session else None
         nxt = TRANSITIONS.get((current, step, sender))
@@ -139,15 +144,33 @@ class SessionTable:
                 f"CheckHash for file {file_id} after {session.transferred} of {session.size} bytes",
                 ErrorCode.UNEXPECTED_PACKET,
             )
+        if offset and step is not Step.DOWNLOAD_REQUEST:
+            self._check_offset(file_id, session, step, offset, size)
         if size is not None:
             session.size = size
         if step is Step.RETRY:
             session.transferred = 0
+        elif step is Step.DOWNLOAD_REQUEST:
+            session.asked = offset
+        elif offset:
+            session.transferred = offset
         if nxt is Phase.DONE:
             del self.sessions[file_id]
         else:
             session.phase = nxt
         return nxt
+
+    @staticmethod
+    def _check_offset(file_id: int, session: Session, step: Step, offset: int,
+                      size: int | None) -> None:  # fmt: skip
+        """A resumed session's payload starts at *offset*: within the file, and for a
+        download where it was asked to (section 6.3 of the spec)."""
+        size = session.size if size is None else size
+        if offset > size or (step is Step.DOWNLOAD_OK and offset != session.asked):
+            asked = session.asked if step is Step.DOWNLOAD_OK else "nothing"
+            raise LocalProtocolError(
+                f"file {file_id}: offset {offset} of {size} bytes (asked {asked})"
+            )
 
     def count_data(self, file_id: int, nbytes: int, sender: Role) -> None:
         """Account *nbytes* of payload for *file_id*, refusing more than its size."""

@@ -5,22 +5,26 @@
         entries = await client.ls("docs/")
 
 Many operations may run at once on one connection (``put_many`` keeps a window of uploads in
-flight), each as its own file session on the wire.
+flight), each as its own file session on the wire. A ``put`` or ``get`` whose connection is
+lost connects again and goes on from where it stopped (``fsclient.resume``), unless the client
+is subscribed: the owner of a subscription reconnects it (the sync engine does), and its next
+transfer of the same file resumes then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from common import messages as m
-from common.digest import EMPTY_DIGEST, StreamingDigest
 from common.errors import (
     FSError,
     HashMismatch,
@@ -40,22 +44,14 @@ from common.state import Phase
 from fsclient.access import DEFAULT_SERVER, Access
 from fsclient.batch import BatchUpload, Item, OnResult
 from fsclient.connect import closed_at_handshake, looks_like_tls, open_connection, parse_server
+from fsclient.download import download
 from fsclient.protocol import ClientProtocol, ConnectionLost, Leftover, Mailbox, refusal
-from fsclient.transfer import (
-    CHUNK,
-    BufferRing,
-    BytesSource,
-    DownloadTarget,
-    FileChanged,
-    FileSource,
-    Known,
-    Progress,
-    SourceMeta,
-    UploadSource,
-)
+from fsclient.resume import drop_partial, retrying
+from fsclient.transfer import BytesSource, FileChanged, FileSource, Known, Progress
+from fsclient.upload import upload
 
-ZERO_COPY_MIN = 64 * 1024
-SEND_CHUNK = 256 * 1024
+log = logging.getLogger(__name__)
+
 MAX_ATTEMPTS = 4
 
 
@@ -69,6 +65,9 @@ class Client:
         """The server's limit of open sessions (and of outstanding requests): calls wait for
         a free one instead of passing it."""
         self._ids = itertools.count(1)
+        self.dial: Callable[[], Awaitable[Client]] | None = None
+        """Connects again the way this client was connected (``reconnect``)."""
+        self._reconnecting = asyncio.Lock()
 
     @classmethod
     async def connect(
@@ -106,7 +105,28 @@ class Client:
         if hello.status is not m.HandshakeStatus.OK:
             proto.abort(RemoteError(hello.message), send_error=False)
             raise refusal(hello.status, hello.message)
-        return cls(proto, hello)
+        client = cls(proto, hello)
+        client.dial = functools.partial(cls.connect, server, share, client_id=client_id,
+                                        max_packet=max_packet, access=access,
+                                        timeout=timeout)  # fmt: skip
+        return client
+
+    @property
+    def may_reconnect(self) -> bool:
+        """A transfer cut short connects again by itself: not on a subscribed connection
+        (its owner reconnects, and subscribes again), nor on one made without ``connect``."""
+        return self.dial is not None and self.proto.notifications is None
+
+    async def reconnect(self) -> None:
+        """Replace a lost connection with a new one to the same server and share (once, for
+        all the transfers that lost it)."""
+        assert self.dial is not None
+        async with self._reconnecting:
+            if self.proto.failure is None:
+                return  # another transfer did it meanwhile
+            fresh = await self.dial()
+            self.proto, self.worker_id, self.store_id = fresh.proto, fresh.worker_id, fresh.store_id
+            self.max_packet, self.max_in_flight = fresh.max_packet, fresh.max_in_flight
 
     async def __aenter__(self) -> Client:
         return self
@@ -135,15 +155,20 @@ class Client:
         known: Known | None = None,
     ) -> m.FileEntry:
         """Upload a local file; returns its entry as stored (with the new version).
-        *known*: see ``FileSource``."""
+        *known*: see ``FileSource``. A lost connection is replaced, and the upload resumed."""
         path = normalize_path(remote)
+        attempt = functools.partial(self._put_file, local, path, base_version, progress, known)
+        return await retrying(self, attempt, f"put {path}")
+
+    async def _put_file(self, local: str | os.PathLike[str], path: str, base_version: int,
+                        progress: Progress | None, known: Known | None) -> m.FileEntry:  # fmt: skip
         for attempt in range(MAX_ATTEMPTS):
             try:
                 source = FileSource(local, known if attempt == 0 else None)
             except FileChanged:
                 continue
             try:
-                return await self._upload(source, path, base_version, progress)
+                return await upload(self, source, path, base_version, progress)
             except FileChanged:
                 continue
             finally:
@@ -159,9 +184,10 @@ class Client:
         mode: int = 0o644,
         base_version: int = ANY_VERSION,
     ) -> m.FileEntry:
-        return await self._upload(
-            BytesSource(data, mtime_ns, mode), normalize_path(remote), base_version
-        )
+        path = normalize_path(remote)
+        source = BytesSource(data, mtime_ns, mode)
+        attempt = functools.partial(upload, self, source, path, base_version)
+        return await retrying(self, attempt, f"put {path}")
 
     async def put_many(
         self, pairs: Iterable[tuple[str | os.PathLike[str], str] | Item], *, window: int = 256,
@@ -172,75 +198,6 @@ class Client:
         the file (see ``batch.Item``). *on_result(index, result)* hears of each file as soon
         as it is done. Small files are pipelined without a coroutine each (``BatchUpload``)."""
         return await BatchUpload(self, pairs, window, on_result).run()
-
-    async def _upload(
-        self, source: UploadSource, path: str, base_version: int, progress: Progress | None = None
-    ) -> m.FileEntry:
-        fid, box = await self._open_session()
-        try:
-            meta = source.meta
-            self.proto.send(m.FileSyncInit(fid, meta.size, meta.mtime_ns, meta.mode,
-                                           base_version, meta.digest, path))  # fmt: skip
-            reply: m.FileSyncInitResponse = await box.next()
-            if reply.status is m.InitStatus.ALREADY_HAVE_CONTENT:
-                assert meta.digest is not None
-                return self._entry(meta, meta.digest, path, await box.next())
-            if reply.status is not m.InitStatus.ACCEPTED:
-                raise refusal(reply.status, reply.message)
-            while True:
-                digest = await self._send_payload(fid, source, progress)
-                source.check_unchanged()
-                self.proto.send(m.FileSyncCheckHash(fid, digest))
-                verdict: m.FileSyncCheckHashResponse = await box.next()
-                if verdict.status is m.HashStatus.OK:
-                    return self._entry(meta, digest, path, await box.next())
-                await box.next()  # FileSyncRetryUpload, or an Error that raises
-                source.refresh()
-                if source.meta.size != meta.size:
-                    raise FileChanged(f"{path} changed size during the upload")
-                meta = source.meta
-        finally:
-            self._close_session(fid)
-
-    async def _send_payload(
-        self, fid: int, source: UploadSource, progress: Progress | None = None
-    ) -> bytes:
-        """Send every byte of *source*; returns the digest of what was sent."""
-        size, known = source.meta.size, source.meta.digest
-        hasher = None if known else StreamingDigest()
-        proto, conn = self.proto, self.proto.conn
-        zero_copy = conn.max_payload >= ZERO_COPY_MIN
-        step = min(conn.max_payload, CHUNK) if zero_copy else SEND_CHUNK
-        ring: BufferRing | None = None
-        pos = 0
-        while pos < size:
-            await proto.ready_to_send()
-            n = min(step, size - pos)
-            buffer = None
-            chunk = source.view(pos, n)
-            if chunk is None:  # read from disk into a buffer the transport may keep a while
-                ring = ring or BufferRing(step)
-                buffer = ring.take(proto.written - proto.buffered())
-                chunk = source.read_into(pos, memoryview(buffer)[:n])
-            if hasher:
-                hasher.update(chunk)
-            if zero_copy:
-                proto.write([conn.data_header(fid, n), chunk])
-            elif n == size:  # a small file: its packets leave with those around them
-                proto.queue(conn.frame_data(fid, chunk))
-            else:  # written now, so that the transport's flow control applies
-                proto.write([conn.frame_data(fid, chunk)])
-            if ring and buffer:
-                ring.lend(buffer, proto.written if zero_copy else 0)
-            pos += n
-            if progress is not None:
-                progress(pos, size)
-        return hasher.digest() if hasher else known or EMPTY_DIGEST
-
-    @staticmethod
-    def _entry(meta: SourceMeta, digest: bytes, path: str, finish: m.FileSyncFinish
-               ) -> m.FileEntry:  # fmt: skip
-        return m.FileEntry(meta.size, finish.version, meta.mtime_ns, meta.mode, digest, path)
 
     # -- downloads ---------------------------------------------------------------------------
 
@@ -253,31 +210,20 @@ class Client:
         before_replace: Callable[[], None] | None = None,
     ) -> m.FileEntry:
         """Download to *local* (a file, or an existing folder to put it in), atomically.
-        *before_replace* may raise to keep the file in place from being replaced."""
+        *before_replace* may raise to keep the file in place from being replaced. A download
+        cut short goes on from where it stopped (on a new connection, unless the client is
+        subscribed: then at the next ``get`` of the file)."""
         path = normalize_path(remote)
         dest = Path(local)
         if dest.is_dir():
             dest = dest / path.rsplit("/", 1)[-1]
-        target = DownloadTarget(dest, progress)
-        fid, box = await self._open_session()
+        attempt = functools.partial(download, self, path, dest, progress, before_replace)
         try:
-            self.proto.start_download(fid, target)
-            self.proto.send(m.DownloadRequest(fid, path))
-            reply: m.DownloadResponse = await box.next()
-            if reply.status is not m.LookupStatus.OK or reply.entry is None:
-                raise refusal(reply.status, reply.message)
-            ok, actual = await box.next()
-            if not ok:
-                raise HashMismatch(
-                    f"{path}: downloaded bytes have digest {actual.hex()}, "
-                    f"expected {reply.entry.digest.hex()}"
-                )
-            target.commit(before_replace)
-            return reply.entry
-        finally:
-            self.proto.abandon_download(fid)
-            target.discard()  # a no-op once committed
-            self._close_session(fid)
+            return await retrying(self, attempt, f"get {path}")
+        except BaseException:
+            if self.may_reconnect:  # given up: nobody resumes it
+                drop_partial(dest)
+            raise
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -348,7 +294,7 @@ class Client:
     def new_request_id(self) -> int:
         return self._new_id(self.proto.requests)
 
-    async def _open_session(self) -> tuple[int, Mailbox]:
+    async def open_session(self) -> tuple[int, Mailbox]:
         """A file id and mailbox for a new session, once the server's limit allows one."""
         await self.proto.slots.wait(self.proto.slots.session_room)
         fid = self.new_file_id()
@@ -357,7 +303,7 @@ class Client:
             box.fail(self.proto.failure)
         return fid, box
 
-    def _close_session(self, fid: int) -> None:
+    def close_session(self, fid: int) -> None:
         """Forget the session. One cut short is ended properly: at once if it is uploading,
         or by a Leftover when the answer the server still owes it arrives."""
         self.proto.mailboxes.pop(fid, None)

@@ -332,13 +332,16 @@ class ClientProtocol(asyncio.BufferedProtocol):
             self._deliver(event.file_id, event)
 
     def start_download(self, fid: int, target: DownloadTarget) -> None:
+        """*target* (opened) receives the payload of download *fid*, once its response says
+        where the payload starts: until then, payload bytes are events (in order)."""
         self.downloads[fid] = target
-        self.conn.attach_sink(fid, target.open())
 
     def on_download_response(self, msg: m.DownloadResponse) -> None:
         target = self.downloads.get(msg.file_id)
         if target is not None:
             target.entry = msg.entry
+            if msg.status is m.LookupStatus.OK:
+                self.conn.attach_sink(msg.file_id, target.begin(msg.offset))
         self._deliver(msg.file_id, msg)
 
     def on_download_hash(self, msg: m.FileSyncCheckHash) -> None:
@@ -397,7 +400,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.requests.clear()
         self.pings.clear()
         for target in self.downloads.values():
-            target.discard()
+            target.cut()  # kept (to be resumed) or discarded by its ``get``
         self.downloads.clear()
         if self.notifications is not None:
             self.notifications.put_nowait(exc)

@@ -3,7 +3,8 @@
 ``UploadSource`` reads a file (or bytes) in chunks and knows its digest. ``FileSink`` receives a
 download into a fixed-size buffer that it writes out and hashes as it fills. ``DownloadTarget``
 puts the result in place atomically: a temp file in the destination's folder, then a rename once
-the digest checks out.
+the digest checks out. A download cut short keeps its temp file (a ``Partial``), to go on from
+its end (see ``fsclient.resume``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from common.digest import StreamingDigest, digest_of
 from common.messages import FileEntry
@@ -51,6 +53,15 @@ def install(temp: Path, dest: Path, mode: int, mtime_ns: int,
     if before_replace is not None:
         before_replace()
     os.replace(temp, dest)
+
+
+class Partial(NamedTuple):
+    """A download cut short: its temp file holds the first ``size`` bytes of the content
+    whose digest is ``digest``."""
+
+    temp: Path
+    digest: bytes
+    size: int
 
 
 class FileChanged(OSError):
@@ -200,6 +211,24 @@ class FileSink:
         self.on_flush = on_flush
         self.hasher = StreamingDigest()
 
+    def take_prefix(self, size: int) -> None:
+        """The file holds *size* bytes already (a download cut short): hash them, and write
+        after them."""
+        for pos in range(0, size, CHUNK):
+            n = min(CHUNK, size - pos)
+            if os.preadv(self.fd, [self.view[:n]], pos) < n:
+                raise FileChanged("a partly downloaded file shrank")
+            self.hasher.update(self.view[:n])
+        self.written = size
+        os.lseek(self.fd, size, os.SEEK_SET)
+
+    def restart(self) -> None:
+        """Forget what the file holds: the bytes come again from the first."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.written = self.fill = 0
+        self.hasher = StreamingDigest()
+
     def target(self) -> memoryview:
         return self.view[self.fill :]
 
@@ -245,13 +274,34 @@ class DownloadTarget:
         self.fd = -1
         self.sink: FileSink | None = None
         self.entry: FileEntry | None = None
+        self.held = 0
+        """Bytes the temp file held when the request went out (a download resumed)."""
+        self.expect: bytes | None = None
+        """The digest of the file those bytes belong to."""
+        self.resumable = True
 
-    def open(self) -> FileSink:
-        """Create the temp file before the request goes out, so that every payload byte
-        lands in the sink, in order, from the first packet on."""
-        self.temp = temp_name(self.dest)
-        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def open(self, partial: Partial | None = None) -> tuple[int, bytes | None]:
+        """Open the temp file before the request goes out: *partial*'s, whose bytes are
+        hashed now, or a new one. Returns the offset and digest to ask for."""
+        if partial is not None:
+            self.temp, self.fd = partial.temp, os.open(partial.temp, os.O_RDWR | os.O_CLOEXEC)
+        else:
+            self.temp = temp_name(self.dest)
+            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.sink = FileSink(self.fd, self._flushed if self.progress else None)
+        if partial is None:
+            return 0, None
+        self.sink.take_prefix(partial.size)
+        self.held, self.expect = partial.size, partial.digest
+        return partial.size, partial.digest
+
+    def begin(self, offset: int) -> FileSink:
+        """The server's answer: the payload starts at *offset*, where the file ends, or at
+        0 (the content changed since, or the server cannot resume)."""
+        assert self.sink is not None
+        if offset != self.held:
+            self.sink.restart()
+            self.held = 0
         return self.sink
 
     def _flushed(self, written: int) -> None:
@@ -273,6 +323,31 @@ class DownloadTarget:
         assert self.temp is not None and self.entry is not None
         install(self.temp, self.dest, self.entry.mode, self.entry.mtime_ns, before_replace)
         self.temp = None
+
+    def cut(self) -> None:
+        """The connection ended: write out what arrived, for ``keep``."""
+        if self.fd < 0:
+            return
+        try:
+            if self.sink is not None:
+                self.sink.flush()
+        except OSError:
+            self.resumable = False
+        os.close(self.fd)
+        self.fd = -1
+
+    def keep(self) -> Partial | None:
+        """The temp file of a download cut short, left in place to be resumed (None if it
+        holds nothing to resume from)."""
+        self.cut()
+        sink, entry, temp = self.sink, self.entry, self.temp
+        digest, size = (entry.digest, entry.size) if entry is not None else (self.expect, self.held)
+        if not self.resumable or sink is None or temp is None or digest is None:
+            return None
+        if not 0 < sink.written <= size:
+            return None
+        self.temp = None  # (``discard`` leaves it)
+        return Partial(temp, digest, sink.written)
 
     def discard(self) -> None:
         if self.fd >= 0:

@@ -45,6 +45,8 @@ OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
      "seconds of silence after which a connection is closed (clients ping to stay)"),
     ("--packet-timeout", "packet_timeout", "FS_PACKET_TIMEOUT", float,
      "seconds a client has to finish a packet it started"),
+    ("--resume-timeout", "resume_timeout", "FS_RESUME_TIMEOUT", float,
+     "seconds the bytes of a big upload cut short are kept for it to resume"),
     ("--tokens", "tokens", "FS_TOKENS", str,
      "TOML file of hashed tokens (see add-token); without it, no authentication"),
     ("--tls-cert", "tls_cert", "FS_TLS_CERT", str, "TLS certificate (PEM) to serve with"),

@@ -53,6 +53,8 @@ class ServerConfig:
     """A connection that sends nothing for this long is closed (clients Ping to stay)."""
     packet_timeout: float = 30.0
     """A packet that was started must be finished within this long (slow-loris defence)."""
+    resume_timeout: float = 600.0
+    """A big upload cut short keeps its bytes this long, for the client to resume it."""
     tokens: str = ""
     """A TOML file of hashed tokens; empty: no authentication."""
     insecure_no_auth: bool = False
@@ -86,6 +88,7 @@ class ServerConfig:
             (self.handshake_timeout > 0, "--handshake-timeout must be positive"),
             (self.idle_timeout > 0, "--idle-timeout must be positive"),
             (self.packet_timeout > 0, "--packet-timeout must be positive"),
+            (self.resume_timeout >= 0, "--resume-timeout must not be negative"),
             (self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}"),
             (self.fsync in FSYNC_MODES, f"--fsync must be one of {', '.join(FSYNC_MODES)}"),
             (self.tombstone_days > 0, "--tombstone-days must be positive"),

@@ -232,13 +232,13 @@ class ClientConnection(
         self.closing = True
         self.writable.set()
         self.ctx.connections.discard(self)
+        self.publish_traffic()  # (first: once no connection is active, all its bytes count)
         telemetry.CONNECTIONS_ACTIVE.labels(str(self.ctx.worker_id)).dec()
-        self.publish_traffic()
         for direction, sessions in (("upload", self.uploads), ("download", self.downloads)):
             if sessions:  # cut short by the connection's end
                 telemetry.SESSIONS.labels(direction, "error").inc(len(sessions))
         for upload in self.uploads.values():
-            self.drop(upload)
+            self.drop(upload, park=True)
         self.uploads.clear()
         self.drop_batches()
         self.release_all_downloads()

@@ -1,5 +1,6 @@
-"""Downloads on the server: ``DownloadStream`` writes one stored file to a client, and
-``DownloadHandlers`` (a mixin of ``ClientConnection``) opens and ends them.
+"""Downloads on the server: ``DownloadStream`` writes one stored file to a client (or the rest
+of it, for a download resumed at an offset), and ``DownloadHandlers`` (a mixin of
+``ClientConnection``) opens and ends them.
 
 Large packets are written straight from the arena: the transport keeps views of shared memory
 until the bytes are on the wire. So a download's lease, which stops its extent from being freed
@@ -29,15 +30,26 @@ BATCH_BYTES = 256 * 1024
 DRAIN_POLL = 0.02
 
 
+def resume_from(msg: m.DownloadRequest, entry: m.FileEntry) -> int:
+    """Where the download starts: where the client asks, if what it holds is a prefix of the
+    content stored now (it names that content's digest), else from the first byte."""
+    if msg.offset and msg.digest == entry.digest and msg.offset <= entry.size:
+        return msg.offset
+    return 0
+
+
 class DownloadStream:
     """Writes one stored file as FileSyncData packets, then its CheckHash."""
 
-    def __init__(self, owner: DownloadHandlers, file_id: int, opened: Opened) -> None:
+    def __init__(self, owner: DownloadHandlers, file_id: int, opened: Opened,
+                 start: int = 0) -> None:  # fmt: skip
         self.owner = owner
         self.file_id = file_id
         self.entry = opened.entry
         self.offset = opened.offset
         self.lease = opened.lease
+        self.first = start
+        """The first byte sent: a download resumed from there."""
         self.last_byte = 0
         """The connection's ``written`` count after this stream's last write."""
         self.task: asyncio.Task[None] | None = None
@@ -54,7 +66,7 @@ class DownloadStream:
         arena = owner.ctx.arena
         start, size = self.offset, self.entry.size
         payload = conn.max_payload
-        pos = 0
+        pos = self.first
         while pos < size:
             await owner.writable.wait()
             if owner.closing:
@@ -139,11 +151,12 @@ class DownloadHandlers:
             return
         if isinstance(result, Refused):
             status = m.LookupStatus(result.status)
-            self.send(m.DownloadResponse(fid, status, result.message, None))
+            self.send(m.DownloadResponse(fid, status, 0, result.message, None))
             telemetry.SESSIONS.labels("download", "error").inc()
             return
-        self.send(m.DownloadResponse(fid, m.LookupStatus.OK, "", result.entry))
-        stream = DownloadStream(self, fid, result)
+        start = resume_from(msg, result.entry)
+        self.send(m.DownloadResponse(fid, m.LookupStatus.OK, start, "", result.entry))
+        stream = DownloadStream(self, fid, result, start)
         self.downloads[fid] = stream
         stream.start()
 

@@ -26,6 +26,11 @@ class StoreCollector(Collector):
             s.used_bytes,
         )
         yield GaugeMetricFamily(
+            "fs_store_parked_bytes",
+            "Of the bytes used: uploads cut short, kept to be resumed (given up when needed).",
+            s.parked_bytes,
+        )
+        yield GaugeMetricFamily(
             "fs_store_dedup_saved_bytes",
             "Bytes not stored thanks to deduplication.",
             max(0, s.logical_bytes - s.blob_bytes),

@@ -18,7 +18,9 @@ from fsserver.store import Store
 
 log = logging.getLogger(__name__)
 
-OWNED_OPS = frozenset({"reserve", "commit", "abort", "open", "release", "store_many"})
+OWNED_OPS = frozenset(
+    {"reserve", "commit", "abort", "park", "progress", "open", "release", "store_many"}
+)
 """Calls that take the calling worker's slot as their first argument."""
 SHARED_OPS = frozenset({"stat", "list", "delete", "changes_since"})
 

@@ -49,6 +49,8 @@ REPLY_DELAY = 0.0001
 """Seconds a store reply may wait for others to share its control message."""
 ACCEPT_BACKOFF = 0.1
 PRUNE_EVERY = 3600.0
+EXPIRE_EVERY = 5.0
+"""Seconds between looks for parked uploads past their time (``--resume-timeout``)."""
 
 
 def reply_too_large(reply: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
@@ -162,7 +164,7 @@ class Supervisor:
             self.arena = BlobArena.create(arena_size(cfg.store_size, cfg.workers))
         except (OSError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
-        self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota)
+        self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota, cfg.resume_timeout)
         self.store.arena = self.arena.view
         self.load_data_dir()
         self.listener = bind_listener(cfg.host, cfg.port)
@@ -189,6 +191,7 @@ class Supervisor:
         self.loop.add_reader(self.listener.fileno(), self.accept)
         self.sampler = self.loop.create_task(telemetry.ProcessSampler("acceptor").run())
         self.prune_tombstones()
+        self.loop.call_later(EXPIRE_EVERY, self.expire_parked)
         for role in Role:  # exported from the start, as zero
             telemetry.RESTARTS.labels(role.value)
         log.info("fsserver metrics on %s:%d", cfg.host, self.metrics_port)
@@ -319,7 +322,8 @@ class Supervisor:
             if child.channel is not None:
                 child.channel.close()
             dropped = self.store.drop_owner(child.index)
-            log.info("released %d reservations and leases of %s", dropped, child.name)
+            log.info("released %d reservations and leases of %s (big uploads parked, to be "
+                     "resumed)", dropped, child.name)  # fmt: skip
             self.log_changes()
         elif child.role is Role.PERSISTER:
             assert self.durability is not None
@@ -414,6 +418,15 @@ class Supervisor:
                 child.channel.send_batch("rpc", replies, oversize=reply_too_large)
 
         self.deliver(send)
+
+    def expire_parked(self) -> None:
+        """Give back the extents of uploads cut short that were not resumed in time."""
+        if self.stopping or self.store is None or self.loop is None:
+            return
+        expired = self.store.expire_parked()
+        if expired:
+            log.info("gave up %d uploads cut short (not resumed in time)", expired)
+        self.loop.call_later(EXPIRE_EVERY, self.expire_parked)
 
     @staticmethod
     def takes(worker: Child, share: str, origin: int) -> bool:

@@ -1,6 +1,8 @@
 """Uploads on the server: the state of one (``Upload``), the sink that reports its progress to
-the hasher digesting it (``StreamingSink``), and the handlers (``UploadHandlers``, a mixin of
-``ClientConnection``): reserve an extent, take the bytes in, verify, commit."""
+the hasher digesting it and to the supervisor (``UploadSink``), and the handlers
+(``UploadHandlers``, a mixin of ``ClientConnection``): reserve an extent, take the bytes in,
+verify, commit. A big upload cut short is parked, not freed, so that it can be resumed (see
+``fsserver.store.parking``)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from common import messages as m
@@ -17,11 +20,19 @@ from common.sinks import ViewSink
 from fsserver import telemetry
 from fsserver.context import WorkerContext, checked_path
 from fsserver.hashing import STREAM_MIN, HashStream
-from fsserver.store import Linked, Refused, Reserved
+from fsserver.store import Busy, Linked, Refused, Reserved
+from fsserver.store.parking import RESUME_MIN
 
 log = logging.getLogger(__name__)
 
 MAX_HASH_RETRIES = 3
+PROGRESS_STEP = 4 * 1024 * 1024
+"""A big upload tells the supervisor how far it is after this many new bytes: what a worker
+killed mid-upload leaves to resume."""
+BUSY_POLL = 0.05
+BUSY_WAIT = 3.0
+"""An upload that finds the same upload in progress (most likely one whose connection has
+just ended) asks again for this long before it starts afresh."""
 
 
 @dataclass(slots=True)
@@ -37,20 +48,30 @@ class Upload:
     attempts: int = 0
     committing: bool = False
     stream: HashStream | None = None
+    sink: UploadSink | None = None
 
 
-class StreamingSink(ViewSink):
-    """An extent whose filled part is reported to the hasher digesting it as it arrives."""
+class UploadSink(ViewSink):
+    """An extent filled from *start*. Its filled part is reported, as it grows, to the
+    hasher digesting it (*stream*, big uploads) and now and then to the supervisor
+    (*report*, uploads that can be resumed)."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("report", "reported", "stream")
 
-    def __init__(self, view: memoryview, stream: HashStream) -> None:
+    def __init__(self, view: memoryview, start: int, stream: HashStream | None,
+                 report: Callable[[int], None] | None) -> None:  # fmt: skip
         super().__init__(view)
+        self.pos = self.reported = start
         self.stream = stream
+        self.report = report
 
     def advance(self, nbytes: int) -> None:
         self.pos += nbytes
-        self.stream.advanced(self.pos)
+        if self.stream is not None:
+            self.stream.advanced(self.pos)
+        if self.report is not None and self.pos - self.reported >= PROGRESS_STEP:
+            self.reported = self.pos
+            self.report(self.pos)
 
 
 def ended(outcome: str) -> None:
@@ -83,22 +104,20 @@ class UploadHandlers:
         too_large = self.ctx.too_large(msg.size)
         if too_large:
             ended("no_space")
-            self.refuse(msg, m.FileSyncInitResponse(fid, m.InitStatus.TOO_LARGE, 0,
+            self.refuse(msg, m.FileSyncInitResponse(fid, m.InitStatus.TOO_LARGE, 0, 0,
                                                     f"{path}: {too_large}"))  # fmt: skip
             return
         self.opening[fid] = msg
+        self.reserve(msg, path, BUSY_WAIT)
+
+    def reserve(self, msg: m.FileSyncInit, path: str, patience: float) -> None:
+        """Ask the store for room; while the same upload seems in progress (``Busy``), ask
+        again for *patience* more seconds, then take a fresh extent."""
         self.call_store(
-            lambda result: self.on_reserved(msg, path, result),
-            "reserve",
-            self.share,
-            path,
-            msg.size,
-            msg.mtime_ns,
-            msg.mode,
-            msg.digest,
-            msg.base_version,
-            self.origin,
-        )
+            lambda result: self.on_reserved(msg, path, result, patience),
+            "reserve", self.share, path, msg.size, msg.mtime_ns, msg.mode, msg.digest,
+            msg.base_version, self.origin, patience > 0,
+        )  # fmt: skip
 
     def session_path(self, msg: m.FileSyncInit | m.DownloadRequest) -> str | None:
         """The canonical form of a path a file session names; a bad one ends the session with
@@ -121,23 +140,29 @@ class UploadHandlers:
         del self.opening[msg.file_id]
         return not self.closing
 
-    def on_reserved(self, msg: m.FileSyncInit, path: str, result: Any) -> None:
+    def on_reserved(self, msg: m.FileSyncInit, path: str, result: Any, patience: float) -> None:
         fid = msg.file_id
+        if isinstance(result, Busy):
+            if self.opening.get(fid) is msg and not self.closing:
+                self.loop.call_later(BUSY_POLL, self.reserve, msg, path, patience - BUSY_POLL)
+            return
         if not self.claim(msg):
-            if isinstance(result, Reserved):
-                self.ctx.rpc.call("abort", result.ticket)
+            if isinstance(result, Reserved):  # a resumed extent stays resumable
+                self.give_back(result.ticket, result.held if self.closing else None)
             return
         if isinstance(result, Linked):
             ended("ok")
             self.send(
-                m.FileSyncInitResponse(fid, m.InitStatus.ALREADY_HAVE_CONTENT, result.version, "")
+                m.FileSyncInitResponse(
+                    fid, m.InitStatus.ALREADY_HAVE_CONTENT, result.version, 0, ""
+                )
             )
             self.send(m.FileSyncFinish(fid, result.version))
         elif isinstance(result, Refused):
             ended("conflict" if result.status == m.InitStatus.CONFLICT else "no_space")
             self.send(
                 m.FileSyncInitResponse(
-                    fid, m.InitStatus(result.status), result.version, result.message
+                    fid, m.InitStatus(result.status), result.version, 0, result.message
                 )
             )
         else:
@@ -152,26 +177,39 @@ class UploadHandlers:
                 result.offset,
             )
             self.uploads[fid] = upload
-            self.arm(upload)
-            self.send(m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, ""))
+            self.arm(upload, result.held)
+            self.send(m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, result.held, ""))
 
-    def arm(self, upload: Upload) -> None:
-        """Point the file's payload at its extent, from the first byte; a big upload is
-        hashed while it arrives."""
+    def arm(self, upload: Upload, start: int) -> None:
+        """Point the file's payload at its extent, from byte *start* (the bytes before it are
+        there already); a big upload is hashed while it arrives, from the first byte."""
         extent = self.ctx.arena[upload.offset : upload.offset + upload.size]
         if upload.size >= STREAM_MIN:
             upload.stream = self.ctx.hashes.stream(upload.offset, upload.size)
-            self.conn.attach_sink(upload.file_id, StreamingSink(extent, upload.stream))
-        else:
-            self.conn.attach_sink(upload.file_id, ViewSink(extent))
+        report = None
+        if upload.size >= RESUME_MIN:
+            report = partial(self.ctx.rpc.call, "progress", upload.ticket)
+            if upload.sink is not None and upload.sink.reported:  # a retry starts over
+                report(0)
+        upload.sink = UploadSink(extent, start, upload.stream, report)
+        self.conn.attach_sink(upload.file_id, upload.sink)
 
-    def drop(self, upload: Upload) -> None:
-        """Give back what an upload that will not be committed holds."""
+    def drop(self, upload: Upload, *, park: bool = False) -> None:
+        """Give back what an upload that will not be committed holds; with *park* (its
+        connection ended), a big one's extent is kept a while, to be resumed."""
         if upload.stream is not None:
             upload.stream.abort()
             upload.stream = None
         if not upload.committing:
-            self.ctx.rpc.call("abort", upload.ticket)
+            done = upload.sink.pos if upload.sink is not None else 0
+            self.give_back(upload.ticket, done if park else None)
+
+    def give_back(self, ticket: int, done: int | None) -> None:
+        """Free a reservation (*done* None), or park it with *done* bytes in its extent."""
+        if done is None:
+            self.ctx.rpc.call("abort", ticket)
+        else:
+            self.ctx.rpc.call("park", ticket, done)
 
     def on_check_hash(self, msg: m.FileSyncCheckHash) -> None:
         upload = self.uploads[msg.file_id]
@@ -204,7 +242,7 @@ class UploadHandlers:
         self.send(m.FileSyncCheckHashResponse(fid, m.HashStatus.MISMATCH, actual))
         upload.attempts += 1
         if upload.attempts <= MAX_HASH_RETRIES:
-            self.arm(upload)
+            self.arm(upload, 0)
             self.send(m.FileSyncRetryUpload(fid, upload.attempts))
             return
         del self.uploads[fid]

@@ -5,6 +5,11 @@ It passes bytes both ways and counts the client's packets by type (it reads thei
 only). Once the client has sent a packet of the type ``hold_from`` names, it stops passing on
 what the server sends (it drops it), so from then on the client's sessions stay open however
 fast the server is. When the server closes a connection, the relay closes the client's side.
+
+It can also cut connections: the first ``cuts`` connections are closed (both sides) once
+``cut_up`` bytes went from the client to the server, or ``cut_down`` bytes the other way; and
+slow them down to ``rate`` bytes a second each way. ``up`` and ``down`` count the bytes each
+connection passed, in the order the connections came.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from types import TracebackType
 
@@ -20,13 +26,20 @@ HEADER = struct.Struct(">IB")
 
 
 class Relay:
-    def __init__(self, server: str, hold_from: int | None = None) -> None:
+    def __init__(self, server: str, hold_from: int | None = None, *, cut_up: int | None = None,
+                 cut_down: int | None = None, cuts: int = 1,
+                 rate: float | None = None) -> None:  # fmt: skip
         host, port = server.rsplit(":", 1)
         self.target = (host, int(port))
         self.hold_from = hold_from
         self.holding = threading.Event()
         self.sent: Counter[int] = Counter()
         """The client's packets so far, by type."""
+        self.cut_up, self.cut_down, self.cuts, self.rate = cut_up, cut_down, cuts, rate
+        self.up: list[int] = []
+        self.down: list[int] = []
+        self.upstream_ports: list[int] = []
+        """The local port of each connection to the server (which tells its worker)."""
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
@@ -47,17 +60,27 @@ class Relay:
             upstream = socket.create_connection(self.target)
             with self.lock:
                 self.sockets += [client, upstream]
-            for target, args in ((self._upward, (client, upstream)),
-                                 (self._downward, (upstream, client))):  # fmt: skip
+                index = len(self.up)
+                self.up.append(0)
+                self.down.append(0)
+                self.upstream_ports.append(upstream.getsockname()[1])
+            for target, args in ((self._upward, (client, upstream, index)),
+                                 (self._downward, (upstream, client, index))):  # fmt: skip
                 thread = threading.Thread(target=target, args=args, daemon=True)
                 self.threads.append(thread)
                 thread.start()
 
-    def _upward(self, client: socket.socket, upstream: socket.socket) -> None:
+    def _upward(self, client: socket.socket, upstream: socket.socket, index: int) -> None:
         """Client to server: count packets, and start holding at the first ``hold_from``."""
         pending = b""
         skip = 0
+        started = time.monotonic()
         while data := self._recv(client):
+            data, cut = self._pass(data, self.up, index, self.cut_up, started)
+            if cut:
+                self._send(upstream, data)
+                self._cut(client, upstream)
+                break
             pending += data
             while True:
                 if skip:
@@ -73,14 +96,55 @@ class Relay:
                 skip = max(length, HEADER.size)
             if not self._send(upstream, data):
                 break
-        self._shutdown(upstream)
+        self._end(client, upstream)
 
-    def _downward(self, upstream: socket.socket, client: socket.socket) -> None:
+    def _downward(self, upstream: socket.socket, client: socket.socket, index: int) -> None:
         """Server to client, until holding; the server's close is passed on."""
+        started = time.monotonic()
         while data := self._recv(upstream):
+            data, cut = self._pass(data, self.down, index, self.cut_down, started)
+            if cut:
+                self._send(client, data)
+                self._cut(client, upstream)
+                break
             if not self.holding.is_set() and not self._send(client, data):
                 break
-        self._shutdown(client)
+        self._end(client, upstream)
+
+    def _pass(self, data: bytes, counts: list[int], index: int, cut: int | None,
+              started: float) -> tuple[bytes, bool]:  # fmt: skip
+        """What of *data* goes on (all of it, at ``rate``), and whether the connection is to
+        be cut after it (its count reaches ``cut``)."""
+        with self.lock:
+            done = counts[index]
+        cutting = cut is not None and index < self.cuts and done + len(data) >= cut
+        if cutting:
+            data = data[: max(0, cut - done)]  # type: ignore[operator]
+        with self.lock:
+            counts[index] += len(data)
+        if self.rate:
+            ahead = (done + len(data)) / self.rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)  # (pacing, not waiting for anything)
+        return data, cutting
+
+    @classmethod
+    def _cut(cls, *socks: socket.socket) -> None:
+        """End a connection the hard way, both sides: a reset, as a broken network or a dead
+        peer would."""
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        cls._end(*socks)
+
+    @classmethod
+    def _end(cls, *socks: socket.socket) -> None:
+        """Close both sides when either ends, as a closed server would: what the peer still
+        sends is answered with a reset (a client blocked in a write learns at once)."""
+        for sock in socks:
+            cls._shutdown(sock)  # (wakes the other direction's thread first)
+        for sock in socks:
+            sock.close()
 
     @staticmethod
     def _recv(sock: socket.socket) -> bytes:

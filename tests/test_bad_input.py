@@ -103,7 +103,7 @@ def test_bad_paths_end_only_their_session(server, path):
     raw.send(m.FileSyncInit(3, 4, 0, 0o644, ANY_VERSION, None, path))
     error = raw.expect(m.Error)
     assert (error.code, error.file_id) == (ErrorCode.INVALID_PATH, 3)
-    raw.send(m.DownloadRequest(4, path))
+    raw.send(m.DownloadRequest(4, 0, None, path))
     error = raw.expect(m.Error)
     assert (error.code, error.file_id) == (ErrorCode.INVALID_PATH, 4)
     raw.send(m.StatRequest(5, path))

@@ -32,6 +32,7 @@ def test_every_pending_and_later_call_fails_when_the_connection_drops(server, tm
 
     async def main():
         client = await Client.connect(server.address)
+        client.dial = None  # no reconnecting (tests/test_resume.py has that)
         kill_workers(server, signal.SIGSTOP)  # nothing is answered now: every upload pends
         uploads = asyncio.ensure_future(client.put_many(pairs, window=8))
         await asyncio.sleep(0)  # let the first uploads go out

@@ -366,8 +366,8 @@ def test_message_fields_are_clipped():
 
 # "Min length" column of docs/PROTOCOL.md 3.1: every variable field empty or absent
 DOCUMENTED_MIN_LENGTH = {
-    0: 13, 1: 14, 2: 5, 3: 56, 4: 20, 5: 9, 6: 25, 7: 26, 8: 10, 9: 17, 10: 23,
-    11: 36, 12: 17, 13: 15, 14: 11, 15: 13, 16: 11, 17: 13, 18: 19, 19: 20, 20: 9,
+    0: 13, 1: 14, 2: 5, 3: 56, 4: 28, 5: 9, 6: 25, 7: 26, 8: 10, 9: 17, 10: 23,
+    11: 36, 12: 17, 13: 15, 14: 11, 15: 13, 16: 36, 17: 21, 18: 19, 19: 20, 20: 9,
     21: 17, 22: 20, 23: 52, 24: 11, 25: 11,
 }  # fmt: skip
 
@@ -392,7 +392,7 @@ def test_decode_refuses_bad_flags_and_enums():
     body[flag_at] = 2
     with pytest.raises(RemoteProtocolError):
         decode_body(m.PacketType.FILE_SYNC_INIT, memoryview(body))
-    status = bytearray(encode_body(m.FileSyncInitResponse(1, m.InitStatus.ACCEPTED, 0, "")))
+    status = bytearray(encode_body(m.FileSyncInitResponse(1, m.InitStatus.ACCEPTED, 0, 0, "")))
     status[4] = max(m.InitStatus) + 1
     with pytest.raises(RemoteProtocolError):
         decode_body(m.PacketType.FILE_SYNC_INIT_RESPONSE, memoryview(status))
@@ -524,11 +524,11 @@ def busy_pair() -> tuple[FSConnection, FSConnection]:
         client.feed(server.send(msg))
 
     c2s(m.FileSyncInit(1, 40, 0, 0o644, 0, None, "up"))
-    s2c(m.FileSyncInitResponse(1, m.InitStatus.ACCEPTED, 0, ""))
+    s2c(m.FileSyncInitResponse(1, m.InitStatus.ACCEPTED, 0, 0, ""))
     c2s(m.FileSyncData(1, bytes(10)))
-    c2s(m.DownloadRequest(2, "down"))
+    c2s(m.DownloadRequest(2, 0, None, "down"))
     entry = m.FileEntry(40, 1, 0, 0o644, bytes(16), "down")
-    s2c(m.DownloadResponse(2, m.LookupStatus.OK, "", entry))
+    s2c(m.DownloadResponse(2, m.LookupStatus.OK, 0, "", entry))
     c2s(m.FileSyncInit(3, 5, 0, 0o644, 0, None, "pending"))
     c2s(m.StatRequest(1, "x"))
     assert len(client.sessions) == len(server.sessions) == 3

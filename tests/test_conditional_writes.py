@@ -81,7 +81,7 @@ def test_a_stale_base_version_is_refused_at_init_with_the_current_version(server
         for fid, (base, path, current) in enumerate(cases, start=1):
             raw.send(m.FileSyncInit(fid, 100 * KiB, 0, 0o644, base, None, path))
             assert raw.expect(m.FileSyncInitResponse) == m.FileSyncInitResponse(
-                fid, m.InitStatus.CONFLICT, current,
+                fid, m.InitStatus.CONFLICT, current, 0,
                 f"conflict: {path} is at version {current}, not {base}",
             )  # fmt: skip
         assert server.metric("fs_store_used_bytes") == used

@@ -289,13 +289,13 @@ class ConnectionPair:
 
     def upload_accepted(self, fid: int, size: int) -> None:
         self.c2s(m.FileSyncInit(fid, size, 123, 0o644, 0, None, f"f{fid}.txt"))
-        self.s2c(m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, ""))
+        self.s2c(m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, 0, ""))
         assert self.client.sessions.phase(fid) is Phase.UPLOADING
 
     def download_started(self, fid: int, size: int) -> None:
-        self.c2s(m.DownloadRequest(fid, f"d{fid}"))
+        self.c2s(m.DownloadRequest(fid, 0, None, f"d{fid}"))
         entry = m.FileEntry(size, 7, 0, 0o644, DIGEST, f"d{fid}")
-        self.s2c(m.DownloadResponse(fid, m.LookupStatus.OK, "", entry))
+        self.s2c(m.DownloadResponse(fid, m.LookupStatus.OK, 0, "", entry))
         assert self.client.sessions.phase(fid) is Phase.DOWNLOADING
 
 
@@ -531,7 +531,7 @@ def test_upload_with_a_mismatch_then_a_retry(pair):
     body = bytes(range(256)) * 40  # 10240 bytes
     pair.c2s(m.FileSyncInit(4, len(body), 5, 0o600, 0, DIGEST, "dir/file.bin"))
     assert pair.server.sessions.phase(4) is Phase.AWAIT_INIT_RESPONSE
-    pair.s2c(m.FileSyncInitResponse(4, m.InitStatus.ACCEPTED, 0, ""))
+    pair.s2c(m.FileSyncInitResponse(4, m.InitStatus.ACCEPTED, 0, 0, ""))
     assert pair.server.sessions.phase(4) is Phase.UPLOADING
     pair.stream(pair.client, 4, body[:5000])
     pair.stream(pair.client, 4, body[5000:])
@@ -558,6 +558,44 @@ def test_upload_with_a_mismatch_then_a_retry(pair):
     pair.c2s(m.FileSyncCheckHash(4, DIGEST))
 
 
+def test_a_resumed_upload_sends_the_rest_and_a_retry_all_of_it(pair):
+    """Section 5.13: the server holds 6000 bytes; the client sends the other 4240, then (after
+    a mismatch) the whole file again."""
+    pair.c2s(m.FileSyncInit(4, 10240, 5, 0o600, 0, None, "big.bin"))
+    pair.s2c(m.FileSyncInitResponse(4, m.InitStatus.ACCEPTED, 0, 6000, ""))
+    for end in (pair.client, pair.server):
+        session = end.sessions.sessions[4]
+        assert (session.phase, session.size, session.transferred) == (Phase.UPLOADING, 10240, 6000)
+    with pytest.raises(LocalProtocolError) as sent_too_much:
+        pair.client.send(m.FileSyncData(4, bytes(4241)))
+    assert sent_too_much.value.code is ErrorCode.LIMIT_EXCEEDED
+    pair.stream(pair.client, 4, bytes(4240))
+    pair.c2s(m.FileSyncCheckHash(4, DIGEST))
+    pair.s2c(m.FileSyncCheckHashResponse(4, m.HashStatus.MISMATCH, OTHER_DIGEST))
+    pair.s2c(m.FileSyncRetryUpload(4, 1))
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(m.FileSyncCheckHash(4, DIGEST))  # the retry needs every byte
+    pair.stream(pair.client, 4, bytes(10240))
+    pair.c2s(m.FileSyncCheckHash(4, DIGEST))
+    pair.assert_agree()
+
+
+def test_a_download_resumes_at_the_offset_asked(pair):
+    entry = m.FileEntry(100, 7, 0, 0o644, DIGEST, "d")
+    pair.c2s(m.DownloadRequest(3, 60, DIGEST, "d"))
+    pair.s2c(m.DownloadResponse(3, m.LookupStatus.OK, 60, "", entry))
+    assert pair.client.sessions.sessions[3].transferred == 60
+    pair.stream(pair.server, 3, bytes(40))
+    pair.s2c(m.FileSyncCheckHash(3, DIGEST))
+    pair.c2s(m.FileSyncCheckHashResponse(3, m.HashStatus.OK, DIGEST))
+    # asked for an offset, answered from the first byte: the content changed
+    pair.c2s(m.DownloadRequest(3, 60, OTHER_DIGEST, "d"))
+    pair.s2c(m.DownloadResponse(3, m.LookupStatus.OK, 0, "", entry))
+    pair.stream(pair.server, 3, bytes(100))
+    pair.s2c(m.FileSyncCheckHash(3, DIGEST))
+    pair.assert_agree()
+
+
 def test_empty_file_upload(pair):
     pair.upload_accepted(1, 0)
     pair.stream(pair.client, 1, b"")
@@ -570,7 +608,7 @@ def test_empty_file_upload(pair):
 
 def test_already_have_content(pair):
     pair.c2s(m.FileSyncInit(2, 1000, 0, 0, 0, DIGEST, "dup"))
-    pair.s2c(m.FileSyncInitResponse(2, m.InitStatus.ALREADY_HAVE_CONTENT, 3, ""))
+    pair.s2c(m.FileSyncInitResponse(2, m.InitStatus.ALREADY_HAVE_CONTENT, 3, 0, ""))
     assert pair.client.sessions.phase(2) is pair.server.sessions.phase(2) is Phase.AWAIT_FINISH
     pair.s2c(m.FileSyncFinish(2, 3))
     assert pair.client.sessions.phase(2) is pair.server.sessions.phase(2) is None
@@ -596,7 +634,7 @@ def test_answered_requests_and_ended_sessions_free_their_slot():
         pair.s2c(m.StatResponse(rid, m.LookupStatus.NOT_FOUND, "", None))
     for fid in range(3):
         pair.c2s(m.FileSyncInit(fid, 0, 0, 0, 0, None, "a"))
-        pair.s2c(m.FileSyncInitResponse(fid, m.InitStatus.NO_SPACE, 0, ""))
+        pair.s2c(m.FileSyncInitResponse(fid, m.InitStatus.NO_SPACE, 0, 0, ""))
     assert len(pair.server.sessions) == len(pair.server.requests) == 0
 
 
@@ -638,11 +676,11 @@ def test_upload_and_download_side_by_side(pair):
 
 def _to_phase(pair: ConnectionPair, fid: int, phase: Phase) -> None:
     if phase in (Phase.AWAIT_DOWNLOAD_RESPONSE, Phase.DOWNLOADING, Phase.AWAIT_VERDICT):
-        pair.c2s(m.DownloadRequest(fid, "x"))
+        pair.c2s(m.DownloadRequest(fid, 0, None, "x"))
         if phase is Phase.AWAIT_DOWNLOAD_RESPONSE:
             return
         entry = m.FileEntry(2, 1, 0, 0, DIGEST, "x")
-        pair.s2c(m.DownloadResponse(fid, m.LookupStatus.OK, "", entry))
+        pair.s2c(m.DownloadResponse(fid, m.LookupStatus.OK, 0, "", entry))
         pair.stream(pair.server, fid, b"ab")
         if phase is Phase.AWAIT_VERDICT:
             pair.s2c(m.FileSyncCheckHash(fid, DIGEST))
@@ -650,7 +688,7 @@ def _to_phase(pair: ConnectionPair, fid: int, phase: Phase) -> None:
     pair.c2s(m.FileSyncInit(fid, 2, 0, 0, 0, None, "x"))
     if phase is Phase.AWAIT_INIT_RESPONSE:
         return
-    pair.s2c(m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, ""))
+    pair.s2c(m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, 0, ""))
     pair.stream(pair.client, fid, b"ab")
     if phase is Phase.UPLOADING:
         return
@@ -1107,7 +1145,7 @@ def legal_moves(pair: ConnectionPair) -> list[tuple[Role, Move]]:
     entry = m.FileEntry(2500, 1, 0, 0, DIGEST, "p")
     moves: list[tuple[Role, Move]] = [
         (C, ("send", fid, m.FileSyncInit(fid, 3000, 0, 0, 0, None, "p"))),
-        (C, ("send", fid, m.DownloadRequest(fid, "p"))),
+        (C, ("send", fid, m.DownloadRequest(fid, 0, None, "p"))),
         (C, ("send", 0, m.StatRequest(rid, "p"))),
         (C, ("send", 0, m.ListRequest(rid, 10, "", ""))),
         (C, ("send", 0, m.DeleteRequest(rid, 1, "p"))),
@@ -1133,7 +1171,7 @@ def legal_moves(pair: ConnectionPair) -> list[tuple[Role, Move]]:
         moves.append((S, ("send", fid, m.Error(ErrorCode.INTERNAL, fid, "x"))))
         if phase is Phase.AWAIT_INIT_RESPONSE:
             moves += [
-                (S, ("send", fid, m.FileSyncInitResponse(fid, st, 0, ""))) for st in m.InitStatus
+                (S, ("send", fid, m.FileSyncInitResponse(fid, st, 0, 0, ""))) for st in m.InitStatus
             ]
         elif phase is Phase.UPLOADING:
             moves.append((C, ("send", fid, m.FileSyncCancel(fid))))
@@ -1151,9 +1189,11 @@ def legal_moves(pair: ConnectionPair) -> list[tuple[Role, Move]]:
         elif phase is Phase.AWAIT_FINISH:
             moves.append((S, ("send", fid, m.FileSyncFinish(fid, 1))))
         elif phase is Phase.AWAIT_DOWNLOAD_RESPONSE:
-            moves.append((S, ("send", fid, m.DownloadResponse(fid, m.LookupStatus.OK, "", entry))))
             moves.append(
-                (S, ("send", fid, m.DownloadResponse(fid, m.LookupStatus.NOT_FOUND, "", None)))
+                (S, ("send", fid, m.DownloadResponse(fid, m.LookupStatus.OK, 0, "", entry)))
+            )
+            moves.append(
+                (S, ("send", fid, m.DownloadResponse(fid, m.LookupStatus.NOT_FOUND, 0, "", None)))
             )
         elif phase is Phase.DOWNLOADING:
             if left:

@@ -100,7 +100,7 @@ HELLO_SENT = after(lambda p: p.c2s(HELLO), start=FRESH)
 TWO_IN_FLIGHT = after(start=lambda: ConnectionPair(max_in_flight=2).ready())
 ALREADY_HAVE = after(
     lambda p: p.c2s(m.FileSyncInit(2, 1000, 0, 0, 0, DIGEST, "dup")),
-    lambda p: p.s2c(m.FileSyncInitResponse(2, m.InitStatus.ALREADY_HAVE_CONTENT, 3, "")),
+    lambda p: p.s2c(m.FileSyncInitResponse(2, m.InitStatus.ALREADY_HAVE_CONTENT, 3, 0, "")),
     both_await_finish(2),
 )
 HASH_SENT = after(
@@ -139,7 +139,7 @@ def handshake_rows() -> list[Refusal]:
         Refusal(f"{type(msg).__name__}-before-the-handshake", FRESH, CLIENT, msg,
                 E.UNEXPECTED_PACKET)
         for msg in (ping, m.StatRequest(1, "a"), m.ListRequest(1, 10, "", ""), init(1, 3),
-                    m.DownloadRequest(1, "a"))
+                    m.DownloadRequest(1, 0, None, "a"))
     ]
     for status in m.HandshakeStatus:
         if status is not m.HandshakeStatus.OK:
@@ -193,10 +193,14 @@ def upload_rows() -> list[Refusal]:
                 data(2, b"x"), E.UNKNOWN_FILE),
         Refusal("an-init-with-a-file-id-in-use", accepted, CLIENT, init(1, 10, "b"),
                 E.UNEXPECTED_PACKET),
-        Refusal("a-download-with-a-file-id-in-use", accepted, CLIENT, m.DownloadRequest(1, "b"),
-                E.UNEXPECTED_PACKET),
+        Refusal("a-download-with-a-file-id-in-use", accepted, CLIENT,
+                m.DownloadRequest(1, 0, None, "b"), E.UNEXPECTED_PACKET),
         Refusal("an-init-response-for-an-unknown-file", after(), SERVER,
-                m.FileSyncInitResponse(8, m.InitStatus.ACCEPTED, 0, ""), E.UNKNOWN_FILE),
+                m.FileSyncInitResponse(8, m.InitStatus.ACCEPTED, 0, 0, ""), E.UNKNOWN_FILE),
+        Refusal("an-accept-from-past-the-end", init_sent, SERVER,
+                m.FileSyncInitResponse(1, m.InitStatus.ACCEPTED, 0, 11, ""), E.MALFORMED),
+        Refusal("a-refusal-with-an-offset", init_sent, SERVER,
+                m.FileSyncInitResponse(1, m.InitStatus.NO_SPACE, 0, 1, "no"), E.MALFORMED),
         Refusal("data-after-a-cancel", CANCELLED, CLIENT, data(1, b"d"), E.UNKNOWN_FILE),
         Refusal("a-cancel-after-a-cancel", CANCELLED, CLIENT, m.FileSyncCancel(1),
                 E.UNKNOWN_FILE),
@@ -209,7 +213,7 @@ def upload_rows() -> list[Refusal]:
     ]
     rows += [
         Refusal(f"data-after-a-refused-init-{status.name}",
-                after(lambda p, s=status: p.s2c(m.FileSyncInitResponse(1, s, 0, "no")),
+                after(lambda p, s=status: p.s2c(m.FileSyncInitResponse(1, s, 0, 0, "no")),
                       sessions_ended, start=init_sent),
                 CLIENT, data(1, b"x"), E.UNKNOWN_FILE)
         for status in REFUSED_INIT_STATUSES
@@ -218,21 +222,22 @@ def upload_rows() -> list[Refusal]:
         Refusal(f"{type(msg).__name__}-with-the-reserved-file-id", after(), CLIENT, msg,
                 E.MALFORMED)
         for msg in (m.FileSyncInit(NO_FILE, 0, 0, 0, 0, None, "a"),
-                    m.DownloadRequest(NO_FILE, "a"))
+                    m.DownloadRequest(NO_FILE, 0, None, "a"))
     ]
     return rows
 
 
 def limit_rows() -> list[Refusal]:
     """max_in_flight=2: sessions and requests have a limit each, of that size."""
-    sessions = (lambda p: p.c2s(init(1, 1, "a")), lambda p: p.c2s(m.DownloadRequest(2, "b")))
+    sessions = (lambda p: p.c2s(init(1, 1, "a")),
+                lambda p: p.c2s(m.DownloadRequest(2, 0, None, "b")))
     two_sessions = after(*sessions, lambda p: p.c2s(m.StatRequest(3, "requests do not count")),
                          start=TWO_IN_FLIGHT)
     two_requests = after(*sessions, lambda p: p.c2s(m.StatRequest(1, "b")),
                          lambda p: p.c2s(m.ListRequest(2, 1, "", "")), start=TWO_IN_FLIGHT)
     return [
         Refusal("a-download-over-the-session-limit", two_sessions, CLIENT,
-                m.DownloadRequest(3, "c"), E.LIMIT_EXCEEDED, word="2"),
+                m.DownloadRequest(3, 0, None, "c"), E.LIMIT_EXCEEDED, word="2"),
         Refusal("an-init-over-the-session-limit", two_sessions, CLIENT, init(3, 1, "c"),
                 E.LIMIT_EXCEEDED, word="2"),
         Refusal("a-request-over-the-request-limit", two_requests, CLIENT,
@@ -242,7 +247,7 @@ def limit_rows() -> list[Refusal]:
 
 def download_rows() -> list[Refusal]:
     entry = m.FileEntry(1, 1, 0, 0, DIGEST, "x")
-    requested = after(lambda p: p.c2s(m.DownloadRequest(3, "x")))
+    requested = after(lambda p: p.c2s(m.DownloadRequest(3, 0, None, "x")))
     rows = [
         Refusal("check-hash-before-every-byte-of-a-download",
                 after(lambda p: p.download_started(3, 10), lambda p: p.stream(p.server, 3, b"abc")),
@@ -250,13 +255,25 @@ def download_rows() -> list[Refusal]:
         Refusal("download-data-beyond-the-entry-size", after(lambda p: p.download_started(3, 2)),
                 SERVER, data(3, b"abc"), E.LIMIT_EXCEEDED, at=8),
         Refusal("a-download-ok-without-an-entry", requested, SERVER,
-                m.DownloadResponse(3, m.LookupStatus.OK, "", None), E.MALFORMED),
+                m.DownloadResponse(3, m.LookupStatus.OK, 0, "", None), E.MALFORMED),
         Refusal("a-download-response-for-an-unknown-file", after(), SERVER,
-                m.DownloadResponse(3, m.LookupStatus.OK, "", entry), E.UNKNOWN_FILE),
+                m.DownloadResponse(3, m.LookupStatus.OK, 0, "", entry), E.UNKNOWN_FILE),
+        Refusal("a-download-from-an-offset-not-asked", requested, SERVER,
+                m.DownloadResponse(3, m.LookupStatus.OK, 1, "", entry), E.MALFORMED),
+        Refusal("a-download-from-another-offset-than-asked",
+                after(lambda p: p.c2s(m.DownloadRequest(3, 2, DIGEST, "x"))), SERVER,
+                m.DownloadResponse(3, m.LookupStatus.OK, 1, "", m.FileEntry(5, 1, 0, 0, DIGEST,
+                                                                           "x")), E.MALFORMED),
+        Refusal("a-download-from-past-its-end",
+                after(lambda p: p.c2s(m.DownloadRequest(3, 2, DIGEST, "x"))), SERVER,
+                m.DownloadResponse(3, m.LookupStatus.OK, 2, "", entry), E.MALFORMED),
+        Refusal("a-download-refusal-with-an-offset",
+                after(lambda p: p.c2s(m.DownloadRequest(3, 2, DIGEST, "x"))), SERVER,
+                m.DownloadResponse(3, m.LookupStatus.NOT_FOUND, 2, "", None), E.MALFORMED),
     ]
     rows += [
         Refusal(f"download-data-after-a-refusal-{status.name}",
-                after(lambda p, s=status: p.s2c(m.DownloadResponse(3, s, "nope", None)),
+                after(lambda p, s=status: p.s2c(m.DownloadResponse(3, s, 0, "nope", None)),
                       sessions_ended, start=requested),
                 SERVER, data(3, b"x"), E.UNKNOWN_FILE)
         for status in m.LookupStatus

@@ -383,7 +383,7 @@ class Fuzzer:
         rid = r.choice([NO_FILE, next(w.ids) - 1, r.getrandbits(32)])  # NO_FILE: allowed
         return r.choice([
             lambda: m.FileSyncInit(old, 1, 0, 0o644, ANY_VERSION, None, self.fuzz_path()),
-            lambda: m.DownloadRequest(old, self.any_path()),
+            lambda: m.DownloadRequest(old, 0, None, self.any_path()),
             lambda: m.Error(r.choice(list(ErrorCode)), NO_FILE, self.text(100)),
             lambda: m.StatRequest(rid, self.any_path()),
             lambda: m.SubscribeRequest(rid, 0),
@@ -432,7 +432,7 @@ class Fuzzer:
         if kind == "download":
             fid = next(w.ids)
             w.downloads[fid] = bytearray()
-            return m.DownloadRequest(fid, self.any_path())
+            return m.DownloadRequest(fid, 0, None, self.any_path())
         if kind == "init":
             fid = next(w.ids)
             w.inits.append(fid)
@@ -473,13 +473,13 @@ class Fuzzer:
         entry = m.FileEntry(1, 1, 0, 0o644, zero, "fz/x")
         ok = m.LookupStatus.OK
         make = r.choice([
-            lambda: m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, ""),
+            lambda: m.FileSyncInitResponse(fid, m.InitStatus.ACCEPTED, 0, 0, ""),
             lambda: m.FileSyncRetryUpload(fid, 1),
             lambda: m.FileSyncFinish(fid, 1),
             lambda: m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, 4096, 0, zero, 4096, ""),
             lambda: m.ListResponse(rid, ok, False, "", (entry,)),
             lambda: m.StatResponse(rid, ok, "", entry),
-            lambda: m.DownloadResponse(fid, ok, "", entry),
+            lambda: m.DownloadResponse(fid, ok, 0, "", entry),
             lambda: m.DeleteResponse(rid, ok, 1, ""),
             lambda: m.SubscribeResponse(rid, ok, 0, ""),
             lambda: m.ChangeNotification(False, entry),
@@ -778,7 +778,7 @@ class Fuzzer:
             fid = next(w.ids)
             w.downloads[fid] = bytearray()
             path = r.choice(REAL_PATHS)
-            if not w.send([encode(m.DownloadRequest(fid, path))], fuzz=False):
+            if not w.send([encode(m.DownloadRequest(fid, 0, None, path))], fuzz=False):
                 return
             reply = w.reply_for(fid, m.DownloadResponse, what="DownloadResponse")
             if not isinstance(reply, m.DownloadResponse):
@@ -983,8 +983,8 @@ def test_refusals_at_once_respect_what_followed_in_the_same_read(server_factory)
     end = m.Error(ErrorCode.HASH_MISMATCH, 1, "never mind")
     cases = [([big, end], None), ([big, end, ok], m.FileSyncInitResponse),
              ([bad, end, ok], m.FileSyncInitResponse),
-             ([m.DownloadRequest(1, "/abs"), end, m.DownloadRequest(1, "real.txt")],
-              m.DownloadResponse)]  # fmt: skip
+             ([m.DownloadRequest(1, 0, None, "/abs"), end,
+               m.DownloadRequest(1, 0, None, "real.txt")], m.DownloadResponse)]  # fmt: skip
     for packets, answer in cases:
         raw = RawClient(server.address)
         raw.send_raw(b"".join(raw.conn.send(p) for p in [*packets, m.Ping(5, False)]))

@@ -44,9 +44,9 @@ def test_the_client_counts_by_the_limit_the_server_announced():
     client, server = shake(2)
     assert client.sessions.max_in_flight == client.requests.max_in_flight == 2
     server.feed(client.send(m.FileSyncInit(1, 1, 0, 0o644, 0, None, "a")))
-    server.feed(client.send(m.DownloadRequest(2, "b")))
+    server.feed(client.send(m.DownloadRequest(2, 0, None, "b")))
     with pytest.raises(LocalProtocolError) as info:  # refused here: nothing reaches the server
-        client.send(m.DownloadRequest(3, "c"))
+        client.send(m.DownloadRequest(3, 0, None, "c"))
     assert info.value.code is ErrorCode.LIMIT_EXCEEDED
     for rid in (1, 2):
         server.feed(client.send(m.StatRequest(rid, "a")))

@@ -51,7 +51,7 @@ def test_signal_stops_every_process_within_5s_and_frees_shm(server_factory, sig)
     # At the signal: a client that downloads but never reads, and one half-way through an
     # upload. Neither may hold the server up.
     stalled = RawClient(server.address, max_packet=1 << 20)
-    stalled.send(m.DownloadRequest(1, "x.bin"))
+    stalled.send(m.DownloadRequest(1, 0, None, "x.bin"))
     uploading = RawClient(server.address)
     uploading.send(m.FileSyncInit(1, 1 << 20, 0, 0o644, ANY_VERSION, None, "y.bin"))
     assert uploading.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED

@@ -363,7 +363,7 @@ def test_a_client_reading_a_long_download_is_not_idle(server_factory):
     stored(server, content, "big.bin")
     reader = SlowReader(server.address)
     with contextlib.closing(reader.sock):
-        reader.send(m.DownloadRequest(1, "big.bin"))
+        reader.send(m.DownloadRequest(1, 0, None, "big.bin"))
         received, took = reader.download(1, 8 << 20)
         assert received == content
         assert took > 2 * idle, f"the download took only {took:.1f} s: not a test of idleness"
@@ -386,7 +386,7 @@ def test_the_packet_deadline_waits_while_the_server_stops_reading(server_factory
         reader.send(m.FileSyncInit(3, len(payload), 0, 0o644, ANY_VERSION,
                                    digest_of(payload), "up.bin"))  # fmt: skip
         assert reader.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
-        reader.send(m.DownloadRequest(1, "big.bin"))
+        reader.send(m.DownloadRequest(1, 0, None, "big.bin"))
         packet = reader.conn.send(m.FileSyncData(3, payload))
         cut = 50 * KiB
         reader.sock.sendall(packet[:cut])  # the rest follows over a slow uplink
@@ -533,7 +533,7 @@ def test_the_file_size_refusal_on_the_wire(server_factory, raws):
     raw.send(m.FileSyncInit(1, 1001, 0, 0o644, ANY_VERSION, None, "a.bin"))
     reply = raw.expect(m.FileSyncInitResponse)
     assert reply == m.FileSyncInitResponse(
-        1, m.InitStatus.TOO_LARGE, 0, "a.bin: larger than this server's limit of 1000 bytes"
+        1, m.InitStatus.TOO_LARGE, 0, 0, "a.bin: larger than this server's limit of 1000 bytes"
     )
     assert server.metric("fs_store_used_bytes") == 0  # refused before any space was reserved
     raw.send(m.FileSyncInit(1, 1000, 0, 0o644, ANY_VERSION, None, "a.bin"))

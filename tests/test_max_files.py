@@ -74,7 +74,7 @@ def test_uploads_in_progress_to_new_paths_hold_a_place_until_given_up(server_fac
         assert raw.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
         raw.send(m.FileSyncInit(2, 10, 0, 0o644, ANY_VERSION, None, "second.bin"))
         assert raw.expect(m.FileSyncInitResponse) == m.FileSyncInitResponse(
-            2, m.InitStatus.NO_SPACE, 0, FULL.format(2)
+            2, m.InitStatus.NO_SPACE, 0, 0, FULL.format(2)
         )
         raw.send(m.FileSyncInit(3, 10, 0, 0o644, ANY_VERSION, None, "kept.txt"))
         assert raw.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED  # known

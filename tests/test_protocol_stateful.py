@@ -571,7 +571,7 @@ class SessionMachine(RuleBasedStateMachine):
     def open_download(self, fid: int) -> None:
         """DownloadRequest; refused like an Init."""
         if self.may_open(fid):
-            self.attempt(C, m.DownloadRequest(fid, f"down/{fid}"))
+            self.attempt(C, m.DownloadRequest(fid, 0, None, f"down/{fid}"))
 
     def moves(self, fid: int) -> list[str]:
         """Everything the protocol allows now for *fid*'s session(s), on either side."""
@@ -643,7 +643,7 @@ class SessionMachine(RuleBasedStateMachine):
     def answer_init(self, fid: int, status: m.InitStatus, sink: bool) -> None:
         """FileSyncInitResponse: accepted, already have, or a refusal (no space, conflict...)."""
         version = 0 if status is m.InitStatus.ACCEPTED else 5
-        msg = m.FileSyncInitResponse(fid, status, version, "" if version == 0 else "no")
+        msg = m.FileSyncInitResponse(fid, status, version, 0, "" if version == 0 else "no")
         if self.attempt(S, msg):
             event(f"upload: {status.name}")
             if status is m.InitStatus.ACCEPTED:
@@ -727,12 +727,12 @@ class SessionMachine(RuleBasedStateMachine):
     def answer_download(self, fid: int, found: bool, size: int, seed: int, sink: bool) -> None:
         """DownloadResponse: the entry (its size is the payload to come) or NOT_FOUND."""
         if not found:
-            if self.attempt(S, m.DownloadResponse(fid, m.LookupStatus.NOT_FOUND, "no", None)):
+            if self.attempt(S, m.DownloadResponse(fid, m.LookupStatus.NOT_FOUND, 0, "no", None)):
                 event("download: not found")
             return
         content = content_of(seed, size)
         entry = m.FileEntry(size, 3, 0, 0o644, digest_of(content), f"down/{fid}")
-        msg = m.DownloadResponse(fid, m.LookupStatus.OK, "", entry)
+        msg = m.DownloadResponse(fid, m.LookupStatus.OK, 0, "", entry)
         out = Outgoing(content)
         if self.attempt(S, msg, {"sink": sink, "out": out}):
             self.outgoing[S][fid] = out
@@ -792,16 +792,16 @@ class SessionMachine(RuleBasedStateMachine):
         messages: list[m.Message] = [
             m.FileSyncInit(fid, 3, 0, 0o644, ANY_VERSION, None, "x"),
             m.FileSyncInit(NO_FILE, 3, 0, 0o644, ANY_VERSION, None, "x"),
-            m.DownloadRequest(fid, "x"),
-            m.DownloadRequest(NO_FILE, "x"),
+            m.DownloadRequest(fid, 0, None, "x"),
+            m.DownloadRequest(NO_FILE, 0, None, "x"),
             m.FileSyncCancel(fid),
             m.FileSyncCheckHash(fid, digest),
             *(m.FileSyncCheckHashResponse(fid, st_, digest) for st_ in m.HashStatus),
-            *(m.FileSyncInitResponse(fid, st_, 0, "") for st_ in m.InitStatus),
+            *(m.FileSyncInitResponse(fid, st_, 0, 0, "") for st_ in m.InitStatus),
             m.FileSyncRetryUpload(fid, 1),
             m.FileSyncFinish(fid, 9),
-            m.DownloadResponse(fid, m.LookupStatus.OK, "", entry),
-            m.DownloadResponse(fid, m.LookupStatus.NOT_FOUND, "", None),
+            m.DownloadResponse(fid, m.LookupStatus.OK, 0, "", entry),
+            m.DownloadResponse(fid, m.LookupStatus.NOT_FOUND, 0, "", None),
         ]
         packets: list[tuple[Role, m.Message]] = []
         payloads: list[tuple[Role, int]] = []
@@ -990,7 +990,7 @@ class SessionMachine(RuleBasedStateMachine):
         for fid in sorted(self.known - set(client.sessions.sessions) - set(client._ended)):
             if len(client.sessions) >= LIMIT:
                 break
-            msg = m.DownloadRequest(fid, "again")
+            msg = m.DownloadRequest(fid, 0, None, "again")
             assert server.feed(client.send(msg)) == [msg]
             assert server.sessions.phase(fid) is Phase.AWAIT_DOWNLOAD_RESPONSE
 

@@ -87,7 +87,7 @@ def test_a_client_whose_upload_bytes_wait_unread_gets_the_error_and_a_close_not_
     try:
         raw.send(m.FileSyncInit(1, 32 * MiB, 0, 0o644, ANY_VERSION, None, "up.bin"))
         assert raw.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
-        raw.send(m.DownloadRequest(2, "down.bin"))
+        raw.send(m.DownloadRequest(2, 0, None, "down.bin"))
         piece = raw.conn.data_header(1, MiB - 9) + os.urandom(MiB - 9)
         raw.sock.setblocking(False)
         unread = 0

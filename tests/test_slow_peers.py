@@ -202,7 +202,7 @@ def test_an_overwrite_and_a_delete_during_a_slow_download_neither_change_nor_fre
     put(server, first, "x.bin")
     reader = SlowReader(server.address)
     with contextlib.closing(reader.sock):
-        reader.send(m.DownloadRequest(1, "x.bin"))
+        reader.send(m.DownloadRequest(1, 0, None, "x.bin"))
         answered(reader)
         second = random.Random(2).randbytes(24 * MiB)
         assert put(server, second, "x.bin").digest == digest_of(second)
@@ -231,7 +231,7 @@ def test_a_download_ended_early_holds_its_bytes_until_they_are_sent(server_facto
     reader = SlowReader(server.address)
     frames, received, pong = Frames(), bytearray(), None
     with contextlib.closing(reader.sock):
-        reader.send(m.DownloadRequest(1, "x.bin"))
+        reader.send(m.DownloadRequest(1, 0, None, "x.bin"))
         wait_for(lambda: server.metric(CHECK_HASHES_SENT, 0.0) == 1, 10,
                  "the server to have written the whole file")  # fmt: skip
         reader.send(m.Error(ErrorCode.INTERNAL, 1, "enough"))  # ends the session, unread

@@ -16,13 +16,14 @@ D1, D2 = b"\x01" * 16, b"\x02" * 16
 
 
 def check_invariants(store: Store) -> None:
-    """Free extents, blobs and reservations tile the arena exactly; every blob's reference
-    count is the number of entries and leases that point at it."""
+    """Free extents, blobs, reservations and parked uploads tile the arena exactly; every
+    blob's reference count is the number of entries and leases that point at it."""
     spans = [(off, length) for off, length in store.allocator._by_offset.items()]
     spans += [(b.offset, aligned(b.size)) for b in store.blobs.values() if b.size]
     spans += [
         (h.offset, aligned(h.size)) for h in store.holds.values() if h.blob is None and h.size
     ]
+    spans += [(p.offset, aligned(p.size)) for p in store.parked.values()]
     pos = 0
     for off, length in sorted(spans):
         assert off == pos, f"gap or overlap at {pos}: {sorted(spans)}"
@@ -40,6 +41,12 @@ def check_invariants(store: Store) -> None:
         assert blob.refs == refs.get(id(blob), 0) > 0
     assert store.new_paths == sum(h.new_path for h in store.holds.values())
     assert store.blob_bytes == sum(b.size for b in store.blobs.values())
+    assert store.parked_bytes == sum(p.size for p in store.parked.values())
+    assert set(store.resumable) <= set(store.holds)
+    keys: dict[tuple, int] = {}
+    for upload in store.resumable.values():
+        keys[upload.key] = keys.get(upload.key, 0) + 1
+    assert store.live_keys == keys
 
 
 def upload(store: Store, share: str, path: str, size: int, digest: bytes) -> int:

@@ -19,6 +19,7 @@ from tests.serverproc import wait_for
 
 MiB = 1024 * 1024
 USED = "fs_store_used_bytes"
+PARKED = "fs_store_parked_bytes"
 
 
 def test_same_content_under_twenty_names_takes_its_size_once(server_factory, tmp_path):
@@ -81,7 +82,9 @@ def test_full_store_says_no_space_keeps_files_and_reuses_space(server_factory, t
 def test_a_session_the_client_gives_up_frees_its_space(server_factory):
     """A reservation ends with its session: by Cancel, by a file-scoped Error, or by the
     connection closing. Each time the space comes back, and the next 5 MiB upload into an
-    8 MiB store fits. A Cancel or an Error frees it while the connection stays open."""
+    8 MiB store fits. A Cancel or an Error frees it while the connection stays open. A closed
+    connection parks the upload, to be resumed: its space counts as used (and parked) until
+    another upload needs it."""
     server = server_factory("--store-size", "8MiB")
     data = os.urandom(5 * MiB)
     for how in ["cancel", "error", "disconnect"]:
@@ -96,8 +99,10 @@ def test_a_session_the_client_gives_up_frees_its_space(server_factory):
                 raw.send(m.Error(ErrorCode.INTERNAL, 1, "disk read failed"))
             else:
                 raw.close()
-            wait_for(lambda: server.metric(USED) == 0, 10, f"the space back after the {how}")
+                wait_for(lambda: server.metric(PARKED) == len(data), 10, "the upload parked")
+                assert server.metric(USED) == len(data)
             if how != "disconnect":  # the session ended, not the connection
+                wait_for(lambda: server.metric(USED) == 0, 10, f"the space back after the {how}")
                 raw.send(m.Ping(1, reply=False))
                 assert raw.expect(m.Ping).reply
 
@@ -107,6 +112,7 @@ def test_a_session_the_client_gives_up_frees_its_space(server_factory):
                 await client.rm("real.bin")
 
         run(fits())
+        assert server.metric(PARKED) == 0 == server.metric(USED)
 
 
 def test_file_larger_than_the_store_is_too_large(server_factory):

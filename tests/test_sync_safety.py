@@ -161,7 +161,7 @@ class EvilServer:
                     self.requested.append(event.path)
                     entry = m.FileEntry(len(content), 5, 0, 0o644, digest, event.path)
                     writer.write(conn.send(m.DownloadResponse(
-                        event.file_id, m.LookupStatus.OK, "", entry)))  # fmt: skip
+                        event.file_id, m.LookupStatus.OK, 0, "", entry)))  # fmt: skip
                     writer.write(conn.data_header(event.file_id, len(content)) + content)
                     writer.write(conn.send(m.FileSyncCheckHash(event.file_id, digest)))
             await writer.drain()

@@ -13,6 +13,7 @@ import contextlib
 import os
 
 from fsclient.progress import SyncProgress
+from fsclient.resume import kept_temps
 from fsclient.sync.actions import Actions, Outcome
 from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
 from fsclient.sync.scan import Scanner, Stat
@@ -34,9 +35,12 @@ class Reconcile:
                   local: dict[str, Stat]) -> dict[str, Outcome]:  # fmt: skip
         """Bring folder and server together, path by path; the paths that were not DONE."""
         base = {entry.path: entry for entry in self.db.all()}
+        kept = kept_temps()  # downloads cut short, to be resumed: not leftovers
         for temp in self.scanner.stale:  # no download of ours is running yet
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.scanner.root, temp))
+            stale = os.path.abspath(os.path.join(self.scanner.root, temp))
+            if stale not in kept:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stale)
         uploads: list[tuple[LocalFile, int]] = []
         later: list[Later] = []
         records = []

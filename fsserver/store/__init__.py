@@ -1,7 +1,8 @@
 """The store: every share's index, and the blob arena its content lives in.
 
 One interface for the supervisor and the workers: the supervisor owns a ``Store`` (index and
-allocator, ``index.py``; small-file batches, ``batch.py``), and workers reach it through RPC
+allocator, ``index.py``; small-file batches, ``batch.py``; uploads cut short, parked to be
+resumed, ``parking.py``), and workers reach it through RPC
 (``fsserver.rpc``) with the plain records of ``records.py``. The bytes live in shared memory
 (``arena.py``), carved by ``allocator.py``, with a staging area per worker (``staging.py``).
 Another backend would implement the same calls and records; workers, hashers and the protocol
@@ -13,6 +14,7 @@ from fsserver.store.records import (
     BatchStored,
     Blob,
     BlobKey,
+    Busy,
     Change,
     ChangePage,
     Committed,
@@ -25,6 +27,6 @@ from fsserver.store.records import (
 )
 
 __all__ = [
-    "BatchStored", "Blob", "BlobKey", "Change", "ChangePage", "Committed", "Linked", "ListPage",
-    "Opened", "Refused", "Reserved", "Store", "StoreStats",
+    "BatchStored", "Blob", "BlobKey", "Busy", "Change", "ChangePage", "Committed", "Linked",
+    "ListPage", "Opened", "Refused", "Reserved", "Store", "StoreStats",
 ]  # fmt: skip

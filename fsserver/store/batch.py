@@ -34,6 +34,8 @@ class BatchStoring:
 
         def _new_blob(self, share: str, digest: bytes, size: int, offset: int) -> Blob: ...
 
+        def _allocate(self, size: int) -> int: ...
+
     def store_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
                    origin: int = 0) -> BatchStored:  # fmt: skip
         """Store each verified (source, path, size, mtime_ns, mode, digest, base_version) of a
@@ -48,7 +50,7 @@ class BatchStoring:
                                  f"area of worker {owner}")  # fmt: skip
         room = sum(aligned(item[2]) for item in items)
         try:
-            start = self.allocator.allocate(room) if room else 0
+            start = self._allocate(room) if room else 0
         except StoreFull:
             start = -1  # fragmented or nearly full: one allocation per file, as space allows
         bump = start
@@ -79,7 +81,7 @@ class BatchStoring:
                 offset, bump = bump, bump + aligned(size)
             else:
                 try:
-                    offset = self.allocator.allocate(size)
+                    offset = self._allocate(size)
                 except StoreFull as exc:
                     done.refused[at] = Refused(InitStatus.NO_SPACE, 0, exc.message)
                     return bump

@@ -20,15 +20,16 @@ from typing import Any
 
 from sortedcontainers import SortedDict
 
-from common.errors import StoreFull
 from common.limits import ANY_VERSION, NO_VERSION
 from common.messages import FileEntry, InitStatus, LookupStatus
 from fsserver.store.allocator import ExtentAllocator
 from fsserver.store.batch import BatchStoring
+from fsserver.store.parking import PARK_SECONDS, ParkedUploads, resume_key
 from fsserver.store.persisted import Persisted
 from fsserver.store.records import (
     Blob,
     BlobKey,
+    Busy,
     Change,
     ChangePage,
     Committed,
@@ -95,8 +96,9 @@ class _Hold:
     """An upload to a path the index does not hold yet: it will take an entry."""
 
 
-class Store(BatchStoring, Persisted, Retention):
-    def __init__(self, capacity: int, max_entries: int = 1_000_000, quota: int = 0) -> None:
+class Store(BatchStoring, Persisted, Retention, ParkedUploads):
+    def __init__(self, capacity: int, max_entries: int = 1_000_000, quota: int = 0,
+                 park_seconds: float = PARK_SECONDS) -> None:  # fmt: skip
         self.store_id = os.urandom(16)
         self.size = capacity
         self.allocator = ExtentAllocator(capacity)
@@ -126,6 +128,7 @@ class Store(BatchStoring, Persisted, Retention):
         journal says it is on disk (``unpin``), so that its extent keeps its bytes till then."""
         self.disk_room: int | None = None
         """With a data dir: bytes the disk can still take; uploads beyond it get NO_SPACE."""
+        self._init_parking(park_seconds)
 
     # -- uploads -----------------------------------------------------------------------------
 
@@ -140,25 +143,30 @@ class Store(BatchStoring, Persisted, Retention):
         digest: bytes | None,
         base_version: int,
         origin: int = 0,
-    ) -> Reserved | Linked | Refused:
-        """Room for an upload, or, if its content is already stored, the finished commit."""
+        resume: bool = True,
+    ) -> Reserved | Linked | Refused | Busy:
+        """Room for an upload (a big one's parked extent, if it was cut short and *resume*),
+        or, if its content is already stored, the finished commit."""
         refused = self._admit(share, path, size, base_version)
         if refused:
             return refused
         new_path = not self._known(share, path)
+        key = resume_key(share, path, size, mtime_ns, mode)
         blob = self.blobs.get((share, digest, size)) if digest is not None else None
         if blob is not None:
+            self._discard_parked(key)
             return Linked(self._put(share, path, blob, mtime_ns, mode, origin))
-        try:
-            offset = self.allocator.allocate(size)
-        except StoreFull as exc:
-            return Refused(InitStatus.NO_SPACE, 0, exc.message)
+        room = self._room(key, size, digest, resume)
+        if isinstance(room, Busy | Refused):  # (Refused: no space)
+            return room
+        offset, held = room
         ticket = next(self._ids)
         self.holds[ticket] = _Hold(owner, offset, size, share=share, new_path=new_path)
         self.new_paths += new_path
         if size:
             self.reserved[share] = self.reserved.get(share, 0) + size
-        return Reserved(ticket, offset)
+        self._track(ticket, key, digest, held)
+        return Reserved(ticket, offset, held)
 
     def commit(
         self,
@@ -208,14 +216,16 @@ class Store(BatchStoring, Persisted, Retention):
         self._unref(hold.blob)
 
     def drop_owner(self, owner: int) -> int:
-        """Free every reservation and lease of a worker that died; returns how many."""
+        """Free every reservation and lease of a worker that died; returns how many. A big
+        upload's extent is parked with the bytes its worker last reported."""
         mine = [hold_id for hold_id, hold in self.holds.items() if hold.owner == owner]
         for hold_id in mine:
-            hold = self._take_hold(owner, hold_id, lease=self.holds[hold_id].blob is not None)
-            if hold.blob is not None:
-                self._unref(hold.blob)
+            hold = self.holds[hold_id]
+            if hold.blob is None:
+                self.park(owner, hold_id, self.reported(hold_id))
             else:
-                self.allocator.free(hold.offset, hold.size)
+                self._take_hold(owner, hold_id, lease=True)
+                self._unref(hold.blob)
         return len(mine)
 
     # -- queries and deletes -----------------------------------------------------------------
@@ -296,6 +306,7 @@ class Store(BatchStoring, Persisted, Retention):
             logical_bytes=self.logical_bytes,
             files=sum(sh.live for sh in self.shares.values()),
             shares=sum(1 for sh in self.shares.values() if sh.live),
+            parked_bytes=self.parked_bytes,
         )
 
     def take_changes(self, wanted: Callable[[str, int], bool]) -> list[Change]:
@@ -415,6 +426,8 @@ class Store(BatchStoring, Persisted, Retention):
             what = "lease" if lease else "reservation"
             raise KeyError(f"worker {owner} holds no {what} {hold_id}")
         self.new_paths -= hold.new_path
+        if not lease:
+            self._untrack(hold_id)
         if not lease and hold.size:
             left = self.reserved[hold.share] - hold.size
             if left:

@@ -13,6 +13,13 @@ from common.messages import FileEntry
 class Reserved(NamedTuple):
     ticket: int
     offset: int
+    held: int = 0
+    """Bytes of the file the extent holds already: an upload cut short, resumed."""
+
+
+class Busy(NamedTuple):
+    """An upload of the same content to the same path is in progress, perhaps one whose
+    connection has just ended and whose extent is about to be parked: ask again shortly."""
 
 
 class Linked(NamedTuple):
@@ -71,6 +78,8 @@ class StoreStats:
     logical_bytes: int
     files: int
     shares: int
+    parked_bytes: int = 0
+    """Of ``used_bytes``: extents of uploads cut short, kept to be resumed (given up first)."""
 
 
 @dataclass(slots=True)

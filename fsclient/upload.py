@@ -1,0 +1,100 @@
+"""One upload session on the wire: ``upload`` sends a source's bytes, from where the server
+says it holds them up to (an upload cut short and resumed), and waits for the verdict; a digest
+mismatch sends the whole file again."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from common import messages as m
+from common.digest import EMPTY_DIGEST, StreamingDigest
+from fsclient.protocol import ClientProtocol, refusal
+from fsclient.transfer import CHUNK, BufferRing, FileChanged, Progress, SourceMeta, UploadSource
+
+if TYPE_CHECKING:
+    from fsclient.client import Client
+
+log = logging.getLogger(__name__)
+
+ZERO_COPY_MIN = 64 * 1024
+SEND_CHUNK = 256 * 1024
+
+
+async def upload(client: Client, source: UploadSource, path: str, base_version: int,
+                 progress: Progress | None = None) -> m.FileEntry:  # fmt: skip
+    """Upload *source* to *path* in one file session; its entry as stored."""
+    fid, box = await client.open_session()
+    proto = client.proto  # (a lost one stays lost: another transfer may replace it meanwhile)
+    try:
+        meta = source.meta
+        proto.send(m.FileSyncInit(fid, meta.size, meta.mtime_ns, meta.mode,
+                                         base_version, meta.digest, path))  # fmt: skip
+        reply: m.FileSyncInitResponse = await box.next()
+        if reply.status is m.InitStatus.ALREADY_HAVE_CONTENT:
+            assert meta.digest is not None
+            return entry_of(meta, meta.digest, path, await box.next())
+        if reply.status is not m.InitStatus.ACCEPTED:
+            raise refusal(reply.status, reply.message)
+        start = reply.offset  # the server holds the bytes before it (an upload resumed)
+        if start:
+            log.info("%s: resuming the upload at byte %d of %d", path, start, meta.size)
+        while True:
+            digest = await send_payload(proto, fid, source, progress, start)
+            start = 0  # a retry sends every byte
+            source.check_unchanged()
+            proto.send(m.FileSyncCheckHash(fid, digest))
+            verdict: m.FileSyncCheckHashResponse = await box.next()
+            if verdict.status is m.HashStatus.OK:
+                return entry_of(meta, digest, path, await box.next())
+            await box.next()  # FileSyncRetryUpload, or an Error that raises
+            source.refresh()
+            if source.meta.size != meta.size:
+                raise FileChanged(f"{path} changed size during the upload")
+            meta = source.meta
+    finally:
+        client.close_session(fid)
+
+
+async def send_payload(proto: ClientProtocol, fid: int, source: UploadSource,
+                       progress: Progress | None = None, start: int = 0) -> bytes:  # fmt: skip
+    """Send the bytes of *source* from *start* on; returns the digest of the whole file (the
+    bytes before *start* are read and hashed, not sent)."""
+    size, known = source.meta.size, source.meta.digest
+    hasher = None if known else StreamingDigest()
+    conn = proto.conn
+    zero_copy = conn.max_payload >= ZERO_COPY_MIN
+    step = min(conn.max_payload, CHUNK) if zero_copy else SEND_CHUNK
+    ring: BufferRing | None = None
+    if hasher is not None and start:
+        buffer = memoryview(bytearray(CHUNK))
+        for pos in range(0, start, CHUNK):
+            hasher.update(source.read_into(pos, buffer[: min(CHUNK, start - pos)]))
+    pos = start
+    while pos < size:
+        await proto.ready_to_send()
+        n = min(step, size - pos)
+        lent = None
+        chunk = source.view(pos, n)
+        if chunk is None:  # read from disk into a buffer the transport may keep a while
+            ring = ring or BufferRing(step)
+            lent = ring.take(proto.written - proto.buffered())
+            chunk = source.read_into(pos, memoryview(lent)[:n])
+        if hasher:
+            hasher.update(chunk)
+        if zero_copy:
+            proto.write([conn.data_header(fid, n), chunk])
+        elif n == size:  # a small file: its packets leave with those around them
+            proto.queue(conn.frame_data(fid, chunk))
+        else:  # written now, so that the transport's flow control applies
+            proto.write([conn.frame_data(fid, chunk)])
+        if ring and lent:
+            ring.lend(lent, proto.written if zero_copy else 0)
+        pos += n
+        if progress is not None:
+            progress(pos, size)
+    return hasher.digest() if hasher else known or EMPTY_DIGEST
+
+
+def entry_of(meta: SourceMeta, digest: bytes, path: str, finish: m.FileSyncFinish) -> m.FileEntry:
+    return m.FileEntry(meta.size, finish.version, meta.mtime_ns, meta.mode, digest, path)
