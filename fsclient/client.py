@@ -40,6 +40,7 @@ from common.state import Phase
 from fsclient.access import DEFAULT_SERVER, Access
 from fsclient.batch import BatchUpload, Item, OnResult
 from fsclient.connect import closed_at_handshake, looks_like_tls, open_connection, parse_server
+from fsclient.durable import FolderSync
 from fsclient.protocol import ClientProtocol, ConnectionLost, Leftover, Mailbox, refusal
 from fsclient.transfer import (
     CHUNK,
@@ -62,6 +63,8 @@ MAX_ATTEMPTS = 4
 class Client:
     def __init__(self, proto: ClientProtocol, hello: m.VersionHandshakeResponse) -> None:
         self.proto = proto
+        self.folders = FolderSync()
+        """Folder flushes after downloads, shared by the downloads in flight."""
         self.worker_id = hello.worker_id
         self.store_id = hello.store_id
         self.max_packet = hello.max_packet
@@ -272,7 +275,7 @@ class Client:
                     f"{path}: downloaded bytes have digest {actual.hex()}, "
                     f"expected {reply.entry.digest.hex()}"
                 )
-            target.commit(before_replace)
+            await target.commit(before_replace, self.folders)
             return reply.entry
         finally:
             self.proto.abandon_download(fid)

@@ -132,8 +132,9 @@ class SyncEngine:
             self.stream = await client.subscribe(since)
         except Conflict:  # the server has fewer versions than this folder saw: a new store
             log.warning("the server's history is behind this folder's; sending everything again")
-            self.db.forget_versions()
-            self.read_from_start()
+            with self.db.transaction():
+                self.db.forget_versions()
+                self.read_from_start()
             reseed, since = True, 0
             self.stream = await client.subscribe(0)
         remote = await self.backlog(self.stream, since)
@@ -157,13 +158,16 @@ class SyncEngine:
         server says (not on a first sync: there is no earlier store to make up for)."""
         known = self.db.meta("store_id")
         fresh = known != store_id.hex() or self.reseeding
-        if known and known != store_id.hex():
-            log.warning("the server's store changed (restarted without its data?): "
-                        "this folder's files are sent again; nothing is deleted")  # fmt: skip
-            self.db.forget_versions()
-        if fresh:
-            self.db.set_meta(store_id=store_id.hex())
-            self.read_from_start()
+        # one transaction: a crash between its writes would leave the new store's id with
+        # the old store's position, and the changes below that position unread for good
+        with self.db.transaction():
+            if known and known != store_id.hex():
+                log.warning("the server's store changed (restarted without its data?): "
+                            "this folder's files are sent again; nothing is deleted")  # fmt: skip
+                self.db.forget_versions()
+            if fresh:
+                self.db.set_meta(store_id=store_id.hex())
+                self.read_from_start()
         return fresh and bool(known)
 
     def read_from_start(self) -> None:
