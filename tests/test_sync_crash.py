@@ -3,9 +3,11 @@ brings nothing back: no file is ever seen half-written under its name, and after
 the folder, the server and a model of every change made agree, byte for byte.
 
 Each round: the server gets new files (big and small, some in new folders), a changed file
-and a delete; the folder gets a local delete and a new file; the client is killed at a
-random point while downloads are in flight (a temp file exists, and a random number of the
-round's files has landed), the folder is checked for partial files, and the client restarts.
+and a delete; the folder gets a local delete and a new file (while the client is stopped,
+so that they all come in at once; or while it is down, so that its first pass on starting
+does them); the client is killed at a random point while downloads are in flight (once a random
+number of the round's files landed), the folder is checked for partial files, and
+the client restarts.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from fsclient import Client
 from tests.conftest import run
 from tests.serverproc import ServerProcess, wait_for
 from tests.syncproc import SyncProcess, digests, files, status
-from tests.test_sync_recovery import holds, server_digests
+from tests.test_sync_recovery import server_digests
 
-ROUNDS = 8
+ROUNDS = 10
 SMALL_PER_ROUND = 24
 BIG_PER_ROUND = 2
-BIG = (4 << 20, 24 << 20)
+BIG = (8 << 20, 32 << 20)
 DEADLINE = 60.0
 
 Digest = bytes
@@ -100,20 +102,33 @@ def round_of_changes(server: ServerProcess, b: SyncProcess, model: Model, rng: r
 
 
 def kill_mid_download(b: SyncProcess, fetching: dict[str, bytes], rng: random.Random) -> bool:
-    """SIGKILL B once some (a random number) of *fetching* landed while others are in flight;
-    True if a download was in flight when it died."""
-    landed_before_kill = rng.randrange(len(fetching))
+    """SIGKILL B once a random number of *fetching* landed and then a download was seen in
+    flight (a temp file) a few times; True if one was in flight (else all had landed)."""
+    landed_first = rng.randrange(len(fetching) - BIG_PER_ROUND)  # the big ones land last
+    sightings = rng.randrange(1, 4)
+    seen = 0
+    folders = {(b.folder / path).parent for path in fetching}
 
-    def landed() -> int:
-        return sum(holds(b.folder, path, data) for path, data in fetching.items())
+    def in_flight() -> bool:
+        return any(".fs-tmp-" in entry.name for folder in folders if folder.is_dir()
+                   for entry in os.scandir(folder))  # fmt: skip
 
-    wait_for(lambda: landed() >= landed_before_kill, DEADLINE,
-             f"{landed_before_kill} of the round's files on B", interval=0.02)  # fmt: skip
-    wait_for(lambda: temp_files_anywhere(b.folder) or landed() == len(fetching), DEADLINE,
-             "a download in flight", interval=0.005)  # fmt: skip
-    in_flight = bool(temp_files_anywhere(b.folder))
+    def landed() -> int:  # by size: the content is checked after the restart
+        return sum((b.folder / p).is_file() and (b.folder / p).stat().st_size == len(d)
+                   for p, d in fetching.items())  # fmt: skip
+
+    def downloading() -> bool:
+        nonlocal seen
+        if in_flight():
+            seen += 1
+            return seen >= sightings
+        return landed() == len(fetching)
+
+    wait_for(lambda: landed() >= landed_first, DEADLINE, f"{landed_first} files on B",
+             interval=0.002)  # fmt: skip
+    wait_for(downloading, DEADLINE, "B downloading", interval=0.002)
     b.stop(signal.SIGKILL)
-    return in_flight
+    return seen >= sightings
 
 
 def temp_files_anywhere(folder: Path) -> list[str]:
@@ -138,7 +153,16 @@ def test_kill_9_while_downloading_loses_and_resurrects_nothing(server_factory, t
         in_flight = 0
         untouched = set(seed_files)
         for r in range(ROUNDS):
+            live = r % 2 == 0
+            if live:  # the changes come in at once while it runs: its settlers download
+                b.proc.send_signal(signal.SIGSTOP)
+            else:  # the changes come in while it is down: its first pass downloads
+                b.stop(signal.SIGKILL)
             fetching = round_of_changes(server, b, model, rng, untouched, r)
+            if live:
+                b.proc.send_signal(signal.SIGCONT)
+            else:
+                b.start(wait=False)
             in_flight += kill_mid_download(b, fetching, rng)
             no_partial_file(b.folder, model)
             b.start()

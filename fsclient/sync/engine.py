@@ -147,6 +147,7 @@ class SyncEngine:
         self.news.seen = max(self.news.seen, self.stream.seq)
         self.schedule_retries(undone)
         self.absorb()  # others' changes made while we worked
+        self.save_progress()  # else a start that finds nothing to settle live never saves it
         if self.once:
             await self.settle_all()
         else:
