@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -45,7 +46,11 @@ class FolderSync:
 
     async def sync(self, folder: str | os.PathLike[str]) -> None:
         key = os.fspath(folder)
-        if key not in self.running:
+        running = self.running.get(key)
+        if running is not None and running.get_loop() is not asyncio.get_running_loop():
+            running = None  # left by a loop that ended before the flush did (tests)
+            self.next.pop(key, None)
+        if running is None:
             done = self._start(key)
         else:
             done = self.next.get(key)
@@ -53,7 +58,7 @@ class FolderSync:
                 done = self.next[key] = asyncio.get_running_loop().create_future()
         await asyncio.shield(done)  # a caller that gives up does not stop others' flush
 
-    async def sync_all(self, folders: set[str]) -> None:
+    async def sync_all(self, folders: Iterable[str | os.PathLike[str]]) -> None:
         await asyncio.gather(*(self.sync(folder) for folder in folders))
 
     def _start(self, key: str, done: asyncio.Future[None] | None = None) -> asyncio.Future[None]:
