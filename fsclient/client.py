@@ -45,6 +45,7 @@ from fsclient.access import DEFAULT_SERVER, Access
 from fsclient.batch import BatchUpload, Item, OnResult
 from fsclient.connect import closed_at_handshake, looks_like_tls, open_connection, parse_server
 from fsclient.download import download
+from fsclient.durable import FolderSync
 from fsclient.protocol import ClientProtocol, ConnectionLost, Leftover, Mailbox, refusal
 from fsclient.resume import drop_partial, retrying
 from fsclient.transfer import BytesSource, FileChanged, FileSource, Known, Progress
@@ -58,6 +59,8 @@ MAX_ATTEMPTS = 4
 class Client:
     def __init__(self, proto: ClientProtocol, hello: m.VersionHandshakeResponse) -> None:
         self.proto = proto
+        self.folders = FolderSync()
+        """Folder flushes after downloads, shared by the downloads in flight."""
         self.worker_id = hello.worker_id
         self.store_id = hello.store_id
         self.max_packet = hello.max_packet

@@ -56,7 +56,7 @@ async def _session(client: Client, path: str, dest: Path, progress: Progress | N
         if not ok:
             raise HashMismatch(f"{path}: downloaded bytes have digest {actual.hex()}, "
                                f"expected {reply.entry.digest.hex()}")  # fmt: skip
-        target.commit(before_replace)
+        await target.commit(before_replace, client.folders)
         return reply.entry
     except FSError as exc:
         kept = target.keep() if lost(exc) else None

@@ -2,9 +2,9 @@
 
 ``UploadSource`` reads a file (or bytes) in chunks and knows its digest. ``FileSink`` receives a
 download into a fixed-size buffer that it writes out and hashes as it fills. ``DownloadTarget``
-puts the result in place atomically: a temp file in the destination's folder, then a rename once
-the digest checks out. A download cut short keeps its temp file (a ``Partial``), to go on from
-its end (see ``fsclient.resume``).
+puts the result in place atomically and durably: a temp file in the destination's folder, then,
+once the digest checks out, an fsync, a rename, and an fsync of the folder. A download cut short
+keeps its temp file (a ``Partial``), to go on from its end (see ``fsclient.resume``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from common.digest import StreamingDigest, digest_of
 from common.messages import FileEntry
+from fsclient.durable import FolderSync, in_thread
 
 CHUNK = 1 << 20
 SMALL_FILE = 1 << 20
@@ -44,15 +45,20 @@ def temp_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}{TEMP_MARK}{secrets.token_hex(4)}")
 
 
-def install(temp: Path, dest: Path, mode: int, mtime_ns: int,
-            before_replace: Callable[[], None] | None = None) -> None:  # fmt: skip
-    """Give *temp* its mode and mtime and rename it to *dest*. *before_replace* runs just
-    before the rename and may raise to stop it."""
+async def install(temp: Path, dest: Path, mode: int, mtime_ns: int,
+                  before_replace: Callable[[], None] | None = None,
+                  folders: FolderSync | None = None) -> None:  # fmt: skip
+    """Give *temp* its mode and mtime, flush it to the disk, rename it to *dest*, and flush
+    the folder: after a power cut *dest* is the old file or the whole new one, and once this
+    returns, the new one for good (``fsclient.durable``). *before_replace* runs just before
+    the rename and may raise to stop it. *folders*: folder flushes shared with other calls."""
     os.chmod(temp, mode & 0o777)
     os.utime(temp, ns=(mtime_ns, mtime_ns))
+    await in_thread(temp)
     if before_replace is not None:
         before_replace()
     os.replace(temp, dest)
+    await (folders or FolderSync()).sync(dest.parent)
 
 
 class Partial(NamedTuple):
@@ -317,11 +323,14 @@ class DownloadTarget:
             os.close(self.fd)
             self.fd = -1
 
-    def commit(self, before_replace: Callable[[], None] | None = None) -> None:
-        """Put the verified file in place. *before_replace* runs just before the rename and
-        may raise to stop it (the sync engine checks that nobody changed the file meanwhile)."""
+    async def commit(self, before_replace: Callable[[], None] | None = None,
+                     folders: FolderSync | None = None) -> None:  # fmt: skip
+        """Put the verified file in place, durably (``install``). *before_replace* runs just
+        before the rename and may raise to stop it (the sync engine checks that nobody changed
+        the file meanwhile)."""
         assert self.temp is not None and self.entry is not None
-        install(self.temp, self.dest, self.entry.mode, self.entry.mtime_ns, before_replace)
+        await install(self.temp, self.dest, self.entry.mode, self.entry.mtime_ns,
+                      before_replace, folders)  # fmt: skip
         self.temp = None
 
     def cut(self) -> None:

@@ -26,7 +26,8 @@ class SyncProcess:
     proc: subprocess.Popen[str] | None = None
     log: ServerLog = field(default_factory=ServerLog)
 
-    def start(self) -> SyncProcess:
+    def start(self, wait: bool = True) -> SyncProcess:
+        """Start the client; *wait*: until it is live (its first pass over the folder done)."""
         self.log = ServerLog()
         self.proc = subprocess.Popen(
             fsclient_command("sync", str(self.folder), "--debounce", str(self.debounce),
@@ -35,6 +36,8 @@ class SyncProcess:
             env=cli_env({"PYTHONUNBUFFERED": "1"}),
         )  # fmt: skip
         threading.Thread(target=self._pump, daemon=True).start()
+        if not wait:
+            return self
         wait_for(lambda: "watching" in self.log.text() or self.proc.poll() is not None, 30,
                  f"sync of {self.folder} to start")  # fmt: skip
         assert self.proc.poll() is None, self.log.text()

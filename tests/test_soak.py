@@ -115,7 +115,8 @@ class Soak:
                 os.killpg(self.server.pid, signal.SIGKILL)
                 await loop.run_in_executor(None, self.server.proc.wait)
                 self.server = await loop.run_in_executor(
-                    None, lambda: start_server(*self.args, "--port", port)
+                    None,
+                    lambda: start_server(*self.args, "--port", port),  # noqa: B023
                 )
                 self.kills.append("server")
                 continue

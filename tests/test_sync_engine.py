@@ -281,3 +281,26 @@ def test_the_news_heap_does_not_grow_behind_one_stuck_path():
     assert len(news._heap) < 1_000
     assert news.mark_applied("stuck.bin", news.latest["stuck.bin"])
     assert news.position() == 20_001
+
+
+def test_a_live_start_with_nothing_left_to_settle_saves_its_position(server, tmp_path):
+    """The first pass applied everything: the position (and the end of a first sync's start
+    over) is saved then, not at the first live change. Else a client stopped before any
+    change read the whole history again at every start, as a start-over."""
+    folder = tmp_path / "B"
+    folder.mkdir()
+
+    async def seed() -> None:
+        async with await Client.connect(server.address) as client:
+            for i in range(3):
+                await client.put_bytes(f"file {i}".encode(), f"f{i}.txt")
+
+    run(seed())
+    engine = make_engine(folder, server.address)
+
+    async def saved(settled: Settled) -> None:
+        assert settled.paths == []  # nothing was settled live
+        assert (engine.db.meta("reseed"), engine.db.meta("last_seq")) == ("0", "3")
+
+    run(live(engine, saved))
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["f0.txt", "f1.txt", "f2.txt"]

@@ -23,6 +23,7 @@ from common import messages as m
 from common.errors import Conflict, FSError, NotFound
 from common.limits import NO_VERSION
 from fsclient.client import Client
+from fsclient.durable import FolderSync, new_folders
 from fsclient.progress import SyncProgress
 from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState
 from fsclient.sync.scan import Scanner, brief, same_stat
@@ -93,6 +94,8 @@ class Actions:
         self.highest = 0
         """The highest version of a change this client made (from the server's replies)."""
         self.progress: SyncProgress | None = None
+        self.folders = FolderSync()
+        """Flushes of the folders this client changes (deletes, copies, conflict copies)."""
 
     def abs(self, path: str) -> str:
         return os.path.join(self.folder, path)
@@ -114,15 +117,15 @@ class Actions:
         if do is Do.DOWNLOAD and remote is not None:
             return await self.download(path, remote, local)
         if do is Do.DELETE_LOCAL and local is not None:
-            return self.delete_local(path, local)
+            return await self.delete_local(path, local)
         if do is Do.DELETE_REMOTE:
             return await self.delete_remote(path, decision.expected)
         if do is Do.CONFLICT and local is not None and remote is not None:
             return await self.conflict(local, remote)
+        if do is Do.FORGET:
+            return await self.forget(path)
         if do is Do.RECORD and local is not None:
             self.record(path, local.digest, decision.version)
-        elif do is Do.FORGET:
-            self.db.remove([path])
         self.succeeded(path)  # whatever failed before is settled now
         return Outcome.DONE
 
@@ -147,8 +150,7 @@ class Actions:
             if isinstance(result, m.FileEntry):
                 done.append(self.uploaded(local, result))
                 if len(done) >= DB_CHUNK:
-                    self.db.put(done)
-                    done.clear()
+                    self.store_uploaded(done)
             elif client.proto.failure is not None:
                 undone[local.path] = Outcome.FAILED  # the session ends: raised below, once
             elif isinstance(result, Conflict):
@@ -163,15 +165,23 @@ class Actions:
         try:
             await client.put_many(items, on_result=settled)
         finally:
-            self.db.put(done)  # what was sent before the connection ended is kept
+            self.store_uploaded(done)  # what was sent before the connection ended is kept
         self.raise_if_lost()
         return undone
+
+    def store_uploaded(self, done: list[BaseEntry]) -> None:
+        """Write the bases of uploaded files. Only then do their versions count towards the
+        saved position: a position past a version whose base was not written yet would let a
+        crash forget that this folder made it."""
+        if done:
+            self.db.put(done)
+            self.highest = max(self.highest, max(entry.version for entry in done))
+            done.clear()
 
     def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:
         """The base for a file just uploaded (its inode only if it is still the same file)."""
         self.succeeded(local.path, 1, entry.size)
         self.tally.uploaded += 1
-        self.highest = max(self.highest, entry.version)
         inode = local.inode if (local.size, local.mtime_ns) == (entry.size, entry.mtime_ns) else 0
         return BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,
                          entry.digest, entry.version)  # fmt: skip
@@ -179,35 +189,44 @@ class Actions:
     async def delete_remote(self, path: str, expected: int) -> Outcome:
         assert self.client is not None
         self.guard()
+        version = 0
         try:
-            self.highest = max(self.highest, await self.client.rm(path, base_version=expected))
+            # the delete here is on the disk before the server (and then the state) hears of it
+            await self.flush_absence(path)
+            version = await self.client.rm(path, base_version=expected)
         except NotFound:
             log.debug("%s was already gone on the server", path)  # the outcome we wanted
         except Conflict:
             log.info("%s changed on the server meanwhile; not deleting it", path)
             return Outcome.CHANGED_THERE
-        except FSError as exc:
+        except (FSError, OSError) as exc:
             return self.fail(path, exc)
         self.db.remove([path])
+        self.highest = max(self.highest, version)
         self.succeeded(path)
         self.tally.deleted += 1
         return Outcome.DONE
 
     # -- to the folder -----------------------------------------------------------------------
+    # The state DB records only what is on the disk for good: a file is flushed before its
+    # rename and its folder after (``install``), a delete or a conflict copy's rename is
+    # flushed too, and only then is the base written. A power cut can lose the last writes
+    # of the DB (a suffix: see ``StateDB``), never make it claim what the disk lost.
 
     async def download(self, path: str, remote: RemoteState, expect: LocalFile | None
                        ) -> Outcome:  # fmt: skip
         """Fetch *path* unless the local file is no longer *expect* (None: absent)."""
         assert self.client is not None
         check = self._unchanged(path, expect)
-        dest = self.abs(path)
-        digest, version, size = remote.digest, remote.version, remote.size
+        dest = Path(self.abs(path))
+        entry = m.FileEntry(remote.size, remote.version, remote.mtime_ns, remote.mode,
+                            remote.digest, path)  # fmt: skip
         try:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            if not self._copy_local(path, remote, check):
+            named = new_folders(dest.parent, self.folder)  # folders that now hold a new one
+            if not await self._copy_local(path, remote, check):
                 # the server sends what it holds now, which may be newer than the news
                 entry = await self.client.get(path, dest, before_replace=check)
-                digest, version, size = entry.digest, entry.version, entry.size
+            await self.folders.sync_all(named)
         except LocalChanged:
             log.info("%s changed locally during the download; deciding again", path)
             return Outcome.CHANGED_HERE
@@ -215,12 +234,13 @@ class Actions:
             return Outcome.CHANGED_THERE  # deleted meanwhile: its notification follows
         except (FSError, OSError) as exc:
             return self.fail(path, exc)
-        self.record(path, digest, version)
-        self.succeeded(path, 1, size)
+        self.record(path, entry.digest, entry.version, (entry.size, entry.mtime_ns))
+        self.succeeded(path, 1, entry.size)
         self.tally.downloaded += 1
         return Outcome.DONE
 
-    def _copy_local(self, path: str, remote: RemoteState, check: Callable[[], None]) -> bool:
+    async def _copy_local(self, path: str, remote: RemoteState, check: Callable[[], None]
+                          ) -> bool:  # fmt: skip
         """A rename or copy elsewhere: the content is here already, under another name."""
         for other in self.db.with_digest(remote.digest):
             st = self.scanner.stat(other.path)
@@ -230,14 +250,14 @@ class Actions:
             temp = temp_name(dest)
             try:
                 shutil.copyfile(self.abs(other.path), temp)
-                install(temp, dest, remote.mode, remote.mtime_ns, check)
+                await install(temp, dest, remote.mode, remote.mtime_ns, check, self.folders)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)
             return True
         return False
 
-    def delete_local(self, path: str, expect: LocalFile) -> Outcome:
+    async def delete_local(self, path: str, expect: LocalFile) -> Outcome:
         try:
             self._unchanged(path, expect)()
             os.unlink(self.abs(path))
@@ -248,10 +268,21 @@ class Actions:
             log.debug("%s was already gone here", path)  # the outcome we wanted
         except OSError as exc:
             return self.fail(path, exc)
+        return await self.forget(path, deleted=True)
+
+    async def forget(self, path: str, deleted: bool = False) -> Outcome:
+        """*path* is gone here: once that is on the disk for good, its base goes. (Were the
+        base gone and the file back after a power cut, the file would look new here and be
+        sent again: a delete undone.)"""
+        try:
+            await self.flush_absence(path)
+        except OSError as exc:
+            return self.fail(path, exc)
         self.db.remove([path])
         self.succeeded(path)
-        self.tally.deleted += 1
-        self._prune(os.path.dirname(path))
+        if deleted:
+            self.tally.deleted += 1
+            self._prune(os.path.dirname(path))
         return Outcome.DONE
 
     async def conflict(self, local: LocalFile, remote: RemoteState) -> Outcome:
@@ -268,7 +299,8 @@ class Actions:
             return self.fail(local.path, exc)
         log.warning("conflict on %s: the local version is kept as %s", local.path, copy)
         self.tally.conflicts += 1
-        self.db.remove([local.path])
+        if await self.forget(local.path) is not Outcome.DONE:
+            return Outcome.FAILED  # decided again: the copy is a new file, the name missing
         with contextlib.suppress(OSError):  # else the copy is sent like any new local file
             moved = self.scanner.local(copy, brief(os.lstat(self.abs(copy))), None)
             if moved is not None:
@@ -277,12 +309,33 @@ class Actions:
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def record(self, path: str, digest: bytes, version: int) -> None:
+    def record(self, path: str, digest: bytes, version: int,
+               written: tuple[int, int] | None = None) -> None:  # fmt: skip
+        """The base of *path* as it is now, with *digest*. *written*: (size, mtime_ns) this
+        client just gave the file; if it no longer has them, someone wrote to it since, and
+        the base gets no inode, so that the next look reads the file (as ``uploaded``)."""
         st = self.scanner.stat(path)
         if st is None:
             return
         size, mtime_ns, inode, mode = st
+        if written is not None and written != (size, mtime_ns):
+            inode = 0
         self.db.put([BaseEntry(path, size, mtime_ns, mode, inode, digest, version)])
+
+    async def flush_absence(self, path: str) -> None:
+        """Flush the folder that held *path* (gone here), or the nearest one above it that is
+        still there (a folder deleted as a whole, or pruned meanwhile by another delete)."""
+        top = os.fspath(self.folder)
+        for _ in range(path.count("/") + 2):
+            folder = os.path.dirname(self.abs(path))
+            while not os.path.isdir(folder) and len(folder) > len(top):
+                folder = os.path.dirname(folder)
+            try:
+                await self.folders.sync(folder)
+                return
+            except FileNotFoundError:
+                continue  # gone since it was looked at: the one above it holds that now
+        raise FileNotFoundError(f"no folder above {path} stays to be flushed")
 
     def raise_if_lost(self) -> None:
         """A connection that ended fails every file still open on it: that is the session's

@@ -133,8 +133,9 @@ class SyncEngine:
             self.stream = await client.subscribe(since)
         except Conflict:  # the server has fewer versions than this folder saw: a new store
             log.warning("the server's history is behind this folder's; sending everything again")
-            self.db.forget_versions()
-            self.read_from_start()
+            with self.db.transaction():
+                self.db.forget_versions()
+                self.read_from_start()
             reseed, since = True, 0
             self.stream = await client.subscribe(0)
         except HistoryExpired:  # away longer than the server keeps deletes
@@ -155,6 +156,7 @@ class SyncEngine:
         self.news.seen = max(self.news.seen, self.stream.seq)
         self.schedule_retries(undone)
         self.absorb()  # others' changes made while we worked
+        self.save_progress()  # else a start that finds nothing to settle live never saves it
         if self.once:
             await self.settle_all()
         else:
@@ -166,13 +168,16 @@ class SyncEngine:
         server says (not on a first sync: there is no earlier store to make up for)."""
         known = self.db.meta("store_id")
         fresh = known != store_id.hex() or self.reseeding
-        if known and known != store_id.hex():
-            log.warning("the server's store changed (restarted without its data?): "
-                        "this folder's files are sent again; nothing is deleted")  # fmt: skip
-            self.db.forget_versions()
-        if fresh:
-            self.db.set_meta(store_id=store_id.hex())
-            self.read_from_start()
+        # one transaction: a crash between its writes would leave the new store's id with
+        # the old store's position, and the changes below that position unread for good
+        with self.db.transaction():
+            if known and known != store_id.hex():
+                log.warning("the server's store changed (restarted without its data?): "
+                            "this folder's files are sent again; nothing is deleted")  # fmt: skip
+                self.db.forget_versions()
+            if fresh:
+                self.db.set_meta(store_id=store_id.hex())
+                self.read_from_start()
         return fresh and bool(known)
 
     def read_from_start(self) -> None:

@@ -85,11 +85,10 @@ class Reconcile:
                 await self.apply(*item)
 
         # downloads first: a file renamed on the server is copied from its old local name
-        # before that name's delete arrives
+        # before that name's delete arrives; then the rest, in the same window (deletes wait
+        # for their folder's flush, which those in one folder share)
         await asyncio.gather(*(apply(i) for i in later if i[1].do is Do.DOWNLOAD))
-        for item in later:
-            if item[1].do is not Do.DOWNLOAD:
-                await self.apply(*item)
+        await asyncio.gather(*(apply(i) for i in later if i[1].do is not Do.DOWNLOAD))
 
     async def apply(self, path: str, decision: Decision, local: LocalFile | None,
                     remote: RemoteState | None) -> None:  # fmt: skip

@@ -1,0 +1,94 @@
+"""Making what the client writes into a folder survive a power cut, cheaply.
+
+A rename is atomic, but not durable: after a power cut the new name may point at a file whose
+bytes never reached the disk, or the rename itself may be gone. So a file is fsynced before it
+is renamed into place, and its folder after (the folder holds the name). The sync engine writes
+its state DB only once both are done, so that the state never records a file the disk may not
+have (see "The sync client" in ``docs/ARCHITECTURE.md``).
+
+An fsync costs a disk flush, so it never runs on the event loop: each runs in a thread, and
+many downloads in flight flush at once (the file system commits them together). A folder that
+many of them wait on is flushed once for all who asked before that flush began, not once each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file's bytes and metadata, or a folder's names, to the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def in_thread(path: str | os.PathLike[str]) -> asyncio.Future[None]:
+    """``fsync_path`` in a thread of the loop's default pool, off the event loop (the loop
+    waits for that pool before it closes, so no flush ends after it)."""
+    return asyncio.get_running_loop().run_in_executor(None, fsync_path, path)
+
+
+class FolderSync:
+    """Folder fsyncs shared by everyone waiting on the same folder. ``await sync(folder)``
+    returns once a flush that began after the call has ended: a flush already running may
+    have missed the caller's rename, so those who ask during one share the next."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, asyncio.Future[None]] = {}
+        self.next: dict[str, asyncio.Future[None]] = {}
+
+    async def sync(self, folder: str | os.PathLike[str]) -> None:
+        key = os.fspath(folder)
+        running = self.running.get(key)
+        if running is not None and running.get_loop() is not asyncio.get_running_loop():
+            running = None  # left by a loop that ended before the flush did (tests)
+            self.next.pop(key, None)
+        if running is None:
+            done = self._start(key)
+        else:
+            done = self.next.get(key)
+            if done is None:
+                done = self.next[key] = asyncio.get_running_loop().create_future()
+        await asyncio.shield(done)  # a caller that gives up does not stop others' flush
+
+    async def sync_all(self, folders: Iterable[str | os.PathLike[str]]) -> None:
+        await asyncio.gather(*(self.sync(folder) for folder in folders))
+
+    def _start(self, key: str, done: asyncio.Future[None] | None = None) -> asyncio.Future[None]:
+        if done is None:
+            done = asyncio.get_running_loop().create_future()
+        self.running[key] = done
+        in_thread(key).add_done_callback(lambda flush: self._ended(key, flush))
+        return done
+
+    def _ended(self, key: str, flush: asyncio.Future[None]) -> None:
+        done = self.running.pop(key)
+        error = flush.exception()
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+        waiting = self.next.pop(key, None)
+        if waiting is not None:  # those who asked meanwhile: their flush starts now
+            self._start(key, waiting)
+
+
+def new_folders(folder: Path, stop: Path) -> list[Path]:
+    """Create *folder* and any missing parents up to *stop* (which exists); the folders whose
+    names changed (the parents of those created), to be flushed like a renamed file's."""
+    missing: list[Path] = []
+    here = folder
+    while here != stop and not here.is_dir():
+        missing.append(here)
+        here = here.parent
+    for created in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another download:
+            created.mkdir()  # its parent is flushed all the same
+    return [created.parent for created in missing]
