@@ -114,10 +114,9 @@ class Soak:
                 port = str(self.server.port)
                 os.killpg(self.server.pid, signal.SIGKILL)
                 await loop.run_in_executor(None, self.server.proc.wait)
-                self.server = await loop.run_in_executor(
-                    None,
-                    lambda: start_server(*self.args, "--port", port),  # noqa: B023
-                )
+                # started on this thread (the loop pauses meanwhile): the server's
+                # PR_SET_PDEATHSIG is tied to the thread that starts it
+                self.server = start_server(*self.args, "--port", port)
                 self.kills.append("server")
                 continue
             victim = self.rng.choice(["worker-0", "worker-1", "persister-0"])
