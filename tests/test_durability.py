@@ -49,6 +49,7 @@ async def upload_until_killed(address: str, acked: Acked, rng: random.Random, ta
     count = 0
     try:
         async with await Client.connect(address) as client:
+            client.dial = None  # no reconnecting: the kill ends the round
             while True:
                 count += 1
                 if count % 3:
