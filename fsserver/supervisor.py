@@ -16,14 +16,14 @@ import signal
 import socket
 import sys
 import time
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import multiprocess
 
 from fsserver import telemetry
-from fsserver.auth import Throttle, TokenFileError, add_token, check_tokens_file
+from fsserver.acceptor import Acceptor, ListenError
+from fsserver.auth import TokenFileError, add_token, check_tokens_file
+from fsserver.calls import StoreCalls
 from fsserver.channel import MessageChannel, channel_pair
 from fsserver.children import Child, RestartPolicy, Role, spawn, stop_all
 from fsserver.config import ServerConfig
@@ -32,8 +32,7 @@ from fsserver.hasher import serve_jobs
 from fsserver.health import HealthServer, Response
 from fsserver.metrics import render_metrics
 from fsserver.process import profiled, setup_child
-from fsserver.rpc import serve_call
-from fsserver.store import Change, Store
+from fsserver.store import Store
 from fsserver.store.arena import BlobArena, clean_stale_segments
 from fsserver.store.catalog import CatalogError
 from fsserver.store.recovery import RecoveryError
@@ -43,18 +42,9 @@ from fsserver.worker import worker_main
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
-ACCEPT_BATCH = 64
-CALL_SLICE = 256
-REPLY_DELAY = 0.0001
-"""Seconds a store reply may wait for others to share its control message."""
-ACCEPT_BACKOFF = 0.1
 PRUNE_EVERY = 3600.0
 EXPIRE_EVERY = 5.0
 """Seconds between looks for parked uploads past their time (``--resume-timeout``)."""
-
-
-def reply_too_large(reply: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
-    return (reply[0], False, "store reply too large for the control channel")
 
 
 class StartupError(RuntimeError):
@@ -75,20 +65,6 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 class Supervisor:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -100,7 +76,7 @@ class Supervisor:
         self.arena: BlobArena | None = None
         self.store: Store | None = None
         self.durability: Durability | None = None
-        self.listener: socket.socket | None = None
+        self.acceptor: Acceptor | None = None
         self.jobs_worker_end: socket.socket | None = None
         self.jobs_hasher_end: socket.socket | None = None
         self.workers: dict[int, Child] = {}
@@ -113,10 +89,8 @@ class Supervisor:
                 "/metrics": self.metrics,
             }
         )
-        self._next_worker = 0
-        self.calls: deque[tuple[Child, list[Any]]] = deque()
+        self.calls: StoreCalls | None = None
         self.sampler: asyncio.Task[None] | None = None
-        self.throttle = Throttle()
         self.port = 0
         self.metrics_port = 0
 
@@ -167,8 +141,12 @@ class Supervisor:
         self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota, cfg.resume_timeout)
         self.store.arena = self.arena.view
         self.load_data_dir()
-        self.listener = bind_listener(cfg.host, cfg.port)
-        self.port = self.listener.getsockname()[1]
+        self.calls = StoreCalls(self.store, self.workers, self.durability)
+        try:
+            self.acceptor = Acceptor(cfg.host, cfg.port, self.workers)
+        except ListenError as exc:
+            raise StartupError(str(exc)) from None
+        self.port = self.acceptor.port
         try:
             self.metrics_port = await self.health.start(cfg.host, cfg.metrics_port)
         except OSError as exc:
@@ -188,7 +166,7 @@ class Supervisor:
         if self.stop_requested.is_set():  # a child kept failing to start
             raise StartupError("stopped before the workers were ready")
         assert self.loop is not None
-        self.loop.add_reader(self.listener.fileno(), self.accept)
+        self.acceptor.start()
         self.sampler = self.loop.create_task(telemetry.ProcessSampler("acceptor").run())
         self.prune_tombstones()
         self.loop.call_later(EXPIRE_EVERY, self.expire_parked)
@@ -221,8 +199,6 @@ class Supervisor:
         if gone:
             log.info("forgot %d tombstones older than %g days", gone, self.config.tombstone_days)
             self.log_changes()
-            if self.durability is not None:
-                self.durability.send_log()
         if not self.stopping:
             self.loop.call_later(min(PRUNE_EVERY, keep / 2), self.prune_tombstones)
 
@@ -261,10 +237,8 @@ class Supervisor:
         self.stopping = True
         if self.sampler is not None:
             self.sampler.cancel()
-        if self.listener is not None:
-            assert self.loop is not None
-            self.loop.remove_reader(self.listener.fileno())
-            self.listener.close()
+        if self.acceptor is not None:
+            self.acceptor.close()
         for worker in self.workers.values():
             if worker.channel is not None:
                 worker.channel.send(("stop",))
@@ -348,76 +322,28 @@ class Supervisor:
             socket.close(fd)
         kind = msg[0]
         if kind == "rpc":
-            if not self.calls:
-                assert self.loop is not None
-                self.loop.call_soon(self.serve_calls)
-            self.calls.append((child, msg[1]))
+            assert self.calls is not None
+            self.calls.queue(child, msg[1])
         elif kind == "watch":
             child.watching = dict(msg[1])
         elif kind == "auth_failed":
-            self.throttle.failed(msg[1])
+            if self.acceptor is not None:
+                self.acceptor.throttle.failed(msg[1])
         elif kind == "ready":
             child.ready = True
             log.debug("%s ready (pid %s)", child.name, msg[1])
 
-    def serve_calls(self) -> None:
-        """Answer up to CALL_SLICE queued store calls, then let the loop run (accepts, other
-        workers) before the next slice: a flood of calls from one client cannot stall it.
-
-        A call's changes go out to the watching workers after every reply up to its own, and
-        before the replies to later calls, so each worker sees changes and replies in the
-        order the store made them (a sync client counts every version below its own latest
-        as seen). Replies share a message only while they come quickly: once REPLY_DELAY has
-        passed since the first reply of a message (checked after each call), the message
-        leaves, so a worker can answer its client while the calls queued behind it run (a
-        window of batches flows through the store one by one, not as a convoy)."""
-        assert self.store is not None and self.loop is not None
-        budget = CALL_SLICE
-        clock = time.perf_counter
-        while self.calls and budget > 0:
-            child, batch = self.calls[0]
-            now, rest = batch[:budget], batch[budget:]
-            if rest:
-                self.calls[0] = (child, rest)
-            else:
-                self.calls.popleft()
-            budget -= len(now)
-            replies: list[tuple[int, bool, Any]] = []
-            started = clock()
-            for call in now:
-                if not (child.channel is not None and child.alive):
-                    break
-                replies.append(serve_call(self.store, child.index, call))
-                self.log_changes()
-                changes = self.store.take_changes(self.wanted)
-                if changes or clock() - started >= REPLY_DELAY:
-                    self.answer(child, replies)
-                    replies, started = [], clock()
-                self.publish(changes)
-            if replies:
-                self.answer(child, replies)
-        if self.durability is not None:
-            self.durability.send_log()
-        if self.calls:
-            self.loop.call_soon(self.serve_calls)
-
     def log_changes(self) -> None:
-        if self.durability is not None:
-            self.durability.log_changes()
+        """After a store change outside a call (a dead worker's holds, pruning): to disk."""
+        if self.calls is not None:
+            self.calls.log_changes()
+            if self.durability is not None:
+                self.durability.send_log()
 
-    def deliver(self, send: Callable[[], None]) -> None:
-        """Send an answer now, or (--fsync always) once every change so far is on disk."""
-        if self.durability is None:
-            send()
-        else:
-            self.durability.deliver(send)
-
-    def answer(self, child: Child, replies: list[tuple[int, bool, Any]]) -> None:
-        def send() -> None:
-            if child.channel is not None and child.alive:
-                child.channel.send_batch("rpc", replies, oversize=reply_too_large)
-
-        self.deliver(send)
+    def broadcast(self, msg: Any) -> None:
+        for worker in self.workers.values():
+            if worker.channel is not None and worker.alive:
+                worker.channel.send(msg)
 
     def expire_parked(self) -> None:
         """Give back the extents of uploads cut short that were not resumed in time."""
@@ -428,85 +354,11 @@ class Supervisor:
             log.info("gave up %d uploads cut short (not resumed in time)", expired)
         self.loop.call_later(EXPIRE_EVERY, self.expire_parked)
 
-    @staticmethod
-    def takes(worker: Child, share: str, origin: int) -> bool:
-        """*worker* is to be sent a change of *share* made by connection *origin*: it watches
-        the share, and not only through that very connection (a client is not sent its own
-        changes)."""
-        watching = worker.watching
-        return share in watching and origin != watching[share]
-
-    def wanted(self, share: str, origin: int) -> bool:
-        """Some worker is to be sent this change (see ``publish``)."""
-        return any(w.alive and self.takes(w, share, origin) for w in self.workers.values())
-
-    def publish(self, changes: list[Change]) -> None:
-        """The change feed: each worker gets the changes of the shares it watches."""
-        if not changes:
-            return
-        for worker in self.workers.values():
-            if worker.watching and worker.channel is not None and worker.alive:
-                mine = [c for c in changes if self.takes(worker, c.share, c.origin)]
-                if mine:
-                    self.deliver(lambda w=worker, m=mine: w.channel and w.channel.send_batch(
-                        "feed", m))  # fmt: skip
-
-    def broadcast(self, msg: Any) -> None:
-        for worker in self.workers.values():
-            if worker.channel is not None and worker.alive:
-                worker.channel.send(msg)
-
-    # -- accepting ---------------------------------------------------------------------------
-
-    def accept(self) -> None:
-        assert self.listener is not None
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, addr = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: keep serving what we have
-                log.warning("accept failed: %s; pausing accepts for %.1f s", exc, ACCEPT_BACKOFF)
-                self.pause_accepting()
-                return
-            if self.throttle.refused(addr[0]):
-                telemetry.THROTTLED.inc()
-                sock.close()
-                continue
-            worker = self.pick_worker()
-            if worker is None or worker.channel is None:
-                sock.close()
-                continue
-            worker.channel.send(("conn",), [sock])
-            telemetry.CONNECTIONS.labels(str(worker.index)).inc()
-
-    def pause_accepting(self) -> None:
-        """Stop the level-triggered reader from spinning while accept keeps failing."""
-        assert self.loop is not None and self.listener is not None
-        listener = self.listener
-        self.loop.remove_reader(listener.fileno())
-
-        def resume() -> None:
-            if not self.stopping and listener.fileno() >= 0:
-                self.loop.add_reader(listener.fileno(), self.accept)  # type: ignore[union-attr]
-
-        self.loop.call_later(ACCEPT_BACKOFF, resume)
-
-    def pick_worker(self) -> Child | None:
-        """Round robin over the workers that are alive and ready."""
-        slots = len(self.workers)  # keyed 0..workers-1; a restart reuses its index
-        for step in range(slots):
-            worker = self.workers[(self._next_worker + step) % slots]
-            if worker.ready and worker.alive:
-                self._next_worker = (self._next_worker + step + 1) % slots
-                return worker
-        return None
-
     # -- health ------------------------------------------------------------------------------
 
     def readiness(self) -> Response:
         alive = [w for w in self.workers.values() if w.alive and w.ready]
-        if self.stopping or not self.listener or len(alive) < self.config.workers:
+        if self.stopping or not self.acceptor or len(alive) < self.config.workers:
             return Response(503, f"{len(alive)}/{self.config.workers} workers ready\n".encode())
         if self.durability is not None and not self.durability.ready:
             return Response(503, b"the persisting process is starting\n")

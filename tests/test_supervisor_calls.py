@@ -8,11 +8,10 @@ import asyncio
 from typing import Any
 
 from common.limits import ANY_VERSION
+from fsserver.calls import StoreCalls
 from fsserver.channel import MessageChannel, channel_pair
 from fsserver.children import Child, Role
-from fsserver.config import ServerConfig
 from fsserver.store import Linked, Reserved, Store
-from fsserver.supervisor import Supervisor
 from tests.serverproc import eventually
 
 DIGEST = b"\x07" * 16
@@ -38,9 +37,8 @@ async def serve(calls: list[tuple[int, list[Any]]], watching: dict[int, dict[str
     """Queue *calls* (worker index, batch), let the supervisor serve them, and return what
     each worker's end of its control channel received, in order."""
     loop = asyncio.get_running_loop()
-    supervisor = Supervisor(ServerConfig())
-    supervisor.loop = loop
-    supervisor.store = seeded_store()
+    workers: dict[int, Child] = {}
+    served = StoreCalls(seeded_store(), workers, None)
     received: dict[int, list[Any]] = {}
     ends = []
     for index in (0, 1):
@@ -49,20 +47,20 @@ async def serve(calls: list[tuple[int, list[Any]]], watching: dict[int, dict[str
         child = Child(Role.WORKER, index, None, exited)  # type: ignore[arg-type]
         child.channel = MessageChannel(ours, lambda msg, fds: None, on_close=lambda: None)
         child.watching = watching.get(index, {})
-        supervisor.workers[index] = child
+        workers[index] = child
         got = received[index] = []
         ends.append(MessageChannel(theirs, lambda msg, fds, got=got: got.append(msg),
                                    on_close=lambda: None))  # fmt: skip
     for index, batch in calls:
-        supervisor.calls.append((supervisor.workers[index], batch))
-    supervisor.serve_calls()
+        served.calls.append((workers[index], batch))
+    served.serve()
     expected = sum(len(batch) for _, batch in calls)
 
     def replies() -> int:
         return sum(len(msg[1]) for got in received.values() for msg in got if msg[0] == "rpc")
 
     await eventually(lambda: replies() == expected, 5, "every reply")
-    for child in supervisor.workers.values():
+    for child in workers.values():
         assert child.channel is not None
         child.channel.close()
     for end in ends:
