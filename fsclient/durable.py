@@ -16,8 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
+
+WRITE_BEHIND = 16 << 20
+"""A download writes its bytes back in the background every this many (``WriteBehind``)."""
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
@@ -92,3 +96,32 @@ def new_folders(folder: Path, stop: Path) -> list[Path]:
         with contextlib.suppress(FileExistsError):  # made meanwhile by another download:
             created.mkdir()  # its parent is flushed all the same
     return [created.parent for created in missing]
+
+
+class WriteBehind:
+    """Flushes a big download's bytes while it is still arriving, so that the fsync before
+    its rename finds little left to do: the disk writes during the transfer, not after it. A
+    flush runs in a thread on a duplicate of the descriptor (the file may close meanwhile),
+    one at a time."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.unsynced = 0
+        self.running: threading.Thread | None = None
+
+    def wrote(self, n: int) -> None:
+        self.unsynced += n
+        if self.unsynced < WRITE_BEHIND or (self.running and self.running.is_alive()):
+            return
+        self.unsynced = 0
+        self.running = threading.Thread(target=_datasync, args=(os.dup(self.fd),), daemon=True)
+        self.running.start()
+
+
+def _datasync(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError:
+        pass  # the fsync before the rename reports what matters
+    finally:
+        os.close(fd)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from common.digest import StreamingDigest, digest_of
 from common.messages import FileEntry
-from fsclient.durable import FolderSync, in_thread
+from fsclient.durable import FolderSync, WriteBehind, in_thread
 
 CHUNK = 1 << 20
 SMALL_FILE = 1 << 20
@@ -216,6 +216,7 @@ class FileSink:
         self.written = 0
         self.on_flush = on_flush
         self.hasher = StreamingDigest()
+        self.behind = WriteBehind(fd)
 
     def take_prefix(self, size: int) -> None:
         """The file holds *size* bytes already (a download cut short): hash them, and write
@@ -257,6 +258,7 @@ class FileSink:
         data = self.view[: self.fill]
         self.hasher.update(data)
         self.written += len(data)
+        self.behind.wrote(len(data))
         while data:
             written = os.write(self.fd, data)
             data = data[written:]
