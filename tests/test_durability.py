@@ -202,7 +202,7 @@ def test_a_killed_persister_is_replaced_and_nothing_is_lost(tmp_path):
 
 
 def test_deletes_survive_a_restart_and_an_offline_client_does_not_bring_one_back(tmp_path):
-    from tests.syncproc import SyncProcess, files
+    from tests.syncproc import SyncProcess, files, status
 
     data_dir = tmp_path / "data"
     server = durable_server(data_dir)
@@ -216,6 +216,7 @@ def test_deletes_survive_a_restart_and_an_offline_client_does_not_bring_one_back
         (a.folder / "keep.txt").write_text("kept")
         (a.folder / "gone.txt").write_text("deleted on A while B is away")
         wait_for(lambda: sorted(files(b.folder)) == ["gone.txt", "keep.txt"], 15, "B in sync")
+        wait_for(lambda: "files in sync:   2" in status(b.folder), 15, "B's state")
         b.stop()
         (a.folder / "gone.txt").unlink()
 

@@ -10,7 +10,7 @@ from common.errors import HistoryExpired
 from fsclient import Client
 from tests.conftest import run
 from tests.serverproc import start_server, wait_for
-from tests.syncproc import SyncProcess, files
+from tests.syncproc import SyncProcess, files, status
 
 KEEP_DAYS = "0.00001"  # under a second
 
@@ -63,6 +63,8 @@ def test_a_client_away_longer_than_the_tombstones_deletes_what_was_deleted(tmp_p
         (a.folder / "keep.txt").write_text("kept")
         (a.folder / "gone.txt").write_text("deleted while B is away")
         wait_for(lambda: sorted(files(b.folder)) == ["gone.txt", "keep.txt"], 15, "B in sync")
+        # and recorded in its state (a file is renamed into place a moment before that)
+        wait_for(lambda: "files in sync:   2" in status(b.folder), 15, "B's state")
         b.stop()
         (a.folder / "gone.txt").unlink()
         wait_for(lambda: listing(server.address) == ["keep.txt"], 15, "the delete on the server")
@@ -74,8 +76,11 @@ def test_a_client_away_longer_than_the_tombstones_deletes_what_was_deleted(tmp_p
             a.stop()
         b.address = server.address
         b.start()
-        wait_for(lambda: sorted(files(b.folder)) == ["keep.txt", "later.txt"], 15,
-                 "B to delete gone.txt")  # fmt: skip
+        try:
+            wait_for(lambda: sorted(files(b.folder)) == ["keep.txt", "later.txt"], 15,
+                     "B to delete gone.txt")  # fmt: skip
+        except AssertionError:
+            raise AssertionError(f"B: {b.log.text()}\nserver: {server.log.text()}") from None
         assert listing(server.address) == ["keep.txt", "later.txt"]
         assert "away longer than the server keeps deletes" in b.log.text()
     finally:
@@ -97,8 +102,10 @@ def test_a_client_away_longer_keeps_a_file_it_changed(tmp_path, server_factory):
         b.start()
         (a.folder / "doc.txt").write_text("v1")
         wait_for(lambda: files(b.folder).get("doc.txt") == b"v1", 15, "B in sync")
+        wait_for(lambda: "files in sync:   1" in status(b.folder), 15, "B's state")
         b.stop()
         (a.folder / "doc.txt").unlink()
+        wait_for(lambda: listing(server.address) == [], 15, "the delete on the server")
         (a.folder / "later.txt").write_text("a change after the delete")
         (b.folder / "doc.txt").write_text("edited on B while away")
         wait_for(lambda: "forgot 1 tombstones" in server.log.text(), 15, "the tombstone pruned")

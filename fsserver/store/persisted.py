@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
+from sortedcontainers import SortedDict
+
 from fsserver.store.records import Blob, BlobKey
 
 if TYPE_CHECKING:
@@ -56,12 +58,16 @@ class Persisted:
         for blob in blobs.values():
             self.blobs[blob.key] = blob
             self.blob_bytes += blob.size
+        paths: dict[str, dict[str, Entry]] = {}
+        versions: dict[str, dict[int, str]] = {}
         for share, path, version, mtime_ns, mode, blob_id, deleted_at in entries:
-            sh = self.shares.setdefault(share, Share())
+            sh = self.shares.get(share)
+            if sh is None:
+                sh = self.shares[share] = Share()
             blob = blobs[blob_id] if blob_id is not None else None
-            sh.record(path, Entry(version, mtime_ns, mode, blob))
+            paths.setdefault(share, {})[path] = Entry(version, mtime_ns, mode, blob)
+            versions.setdefault(share, {})[version] = path
             sh.seq = max(sh.seq, version)
-            self.entries += 1
             if blob is not None:
                 blob.refs += 1
                 sh.live += 1
@@ -69,6 +75,9 @@ class Persisted:
                 self.logical_bytes += blob.size
             else:
                 sh.tombstones.append((deleted_at or 0.0, version, path))
-        for sh in self.shares.values():  # oldest delete first
-            sh.tombstones = deque(sorted(sh.tombstones))
+        for share, sh in self.shares.items():  # sorted containers built once, not per row
+            sh.entries = SortedDict(paths.get(share, {}))
+            sh.by_version = SortedDict(versions.get(share, {}))
+            sh.tombstones = deque(sorted(sh.tombstones))  # oldest delete first
+            self.entries += len(sh.entries)
         self._blob_ids = count(max(blobs, default=0) + 1)

@@ -12,17 +12,22 @@ then its content against its digest, at memory speed). What does not check out i
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import mmap
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fsserver import telemetry
+from fsserver.store.allocator import aligned
 from fsserver.store.catalog import Catalog
 from fsserver.store.index import Store
 from fsserver.store.records import Blob
-from fsserver.store.segments import SegmentDamage, read_record, segment_name
+from fsserver.store.segments import SegmentDamage, copy_record, segment_name
 
 log = logging.getLogger(__name__)
 
@@ -83,34 +88,53 @@ def load(folder: Path, store: Store, arena: memoryview, repair: bool = False) ->
 
 def read_blobs(folder: Path, rows: list[tuple[int, str, bytes, int, int, int]], store: Store,
                arena: memoryview) -> tuple[dict[int, Blob], list[tuple[int, str]]]:  # fmt: skip
-    """Each blob into a new extent; (the good ones by id, [(id, why) of the bad ones])."""
+    """Each blob into an extent of its own; (the good ones by id, [(id, why) of the bad]).
+    A segment's blobs share one allocation (each frees its own part later), and the segment
+    is read through a mapping: 100,000 small files cost no system call each."""
     blobs: dict[int, Blob] = {}
     bad: list[tuple[int, str]] = []
-    fds: dict[int, int] = {}
-    try:
-        for blob_id, share, digest, size, segment, offset in rows:
-            where = folder / segment_name(segment)
-            if segment not in fds:
+    for segment, group in itertools.groupby(rows, key=lambda row: row[4]):
+        members = list(group)
+        where = folder / segment_name(segment)
+        room = sum(aligned(row[3]) for row in members)
+        at = store.allocator.allocate(room) if room else 0
+        with mapped(where) as view:
+            for blob_id, share, digest, size, _, offset in members:
                 try:
-                    fds[segment] = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    fds[segment] = -1
-            at = store.allocator.allocate(size)
-            try:
-                if fds[segment] < 0:
-                    raise SegmentDamage(f"{where}: missing")
-                read_record(fds[segment], offset, arena[at : at + size],
-                            (blob_id, size, digest), str(where))  # fmt: skip
-            except SegmentDamage as exc:
-                store.allocator.free(at, size)
-                bad.append((blob_id, str(exc)))
-                continue
-            blobs[blob_id] = Blob(share, digest, size, at, id=blob_id)
-    finally:
-        for fd in fds.values():
-            if fd >= 0:
-                os.close(fd)
+                    if view is None:
+                        raise SegmentDamage(f"{where}: missing")
+                    copy_record(view, offset, arena[at : at + size], (blob_id, size, digest),
+                                str(where))  # fmt: skip
+                except SegmentDamage as exc:
+                    store.allocator.free(at, size)
+                    bad.append((blob_id, str(exc)))
+                else:
+                    blobs[blob_id] = Blob(share, digest, size, at, id=blob_id)
+                at += aligned(size)
     return blobs, bad
+
+
+@contextlib.contextmanager
+def mapped(path: Path) -> Iterator[memoryview | None]:
+    """A read-only mapping of a whole segment (None if it is missing or empty). Nothing
+    writes to it while the server starts, so the mapping cannot shrink under a read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        if os.fstat(fd).st_size == 0:
+            yield None
+            return
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as whole:
+            view = memoryview(whole)
+            try:
+                yield view
+            finally:
+                view.release()
+    finally:
+        os.close(fd)
 
 
 def sort_damage(bad: list[tuple[int, str]], rows: list[tuple[int, str, bytes, int, int, int]],

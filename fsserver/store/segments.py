@@ -199,20 +199,17 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def read_record(fd: int, offset: int, into: memoryview, expect: tuple[int, int, bytes],
-                where: str) -> None:  # fmt: skip
-    """Read the record at *offset* of an open segment into *into* (its content's size) and
-    check it is the blob *expect* (id, size, digest); SegmentDamage if it is not."""
-    raw = os.pread(fd, HEADER_SIZE, offset)
-    got = check_header(raw, f"{where} at offset {offset}")
+def copy_record(segment: memoryview, offset: int, into: memoryview,
+                expect: tuple[int, int, bytes], where: str) -> None:  # fmt: skip
+    """Copy the content of the record at *offset* of a mapped *segment* into *into* (its
+    size) and check it is the blob *expect* (id, size, digest); SegmentDamage if not."""
+    got = check_header(bytes(segment[offset : offset + HEADER_SIZE]), f"{where} at offset {offset}")
     if got != expect:
         raise SegmentDamage(f"{where} at offset {offset}: holds blob {got[0]}, not {expect[0]}")
-    done = 0
-    while done < len(into):
-        n = os.preadv(fd, [into[done:]], offset + HEADER_SIZE + done)
-        if n == 0:
-            raise SegmentDamage(f"{where} at offset {offset}: content cut short "
-                                f"({done} of {len(into)} bytes)")  # fmt: skip
-        done += n
+    start = offset + HEADER_SIZE
+    if start + len(into) > len(segment):
+        raise SegmentDamage(f"{where} at offset {offset}: content cut short "
+                            f"({max(len(segment) - start, 0)} of {len(into)} bytes)")  # fmt: skip
+    into[:] = segment[start : start + len(into)]
     if xxhash.xxh3_128_digest(into) != expect[2]:
         raise SegmentDamage(f"{where} at offset {offset}: content does not match its digest")
