@@ -93,3 +93,20 @@ def status(folder: Path) -> str:
     result = fsclient("status", str(folder))
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def started(parent: Path, address: str, *names: str, debounce: float = DEBOUNCE
+            ) -> list[SyncProcess]:  # fmt: skip
+    """Live clients on new folders ``parent/NAME``, started (stop each when done)."""
+    procs = []
+    for name in names:
+        (parent / name).mkdir()
+        procs.append(SyncProcess(parent / name, address, debounce))
+    try:
+        for proc in procs:
+            proc.start()
+    except BaseException:
+        for proc in procs:
+            proc.stop()
+        raise
+    return procs

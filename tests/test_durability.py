@@ -202,17 +202,12 @@ def test_a_killed_persister_is_replaced_and_nothing_is_lost(tmp_path):
 
 
 def test_deletes_survive_a_restart_and_an_offline_client_does_not_bring_one_back(tmp_path):
-    from tests.syncproc import SyncProcess, files, status
+    from tests.syncproc import files, started, status
 
     data_dir = tmp_path / "data"
     server = durable_server(data_dir)
-    a = SyncProcess(tmp_path / "A", server.address)
-    b = SyncProcess(tmp_path / "B", server.address)
-    a.folder.mkdir()
-    b.folder.mkdir()
+    a, b = started(tmp_path, server.address, "A", "B")
     try:
-        a.start()
-        b.start()
         (a.folder / "keep.txt").write_text("kept")
         (a.folder / "gone.txt").write_text("deleted on A while B is away")
         wait_for(lambda: sorted(files(b.folder)) == ["gone.txt", "keep.txt"], 15, "B in sync")

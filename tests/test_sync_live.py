@@ -17,7 +17,7 @@ from tests.cli import cli_env, fsclient, fsclient_command
 from tests.conftest import run
 from tests.relay import Relay
 from tests.serverproc import ROOT, start_server, wait_for
-from tests.syncproc import DEBOUNCE, SyncProcess, digests, files, once, status
+from tests.syncproc import DEBOUNCE, SyncProcess, digests, files, once, started, status
 
 DEADLINE = DEBOUNCE + 2.0 + 5.0
 """The acceptance says the debounce plus 2 s; the 5 s more are for a loaded 2-core machine,
@@ -304,13 +304,8 @@ def test_a_renamed_big_file_is_not_sent_again(server_factory, tmp_path):
     for a second copy. A copy (the original stays) and then a rename of the copy can only
     arrive if no content travels."""
     server = server_factory("--store-size", "150MiB")
-    a = SyncProcess(tmp_path / "A", server.address)
-    b = SyncProcess(tmp_path / "B", server.address)
-    a.folder.mkdir()
-    b.folder.mkdir()
+    a, b = started(tmp_path, server.address, "A", "B")
     try:
-        a.start()
-        b.start()
         data = os.urandom(100 * 1024 * 1024)
         (a.folder / "video.bin").write_bytes(data)
         wait_for(lambda: (b.folder / "video.bin").exists(), DEADLINE + 5, "the file on B")

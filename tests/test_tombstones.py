@@ -10,7 +10,7 @@ from common.errors import HistoryExpired
 from fsclient import Client
 from tests.conftest import run
 from tests.serverproc import start_server, wait_for
-from tests.syncproc import SyncProcess, files, status
+from tests.syncproc import files, started, status
 
 KEEP_DAYS = "0.00001"  # under a second
 
@@ -53,13 +53,8 @@ def test_a_client_away_longer_than_the_tombstones_deletes_what_was_deleted(tmp_p
     args = ("--tombstone-days", KEEP_DAYS, "--store-size", "16MiB",
             "--data-dir", str(tmp_path / "data"))  # fmt: skip
     server = start_server(*args)
-    a = SyncProcess(tmp_path / "A", server.address)
-    b = SyncProcess(tmp_path / "B", server.address)
-    a.folder.mkdir()
-    b.folder.mkdir()
+    a, b = started(tmp_path, server.address, "A", "B")
     try:
-        a.start()
-        b.start()
         (a.folder / "keep.txt").write_text("kept")
         (a.folder / "gone.txt").write_text("deleted while B is away")
         wait_for(lambda: sorted(files(b.folder)) == ["gone.txt", "keep.txt"], 15, "B in sync")
@@ -93,13 +88,8 @@ def test_a_client_away_longer_than_the_tombstones_deletes_what_was_deleted(tmp_p
 def test_a_client_away_longer_keeps_a_file_it_changed(tmp_path, server_factory):
     """The full rescan still lets a local edit win over a delete it never saw."""
     server = server_factory("--tombstone-days", KEEP_DAYS, "--store-size", "8MiB")
-    a = SyncProcess(tmp_path / "A", server.address)
-    b = SyncProcess(tmp_path / "B", server.address)
-    a.folder.mkdir()
-    b.folder.mkdir()
+    a, b = started(tmp_path, server.address, "A", "B")
     try:
-        a.start()
-        b.start()
         (a.folder / "doc.txt").write_text("v1")
         wait_for(lambda: files(b.folder).get("doc.txt") == b"v1", 15, "B in sync")
         wait_for(lambda: "files in sync:   1" in status(b.folder), 15, "B's state")
