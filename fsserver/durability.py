@@ -50,7 +50,8 @@ class Durability:
 
     def load(self) -> Loaded:
         """The data dir into the store (before any child starts): RecoveryError if it can't."""
-        self.loaded = load(Path(self.config.data_dir), self.store, memoryview_of(self.store),
+        assert self.store.arena is not None, "the arena comes before the data dir"
+        self.loaded = load(Path(self.config.data_dir), self.store, self.store.arena,
                            self.config.repair)  # fmt: skip
         self.journal.lsn = self.journal.applied = self.loaded.lsn
         self.store.journal = []
@@ -83,11 +84,12 @@ class Durability:
         kind = msg[0]
         if kind == "ready":
             child.ready = True
-            self.applied(msg[1], msg[2])
+            self.outgoing.clear()  # every unsent entry is among those it still needs
             resend = self.journal.unapplied(msg[1])
             if resend and child.channel is not None:
                 log.info("sending %d journal entries again to the new persister", len(resend))
                 child.channel.send_batch("log", resend)
+            self.applied(msg[1], msg[2])  # (what that frees goes after them, once)
         elif kind == "applied":
             self.applied(msg[1], msg[2])
         elif kind in ("failed", "room"):  # a full disk; the room now, once a second
@@ -140,8 +142,3 @@ class Durability:
     def stats(self) -> dict[str, float]:
         return {"waiting_bytes": self.journal.waiting_bytes,
                 "pending_entries": len(self.journal.pending)}  # fmt: skip
-
-
-def memoryview_of(store: Store) -> memoryview:
-    assert store.arena is not None, "the arena comes before the data dir"
-    return store.arena

@@ -411,3 +411,24 @@ def test_space_of_deleted_and_overwritten_files_is_given_back(tmp_path):
         assert sorted(server_state(server)) == sorted(state)
     finally:
         server.stop()
+
+
+def test_an_entry_applied_again_by_a_restarted_persister_changes_nothing(tmp_path):
+    """The supervisor sends a new persister every entry the catalog lacks; one it applied
+    just before it died may come again: applying it twice must leave the same catalog."""
+    from fsserver.store.catalog import Catalog
+    from fsserver.store.segments import Placed
+
+    digest = bytes(range(16))
+    records = [("blob", 1, "s", digest, 10, 0), ("put", "s", "a.txt", 1, 0, 0o644, 1)]
+    first = Catalog(tmp_path)
+    first.apply(records, {1: Placed(1, 0)}, lsn=1)  # then the persister dies
+    first.close()
+    catalog = Catalog(tmp_path)  # the next one is sent the entry again, and writes it again
+    catalog.apply(records, {1: Placed(2, 0)}, lsn=1)
+    assert catalog.blobs() == [(1, "s", digest, 10, 2, 0)]
+    live = dict(catalog.db.execute("SELECT id, live_bytes FROM segments"))
+    assert live == {1: 0, 2: 58}  # the first copy is dead bytes, for compaction
+    assert list(catalog.entries()) == [("s", "a.txt", 1, 0, 0o644, 1, None)]
+    assert catalog.lsn == 1
+    catalog.close()

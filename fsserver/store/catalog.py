@@ -65,6 +65,8 @@ class Catalog:
             self.set_meta(format=FORMAT, store_id=os.urandom(16), lsn=0)
         elif int(found) != FORMAT:
             raise CatalogError(f"{self.path}: format {found}, this server reads {FORMAT}")
+        self.known_blobs = self.db.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()[0]
+        """Blob ids up to this one may come again (an entry sent again after a restart)."""
 
     def close(self) -> None:
         self.db.close()
@@ -120,6 +122,7 @@ class Catalog:
         db = self.db
         db.execute("BEGIN")
         try:
+            self._forget_earlier_copies([row[0] for row in blobs if row[0] <= self.known_blobs])
             db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?)", blobs)
             db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", entries)
             db.executemany(
@@ -139,6 +142,12 @@ class Catalog:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _forget_earlier_copies(self, blob_ids: list[int]) -> None:
+        """An entry sent again to a restarted persister may name blobs the one before it had
+        already committed: the copy written now is the one named, the earlier one is dead."""
+        for blob_id in blob_ids:
+            self._free(blob_id)
 
     def _free(self, blob_id: int) -> None:
         row = self.db.execute("SELECT segment, size FROM blobs WHERE id = ?", (blob_id,)).fetchone()

@@ -24,6 +24,7 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ class Persister:
             self.segments.sync()
         try:
             self.catalog.apply((r for _, records in group for r in records), placed, group[-1][0])
-        except Exception as exc:  # sqlite3.OperationalError for a full disk
+        except sqlite3.OperationalError as exc:  # a full disk, an I/O error: try again
             raise OSError(str(exc)) from exc
         if self.fsync != "never":
             telemetry.FSYNC_SECONDS.observe(time.perf_counter() - started)
