@@ -420,7 +420,7 @@ def test_an_entry_applied_again_by_a_restarted_persister_changes_nothing(tmp_pat
     from fsserver.store.segments import Placed
 
     digest = bytes(range(16))
-    records = [("blob", 1, "s", digest, 10, 0), ("put", "s", "a.txt", 1, 0, 0o644, 1)]
+    records = [("blob", 1, "s", digest, 10, 0, 0), ("put", "s", "a.txt", 1, 0, 0o644, 1)]
     first = Catalog(tmp_path)
     first.apply(records, {1: Placed(1, 0)}, lsn=1)  # then the persister dies
     first.close()

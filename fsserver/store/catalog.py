@@ -109,7 +109,7 @@ class Catalog:
                 entries.append((share, path, version, mtime_ns, mode, blob_id, at))
                 seqs[share] = max(seqs.get(share, 0), version)
             elif kind == "blob":
-                _, blob_id, share, digest, size, _offset = record
+                _, blob_id, share, digest, size = record[:5]
                 where = placed[blob_id]
                 blobs.append((blob_id, share, digest, size, where.segment, where.offset))
                 grow = segments.setdefault(where.segment, [0, 0])

@@ -41,6 +41,7 @@ from fsserver.store.records import (
     StoreStats,
 )
 from fsserver.store.retention import Retention
+from fsserver.store.writebehind import STAGE_MIN
 
 PAGE_BYTES = 32 * 1024
 """A list or change page stops after about this many bytes (paths plus a fixed share per
@@ -191,7 +192,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads):
             return refused
         reused = blob is not None
         if blob is None:
-            blob = self._new_blob(share, digest, hold.size, hold.offset)
+            blob = self._new_blob(share, digest, hold.size, hold.offset, ticket)
         return Committed(self._put(share, path, blob, mtime_ns, mode, origin), reused)
 
     def abort(self, owner: int, ticket: int) -> None:
@@ -399,14 +400,16 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads):
             self.journal.append(("put", share, path, sh.seq, mtime_ns, mode, blob.id))
         return sh.seq
 
-    def _new_blob(self, share: str, digest: bytes, size: int, offset: int) -> Blob:
-        """Content just verified at *offset*, now owned by the index (no path refers to it yet)."""
+    def _new_blob(self, share: str, digest: bytes, size: int, offset: int,
+                  ticket: int = 0) -> Blob:  # fmt: skip
+        """Content just verified at *offset*, now owned by the index (no path refers to it
+        yet); *ticket*: the upload it came from (the persister may have staged it)."""
         blob = Blob(share, digest, size, offset, id=next(self._blob_ids))
         self.blobs[(share, digest, size)] = blob
         self.blob_bytes += size
         if self.journal is not None:
             blob.refs += 1  # pinned until it is on disk
-            self.journal.append(("blob", blob.id, share, digest, size, offset))
+            self.journal.append(("blob", blob.id, share, digest, size, offset, ticket))
             if self.disk_room is not None:
                 self.disk_room -= size
         return blob
@@ -426,8 +429,9 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads):
             what = "lease" if lease else "reservation"
             raise KeyError(f"worker {owner} holds no {what} {hold_id}")
         self.new_paths -= hold.new_path
-        if not lease:
-            self._untrack(hold_id)
+        untracked = not lease and self._untrack(hold_id) is not None
+        if untracked and self.journal is not None and hold.size >= STAGE_MIN:
+            self.journal.append(("unstage", hold_id))  # the persister may have staged it
         if not lease and hold.size:
             left = self.reserved[hold.share] - hold.size
             if left:

@@ -3,11 +3,15 @@ the answers that must wait for them.
 
 Every store call that changes something leaves journal records (``Store.take_journal``):
 
-- ``("blob", id, share, digest, size, arena offset)``: new content, to append to a segment;
+- ``("blob", id, share, digest, size, arena offset, ticket)``: new content, to append to a
+  segment (*ticket*: the upload it came from, or 0);
 - ``("put", share, path, version, mtime_ns, mode, blob id)``: a path's new version;
 - ``("del", share, path, version, mtime_ns, mode, unix time)``: a path's tombstone;
 - ``("free", blob id)``: content nothing refers to any more;
-- ``("gone", share, path, version)``: a tombstone past its retention, forgotten.
+- ``("gone", share, path, version)``: a tombstone past its retention, forgotten;
+- notes, ``("stage", ...)`` and ``("unstage", ticket)``: a big upload written while it
+  arrives (``fsserver.store.writebehind``). An entry of notes only gets no LSN (it is 0): it
+  changes nothing, is not kept, and holds back no answer.
 
 The records of one call form one entry with the next log sequence number (LSN). Entries go to
 the persisting process in order; it applies a group of them in one catalog transaction and
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fsserver.store.records import Blob, BlobKey
+from fsserver.store.writebehind import NOTE_KINDS
 
 Record = tuple[Any, ...]
 Entry = tuple[int, list[Record]]
@@ -53,6 +58,8 @@ class Journal:
         (the store's) finds the pinned blob of each new-blob record."""
         if not records:
             return None
+        if all(r[0] in NOTE_KINDS for r in records):  # no change: no LSN, nothing to resend
+            return (0, records)
         self.lsn += 1
         entry = (self.lsn, records)
         self.pending.append(entry)

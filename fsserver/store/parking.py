@@ -24,6 +24,7 @@ from common.errors import StoreFull
 from common.messages import InitStatus
 from fsserver.store.allocator import ExtentAllocator
 from fsserver.store.records import Busy, Refused
+from fsserver.store.writebehind import STAGE_MIN
 
 RESUME_MIN = 1 << 20
 """Uploads at least this big can be resumed; smaller ones are cheaper to send again."""
@@ -57,6 +58,7 @@ def resume_key(share: str, path: str, size: int, mtime_ns: int, mode: int) -> Re
 class ParkedUploads:
     allocator: ExtentAllocator
     holds: dict[int, Any]
+    journal: list[tuple[Any, ...]] | None
 
     if TYPE_CHECKING:  # Store's own, declared here for the type checker
 
@@ -78,8 +80,11 @@ class ParkedUploads:
         """Bytes 0..*done* of a big upload's extent are in the arena (0 again after a digest
         mismatch: the next attempt starts over). A late report is ignored."""
         upload = self.resumable.get(ticket)
-        if upload is not None and self.holds[ticket].owner == owner:
+        hold = self.holds.get(ticket)
+        if upload is not None and hold is not None and hold.owner == owner:
             self.resumable[ticket] = upload._replace(done=done)
+            if self.journal is not None and hold.size >= STAGE_MIN:  # written while it comes
+                self.journal.append(("stage", ticket, hold.offset, hold.size, done))
 
     def reported(self, ticket: int) -> int:
         """The bytes a big upload's worker last said were in its extent (0 for others)."""

@@ -34,7 +34,8 @@ from fsserver.channel import recv_message, unpack
 from fsserver.store.arena import BlobArena
 from fsserver.store.catalog import Catalog
 from fsserver.store.compaction import Compactor
-from fsserver.store.segments import SegmentDamage, SegmentWriter, segment_name
+from fsserver.store.segments import Placed, SegmentDamage, SegmentWriter, segment_name
+from fsserver.store.writebehind import StagedUploads
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,11 @@ class Persister:
         self.sock = sock
         self.arena = arena
         self.catalog = Catalog(folder, fsync)
-        self.segments = SegmentWriter(folder / "segments", segment)
+        segments = folder / "segments"
+        on_disk = [int(p.stem) for p in segments.glob("*.seg") if p.stem.isdigit()]
+        # after a restart, past every segment the one before wrote (it may have rolled on)
+        self.segments = SegmentWriter(segments, max([segment, *(n + 1 for n in on_disk)]))
+        self.staged = StagedUploads(segments, arena, durable=fsync != "never")
         self.group: list[tuple[int, list[tuple[Any, ...]]]] = []
         self.sampler = telemetry.ProcessSampler("persister")
         self.running = True
@@ -120,37 +125,65 @@ class Persister:
             time.sleep(RETRY_AFTER)
             self.group = group + self.group
             return
-        self.answer(("applied", group[-1][0], disk_room(self.folder)))
+        lsn = max(entry[0] for entry in group)
+        if lsn:  # (a group of notes only changed nothing to report)
+            self.answer(("applied", lsn, disk_room(self.folder)))
 
     def apply(self, group: list[tuple[int, list[tuple[Any, ...]]]]) -> None:
-        arena = self.arena
-        new = [(r[1], r[3], arena[r[5] : r[5] + r[4]])
-               for _, records in group for r in records if r[0] == "blob"]  # fmt: skip
-        written = sum(len(view) for _, _, view in new)
+        """Write the group: its blobs, then (if it changed anything but notes) its rows."""
+        records = [r for _, records in group for r in records]
+        placed, written = self.write_blobs(records)
+        lsn = max(entry[0] for entry in group)
+        if lsn:
+            started = time.perf_counter()
+            if self.fsync != "never":
+                self.segments.sync()
+            try:
+                self.catalog.apply(records, placed, lsn)
+            except sqlite3.OperationalError as exc:  # a full disk, an I/O error: try again
+                raise OSError(str(exc)) from exc
+            if self.fsync != "never":
+                telemetry.FSYNC_SECONDS.observe(time.perf_counter() - started)
+        telemetry.DISK_WRITE_BYTES.inc(written)
+
+    def write_blobs(self, records: list[tuple[Any, ...]]) -> tuple[dict[int, Placed], int]:
+        """Staged uploads (``writebehind.py``) move on or become segments of their own; the
+        other new blobs are appended to the open segment straight from the arena."""
+        arena, staged = self.arena, self.staged
+        placed: dict[int, Placed] = {}
+        new: list[tuple[int, bytes, memoryview]] = []
+        written = 0
         try:
-            spots = self.segments.append_all(new)
+            for r in records:
+                kind = r[0]
+                if kind == "stage":
+                    written += staged.stage(*r[1:])
+                elif kind == "unstage":
+                    staged.end(r[1])
+                elif kind == "blob":
+                    done = staged.take(r[6], r[1], r[3], r[5], r[4]) if r[6] else None
+                    if done is None:
+                        new.append((r[1], r[3], arena[r[5] : r[5] + r[4]]))
+                    else:
+                        placed[r[1]] = self.segments.adopt(done[0])
+                        written += done[1]
+            for (blob_id, _, view), spot in zip(new, self.segments.append_all(new), strict=True):
+                placed[blob_id] = spot
+                written += len(view)
         finally:
             for _, _, view in new:
                 view.release()
-        placed = {blob_id: spot for (blob_id, _, _), spot in zip(new, spots, strict=True)}
-        started = time.perf_counter()
-        if self.fsync != "never":
-            self.segments.sync()
-        try:
-            self.catalog.apply((r for _, records in group for r in records), placed, group[-1][0])
-        except sqlite3.OperationalError as exc:  # a full disk, an I/O error: try again
-            raise OSError(str(exc)) from exc
-        if self.fsync != "never":
-            telemetry.FSYNC_SECONDS.observe(time.perf_counter() - started)
-        telemetry.DISK_WRITE_BYTES.inc(written)
+            staged.drop_ended()
+        return placed, written
 
     def undo(self, mark: tuple[int, int]) -> None:
         """Cut the open segment back to where the failed group began."""
         number, size = mark
         folder = self.folder / "segments"
-        if self.segments.number != number:  # it rolled on: the new segment holds nothing
+        if self.segments.number != number:  # it rolled on: the new segments hold nothing
             self.segments.close()
-            (folder / segment_name(self.segments.number)).unlink(missing_ok=True)
+            for later in range(number + 1, self.segments.number + 1):
+                (folder / segment_name(later)).unlink(missing_ok=True)
             self.segments = SegmentWriter(folder, number, size)  # reopened at *size*
             if (folder / segment_name(number)).exists():
                 os.truncate(folder / segment_name(number), size)
@@ -186,6 +219,7 @@ class Persister:
             self.running = False
 
     def close(self) -> None:
+        self.staged.close()
         self.segments.close()
         self.catalog.close()
 

@@ -152,6 +152,25 @@ class SegmentWriter:
         self.dirty = True
         return placed
 
+    def adopt(self, path: Path) -> Placed:
+        """A file holding one complete record, written elsewhere (a staged upload,
+        ``writebehind.py``), becomes a segment of its own, by a rename: the open segment is
+        finished first (synced if it has news), and the next append opens a new one."""
+        if self.fd >= 0 or self.size:
+            if self.fd >= 0:
+                if self.dirty:
+                    os.fsync(self.fd)
+                os.close(self.fd)
+                self.fd = -1
+            self.number += 1
+        os.rename(path, self.folder / segment_name(self.number))
+        placed = Placed(self.number, 0)
+        self.number += 1
+        self.size = 0
+        self.dirty = False
+        self.new_files = True
+        return placed
+
     def _make_room(self) -> None:
         """Open the segment at the first append; start a new one once it is full."""
         if self.fd < 0:
@@ -188,6 +207,14 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def sync_folder(folder: Path) -> None:
