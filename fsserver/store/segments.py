@@ -103,35 +103,45 @@ class SegmentWriter:
 
     def append_all(self, blobs: list[tuple[int, bytes, memoryview]]) -> list[Placed]:
         """``append`` for many (blob id, digest, content): small ones leave in one ``writev``
-        per run (a group of small files costs a few system calls, not two per file)."""
+        per run (a group of small files costs a few system calls, not two per file). The
+        loop is the persister's per-file cost, hence its local names."""
         placed: list[Placed] = []
         run: list[bytes | memoryview] = []
+        pending = 0
+        pack, check, tail = HEADER.pack, xxhash.xxh3_64_intdigest, CHECK.pack
         for blob_id, digest, content in blobs:
-            full = self.fd >= 0 and self.size >= SEGMENT_BYTES  # its records go before a roll
-            if len(content) >= WRITE_CHUNK or len(run) >= IOV_RUN or full:
-                self._flush(run)
-            if len(content) >= WRITE_CHUNK:
+            size = len(content)
+            if size >= WRITE_CHUNK or len(run) >= IOV_RUN or self.size >= SEGMENT_BYTES:
+                self._flush(run, pending)  # (its records go before a roll)
+                pending = 0
+            if size >= WRITE_CHUNK:
                 placed.append(self.append(blob_id, digest, content))
                 continue
-            self._make_room()
+            if self.fd < 0 or self.size >= SEGMENT_BYTES:
+                self._make_room()
             placed.append(Placed(self.number, self.size))
-            run += (header(blob_id, len(content), digest), content)
-            self.size += HEADER_SIZE + len(content)
-        self._flush(run)
+            fields = pack(MAGIC, blob_id, size, digest)
+            run += (fields + tail(check(fields)), content)
+            self.size += HEADER_SIZE + size
+            pending += HEADER_SIZE + size
+        self._flush(run, pending)
         return placed
 
-    def _flush(self, run: list[bytes | memoryview]) -> None:
-        """Write the records gathered in *run* (their sizes are counted already)."""
+    def _flush(self, run: list[bytes | memoryview], pending: int) -> None:
+        """Write the records gathered in *run*, *pending* bytes (counted in ``size`` already),
+        and empty it."""
         if not run:
             return
-        views = [memoryview(part) for part in run]
+        written = os.writev(self.fd, run)
+        if written < pending:  # a short write (rare): the rest, buffer by buffer
+            views = [memoryview(part) for part in run]
+            while views:
+                while views and written >= len(views[0]):
+                    written -= len(views.pop(0))
+                if views:
+                    views[0] = views[0][written:]
+                    written = os.writev(self.fd, views)
         run.clear()
-        while views:
-            written = os.writev(self.fd, views)
-            while views and written >= len(views[0]):
-                written -= len(views.pop(0))
-            if written:
-                views[0] = views[0][written:]
         self.dirty = True
 
     def append_from(self, source: int, offset: int, blob_id: int, size: int,
