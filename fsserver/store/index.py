@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count
 from typing import Any
-
-from sortedcontainers import SortedDict
 
 from common.limits import ANY_VERSION, NO_VERSION
 from common.messages import FileEntry, InitStatus, LookupStatus
@@ -41,47 +38,13 @@ from fsserver.store.records import (
     StoreStats,
 )
 from fsserver.store.retention import Retention
+from fsserver.store.share import Entry, Share
 from fsserver.store.writebehind import STAGE_MIN
 
 PAGE_BYTES = 32 * 1024
 """A list or change page stops after about this many bytes (paths plus a fixed share per
 entry), so that one store reply always fits one control message."""
 ENTRY_BYTES = 128
-
-
-@dataclass(slots=True)
-class Entry:
-    version: int
-    mtime_ns: int
-    mode: int
-    blob: Blob | None  # None for a tombstone
-
-    def record(self, path: str) -> FileEntry:
-        blob = self.blob
-        size, digest = (blob.size, blob.digest) if blob else (0, bytes(16))
-        return FileEntry(size, self.version, self.mtime_ns, self.mode, digest, path)
-
-
-@dataclass(slots=True)
-class Share:
-    entries: SortedDict = field(default_factory=SortedDict)
-    by_version: SortedDict = field(default_factory=SortedDict)
-    """version -> path, for "what changed since N"; each path appears once, at its latest."""
-    seq: int = 0
-    live: int = 0
-    bytes: int = 0
-    """Logical bytes of the share's live files (what its quota counts)."""
-    tombstones: deque[tuple[float, int, str]] = field(default_factory=deque)
-    """(unix time, version, path) of each delete, oldest first (see ``Retention``)."""
-    pruned: int = 0
-    """The version of the newest tombstone forgotten."""
-
-    def record(self, path: str, entry: Entry) -> None:
-        old = self.entries.get(path)
-        if old is not None:
-            del self.by_version[old.version]
-        self.entries[path] = entry
-        self.by_version[entry.version] = path
 
 
 @dataclass(slots=True)
