@@ -17,8 +17,9 @@ from fsserver.children import Child, Role, spawn, stop_all
 from fsserver.config import ServerConfig
 from fsserver.process import profiled, setup_child
 from fsserver.store import Store
+from fsserver.store.arena import ArenaRef
 from fsserver.store.journal import Journal
-from fsserver.store.recovery import Loaded, load
+from fsserver.store.recovery import Loaded, identity, load
 
 log = logging.getLogger(__name__)
 
@@ -26,32 +27,39 @@ DRAIN_TIMEOUT = 30.0
 """At a graceful stop, how long the journal may take to reach the disk."""
 
 
-def persister_main(config: ServerConfig, sock: socket.socket, arena_name: str,
+def persister_main(config: ServerConfig, sock: socket.socket, arena: ArenaRef,
                    segment: int) -> None:  # fmt: skip
     from fsserver.store.persister import serve_journal
 
     setup_child("persister-0", config.log_level)
     profiled("persister-0", lambda: serve_journal(config.data_dir, config.fsync, sock,
-                                                  arena_name, segment))  # fmt: skip
+                                                  arena, segment))  # fmt: skip
 
 
 class Durability:
-    def __init__(self, config: ServerConfig, store: Store, arena_name: str,
+    def __init__(self, config: ServerConfig, store: Store, arena: ArenaRef,
                  on_exit: Callable[[Child], None]) -> None:  # fmt: skip
         self.config = config
         self.store = store
-        self.arena_name = arena_name
+        self.arena = arena
         self.on_exit = on_exit
         self.journal = Journal(hold_answers=config.fsync == "always")
         self.child: Child | None = None
         self.outgoing: list[tuple[int, list[Any]]] = []
         self.loaded = Loaded()
+        self.next_segment = 1
         self.drained: asyncio.Event | None = None
 
+    def identify(self) -> None:
+        """The server's identity from the data dir (before the workers start, who give it
+        to clients); CatalogError if the catalog cannot be read."""
+        self.store.store_id, self.next_segment = identity(Path(self.config.data_dir))
+
     def load(self) -> Loaded:
-        """The data dir into the store (before any child starts): RecoveryError if it can't."""
+        """The data dir into the store (before the arena is marked filled): RecoveryError if it
+        cannot be."""
         assert self.store.arena is not None, "the arena comes before the data dir"
-        self.loaded = load(Path(self.config.data_dir), self.store, self.store.arena,
+        self.loaded = load(Path(self.config.data_dir), self.store, self.arena.path,
                            self.config.repair)  # fmt: skip
         self.journal.lsn = self.journal.applied = self.loaded.lsn
         self.store.journal = []
@@ -61,12 +69,12 @@ class Durability:
 
     def start(self) -> None:
         ours, theirs = channel_pair()
-        args = (self.config, theirs, self.arena_name, self.loaded.next_segment)
+        args = (self.config, theirs, self.arena, self.next_segment)
         child = spawn(Role.PERSISTER, 0, persister_main, args, self.on_exit)
         theirs.close()
         child.channel = MessageChannel(ours, lambda msg, fds: self.on_message(child, msg),
                                        on_close=lambda: None)  # fmt: skip
-        self.loaded.next_segment += 1  # a restarted persister opens a segment of its own
+        self.next_segment += 1  # a restarted persister opens a segment of its own
         self.child = child
 
     def exited(self, child: Child) -> None:

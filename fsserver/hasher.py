@@ -26,7 +26,7 @@ from typing import Any
 from common.digest import StreamingDigest, digest_of
 from fsserver import telemetry
 from fsserver.channel import recv_message, unpack
-from fsserver.store.arena import BlobArena
+from fsserver.store.arena import ArenaRef
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,9 @@ class Hasher:
             socket.close(stream.reply_fd)
 
 
-def serve_jobs(arena_name: str, jobs: socket.socket, index: int) -> None:
+def serve_jobs(ref: ArenaRef, jobs: socket.socket, index: int) -> None:
     """Body of a hasher process: serve jobs until the job socket closes."""
-    arena = BlobArena.attach(arena_name)
+    arena = ref.attach()
     assert arena.view is not None
     try:
         Hasher(arena.view, jobs, index).serve()

@@ -25,7 +25,7 @@ from fsserver.acceptor import Acceptor, ListenError
 from fsserver.auth import TokenFileError, add_token, check_tokens_file
 from fsserver.calls import StoreCalls
 from fsserver.channel import MessageChannel, channel_pair
-from fsserver.children import Child, RestartPolicy, Role, spawn, stop_all
+from fsserver.children import SPAWN, Child, RestartPolicy, Role, spawn, stop_all
 from fsserver.config import ServerConfig
 from fsserver.durability import Durability
 from fsserver.hasher import serve_jobs
@@ -33,7 +33,7 @@ from fsserver.health import HealthServer, Response
 from fsserver.metrics import render_metrics
 from fsserver.process import profiled, setup_child
 from fsserver.store import Store
-from fsserver.store.arena import BlobArena, clean_stale_segments
+from fsserver.store.arena import ArenaRef, BlobArena, clean_stale_segments
 from fsserver.store.catalog import CatalogError
 from fsserver.store.recovery import RecoveryError
 from fsserver.store.staging import arena_size
@@ -51,10 +51,10 @@ class StartupError(RuntimeError):
     """The server cannot start; the message says what to change."""
 
 
-def hasher_main(index: int, config: ServerConfig, jobs: socket.socket, arena_name: str) -> None:
+def hasher_main(index: int, config: ServerConfig, jobs: socket.socket, arena: ArenaRef) -> None:
     setup_child(f"hasher-{index}", config.log_level)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop in recvmsg, run finally blocks
-    profiled(f"hasher-{index}", lambda: serve_jobs(arena_name, jobs, index))
+    profiled(f"hasher-{index}", lambda: serve_jobs(arena, jobs, index))
 
 
 def raise_fd_limit() -> None:
@@ -74,6 +74,7 @@ class Supervisor:
         self.stopping = False
         self.exit_code = 0
         self.arena: BlobArena | None = None
+        self.arena_ref: ArenaRef | None = None
         self.store: Store | None = None
         self.durability: Durability | None = None
         self.acceptor: Acceptor | None = None
@@ -135,12 +136,14 @@ class Supervisor:
         self.check_tokens()
         clean_stale_segments()
         try:
-            self.arena = BlobArena.create(arena_size(cfg.store_size, cfg.workers))
+            self.arena = BlobArena.create(arena_size(cfg.store_size, cfg.workers),
+                                          reserve=not cfg.data_dir)  # fmt: skip
         except (OSError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
+        self.arena_ref = ArenaRef(self.arena.name, SPAWN.Event())
         self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota, cfg.resume_timeout)
         self.store.arena = self.arena.view
-        self.load_data_dir()
+        self.open_data_dir()
         self.calls = StoreCalls(self.store, self.workers, self.durability)
         try:
             self.acceptor = Acceptor(cfg.host, cfg.port, self.workers)
@@ -154,12 +157,14 @@ class Supervisor:
                 f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {exc.strerror}"
             ) from None
         self.jobs_worker_end, self.jobs_hasher_end = channel_pair()
-        for index in range(cfg.hash_workers):
+        for index in range(cfg.hash_workers):  # they start Python while the data dir loads
             self.start_hasher(index)
         for index in range(cfg.workers):
             self.start_worker(index)
         if self.durability is not None:
             self.durability.start()
+        self.load_data_dir()
+        self.arena_ref.filled.set()
         await self.wait_ready()
         if self.stopped_early():
             return
@@ -175,18 +180,34 @@ class Supervisor:
         log.info("fsserver metrics on %s:%d", cfg.host, self.metrics_port)
         log.info("fsserver ready on %s:%d", cfg.host, self.port)
 
-    def load_data_dir(self) -> None:
-        """With --data-dir: the store as it was, before anything is served."""
+    def open_data_dir(self) -> None:
+        """With --data-dir: the server's identity, which the workers need from their start."""
         cfg = self.config
-        assert self.store is not None and self.arena is not None
+        assert self.store is not None and self.arena_ref is not None
         if not cfg.data_dir:
             log.warning("memory-only store: nothing survives a restart (--data-dir keeps it)")
             return
-        self.durability = Durability(cfg, self.store, self.arena.name, self.on_child_exit)
+        self.durability = Durability(cfg, self.store, self.arena_ref, self.on_child_exit)
+        try:
+            self.durability.identify()
+        except (CatalogError, OSError) as exc:
+            raise StartupError(f"cannot open data dir {cfg.data_dir}: {exc}") from None
+
+    def load_data_dir(self) -> None:
+        """With --data-dir: the store as it was, before anything is served; then the rest of
+        the arena is reserved (the load took the pages it wrote)."""
+        if self.durability is None:
+            return
+        assert self.arena is not None
+        cfg = self.config
         try:
             done = self.durability.load()
         except (RecoveryError, CatalogError, OSError) as exc:
             raise StartupError(f"cannot load data dir {cfg.data_dir}: {exc}") from None
+        try:
+            self.arena.reserve()
+        except (OSError, RuntimeError) as exc:
+            raise StartupError(str(exc)) from None
         log.info("loaded %d files (%d bytes in %d blobs) from %s in %.2f s; --fsync %s",
                  done.files, done.bytes, done.blobs, cfg.data_dir, done.seconds,
                  cfg.fsync)  # fmt: skip
@@ -235,6 +256,8 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         self.stopping = True
+        if self.arena_ref is not None:  # children still waiting for it go on, and stop
+            self.arena_ref.filled.set()
         if self.sampler is not None:
             self.sampler.cancel()
         if self.acceptor is not None:
@@ -260,14 +283,14 @@ class Supervisor:
     # -- children ----------------------------------------------------------------------------
 
     def start_worker(self, index: int) -> None:
-        assert self.arena is not None and self.store is not None
+        assert self.arena_ref is not None and self.store is not None
         ours, theirs = channel_pair()
         args = (
             index,
             self.config,
             theirs,
             self.jobs_worker_end,
-            self.arena.name,
+            self.arena_ref,
             self.store.store_id,
         )
         child = spawn(Role.WORKER, index, worker_main, args, self.on_child_exit)
@@ -280,8 +303,8 @@ class Supervisor:
         self.workers[index] = child
 
     def start_hasher(self, index: int) -> None:
-        assert self.arena is not None
-        args = (index, self.config, self.jobs_hasher_end, self.arena.name)
+        assert self.arena_ref is not None
+        args = (index, self.config, self.jobs_hasher_end, self.arena_ref)
         self.hashers[index] = spawn(Role.HASHER, index, hasher_main, args, self.on_child_exit)
 
     def on_child_exit(self, child: Child) -> None:

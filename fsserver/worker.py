@@ -24,7 +24,7 @@ from fsserver.feed import ChangeFeed
 from fsserver.hashing import HashClient
 from fsserver.process import profiled, setup_child
 from fsserver.rpc import RpcClient
-from fsserver.store.arena import BlobArena
+from fsserver.store.arena import ArenaRef
 from fsserver.store.staging import Staging, staging_base
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,11 @@ def worker_main(
     config: ServerConfig,
     ctrl: socket.socket,
     jobs: socket.socket,
-    arena_name: str,
+    arena: ArenaRef,
     store_id: bytes,
 ) -> None:
     setup_child(f"worker-{worker_id}", config.log_level)
-    worker = Worker(worker_id, config, ctrl, jobs, arena_name, store_id)
+    worker = Worker(worker_id, config, ctrl, jobs, arena, store_id)
     profiled(f"worker-{worker_id}", lambda: uvloop.run(worker.run()))
 
 
@@ -50,14 +50,14 @@ class Worker:
         config: ServerConfig,
         ctrl: socket.socket,
         jobs: socket.socket,
-        arena_name: str,
+        arena: ArenaRef,
         store_id: bytes,
     ) -> None:
         self.worker_id = worker_id
         self.config = config
         self.ctrl = ctrl
         self.jobs = jobs
-        self.arena_name = arena_name
+        self.arena_ref = arena
         self.store_id = store_id
         self.stopped: asyncio.Event | None = None
         self.ctx: WorkerContext | None = None
@@ -66,7 +66,7 @@ class Worker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
-        arena = BlobArena.attach(self.arena_name)
+        arena = self.arena_ref.attach()
         assert arena.view is not None
         loop.add_signal_handler(signal.SIGTERM, self.stopped.set)
         channel = MessageChannel(self.ctrl, self.on_control, on_close=self.stopped.set)

@@ -287,8 +287,11 @@ def test_a_damaged_tail_starts_with_the_valid_prefix_and_a_warning(tmp_path, dam
 def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path):
     segment, _ = three_files(tmp_path)
     flip_bit(segment, 60)  # inside the first file's content
+    arenas = set(Path("/dev/shm").glob("fs-*"))
     with pytest.raises(AssertionError, match="exited with 1") as failed:
         durable_server(segment.parent.parent)
+    # the children, started while the data dir loaded, went with it, and so did the arena
+    assert set(Path("/dev/shm").glob("fs-*")) <= arenas
     message = str(failed.value)
     assert "damaged data in the middle" in message and str(segment) in message
     assert "--repair" in message

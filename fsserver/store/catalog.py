@@ -189,8 +189,9 @@ class Catalog:
         ).fetchall()
 
     def entries(self) -> Iterator[tuple[str, str, int, int, int, int | None, float | None]]:
-        """(share, path, version, mtime_ns, mode, blob id or None, deleted at), streamed."""
-        yield from self.db.execute(
+        """(share, path, version, mtime_ns, mode, blob id or None, deleted at), streamed
+        share by share, in path order."""
+        return self.db.execute(
             "SELECT share, path, version, mtime_ns, mode, blob, deleted_at FROM entries "
             "ORDER BY share, path"
         )

@@ -31,7 +31,7 @@ from typing import Any
 
 from fsserver import telemetry
 from fsserver.channel import recv_message, unpack
-from fsserver.store.arena import BlobArena
+from fsserver.store.arena import ArenaRef
 from fsserver.store.catalog import Catalog
 from fsserver.store.compaction import Compactor
 from fsserver.store.segments import Placed, SegmentDamage, SegmentWriter, segment_name
@@ -224,10 +224,10 @@ class Persister:
         self.catalog.close()
 
 
-def serve_journal(folder: str, fsync: str, sock: socket.socket, arena_name: str,
+def serve_journal(folder: str, fsync: str, sock: socket.socket, arena_ref: ArenaRef,
                   segment: int) -> None:  # fmt: skip
     """Body of the persisting process: until the supervisor says stop (or goes)."""
-    arena = BlobArena.attach(arena_name)
+    arena = arena_ref.attach()
     assert arena.view is not None
     sock.setblocking(True)
     persister = Persister(Path(folder), fsync, sock, arena.view, segment)

@@ -12,24 +12,26 @@ then its content against its digest, at memory speed). What does not check out i
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import mmap
 import os
 import time
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fsserver import telemetry
-from fsserver.store.allocator import aligned
 from fsserver.store.catalog import Catalog
 from fsserver.store.index import Store
 from fsserver.store.records import Blob
-from fsserver.store.segments import SegmentDamage, copy_record, segment_name
+from fsserver.store.segmentload import BlobRow, SegmentLoad
+from fsserver.store.segments import segment_name
 
 log = logging.getLogger(__name__)
+
+
+LOAD_THREADS = 4
+"""Segments loaded at once, at most (and no more than the cores this process may use)."""
 
 
 class RecoveryError(RuntimeError):
@@ -43,7 +45,6 @@ class Loaded:
     bytes: int = 0
     seconds: float = 0.0
     damaged: list[str] = field(default_factory=list)
-    next_segment: int = 1
     lsn: int = 0
 
 
@@ -51,8 +52,22 @@ def open_data_dir(folder: Path) -> None:
     (folder / "segments").mkdir(parents=True, exist_ok=True)
 
 
-def load(folder: Path, store: Store, arena: memoryview, repair: bool = False) -> Loaded:
-    """Fill *store* (and *arena*) from the data dir; RecoveryError if it cannot be."""
+def identity(folder: Path) -> tuple[bytes, int]:
+    """The store id the data dir keeps (a new data dir gets one now), and the number of the
+    next segment: past every one on disk, so no new one overwrites one that is there."""
+    open_data_dir(folder)
+    catalog = Catalog(folder)
+    try:
+        store_id = catalog.store_id
+    finally:
+        catalog.close()
+    numbers = [int(p.stem) for p in (folder / "segments").glob("*.seg") if p.stem.isdigit()]
+    return store_id, max(numbers, default=0) + 1
+
+
+def load(folder: Path, store: Store, arena_file: Path, repair: bool = False) -> Loaded:
+    """Fill *store* (and the arena, through its file) from the data dir; RecoveryError if it
+    cannot be."""
     started = time.perf_counter()
     open_data_dir(folder)
     catalog = Catalog(folder)
@@ -63,7 +78,7 @@ def load(folder: Path, store: Store, arena: memoryview, repair: bool = False) ->
         if need > store.allocator.capacity:
             raise RecoveryError(f"{folder} holds {need} bytes of content, more than "
                                 f"--store-size ({store.allocator.capacity}): raise it")  # fmt: skip
-        blobs, bad = read_blobs(folder / "segments", rows, store, arena)
+        blobs, bad = read_blobs(folder / "segments", rows, store, arena_file)
         done = Loaded(lsn=catalog.lsn)
         if bad:
             done.damaged = sort_damage(bad, rows, blobs, repair)
@@ -75,8 +90,6 @@ def load(folder: Path, store: Store, arena: memoryview, repair: bool = False) ->
             for blob in orphans:
                 blob.refs = 1
                 store.unpin([blob])
-        numbers = [int(p.stem) for p in (folder / "segments").glob("*.seg") if p.stem.isdigit()]
-        done.next_segment = max(numbers, default=0) + 1
     finally:
         catalog.close()
     stats = store.stats()
@@ -86,58 +99,33 @@ def load(folder: Path, store: Store, arena: memoryview, repair: bool = False) ->
     return done
 
 
-def read_blobs(folder: Path, rows: list[tuple[int, str, bytes, int, int, int]], store: Store,
-               arena: memoryview) -> tuple[dict[int, Blob], list[tuple[int, str]]]:  # fmt: skip
+def read_blobs(folder: Path, rows: list[BlobRow], store: Store,
+               arena_file: Path) -> tuple[dict[int, Blob], list[tuple[int, str]]]:  # fmt: skip
     """Each blob into an extent of its own; (the good ones by id, [(id, why) of the bad]).
-    A segment's blobs share one allocation (each frees its own part later), and the segment
-    is read through a mapping: 100,000 small files cost no system call each."""
-    blobs: dict[int, Blob] = {}
-    bad: list[tuple[int, str]] = []
+    A segment's blobs share one allocation (each frees its own part later), and segments
+    load side by side, one thread per core (see ``segmentload``)."""
+    jobs: list[SegmentLoad] = []
     for segment, group in itertools.groupby(rows, key=lambda row: row[4]):
-        members = list(group)
-        where = folder / segment_name(segment)
-        room = sum(aligned(row[3]) for row in members)
-        at = store.allocator.allocate(room) if room else 0
-        with mapped(where) as view:
-            for blob_id, share, digest, size, _, offset in members:
-                try:
-                    if view is None:
-                        raise SegmentDamage(f"{where}: missing")
-                    copy_record(view, offset, arena[at : at + size], (blob_id, size, digest),
-                                str(where))  # fmt: skip
-                except SegmentDamage as exc:
-                    store.allocator.free(at, size)
-                    bad.append((blob_id, str(exc)))
-                else:
-                    blobs[blob_id] = Blob(share, digest, size, at, id=blob_id)
-                at += aligned(size)
+        job = SegmentLoad(folder / segment_name(segment), list(group), 0)
+        room = job.room
+        job.at = store.allocator.allocate(room) if room else 0
+        jobs.append(job)
+    fd = os.open(arena_file, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        with ThreadPoolExecutor(min(len(os.sched_getaffinity(0)), LOAD_THREADS)) as pool:
+            done = list(pool.map(lambda job: job.run(fd), jobs))
+    finally:
+        os.close(fd)
+    blobs = {blob.id: blob for job in done for blob in job.good}
+    bad: list[tuple[int, str]] = []
+    for job in done:
+        for blob_id, why, at, size in job.bad:
+            store.allocator.free(at, size)
+            bad.append((blob_id, why))
     return blobs, bad
 
 
-@contextlib.contextmanager
-def mapped(path: Path) -> Iterator[memoryview | None]:
-    """A read-only mapping of a whole segment (None if it is missing or empty). Nothing
-    writes to it while the server starts, so the mapping cannot shrink under a read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        yield None
-        return
-    try:
-        if os.fstat(fd).st_size == 0:
-            yield None
-            return
-        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as whole:
-            view = memoryview(whole)
-            try:
-                yield view
-            finally:
-                view.release()
-    finally:
-        os.close(fd)
-
-
-def sort_damage(bad: list[tuple[int, str]], rows: list[tuple[int, str, bytes, int, int, int]],
+def sort_damage(bad: list[tuple[int, str]], rows: list[BlobRow],
                 good: dict[int, Blob], repair: bool) -> list[str]:  # fmt: skip
     """Warn of a torn tail (or repaired damage); RecoveryError for damage in the middle."""
     position = {row[0]: (row[4], row[5]) for row in rows}

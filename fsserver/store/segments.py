@@ -220,11 +220,21 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
+    pwritev_all(fd, [data], offset)
+
+
+def pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> None:
+    """Every byte of *buffers*, one after the other from *offset* (short writes go on)."""
+    views = [memoryview(buffer) for buffer in buffers if len(buffer)]
+    first = 0
+    while first < len(views):
+        written = os.pwritev(fd, views[first:] if first else views, offset)
         offset += written
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:
+            views[first] = views[first][written:]
 
 
 def sync_folder(folder: Path) -> None:
@@ -236,17 +246,24 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def copy_record(segment: memoryview, offset: int, into: memoryview,
-                expect: tuple[int, int, bytes], where: str) -> None:  # fmt: skip
-    """Copy the content of the record at *offset* of a mapped *segment* into *into* (its
-    size) and check it is the blob *expect* (id, size, digest); SegmentDamage if not."""
+def record_content(segment: memoryview, offset: int, expect: tuple[int, int, bytes],
+                   where: str) -> memoryview:  # fmt: skip
+    """The content of the record at *offset* of a mapped *segment*, checked to be the blob
+    *expect* (id, size, digest); SegmentDamage if it is not."""
     got = check_header(bytes(segment[offset : offset + HEADER_SIZE]), f"{where} at offset {offset}")
     if got != expect:
         raise SegmentDamage(f"{where} at offset {offset}: holds blob {got[0]}, not {expect[0]}")
-    start = offset + HEADER_SIZE
-    if start + len(into) > len(segment):
+    start, size = offset + HEADER_SIZE, expect[1]
+    if start + size > len(segment):
         raise SegmentDamage(f"{where} at offset {offset}: content cut short "
-                            f"({max(len(segment) - start, 0)} of {len(into)} bytes)")  # fmt: skip
-    into[:] = segment[start : start + len(into)]
-    if xxhash.xxh3_128_digest(into) != expect[2]:
+                            f"({max(len(segment) - start, 0)} of {size} bytes)")  # fmt: skip
+    content = segment[start : start + size]
+    if xxhash.xxh3_128_digest(content) != expect[2]:
         raise SegmentDamage(f"{where} at offset {offset}: content does not match its digest")
+    return content
+
+
+def copy_record(segment: memoryview, offset: int, into: memoryview,
+                expect: tuple[int, int, bytes], where: str) -> None:  # fmt: skip
+    """``record_content`` copied into *into* (its size)."""
+    into[:] = record_content(segment, offset, expect, where)
