@@ -84,18 +84,33 @@ class FolderSync:
             self._start(key, waiting)
 
 
-def new_folders(folder: Path, stop: Path) -> list[Path]:
-    """Create *folder* and any missing parents up to *stop* (which exists); the folders whose
-    names changed (the parents of those created), to be flushed like a renamed file's."""
-    missing: list[Path] = []
-    here = folder
-    while here != stop and not here.is_dir():
-        missing.append(here)
-        here = here.parent
-    for created in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # made meanwhile by another download:
-            created.mkdir()  # its parent is flushed all the same
-    return [created.parent for created in missing]
+class NewFolders:
+    """Folders made for downloads, each *fresh* until a flush of its parent (which holds its
+    name) has ended. A download into a fresh folder flushes that parent too, though the
+    folder exists: the download that made it may still be waiting for its own flush, and a
+    state row written before it ends would name a file a power cut may lose."""
+
+    def __init__(self) -> None:
+        self.fresh: set[Path] = set()
+
+    def make(self, folder: Path, stop: Path) -> list[Path]:
+        """Create *folder* and any missing parents up to *stop* (which exists); the folders
+        made now or still fresh, whose parents are to be flushed like a renamed file's
+        folder (then ``flushed``)."""
+        made: list[Path] = []
+        here = folder
+        while here != stop and (here in self.fresh or not here.is_dir()):
+            made.append(here)
+            here = here.parent
+        for created in reversed(made):
+            with contextlib.suppress(FileExistsError):  # made meanwhile by another download
+                created.mkdir()
+            self.fresh.add(created)
+        return made
+
+    def flushed(self, made: Iterable[Path]) -> None:
+        """The parents of *made* were flushed after they were made: their names are safe."""
+        self.fresh.difference_update(made)
 
 
 class WriteBehind:

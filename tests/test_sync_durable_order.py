@@ -350,3 +350,18 @@ def test_a_crash_while_taking_a_new_store_leaves_the_old_one_recorded(tmp_path, 
     assert (after.meta("store_id"), after.meta("last_seq")) == ("aa" * 16, "50")
     assert after.get("f.txt").version == 40
     after.close()
+
+
+def test_a_download_into_a_folder_another_one_just_made_flushes_its_parent_too(tmp_path):
+    """Two downloads into one new folder: the second finds the folder made, but its name is
+    on the disk only once the first download's flush of the parent ends. Until then the
+    second flushes that parent as well (the race a flaky run of the test above showed)."""
+    made = durable.NewFolders()
+    first = made.make(tmp_path / "deep" / "er", tmp_path)
+    assert first == [tmp_path / "deep" / "er", tmp_path / "deep"]
+    assert (tmp_path / "deep" / "er").is_dir()
+    assert made.make(tmp_path / "deep", tmp_path) == [tmp_path / "deep"]  # still fresh
+    made.flushed(first)
+    assert made.make(tmp_path / "deep", tmp_path) == []
+    assert made.make(tmp_path / "deep" / "er", tmp_path) == []
+    assert made.make(tmp_path / "new", tmp_path) == [tmp_path / "new"]

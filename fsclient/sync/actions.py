@@ -23,7 +23,7 @@ from common import messages as m
 from common.errors import Conflict, FSError, NotFound
 from common.limits import NO_VERSION
 from fsclient.client import Client
-from fsclient.durable import FolderSync, new_folders
+from fsclient.durable import FolderSync, NewFolders
 from fsclient.progress import SyncProgress
 from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState
 from fsclient.sync.scan import Scanner, brief, same_stat
@@ -96,6 +96,7 @@ class Actions:
         self.progress: SyncProgress | None = None
         self.folders = FolderSync()
         """Flushes of the folders this client changes (deletes, copies, conflict copies)."""
+        self.made = NewFolders()
 
     def abs(self, path: str) -> str:
         return os.path.join(self.folder, path)
@@ -222,11 +223,12 @@ class Actions:
         entry = m.FileEntry(remote.size, remote.version, remote.mtime_ns, remote.mode,
                             remote.digest, path)  # fmt: skip
         try:
-            named = new_folders(dest.parent, self.folder)  # folders that now hold a new one
+            made = self.made.make(dest.parent, self.folder)
             if not await self._copy_local(path, remote, check):
                 # the server sends what it holds now, which may be newer than the news
                 entry = await self.client.get(path, dest, before_replace=check)
-            await self.folders.sync_all(named)
+            await self.folders.sync_all({folder.parent for folder in made})  # hold new names
+            self.made.flushed(made)
         except LocalChanged:
             log.info("%s changed locally during the download; deciding again", path)
             return Outcome.CHANGED_HERE
