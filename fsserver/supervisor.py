@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
 from prometheus_client import multiprocess
@@ -75,6 +76,8 @@ class Supervisor:
         self.exit_code = 0
         self.arena: BlobArena | None = None
         self.arena_ref: ArenaRef | None = None
+        self.arena_filled: Connection | None = None
+        """The pipe's write end: closed once the arena is filled (see ``ArenaRef``)."""
         self.store: Store | None = None
         self.durability: Durability | None = None
         self.acceptor: Acceptor | None = None
@@ -140,7 +143,8 @@ class Supervisor:
                                           reserve=not cfg.data_dir)  # fmt: skip
         except (OSError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
-        self.arena_ref = ArenaRef(self.arena.name, SPAWN.Event())
+        filled, self.arena_filled = SPAWN.Pipe(duplex=False)
+        self.arena_ref = ArenaRef(self.arena.name, filled)
         self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota, cfg.resume_timeout)
         self.store.arena = self.arena.view
         self.open_data_dir()
@@ -164,7 +168,7 @@ class Supervisor:
         if self.durability is not None:
             self.durability.start()
         self.load_data_dir()
-        self.arena_ref.filled.set()
+        self.arena_filled.close()
         await self.wait_ready()
         if self.stopped_early():
             return
@@ -256,8 +260,8 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         self.stopping = True
-        if self.arena_ref is not None:  # children still waiting for it go on, and stop
-            self.arena_ref.filled.set()
+        if self.arena_filled is not None:  # children still waiting for it go on, and stop
+            self.arena_filled.close()
         if self.sampler is not None:
             self.sampler.cancel()
         if self.acceptor is not None:

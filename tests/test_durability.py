@@ -159,7 +159,10 @@ LATE_WINDOW = 0.5
 
 
 def test_kill_9_of_every_process_loses_no_acknowledged_upload(tmp_path):
+    semaphores = set(Path("/dev/shm").glob("sem.*"))
     kill_rounds(tmp_path, "always", rounds=10, seed=11)
+    # ten killed servers leave no named semaphore behind (a multiprocessing Event would)
+    assert set(Path("/dev/shm").glob("sem.*")) <= semaphores
 
 
 def test_kill_9_with_fsync_interval_loses_at_most_the_last_moments(tmp_path):

@@ -23,8 +23,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +189,18 @@ class BlobArena:
 
 @dataclass(frozen=True)
 class ArenaRef:
-    """What a child needs to map the arena: its name, and an event (a multiprocessing
-    ``Event``) the supervisor sets once the arena is filled. Children start while a data dir
-    loads (Python's start-up is most of theirs) and map the arena only after: a mapping made
-    earlier would take the pages the load is about to write, zeroing each on the way."""
+    """What a child needs to map the arena: its name, and the read end of a pipe whose write
+    end the supervisor closes once the arena is filled (every reader sees the end of file
+    then, and so does a child started later). Children start while a data dir loads
+    (Python's start-up is most of theirs) and map the arena only after: a mapping made
+    earlier would take the pages the load is about to write, zeroing each on the way. A
+    pipe, not a multiprocessing ``Event``: its named semaphore outlives a killed server."""
 
     name: str
-    filled: Any
+    filled: Connection
 
     def attach(self) -> BlobArena:
-        self.filled.wait()
+        self.filled.poll(None)
         return BlobArena.attach(self.name)
 
     @property
