@@ -20,6 +20,7 @@ from common.errors import FSError
 from common.heap import tune_gc
 from common.limits import MIN_MAX_PACKET
 from common.messages import FileEntry
+from common.version import VersionAction
 from fsclient.access import DEFAULT_SERVER, Access
 from fsclient.access import add_options as add_access_options
 from fsclient.progress import TerminalProgress
@@ -65,6 +66,7 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsclient", description="FS file-sync client.")
+    parser.add_argument("--version", action=VersionAction)
     _add_common(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -196,6 +198,25 @@ async def _rm(client: Any, args: argparse.Namespace) -> None:
     print(f"deleted {args.remote} (version {version})")
 
 
+def stdout_gone() -> bool:
+    """Whether the reader of our output went away (a pipe with no reader polls as an
+    error). If so, output goes to /dev/null from now on, so that the flush at exit is quiet
+    too, and the command ends with 0, as ``ls | head`` does."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return gone
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     interrupt = Interrupt()
@@ -204,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
 
         tune_gc()
         code = uvloop.run(run(args, interrupt))
+    except BrokenPipeError as exc:
+        code = 0 if stdout_gone() else 1  # `fsclient ls | head`: the reader had enough
+        if code:
+            print(f"fsclient: error: {exc}", file=sys.stderr)
     except (FSError, OSError, ValueError) as exc:
         code = 1
         if not interrupt.fired:

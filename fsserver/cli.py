@@ -13,6 +13,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, NoReturn
 
+from common.version import VersionAction
 from fsserver.config import LOG_LEVELS, ConfigError, ServerConfig, parse_size
 
 # flag, config field, environment variable, parser, help
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="FS file-sync server: keeps every synced file in RAM.",
         epilog="Every option can also be set through the environment variable shown.",
     )
+    parser.add_argument("--version", action=VersionAction)
     defaults = ServerConfig()
     for flag, field, env, _parse, text in OPTIONS:
         parser.add_argument(
