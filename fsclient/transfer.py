@@ -16,7 +16,7 @@ import stat
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -102,6 +102,11 @@ class UploadSource(ABC):
     def check_unchanged(self) -> None:
         """Raise FileChanged if the data changed since ``refresh``."""
 
+    def add_digest(self) -> bool:
+        """Hash the whole source now if its digest is not known yet (a big file is hashed
+        while it streams); True if that gave a digest the upload did not have."""
+        return False
+
     def close(self) -> None:
         """Release the file, if any."""
 
@@ -156,6 +161,14 @@ class FileSource(UploadSource):
         self.known = None  # a refresh after a mismatch reads the file again
         self.stamp = (st.st_size, st.st_mtime_ns)
         self.meta = SourceMeta(size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
+
+    def add_digest(self) -> bool:
+        if self.meta.digest is not None:
+            return False
+        digest = self._hash(self.meta.size)
+        self.check_unchanged()
+        self.meta = replace(self.meta, digest=digest)
+        return True
 
     def _hash(self, size: int) -> bytes:
         hasher = StreamingDigest()

@@ -23,7 +23,9 @@ SEND_CHUNK = 256 * 1024
 
 async def upload(client: Client, source: UploadSource, path: str, base_version: int,
                  progress: Progress | None = None) -> m.FileEntry:  # fmt: skip
-    """Upload *source* to *path* in one file session; its entry as stored."""
+    """Upload *source* to *path* in one file session; its entry as stored. A big file streams
+    unhashed, so the server cannot see that it holds its content already; refused for lack
+    of room, it is hashed and offered once more, so a copy of stored content is linked."""
     fid, box = await client.open_session()
     proto = client.proto  # (a lost one stays lost: another transfer may replace it meanwhile)
     try:
@@ -34,6 +36,10 @@ async def upload(client: Client, source: UploadSource, path: str, base_version: 
         if reply.status is m.InitStatus.ALREADY_HAVE_CONTENT:
             assert meta.digest is not None
             return entry_of(meta, meta.digest, path, await box.next())
+        if reply.status is m.InitStatus.NO_SPACE and source.add_digest():
+            log.info("%s: no room for a new copy; asking again with the file's digest", path)
+            client.close_session(fid)
+            return await upload(client, source, path, base_version, progress)
         if reply.status is not m.InitStatus.ACCEPTED:
             raise refusal(reply.status, reply.message)
         start = reply.offset  # the server holds the bytes before it (an upload resumed)
