@@ -315,3 +315,7 @@ def test_new_metrics_move(server_factory):
         raw.close()
     assert server.metric('fs_sync_sessions_total{direction="upload",outcome="error"}', 0) == 0
     assert server.metric("fs_upload_duration_seconds_count") == 2  # not a finished upload
+    assert server.metric('fs_refusals_total{reason="invalid_path"}') == 0
+    exercise(server)  # its bad path is counted apart from the quota
+    assert server.metric('fs_refusals_total{reason="invalid_path"}') == 1
+    assert server.metric('fs_refusals_total{reason="quota"}') == 1
