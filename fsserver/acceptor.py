@@ -72,6 +72,7 @@ class Acceptor:
                 return
             if self.throttle.refused(addr[0]):
                 telemetry.THROTTLED.inc()
+                telemetry.refused("throttled")
                 sock.close()
                 continue
             worker = self.pick_worker()
@@ -79,7 +80,7 @@ class Acceptor:
                 sock.close()
                 continue
             worker.channel.send(("conn",), [sock])
-            telemetry.CONNECTIONS.labels(str(worker.index)).inc()
+            telemetry.CONNECTIONS.labels("worker", str(worker.index)).inc()
 
     def pause(self) -> None:
         """Stop the level-triggered reader from spinning while accept keeps failing."""

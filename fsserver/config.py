@@ -38,6 +38,10 @@ class ServerConfig:
     hash_workers: int = 1
     store_size: int = 256 << 20
     metrics_port: int = 9478
+    metrics_host: str = ""
+    """Address of /metrics, /healthz and /readyz; empty: the same as ``host``."""
+    metrics_token_file: str = ""
+    """A file holding the bearer token /metrics requires; empty: /metrics is open."""
     log_level: str = "info"
     max_packet: int = SERVER_MAX_PACKET
     max_files: int = 1_000_000
@@ -105,6 +109,10 @@ class ServerConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def metrics_address(self) -> str:
+        return self.metrics_host or self.host
 
 
 def is_loopback(host: str) -> bool:

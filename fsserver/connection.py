@@ -19,12 +19,7 @@ from typing import Any, cast
 from common import messages as m
 from common.codec import encode
 from common.connection import ConnPhase, DataChunk, FSConnection
-from common.errors import (
-    ErrorCode,
-    InvalidName,
-    LocalProtocolError,
-    RemoteProtocolError,
-)
+from common.errors import ErrorCode, InvalidName, LocalProtocolError, RemoteProtocolError
 from common.limits import MAX_CLIENT_CONTROL_PACKET, NO_FILE, PROTOCOL_VERSION
 from common.paths import check_name
 from common.state import Role
@@ -125,9 +120,10 @@ class ClientConnection(
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.opened_at = self.last_heard = self.loop.time()
         self.ctx.connections.add(self)
-        telemetry.CONNECTIONS_ACTIVE.labels(str(self.ctx.worker_id)).inc()
+        telemetry.CONNECTIONS_ACTIVE.labels("worker", str(self.ctx.worker_id)).inc()
         cfg = self.ctx.config
         if len(self.ctx.connections) > -(-cfg.max_connections // cfg.workers):
+            telemetry.refused("too_many_connections")
             self.fail(ErrorCode.LIMIT_EXCEEDED, "server busy: too many connections, retry later")
         log.debug("connection from %s", self.peer)
 
@@ -171,6 +167,7 @@ class ClientConnection(
                 self.dispatch(event)
             self.mark_partial()
         except RemoteProtocolError as exc:
+            telemetry.refused(exc.code.name.lower())  # limit_exceeded, packet_too_large...
             self.fail(exc.code, exc.message)
         except Exception:
             log.exception("internal error on connection from %s", self.peer)
@@ -233,7 +230,7 @@ class ClientConnection(
         self.writable.set()
         self.ctx.connections.discard(self)
         self.publish_traffic()  # (first: once no connection is active, all its bytes count)
-        telemetry.CONNECTIONS_ACTIVE.labels(str(self.ctx.worker_id)).dec()
+        telemetry.CONNECTIONS_ACTIVE.labels("worker", str(self.ctx.worker_id)).dec()
         for direction, sessions in (("upload", self.uploads), ("download", self.downloads)):
             if sessions:  # cut short by the connection's end
                 telemetry.SESSIONS.labels(direction, "error").inc(len(sessions))
@@ -395,6 +392,7 @@ class ClientConnection(
         self.send(m.VersionHandshakeResponse(status, PROTOCOL_VERSION, agreed, self.ctx.worker_id,
                                              self.ctx.store_id, in_flight, text))  # fmt: skip
         if status is not m.HandshakeStatus.OK:
+            telemetry.refused(status.name.lower())
             self.flush()
             self.close()
             return

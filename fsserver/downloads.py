@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,7 @@ class DownloadStream:
         self.last_byte = 0
         """The connection's ``written`` count after this stream's last write."""
         self.task: asyncio.Task[None] | None = None
+        self.started = time.monotonic()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self.run())
@@ -165,5 +167,7 @@ class DownloadHandlers:
         self.end_download(stream)
         ok = msg.status is m.HashStatus.OK
         telemetry.SESSIONS.labels("download", "ok" if ok else "mismatch").inc()
+        if ok:
+            telemetry.DOWNLOAD_SECONDS.observe(time.monotonic() - stream.started)
         if not ok:
             log.warning("client %s got a bad copy of %s", self.peer, stream.entry.path)

@@ -1,8 +1,9 @@
-"""``/metrics``: what every process published (see ``fsserver.telemetry``) and the store's
-gauges, which only the supervisor knows."""
+"""``/metrics``: what every process published (see ``fsserver.telemetry``), the store's
+gauges, which only the supervisor knows, and ``fs_build_info``."""
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -10,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from common.version import package_version
 from fsserver.store import StoreStats
 
 
@@ -37,6 +39,27 @@ class StoreCollector(Collector):
         )
         yield GaugeMetricFamily("fs_store_files", "Files stored, over all shares.", s.files)
         yield GaugeMetricFamily("fs_store_shares", "Shares holding at least one file.", s.shares)
+        yield GaugeMetricFamily("fs_store_free_bytes", "Arena bytes free.", s.free_bytes)
+        yield GaugeMetricFamily(
+            "fs_store_largest_free_extent_bytes",
+            "The largest free extent of the arena: the largest upload that fits now (the free "
+            "bytes may be split into smaller pieces).",
+            s.largest_free_bytes,
+        )
+        yield GaugeMetricFamily(
+            "fs_share_quota_bytes", "Bytes one share may hold (--share-quota; 0: no quota).",
+            s.share_quota,
+        )  # fmt: skip
+        files = GaugeMetricFamily("fs_share_files", "Files stored in each share.", labels=["share"])
+        size = GaugeMetricFamily(
+            "fs_share_bytes", "Logical bytes of each share's files (what its quota counts).",
+            labels=["share"],
+        )  # fmt: skip
+        for share, count, nbytes in s.per_share:
+            files.add_metric([share], count)
+            size.add_metric([share], nbytes)
+        yield files
+        yield size
 
 
 class PersistCollector(Collector):
@@ -57,12 +80,29 @@ class PersistCollector(Collector):
         )
 
 
+class BuildInfo(Collector):
+    """``fs_build_info{version="..."} 1``: which release runs (join on it in queries)."""
+
+    def __init__(self) -> None:
+        self.labels = {"version": package_version(), "python": platform.python_version()}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = GaugeMetricFamily("fs_build_info", "The server's version; always 1.",
+                                 labels=list(self.labels))  # fmt: skip
+        info.add_metric(list(self.labels.values()), 1)
+        yield info
+
+
+BUILD_INFO = BuildInfo()
+
+
 def render_metrics(stats: StoreStats, persist: dict[str, float] | None = None
                    ) -> tuple[bytes, str]:  # fmt: skip
     """Every process's metrics (their files in PROMETHEUS_MULTIPROC_DIR) and the store's."""
     registry = CollectorRegistry(auto_describe=False)
     MultiProcessCollector(registry)
     registry.register(StoreCollector(stats))
+    registry.register(BUILD_INFO)
     if persist is not None:
         registry.register(PersistCollector(persist))
     return generate_latest(registry), CONTENT_TYPE_LATEST

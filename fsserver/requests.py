@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ from common import messages as m
 from common.errors import InvalidPath
 from common.limits import MAX_LIST_ENTRIES
 from common.paths import normalize_prefix
+from fsserver import telemetry
 from fsserver.context import checked_path
 from fsserver.store import ListPage, Refused
 
@@ -55,14 +57,15 @@ class RequestHandlers:
             self.send(m.ListResponse(rid, _INVALID, False, exc.message, ()))
             return
         limit = max(1, min(msg.limit or DEFAULT_PAGE, MAX_LIST_ENTRIES))
-        self.request_store(
-            lambda page: self.on_page(rid, page), "list", self.share, prefix, msg.after, limit
-        )
+        started = time.monotonic()
+        self.request_store(lambda page: self.on_page(rid, page, started), "list", self.share,
+                           prefix, msg.after, limit)  # fmt: skip
 
-    def on_page(self, request_id: int, page: ListPage) -> None:
+    def on_page(self, request_id: int, page: ListPage, started: float) -> None:
         """Send as much of the page as fits one packet; the client asks again for the rest."""
         if self.closing:
             return
+        telemetry.LIST_SECONDS.observe(time.monotonic() - started)
         entries, more = page.entries, page.more
         while not self.send(m.ListResponse(request_id, _OK, more, "", entries), may_not_fit=True):
             if len(entries) == 1:
@@ -89,6 +92,7 @@ class RequestHandlers:
     def on_delete(self, msg: m.DeleteRequest) -> None:
         rid = msg.request_id
         if self.read_only:
+            telemetry.refused("read_only")
             self.send(m.DeleteResponse(rid, m.LookupStatus.DENIED, 0, "this token is read-only"))
             return
         path = self._valid_path(msg.path, lambda text: m.DeleteResponse(rid, _INVALID, 0, text))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from common.paths import normalize_path
 from fsserver import telemetry
 from fsserver.context import WorkerContext
 from fsserver.store import BatchStored
+from fsserver.uploads import refusal
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class PendingBatch:
     digests: bytes = b""
     """What the hasher found for the files of ``where``, concatenated."""
     verified: bool = False
+    started: float = field(default_factory=time.monotonic)
 
 
 class BatchHandlers:
@@ -75,6 +78,7 @@ class BatchHandlers:
         if self.read_only:
             denied = m.FileResult(S.DENIED, 0, "this token is read-only")
             batch.results = [denied] * len(files)
+            telemetry.refused("read_only", len(files))
             self.finish_batch(batch)
             return
         for index, f in enumerate(files):
@@ -82,11 +86,13 @@ class BatchHandlers:
                 path = normalize_path(f.path)
             except InvalidPath as exc:
                 batch.results[index] = m.FileResult(S.INVALID_PATH, 0, exc.message)
+                telemetry.refused("invalid_path")
                 continue
             size = len(f.data)
             too_large = self.ctx.too_large(size)
             if too_large:
                 batch.results[index] = m.FileResult(S.TOO_LARGE, 0, too_large)
+                telemetry.refused("too_large")
                 continue
             batch.paths[index] = path
             batch.where.append(index)
@@ -171,6 +177,7 @@ class BatchHandlers:
         for at, index in enumerate(stored):
             refused = done.refused.get(at)
             if refused is not None:
+                telemetry.refused(refusal(refused))
                 batch.results[index] = m.FileResult(S(refused.status), refused.version,
                                                     refused.message)  # fmt: skip
             else:
@@ -188,7 +195,11 @@ class BatchHandlers:
         results = tuple(r for r in batch.results if r is not None)
         assert len(results) == len(batch.files)
         for status, n in Counter(r.status for r in results).items():
-            telemetry.SESSIONS.labels("upload", OUTCOMES.get(status, "error")).inc(n)
+            outcome = OUTCOMES.get(status, "error")
+            telemetry.SESSIONS.labels("upload", outcome).inc(n)
+            if outcome == "ok":
+                elapsed = time.monotonic() - batch.started
+                telemetry.observe_many(telemetry.UPLOAD_SECONDS, [elapsed] * n)
         self.send(m.SmallFileBatchResponse(batch.request_id, results))
 
     def drop_batches(self) -> None:

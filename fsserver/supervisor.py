@@ -30,7 +30,7 @@ from fsserver.children import SPAWN, Child, RestartPolicy, Role, spawn, stop_all
 from fsserver.config import ServerConfig
 from fsserver.durability import Durability
 from fsserver.hasher import serve_jobs
-from fsserver.health import HealthServer, Response
+from fsserver.health import BearerToken, HealthServer, MetricsTokenError, Response
 from fsserver.metrics import render_metrics
 from fsserver.process import profiled, setup_child
 from fsserver.store import Store
@@ -86,13 +86,10 @@ class Supervisor:
         self.workers: dict[int, Child] = {}
         self.hashers: dict[int, Child] = {}
         self.restarts = RestartPolicy()
-        self.health = HealthServer(
-            {
-                "/healthz": lambda: Response(200, b"ok\n"),
-                "/readyz": self.readiness,
-                "/metrics": self.metrics,
-            }
-        )
+        token = BearerToken(config.metrics_token_file) if config.metrics_token_file else None
+        routes = {"/healthz": lambda: Response(200, b"ok\n"), "/readyz": self.readiness,
+                  "/metrics": self.metrics}  # fmt: skip
+        self.health = HealthServer(routes, token)
         self.calls: StoreCalls | None = None
         self.sampler: asyncio.Task[None] | None = None
         self.port = 0
@@ -154,11 +151,13 @@ class Supervisor:
         except ListenError as exc:
             raise StartupError(str(exc)) from None
         self.port = self.acceptor.port
+        host = cfg.metrics_address
         try:
-            self.metrics_port = await self.health.start(cfg.host, cfg.metrics_port)
-        except OSError as exc:
+            self.metrics_port = await self.health.start(host, cfg.metrics_port)
+        except (OSError, MetricsTokenError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else exc
             raise StartupError(
-                f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {exc.strerror}"
+                f"cannot serve metrics on {host}:{cfg.metrics_port}: {why}"
             ) from None
         self.jobs_worker_end, self.jobs_hasher_end = channel_pair()
         for index in range(cfg.hash_workers):  # they start Python while the data dir loads
@@ -179,9 +178,10 @@ class Supervisor:
         self.sampler = self.loop.create_task(telemetry.ProcessSampler("acceptor").run())
         self.prune_tombstones()
         self.loop.call_later(EXPIRE_EVERY, self.expire_parked)
-        for role in Role:  # exported from the start, as zero
-            telemetry.RESTARTS.labels(role.value)
-        log.info("fsserver metrics on %s:%d", cfg.host, self.metrics_port)
+        children = [*self.workers.values(), *self.hashers.values()]
+        persister = [(Role.PERSISTER.value, 0)] if self.durability is not None else []
+        telemetry.start_at_zero([(c.role.value, c.index) for c in children] + persister)
+        log.info("fsserver metrics on %s:%d", cfg.metrics_address, self.metrics_port)
         log.info("fsserver ready on %s:%d", cfg.host, self.port)
 
     def open_data_dir(self) -> None:
@@ -339,7 +339,7 @@ class Supervisor:
             return
         start = {Role.WORKER: self.start_worker, Role.HASHER: self.start_hasher,
                  Role.PERSISTER: lambda _: self.durability and self.durability.start()}  # fmt: skip
-        telemetry.RESTARTS.labels(child.role.value).inc()
+        telemetry.RESTARTS.labels(child.role.value, str(child.index)).inc()
         self.loop.call_later(
             delay, lambda: None if self.stopping else start[child.role](child.index)
         )

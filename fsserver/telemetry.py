@@ -5,7 +5,12 @@ before any process imports prometheus-client, see ``fsserver.cli``), and the sup
 ``/metrics`` adds them up. Counters of a process that died keep counting in the total (no
 double counting: the replacement starts its own file); its gauges disappear once the supervisor
 calls ``mark_process_dead``. Gauges that prometheus-client cannot collect in this mode (memory,
-CPU, descriptors) are sampled by each process with psutil, with a ``role`` label.
+CPU, descriptors, start time) are sampled by each process with psutil.
+
+Every per-process metric (``PER_PROCESS``) carries the labels ``role`` and ``index`` (which
+process: ``worker`` 1, ``hasher`` 0...), never a ``pid``: a replaced worker keeps its series,
+instead of starting new ones after every restart. The process metrics keep the client
+library's names (``process_cpu_seconds_total``, ``process_start_time_seconds``...).
 
 Hot paths never touch these objects per packet: connections count in plain integers (see
 ``common.connection``) and the worker adds the deltas up once a second.
@@ -26,10 +31,17 @@ ROLE_LABELS = ("role", "index")
 PACKET_NAMES = {int(t): t.name.lower() for t in PacketType}
 
 CONNECTIONS_ACTIVE = Gauge(
-    "fs_connections_active", "Client connections open, by worker.", ["worker"],
+    "fs_connections_active", "Client connections open, by worker.", ROLE_LABELS,
     multiprocess_mode="livesum",
 )  # fmt: skip
-CONNECTIONS = Counter("fs_connections", "Client connections accepted, by worker.", ["worker"])
+CONNECTIONS = Counter("fs_connections", "Client connections accepted, by worker.", ROLE_LABELS)
+SUBSCRIBERS = Gauge(
+    "fs_subscribers", "Clients following a share's changes (fsclient sync), by worker.",
+    ROLE_LABELS, multiprocess_mode="livesum",
+)  # fmt: skip
+REFUSALS = Counter(
+    "fs_refusals", "Connections, handshakes, uploads and deletes refused, by reason.", ["reason"]
+)
 RECEIVED_BYTES = Counter(
     "fs_received_bytes", "Bytes received from clients, by packet type.", ["packet_type"]
 )
@@ -52,7 +64,7 @@ HASH_QUEUE = Gauge(
     "fs_hash_queue_depth", "Hash jobs sent by workers and not yet answered.",
     multiprocess_mode="livesum",
 )  # fmt: skip
-RESTARTS = Counter("fs_restarts", "Worker, hasher and persister processes restarted.", ["role"])
+RESTARTS = Counter("fs_restarts", "Worker, hasher and persister processes restarted.", ROLE_LABELS)
 DISK_WRITE_BYTES = Counter(
     "fs_disk_write_bytes", "Bytes of file content the persisting process wrote to the data dir."
 )
@@ -76,22 +88,51 @@ AUTH_FAILURES = Counter("fs_auth_failures", "Handshakes refused for a bad or mis
 THROTTLED = Counter(
     "fs_throttled_connections", "Connections turned away from addresses that failed too often."
 )
+# The live gauges below are summed per (role, index): one process at a time has each. They
+# stay out of the default registry, whose own process collector has these names.
 RSS = Gauge(
-    "fs_process_resident_memory_bytes", "Resident memory of each server process.", ROLE_LABELS,
-    multiprocess_mode="liveall",
+    "process_resident_memory_bytes", "Resident memory of each server process.", ROLE_LABELS,
+    multiprocess_mode="livesum", registry=None,
 )  # fmt: skip
-CPU = Gauge(
-    "fs_process_cpu_seconds", "CPU time (user + system) used by each server process.",
-    ROLE_LABELS, multiprocess_mode="liveall",
+CPU = Counter(
+    "process_cpu_seconds", "CPU time (user + system) used by each server process; a replaced "
+    "process's time stays in the total.", ROLE_LABELS, registry=None,
 )  # fmt: skip
 FDS = Gauge(
-    "fs_process_open_fds", "Open file descriptors of each server process.", ROLE_LABELS,
-    multiprocess_mode="liveall",
+    "process_open_fds", "Open file descriptors of each server process.", ROLE_LABELS,
+    multiprocess_mode="livesum", registry=None,
+)  # fmt: skip
+STARTED = Gauge(
+    "process_start_time_seconds", "When each server process started (Unix time).", ROLE_LABELS,
+    multiprocess_mode="livesum", registry=None,
 )  # fmt: skip
 LOOP_LAG = Gauge(
     "fs_process_event_loop_lag_seconds",
     "How late a 1-second timer fired on the event loop (acceptor and workers).", ROLE_LABELS,
-    multiprocess_mode="liveall",
+    multiprocess_mode="livesum",
+)  # fmt: skip
+PER_PROCESS = frozenset(
+    metric._name
+    for metric in (CONNECTIONS_ACTIVE, CONNECTIONS, SUBSCRIBERS, RESTARTS, RSS, CPU, FDS, STARTED,
+                   LOOP_LAG)
+)  # fmt: skip
+"""The metrics with a series per process, labelled ``role`` and ``index``."""
+
+SESSION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   300.0)  # fmt: skip
+UPLOAD_SECONDS = Histogram(
+    "fs_upload_duration_seconds",
+    "Time from an upload's reservation (a small-file batch's arrival) to its commit.",
+    buckets=SESSION_BUCKETS,
+)  # fmt: skip
+DOWNLOAD_SECONDS = Histogram(
+    "fs_download_duration_seconds",
+    "Time from a download's opening to the client's verdict on its digest.",
+    buckets=SESSION_BUCKETS,
+)  # fmt: skip
+LIST_SECONDS = Histogram(
+    "fs_list_duration_seconds", "Time to answer one listing request (one page).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
 )  # fmt: skip
 
 SAMPLE_EVERY = 1.0
@@ -120,19 +161,45 @@ def observe_many(histogram: Histogram, values: list[float]) -> None:
     total.inc(sum(values))
 
 
+REFUSAL_REASONS = (
+    "auth_failed", "throttled", "too_many_connections", "limit_exceeded", "read_only",
+    "invalid_path", "too_large", "no_space", "quota", "max_files", "disk_full", "conflict",
+)  # fmt: skip
+"""The usual reasons, exported as 0 from the start (others appear when first counted)."""
+
+
+def start_at_zero(processes: list[tuple[str, int]]) -> None:
+    """Export the restarts of each process and the usual refusals as 0 before they happen, so
+    that ``increase()`` sees their first one."""
+    for role, index in processes:
+        RESTARTS.labels(role, str(index))
+    for reason in REFUSAL_REASONS:
+        REFUSALS.labels(reason)
+
+
+def refused(reason: str, count: int = 1) -> None:
+    """Count a refusal: a short lowercase reason such as ``quota`` or ``auth_failed``."""
+    REFUSALS.labels(reason).inc(count)
+
+
 class ProcessSampler:
-    """Publishes this process's RSS, CPU time and open descriptors under a role label."""
+    """Publishes this process's RSS, CPU time, open descriptors and start time under the
+    labels ``role`` and ``index``."""
 
     def __init__(self, role: str, index: int = 0) -> None:
         self.labels = (role, str(index))
         self.process = psutil.Process(os.getpid())
         self.next = 0.0
+        self.cpu = 0.0
+        STARTED.labels(*self.labels).set(self.process.create_time())
 
     def sample(self) -> None:
         with self.process.oneshot():
             times = self.process.cpu_times()
             RSS.labels(*self.labels).set(self.process.memory_info().rss)
-            CPU.labels(*self.labels).set(times.user + times.system)
+            cpu = times.user + times.system
+            CPU.labels(*self.labels).inc(max(0.0, cpu - self.cpu))
+            self.cpu = max(cpu, self.cpu)
             FDS.labels(*self.labels).set(self.process.num_fds())
 
     def due(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -49,6 +50,8 @@ class Upload:
     committing: bool = False
     stream: HashStream | None = None
     sink: UploadSink | None = None
+    started: float = 0.0
+    """``time.monotonic()`` at its reservation (``fs_upload_duration_seconds``)."""
 
 
 class UploadSink(ViewSink):
@@ -78,6 +81,11 @@ def ended(outcome: str) -> None:
     telemetry.SESSIONS.labels("upload", outcome).inc()
 
 
+def refusal(result: Refused) -> str:
+    """The reason label of an upload the store refused: the limit, or the status."""
+    return result.cause or m.InitStatus(result.status).name.lower()
+
+
 class UploadHandlers:
     ctx: WorkerContext
     conn: FSConnection
@@ -99,11 +107,13 @@ class UploadHandlers:
             return
         if self.read_only:
             ended("error")
+            telemetry.refused("read_only")
             self.refuse(msg, m.Error(ErrorCode.PERMISSION_DENIED, fid, "this token is read-only"))
             return
         too_large = self.ctx.too_large(msg.size)
         if too_large:
             ended("no_space")
+            telemetry.refused("too_large")
             self.refuse(msg, m.FileSyncInitResponse(fid, m.InitStatus.TOO_LARGE, 0, 0,
                                                     f"{path}: {too_large}"))  # fmt: skip
             return
@@ -122,8 +132,12 @@ class UploadHandlers:
     def session_path(self, msg: m.FileSyncInit | m.DownloadRequest) -> str | None:
         """The canonical form of a path a file session names; a bad one ends the session with
         a file-scoped Error (the connection and the client's other files carry on)."""
-        return checked_path(msg.path, lambda text: self.refuse(
-            msg, m.Error(ErrorCode.INVALID_PATH, msg.file_id, text)))  # fmt: skip
+
+        def invalid(text: str) -> None:
+            telemetry.refused("invalid_path")
+            self.refuse(msg, m.Error(ErrorCode.INVALID_PATH, msg.file_id, text))
+
+        return checked_path(msg.path, invalid)
 
     def refuse(self, msg: m.FileSyncInit | m.DownloadRequest, reply: m.Message) -> None:
         """Refuse a session without asking the store, yet like the store's answers (see
@@ -160,6 +174,7 @@ class UploadHandlers:
             self.send(m.FileSyncFinish(fid, result.version))
         elif isinstance(result, Refused):
             ended("conflict" if result.status == m.InitStatus.CONFLICT else "no_space")
+            telemetry.refused(refusal(result))
             self.send(
                 m.FileSyncInitResponse(
                     fid, m.InitStatus(result.status), result.version, 0, result.message
@@ -175,6 +190,7 @@ class UploadHandlers:
                 msg.base_version,
                 result.ticket,
                 result.offset,
+                started=time.monotonic(),
             )
             self.uploads[fid] = upload
             self.arm(upload, result.held)
@@ -262,11 +278,13 @@ class UploadHandlers:
         del self.uploads[upload.file_id]
         if isinstance(result, Refused):
             ended("conflict")
+            telemetry.refused("conflict")
             self.send(m.Error(ErrorCode.CONFLICT, upload.file_id, result.message))
         else:
             ended("ok")
+            telemetry.UPLOAD_SECONDS.observe(time.monotonic() - upload.started)
             self.send(m.FileSyncFinish(upload.file_id, result.version))
 
     def on_cancel(self, msg: m.FileSyncCancel) -> None:
         self.drop(self.uploads.pop(msg.file_id))
-        ended("error")
+        ended("cancelled")

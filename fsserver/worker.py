@@ -142,6 +142,8 @@ class Worker:
                 conn.check_token()
                 conn.publish_traffic()
             telemetry.HASH_QUEUE.set(self.ctx.hashes.in_flight)
+            subscribers = sum(map(len, self.ctx.feed.subscribers.values()))
+            telemetry.SUBSCRIBERS.labels("worker", str(self.worker_id)).set(subscribers)
             await asyncio.sleep(telemetry.SAMPLE_EVERY)
 
     async def close_connections(self) -> None:

@@ -80,6 +80,7 @@ class ServerProcess:
     host: str = ""
     port: int = 0
     metrics_port: int = 0
+    metrics_host: str = ""
 
     @property
     def address(self) -> str:
@@ -89,10 +90,12 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        url = f"http://{self.host}:{self.metrics_port}{path}"
+    def http_get(self, path: str, timeout: float = 5.0,
+                 headers: dict[str, str] | None = None) -> tuple[int, str]:  # fmt: skip
+        url = f"http://{self.metrics_host or self.host}:{self.metrics_port}{path}"
+        request = urllib.request.Request(url, headers=headers or {})
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -194,5 +197,5 @@ def start_server(*args: str, env: dict[str, str] | None = None,
     metrics_match = log.find(METRICS)
     assert ready_match and metrics_match
     server.host, server.port = ready_match.group(1), int(ready_match.group(2))
-    server.metrics_port = int(metrics_match.group(2))
+    server.metrics_host, server.metrics_port = metrics_match.group(1), int(metrics_match.group(2))
     return server

@@ -96,6 +96,7 @@ def test_bad_tokens_are_refused_before_any_file_operation(server_factory, tokens
     assert run(listing(server, good)) == {}
     assert server.metric("fs_store_files") == 0
     assert server.metric("fs_auth_failures_total") == 4
+    assert server.metric('fs_refusals_total{reason="auth_failed"}') == 4  # the same, by reason
     assert "Traceback" not in server.log.text()
 
     async def main() -> None:

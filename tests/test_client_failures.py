@@ -49,8 +49,8 @@ def test_every_pending_and_later_call_fails_when_the_connection_drops(server, tm
 
 
 def cancelled_sessions(server: ServerProcess) -> float:
-    """Upload sessions the server saw end without a file (a cancel counts here)."""
-    return server.metric('fs_sync_sessions_total{direction="upload",outcome="error"}', 0.0)
+    """Upload sessions the server saw cancelled by the client."""
+    return server.metric('fs_sync_sessions_total{direction="upload",outcome="cancelled"}', 0.0)
 
 
 def test_a_cancelled_put_gives_its_reservation_back(server_factory, tmp_path):

@@ -4,6 +4,7 @@ files are checked against the Dockerfile."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +25,8 @@ import yaml
 
 from common.errors import AuthError
 from fsclient import Client
-from fsclient.access import Access
+from fsclient.access import Access, TLSError
+from fsserver.cli import config_from
 from fsserver.config import parse_size
 from tests.conftest import run
 from tests.serverproc import METRICS, READY, ROOT, ServerLog, wait_for
@@ -180,14 +183,22 @@ def children(pid: int) -> dict[str, int]:
             for role in ("worker", "hasher")}  # fmt: skip
 
 
+TLS_ENV = {"FS_TLS_CERT", "FS_TLS_KEY"}
+"""What compose adds to the image's environment: TLS on by default."""
+
+
 def test_compose_agrees_with_the_dockerfile(dockerfile):
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     server = compose["services"]["fsserver"]
     assert server["build"]["dockerfile"] == "deploy/Dockerfile"
-    published = {int(p.split(":")[1]) for p in server["ports"]}
-    assert published == dockerfile.expose
+    published = {p.rsplit(":", 1)[0]: int(p.rsplit(":", 1)[1]) for p in server["ports"]}
+    assert set(published.values()) == dockerfile.expose
+    assert published["127.0.0.1:9478"] == 9478  # /metrics for this host only
     env = {k: str(v) for k, v in server["environment"].items()}
-    assert env == {k: v for k, v in dockerfile.env.items() if k.startswith("FS_")}
+    assert env.keys() - TLS_ENV == {k for k in dockerfile.env if k.startswith("FS_")}
+    assert {k: env[k] for k in env.keys() - TLS_ENV} == {
+        k: v for k, v in dockerfile.env.items() if k.startswith("FS_")}  # fmt: skip
+    assert Path(env["FS_TLS_CERT"]).parent.parent == Path(dockerfile.workdir)  # on the volume
     shm = parse_size(server["shm_size"].upper().replace("M", "MiB").replace("G", "GiB"))
     assert shm > parse_size(env["FS_STORE_SIZE"])
     assert server["stop_signal"] == dockerfile.stopsignal
@@ -200,6 +211,12 @@ def test_compose_agrees_with_the_dockerfile(dockerfile):
     ]
     grafana = compose["services"]["grafana"]
     assert any("fs-dashboard.json" in volume for volume in grafana["volumes"])
+    assert grafana["environment"]["GF_SECURITY_ADMIN_USER"] == "admin"
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    assert "docker compose -f deploy/docker-compose.yml logs fsserver" in text
+    assert 'user "admin", password $GRAFANA_ADMIN_PASSWORD' in text
+    assert all(p.startswith("127.0.0.1:") for s in ("prometheus", "grafana")
+               for p in compose["services"][s]["ports"])  # fmt: skip
 
 
 def test_kubernetes_agrees_with_the_dockerfile(dockerfile):
@@ -226,7 +243,148 @@ def test_kubernetes_agrees_with_the_dockerfile(dockerfile):
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == env["FS_METRICS_PORT"]
+    assert container["image"] == f"fsserver:{project_version()}"  # a release, pulled once
+    assert container["imagePullPolicy"] == "IfNotPresent"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert {p["port"] for p in service["spec"]["ports"]} == dockerfile.expose
+    others = [yaml.safe_load(f.read_text()) for f in (DEPLOY / "k8s").glob("*.yaml")]
+    scraped = [o["kind"] for o in others if "prometheus.io/scrape" in str(o)]
+    assert scraped == ["Deployment"]  # one object only: the Pod, not also its Service
+    text = (DEPLOY / "k8s" / "deployment.yaml").read_text()
+    assert "kubectl create secret generic fs-tokens --from-file=tokens.toml" in text
+    assert "FS_METRICS_TOKEN_FILE" in text  # the example of a token on /metrics
+    public = yaml.safe_load((DEPLOY / "k8s" / "service-public.yaml").read_text())
+    assert public["spec"]["type"] == "LoadBalancer"
+    assert public["spec"]["selector"] == service["spec"]["selector"]
+    assert [p["port"] for p in public["spec"]["ports"]] == [int(env["FS_PORT"])]  # no metrics
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert compose["services"]["fsserver"]["image"] == container["image"]
+
+
+def project_version() -> str:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
+def test_the_compose_command_turns_tls_on(tmp_path):
+    """The compose service's command, as the container runs it (its ENV, paths moved into a
+    temp folder): the log gives the TLS fingerprint and the first token, which together open
+    the share; a client that does not pin the certificate is refused."""
+    service = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["fsserver"]
+    config = tmp_path / "fs"
+
+    def moved(text: str) -> str:
+        return text.replace("/var/lib/fs-data", str(tmp_path / "data")).replace(
+            "/var/lib/fs", str(config))  # fmt: skip
+
+    env = {**os.environ, **{k: moved(str(v)) for k, v in service["environment"].items()},
+           "FS_PORT": "0", "FS_METRICS_PORT": "0", "FS_HOST": "127.0.0.1",
+           "FS_STORE_SIZE": "16MiB", "FS_WORKERS": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    config.mkdir()
+    command = [moved(arg).replace("$$", "$") for arg in service["command"]]
+    proc = subprocess.Popen(
+        command, env=env, cwd=config, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    log = ServerLog()
+    threading.Thread(target=lambda: log.lines.extend(proc.stdout or ()), daemon=True).start()
+    try:
+        ready = wait_for(lambda: log.find(READY) or proc.poll() is not None, 60, "the server")
+        assert proc.poll() is None, log.text()
+        fingerprint = re.search(r"fsserver TLS fingerprint: ([0-9a-f]{64})", log.text())
+        token = re.search(r"token for share 'default': (\S+)", log.text())
+        assert fingerprint and token, log.text()
+
+        async def upload(access: Access) -> int:
+            async with await Client.connect(f"127.0.0.1:{ready.group(2)}",
+                                            access=access) as client:  # fmt: skip
+                return (await client.put_bytes(b"over TLS", "tls.txt")).size
+
+        pinned = Access(token=token.group(1), tls_fingerprint=fingerprint.group(1))
+        assert run(upload(pinned)) == 8
+        with pytest.raises(TLSError, match="certificate"):
+            run(upload(Access(token=token.group(1), tls=True)))  # self-signed: not trusted
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+SYSTEMD = DEPLOY / "systemd"
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # keys are case-sensitive
+    parser.read(SYSTEMD / name)
+    return parser
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="no systemd-analyze")
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
+    """No unknown key, no bad value, an executable ExecStart (fsserver where this checkout
+    installs it, instead of /usr/local/bin), for the template as for one of its instances."""
+    bindir = Path(sys.executable).parent
+    server = (SYSTEMD / "fsserver.service").read_text()
+    assert "ExecStart=/usr/local/bin/fsserver " in server
+    (tmp_path / "fsserver.service").write_text(
+        server.replace("/usr/local/bin/fsserver", str(bindir / "fsserver")))  # fmt: skip
+    template = (SYSTEMD / "fsclient-sync@.service").read_text()
+    (tmp_path / "fsclient-sync@.service").write_text(template)
+    (tmp_path / "fsclient-sync@home-me-Documents.service").write_text(template)
+    for name in ("fsserver.service", "fsclient-sync@.service",
+                 "fsclient-sync@home-me-Documents.service"):  # fmt: skip
+        result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)],
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_the_fsserver_unit_runs_a_valid_hardened_server():
+    """Its ExecStart options and Environment are ones fsserver takes (the config they give is
+    valid), the data dir lies in the unit's own StateDirectory, and it is hardened."""
+    service = unit("fsserver.service")["Service"]
+    program, *args = shlex.split(service["ExecStart"])
+    assert program == "/usr/local/bin/fsserver"
+    env = dict(pair.split("=", 1) for pair in shlex.split(service["Environment"]))
+    config = config_from(args, env)
+    state = [f"/var/lib/{d}" for d in service["StateDirectory"].split()]
+    assert config.data_dir in state and str(Path(config.tokens).parent) in state
+    assert config.fsync == "always" and config.host == "127.0.0.1"  # loopback unless told
+    help_text = subprocess.run([str(Path(sys.executable).parent / "fsserver"), "--help"],
+                               capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+    assert all(arg in help_text for arg in args if arg.startswith("--"))
+    hardening = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                 "PrivateTmp": "yes", "DynamicUser": "yes", "CapabilityBoundingSet": "",
+                 "KillSignal": "SIGTERM"}  # fmt: skip
+    assert {k: service.get(k) for k in hardening} == hardening
+
+
+def test_the_sync_unit_command_syncs_the_folder(server, tmp_path):
+    """The template's ExecStart, with %f a real folder and the settings its EnvironmentFile
+    would give: the folder's file reaches the server (``--once`` added to end the run)."""
+    service = unit("fsclient-sync@.service")["Service"]
+    folder = tmp_path / "Documents"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("synced by the unit's command\n")
+    words = shlex.split(service["ExecStart"].replace("%f", str(folder)))
+    assert words[:3] == ["/usr/bin/env", "fsclient", "sync"] and words[-1] == str(folder)
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "FS_SERVER": server.address, "FS_SHARE": "default",
+           "PATH": f"{bindir}:{os.environ['PATH']}"}  # fmt: skip
+    result = subprocess.run([*words[:-1], "--once", words[-1]], env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    async def listed() -> list[str]:
+        async with await Client.connect(server.address) as client:
+            return [entry.path for entry in await client.ls()]
+
+    assert "notes.txt" in run(listed())
+    assert service["KillSignal"] == "SIGINT" and "130" in service["SuccessExitStatus"]
+    assert unit("fsclient-sync@.service")["Install"]["WantedBy"] == "default.target"

@@ -271,6 +271,12 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads):
             files=sum(sh.live for sh in self.shares.values()),
             shares=sum(1 for sh in self.shares.values() if sh.live),
             parked_bytes=self.parked_bytes,
+            free_bytes=self.allocator.free_bytes,
+            largest_free_bytes=self.allocator.largest_free,
+            share_quota=self.quota,
+            per_share=tuple(
+                (name, sh.live, sh.bytes) for name, sh in self.shares.items() if sh.live
+            ),
         )
 
     def take_changes(self, wanted: Callable[[str, int], bool]) -> list[Change]:
@@ -295,14 +301,15 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads):
         if not self._known(share, path) and self.entries + self.new_paths >= self.max_entries:
             return Refused(
                 InitStatus.NO_SPACE, 0, f"no space: the store holds its limit of "
-                f"{self.max_entries} entries (--max-files)",
+                f"{self.max_entries} entries (--max-files)", "max_files",
             )  # fmt: skip
         over = self._over_quota(share, path, size)
         if over:
             return over
         if self.disk_room is not None and size > self.disk_room:
             return Refused(InitStatus.NO_SPACE, 0, f"no space: the data dir's disk has "
-                           f"{max(self.disk_room, 0)} bytes left for {size}")  # fmt: skip
+                           f"{max(self.disk_room, 0)} bytes left for {size}",
+                           "disk_full")  # fmt: skip
         if size > self.allocator.capacity:
             return Refused(
                 InitStatus.TOO_LARGE,
@@ -333,7 +340,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads):
             return None
         return Refused(InitStatus.NO_SPACE, 0,
                        f"no space: share {share} would hold {after} bytes, over its quota "
-                       f"of {self.quota}")  # fmt: skip
+                       f"of {self.quota}", "quota")  # fmt: skip
 
     def _known(self, share: str, path: str) -> bool:
         sh = self.shares.get(share)

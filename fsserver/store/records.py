@@ -44,6 +44,9 @@ class Refused(NamedTuple):
     status: int
     version: int
     message: str
+    cause: str = ""
+    """Which limit refused it, for ``fs_refusals_total`` (``quota``, ``max_files``,
+    ``disk_full``), when the status alone does not say."""
 
 
 class ListPage(NamedTuple):
@@ -80,6 +83,12 @@ class StoreStats:
     shares: int
     parked_bytes: int = 0
     """Of ``used_bytes``: extents of uploads cut short, kept to be resumed (given up first)."""
+    free_bytes: int = 0
+    largest_free_bytes: int = 0
+    """The largest extent free in one piece: the largest upload that fits now."""
+    share_quota: int = 0
+    per_share: tuple[tuple[str, int, int], ...] = ()
+    """(share, live files, their logical bytes) of each share holding files."""
 
 
 @dataclass(slots=True)
