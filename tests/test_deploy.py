@@ -121,9 +121,9 @@ def test_the_container_command_runs_as_is(dockerfile, tmp_path):
     tokens = tmp_path / Path(dockerfile.env["FS_TOKENS"]).name
     env = {**os.environ, **dockerfile.env, "FS_TOKENS": str(tokens), "FS_PORT": "0",
            "FS_DATA_DIR": str(tmp_path / "data"), "FS_METRICS_PORT": "0",
-           "PYTHONPATH": str(ROOT)}  # fmt: skip  (the checkout's code, not an installed copy)
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
     bindir = Path(sys.executable).parent
-    command = [str(bindir / dockerfile.cmd[0]), *dockerfile.cmd[1:]]
+    command = [str(bindir / dockerfile.cmd[0]), *dockerfile.cmd[1:]]  # (PYTHONPATH: this code)
     refused = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
                              timeout=60)  # fmt: skip
     assert refused.returncode == 2 and f"tokens file {tokens} does not exist" in refused.stderr
