@@ -45,12 +45,17 @@ def format_size(size: int) -> str:
     return str(size)
 
 
-def describe_size(size: int) -> str:
-    """``"1 GiB (1073741824 bytes)"``: what the start-up log says a size option took."""
+def human_size(size: int) -> str:
+    """``"953.7 MiB"``, ``"12 bytes"``: a size for people to read (four digits at most)."""
     for unit, factor in reversed(_BINARY.items()):
         if size >= factor:
-            return f"{size / factor:.4g} {unit}iB ({size} bytes)"
+            return f"{size / factor:.4g} {unit}iB"
     return f"{size} bytes"
+
+
+def describe_size(size: int) -> str:
+    """``"1 GiB (1073741824 bytes)"``: what the start-up log says a size option took."""
+    return f"{human_size(size)} ({size} bytes)" if size >= 1024 else f"{size} bytes"
 
 
 class ConfigError(ValueError):

@@ -25,6 +25,7 @@ from common.errors import ErrorCode, InvalidPath
 from common.limits import DIGEST_SIZE
 from common.paths import normalize_path
 from fsserver import telemetry
+from fsserver.connlog import ConnectionLog
 from fsserver.context import WorkerContext
 from fsserver.store import BatchStored
 
@@ -66,6 +67,7 @@ class BatchHandlers:
     read_only: bool
     batches: dict[int, PendingBatch]
     batch_order: deque[PendingBatch]
+    activity: ConnectionLog
     send: Callable[[m.Message], None]
     fail: Callable[[ErrorCode, str], None]
 
@@ -189,6 +191,12 @@ class BatchHandlers:
         assert len(results) == len(batch.files)
         for status, n in Counter(r.status for r in results).items():
             telemetry.SESSIONS.labels("upload", OUTCOMES.get(status, "error")).inc(n)
+        for f, result in zip(batch.files, results, strict=True):
+            if OUTCOMES.get(result.status) == "ok":
+                self.activity.uploaded(f.path, len(f.data), ", in a batch")
+            else:
+                why = result.message or result.status.name
+                self.activity.transfer_failed("upload", f.path, why)
         self.send(m.SmallFileBatchResponse(batch.request_id, results))
 
     def drop_batches(self) -> None:
