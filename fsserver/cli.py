@@ -14,7 +14,14 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from common.version import VersionAction
-from fsserver.config import LOG_LEVELS, ConfigError, ServerConfig, parse_size
+from fsserver.config import (
+    LOG_LEVELS,
+    ConfigError,
+    ServerConfig,
+    describe_size,
+    format_size,
+    parse_size,
+)
 
 # flag, config field, environment variable, parser, help
 # fmt: off
@@ -24,7 +31,7 @@ OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
     ("--workers", "workers", "FS_WORKERS", int, "connection worker processes"),
     ("--hash-workers", "hash_workers", "FS_HASH_WORKERS", int, "hashing processes"),
     ("--store-size", "store_size", "FS_STORE_SIZE", parse_size,
-     "in-memory store capacity, e.g. 256MiB or 2GiB"),
+     "in-memory store capacity, e.g. 512MiB, 2G or 2GB (see Sizes below)"),
     ("--metrics-port", "metrics_port", "FS_METRICS_PORT", int,
      "port of /metrics, /healthz and /readyz (0 picks a free one)"),
     ("--metrics-host", "metrics_host", "FS_METRICS_HOST", str,
@@ -72,23 +79,53 @@ FLAGS: list[tuple[str, str, str, str]] = [
 ]
 # fmt: on
 TRUE = {"1", "true", "yes", "on"}
+METAVARS = {"--port": "PORT", "--metrics-port": "PORT", "--log-level": "LEVEL", "--fsync": "MODE",
+            "--tokens": "FILE", "--tls-cert": "FILE", "--tls-key": "FILE", "--data-dir": "DIR",
+            "--tombstone-days": "DAYS"}  # fmt: skip
+"""What ``--help`` shows as an option's value; others go by their parser, then by name."""
+TYPE_METAVARS: dict[object, str] = {parse_size: "SIZE", float: "SECONDS", int: "N"}
+USAGE = """fsserver [OPTION VALUE]...
+       fsserver init-tls DIR
+       fsserver add-token NAME --tokens FILE --share SHARE [--share SHARE]... [--read-only]"""
+EPILOG = """commands:
+  init-tls DIR     write a self-signed TLS certificate and key into DIR, print the fingerprint
+  add-token NAME   add a token to a tokens file (creating the file), print the token once
+  (fsserver COMMAND --help tells more)
+
+Every option can also be set through the environment variable shown; a flag wins over it.
+Sizes: bytes, or a whole number with K, M, G, T (powers of 2, as KiB ... TiB) or KB, MB, GB,
+TB (powers of 10): 1G = 1GiB = 1073741824 bytes, 1GB = 1000000000 bytes."""
+
+
+def metavar(flag: str, parse: Callable[[str], Any]) -> str:
+    if flag in METAVARS:
+        return METAVARS[flag]
+    return TYPE_METAVARS.get(parse) or flag.rsplit("-", 1)[-1].upper()
+
+
+def shown(value: Any, parse: Callable[[str], Any]) -> str:
+    """A default as a person writes it: 256MiB, not 268435456; 10, not 10.0; none, not ''."""
+    if parse is parse_size:
+        return format_size(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value) if value != "" else "none"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fsserver",
+        usage=USAGE,
         description="FS file-sync server: keeps every synced file in RAM.",
-        epilog="Every option can also be set through the environment variable shown.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=VersionAction)
     defaults = ServerConfig()
-    for flag, field, env, _parse, text in OPTIONS:
-        parser.add_argument(
-            flag,
-            dest=field,
-            metavar=env,
-            help=f"{text} (env {env}, default {getattr(defaults, field)!r})",
-        )
+    for flag, field, env, parse, text in OPTIONS:
+        default = shown(getattr(defaults, field), parse)
+        parser.add_argument(flag, dest=field, metavar=metavar(flag, parse),
+                            help=f"{text} (env {env}, default {default})")  # fmt: skip
     for flag, field, env, text in FLAGS:
         parser.add_argument(flag, dest=field, action="store_true", default=None,
                             help=f"{text} (env {env}=1)")  # fmt: skip
@@ -123,6 +160,25 @@ def config_from(argv: list[str] | None, environ: dict[str, str]) -> ServerConfig
         return ServerConfig(**values)
     except ConfigError as exc:
         fail(str(exc))
+
+
+def check_files(config: ServerConfig) -> None:
+    """A tokens file that is named but missing is a mistake (a typo, a volume not mounted):
+    starting without the tokens it should hold would refuse every client. Only ``fsserver
+    add-token`` creates the file."""
+    if config.tokens and not os.path.exists(config.tokens):
+        fail(f"tokens file {config.tokens} does not exist (--tokens, FS_TOKENS); create it with "
+             f"fsserver add-token NAME --tokens {config.tokens} --share SHARE")  # fmt: skip
+
+
+def log_sizes(config: ServerConfig) -> None:
+    """Say what each size option came to: 1G and 1GB differ by 7 %."""
+    log = logging.getLogger(__name__)
+    log.info("store size %s", describe_size(config.store_size))
+    for what, size in (("max file size", config.max_file_size),
+                       ("share quota", config.share_quota)):  # fmt: skip
+        if size:
+            log.info("%s %s", what, describe_size(size))
 
 
 def metrics_dir() -> str | None:
@@ -209,17 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     config = config_from(argv, dict(os.environ))
+    check_files(config)
     early = EarlySignals()
     made = metrics_dir()
     try:
         import uvloop
 
         from common.heap import tune_gc
-        from fsserver.process import profiled, setup_logging
+        from fsserver.process import name_process, profiled, setup_logging
         from fsserver.supervisor import Supervisor
 
+        name_process("supervisor", argv)
         setup_logging(config.log_level)
         logging.getLogger(__name__).debug("configuration: %s", config)
+        log_sizes(config)
         tune_gc()
         supervisor = Supervisor(config)
         early.hand_to(supervisor.request_stop)

@@ -12,18 +12,50 @@ from dataclasses import dataclass
 
 from common.limits import ABSOLUTE_MAX_PACKET, MIN_MAX_PACKET, SERVER_MAX_PACKET
 
-_UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
-_SIZE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
+_BINARY = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_DECIMAL = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_SIZE = re.compile(r"^\s*(\d+)\s*(?:([KMGT])(IB|I|B)?|B)?\s*$", re.IGNORECASE)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FSYNC_MODES = ("always", "interval", "never")
 
 
 def parse_size(text: str) -> int:
-    """``"256MiB"`` -> 268435456. Accepts a plain byte count or KiB, MiB, GiB."""
+    """A byte count: plain bytes, or a whole number with a unit. ``K``, ``M``, ``G``, ``T``
+    and ``KiB`` ... ``TiB`` are powers of 2 (``1G`` = ``1GiB`` = 2**30, as ``free -g`` and
+    ``docker --shm-size`` read them); ``KB`` ... ``TB`` are powers of 10 (``1GB`` = 10**9, as
+    disk makers write them). Case does not matter."""
     match = _SIZE.match(text)
-    if not match or match.group(2).upper() not in _UNITS:
-        raise ValueError(f"invalid size {text!r}: use bytes or a number with KiB, MiB or GiB")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+    if not match:
+        raise ValueError(
+            f"invalid size {text!r}: use bytes or a whole number with a unit, such as 512MiB, "
+            f"1G or 1GB (G and GiB: 2**30; GB: 10**9)"
+        )
+    number, prefix, suffix = match.groups()
+    if not prefix:
+        return int(number)
+    decimal = (suffix or "").upper() == "B"
+    return int(number) * (_DECIMAL if decimal else _BINARY)[prefix.upper()]
+
+
+def format_size(size: int) -> str:
+    """``268435456`` -> ``"256MiB"``: the largest binary unit that divides it, else bytes."""
+    for unit, factor in reversed(_BINARY.items()):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}iB"
+    return str(size)
+
+
+def human_size(size: int) -> str:
+    """``"953.7 MiB"``, ``"12 bytes"``: a size for people to read (four digits at most)."""
+    for unit, factor in reversed(_BINARY.items()):
+        if size >= factor:
+            return f"{size / factor:.4g} {unit}iB"
+    return f"{size} bytes"
+
+
+def describe_size(size: int) -> str:
+    """``"1 GiB (1073741824 bytes)"``: what the start-up log says a size option took."""
+    return f"{human_size(size)} ({size} bytes)" if size >= 1024 else f"{size} bytes"
 
 
 class ConfigError(ValueError):

@@ -25,6 +25,7 @@ from common.paths import check_name
 from common.state import Role
 from fsserver import telemetry
 from fsserver.auth import token_hash
+from fsserver.connlog import ConnectionLog
 from fsserver.context import WorkerContext
 from fsserver.downloads import DownloadHandlers, DownloadStream
 from fsserver.feed import Subscription
@@ -62,6 +63,7 @@ class ClientConnection(
         self.direct = False
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.activity = ConnectionLog()
         self.share = ""
         self.closing = False
         self.uploads: dict[int, Upload] = {}
@@ -118,6 +120,7 @@ class ClientConnection(
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.activity.accepted(self.peer)
         self.opened_at = self.last_heard = self.loop.time()
         self.ctx.connections.add(self)
         telemetry.CONNECTIONS_ACTIVE.labels("worker", str(self.ctx.worker_id)).inc()
@@ -125,7 +128,6 @@ class ClientConnection(
         if len(self.ctx.connections) > -(-cfg.max_connections // cfg.workers):
             telemetry.refused("too_many_connections")
             self.fail(ErrorCode.LIMIT_EXCEEDED, "server busy: too many connections, retry later")
-        log.debug("connection from %s", self.peer)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.closing:  # lingering (see ``linger``): what still arrives is dropped
@@ -234,6 +236,7 @@ class ClientConnection(
         for direction, sessions in (("upload", self.uploads), ("download", self.downloads)):
             if sessions:  # cut short by the connection's end
                 telemetry.SESSIONS.labels(direction, "error").inc(len(sessions))
+        self.activity.closed(len(self.uploads) + len(self.downloads) + len(self.batches))
         for upload in self.uploads.values():
             self.drop(upload, park=True)
         self.uploads.clear()
@@ -241,7 +244,6 @@ class ClientConnection(
         self.release_all_downloads()
         if self.subscription is not None:
             self.subscription.stop()
-        log.debug("connection from %s closed", self.peer)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -398,13 +400,7 @@ class ClientConnection(
             return
         self.share = msg.share
         self.grow_staging()
-        log.debug(
-            "%s: client %s on share %s, packets up to %d bytes",
-            self.peer,
-            msg.client_id,
-            msg.share,
-            agreed,
-        )
+        self.activity.opened(msg.share, msg.client_id, agreed)
 
     def on_subscribe(self, msg: m.SubscribeRequest) -> None:
         self.subscription = Subscription(self, self.ctx.feed, msg.request_id, msg.since)
@@ -427,7 +423,7 @@ class ClientConnection(
             return m.HandshakeStatus.AUTH_FAILED, text
         self.read_only = grant.read_only
         self.token = (token_hash(msg.auth), self.ctx.tokens.generation)
-        log.debug("%s: token %s on share %s", self.peer, grant.name, msg.share)
+        self.activity.token = grant.name
         return m.HandshakeStatus.OK, ""
 
     def check_token(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from common import messages as m
 from common.connection import FSConnection
 from fsserver import telemetry
+from fsserver.connlog import ConnectionLog
 from fsserver.context import WorkerContext
 from fsserver.store import Opened, Refused
 
@@ -95,6 +96,7 @@ class DownloadHandlers:
     writable: asyncio.Event
     downloads: dict[int, DownloadStream]
     draining: list[DownloadStream]
+    activity: ConnectionLog
     opening: dict[int, Any]
     peer: str
     send: Callable[[m.Message], None]
@@ -141,6 +143,7 @@ class DownloadHandlers:
         path = self.session_path(msg)
         if path is None:
             telemetry.SESSIONS.labels("download", "error").inc()
+            self.activity.transfer_failed("download", msg.path, "invalid path")
         else:
             self.opening[fid] = msg
             self.call_store(lambda result: self.on_opened(msg, result), "open", self.share, path)
@@ -155,6 +158,7 @@ class DownloadHandlers:
             status = m.LookupStatus(result.status)
             self.send(m.DownloadResponse(fid, status, 0, result.message, None))
             telemetry.SESSIONS.labels("download", "error").inc()
+            self.activity.transfer_failed("download", msg.path, result.message or status.name)
             return
         start = resume_from(msg, result.entry)
         self.send(m.DownloadResponse(fid, m.LookupStatus.OK, start, "", result.entry))
@@ -167,7 +171,10 @@ class DownloadHandlers:
         self.end_download(stream)
         ok = msg.status is m.HashStatus.OK
         telemetry.SESSIONS.labels("download", "ok" if ok else "mismatch").inc()
+        path, size = stream.entry.path, stream.entry.size - stream.first
         if ok:
             telemetry.DOWNLOAD_SECONDS.observe(time.monotonic() - stream.started)
-        if not ok:
-            log.warning("client %s got a bad copy of %s", self.peer, stream.entry.path)
+            self.activity.downloaded(path, size)
+        else:
+            self.activity.transfer_failed("download", path, "the client got a bad copy",
+                                          logging.WARNING)  # fmt: skip

@@ -18,6 +18,8 @@ T = TypeVar("T")
 
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
+SINGLE = {"persister"}
+"""Roles with one process only: their title has no number."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
@@ -25,23 +27,42 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format=LOG_FORMAT, force=True)
 
 
+def name_process(role: str, args: list[str] | None = None) -> None:
+    """What ps shows for this process: ``fsserver: worker 0`` rather than the interpreter's
+    command line (``python -c from multiprocessing.spawn ...`` for every child)."""
+    import setproctitle
+
+    setproctitle.setproctitle(" ".join(["fsserver:", role, *(args or [])]))
+    set_comm("fsserver")  # (setproctitle cut the title to 15 bytes for it: "fsserver: super")
+
+
+def set_comm(name: str) -> None:
+    """The name that top, ``ps -o comm`` and pgrep see (15 bytes at most)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        logging.getLogger(__name__).debug("prctl(PR_SET_NAME) not available")
+
+
 def setup_child(name: str, log_level: str) -> None:
     """Called first in a worker or hasher. Ctrl-C goes to the supervisor, which stops the
     children in order (they start with SIGINT blocked, see ``children.spawn``); if the
-    supervisor dies without that, the kernel sends SIGTERM. The process is named
-    ``fs-<name>`` so that ps and top tell the roles apart."""
+    supervisor dies without that, the kernel sends SIGTERM. Its title (ps -o args) says its
+    role, and its name (ps -o comm, top) is ``fs-<name>``, set last (setproctitle sets it too)."""
     import multiprocessing
 
     multiprocessing.current_process().name = name
+    role, _, index = name.rpartition("-")
+    name_process(role if role in SINGLE else f"{role} {index}")
     setup_logging(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since spawn()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        libc.prctl(PR_SET_NAME, f"fs-{name}".encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):
         logging.getLogger(__name__).debug("prctl(PR_SET_PDEATHSIG) not available")
+    set_comm(f"fs-{name}")
     tune_gc()
 
 

@@ -26,6 +26,7 @@ from common.errors import ErrorCode, InvalidPath
 from common.limits import DIGEST_SIZE
 from common.paths import normalize_path
 from fsserver import telemetry
+from fsserver.connlog import ConnectionLog
 from fsserver.context import WorkerContext
 from fsserver.store import BatchStored
 from fsserver.uploads import refusal
@@ -69,6 +70,7 @@ class BatchHandlers:
     read_only: bool
     batches: dict[int, PendingBatch]
     batch_order: deque[PendingBatch]
+    activity: ConnectionLog
     send: Callable[[m.Message], None]
     fail: Callable[[ErrorCode, str], None]
 
@@ -200,6 +202,12 @@ class BatchHandlers:
             if outcome == "ok":
                 elapsed = time.monotonic() - batch.started
                 telemetry.observe_many(telemetry.UPLOAD_SECONDS, [elapsed] * n)
+        for f, result in zip(batch.files, results, strict=True):
+            if OUTCOMES.get(result.status) == "ok":
+                self.activity.uploaded(f.path, len(f.data), ", in a batch")
+            else:
+                why = result.message or result.status.name
+                self.activity.transfer_failed("upload", f.path, why)
         self.send(m.SmallFileBatchResponse(batch.request_id, results))
 
     def drop_batches(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import resource
 import signal
 import socket
@@ -23,7 +22,7 @@ from prometheus_client import multiprocess
 
 from fsserver import telemetry
 from fsserver.acceptor import Acceptor, ListenError
-from fsserver.auth import TokenFileError, add_token, check_tokens_file
+from fsserver.auth import TokenFileError, check_tokens_file
 from fsserver.calls import StoreCalls
 from fsserver.channel import MessageChannel, channel_pair
 from fsserver.children import SPAWN, Child, RestartPolicy, Role, spawn, stop_all
@@ -228,18 +227,13 @@ class Supervisor:
             self.loop.call_later(min(PRUNE_EVERY, keep / 2), self.prune_tombstones)
 
     def check_tokens(self) -> None:
-        """A tokens file that is named but missing is created with one token for the share
-        'default', shown once: a server bound to a public address is never open by accident."""
+        """A broken tokens file stops the start (the CLI refused a missing one already; only
+        ``fsserver add-token`` creates it: a mistyped path must not make a new file whose one
+        new token is the only one that works)."""
         path = self.config.tokens
         if not path:
             return
         try:
-            if not os.path.exists(path):
-                token = add_token(path, "initial", ["default"], read_only=False)
-                log.warning(
-                    "created %s with a read-write token for share 'default': %s "
-                    "(shown once; add more with fsserver add-token)", path, token,
-                )  # fmt: skip
             check_tokens_file(path)
         except (TokenFileError, OSError, ValueError, KeyError) as exc:
             raise StartupError(f"tokens file {path}: {exc}") from None

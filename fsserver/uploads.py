@@ -19,6 +19,7 @@ from common.connection import FSConnection
 from common.errors import ErrorCode
 from common.sinks import ViewSink
 from fsserver import telemetry
+from fsserver.connlog import ConnectionLog
 from fsserver.context import WorkerContext, checked_path
 from fsserver.hashing import STREAM_MIN, HashStream
 from fsserver.store import Busy, Linked, Refused, Reserved
@@ -77,10 +78,6 @@ class UploadSink(ViewSink):
             self.report(self.pos)
 
 
-def ended(outcome: str) -> None:
-    telemetry.SESSIONS.labels("upload", outcome).inc()
-
-
 def refusal(result: Refused) -> str:
     """The reason label of an upload the store refused: the limit, or the status."""
     return result.cause or m.InitStatus(result.status).name.lower()
@@ -96,23 +93,32 @@ class UploadHandlers:
     uploads: dict[int, Upload]
     opening: dict[int, m.FileSyncInit | m.DownloadRequest]
     loop: asyncio.AbstractEventLoop
+    activity: ConnectionLog
     send: Callable[[m.Message], None]
     call_store: Callable[..., None]
+
+    def ended(self, outcome: str, path: str, size: int, why: str = "") -> None:
+        """Count the session's outcome; log it (a file received, at debug; a failure, info)."""
+        telemetry.SESSIONS.labels("upload", outcome).inc()
+        if outcome == "ok":
+            self.activity.uploaded(path, size, why)
+        else:
+            self.activity.transfer_failed("upload", path, why or outcome)
 
     def on_init(self, msg: m.FileSyncInit) -> None:
         fid = msg.file_id
         path = self.session_path(msg)
         if path is None:
-            ended("error")
+            self.ended("error", msg.path, msg.size, "invalid path")
             return
         if self.read_only:
-            ended("error")
+            self.ended("error", path, msg.size, "the token is read-only")
             telemetry.refused("read_only")
             self.refuse(msg, m.Error(ErrorCode.PERMISSION_DENIED, fid, "this token is read-only"))
             return
         too_large = self.ctx.too_large(msg.size)
         if too_large:
-            ended("no_space")
+            self.ended("no_space", path, msg.size, too_large)
             telemetry.refused("too_large")
             self.refuse(msg, m.FileSyncInitResponse(fid, m.InitStatus.TOO_LARGE, 0, 0,
                                                     f"{path}: {too_large}"))  # fmt: skip
@@ -165,7 +171,7 @@ class UploadHandlers:
                 self.give_back(result.ticket, result.held if self.closing else None)
             return
         if isinstance(result, Linked):
-            ended("ok")
+            self.ended("ok", path, msg.size, ", content already there")
             self.send(
                 m.FileSyncInitResponse(
                     fid, m.InitStatus.ALREADY_HAVE_CONTENT, result.version, 0, ""
@@ -173,7 +179,8 @@ class UploadHandlers:
             )
             self.send(m.FileSyncFinish(fid, result.version))
         elif isinstance(result, Refused):
-            ended("conflict" if result.status == m.InitStatus.CONFLICT else "no_space")
+            conflict = result.status == m.InitStatus.CONFLICT
+            self.ended("conflict" if conflict else "no_space", path, msg.size, result.message)
             telemetry.refused(refusal(result))
             self.send(
                 m.FileSyncInitResponse(
@@ -263,7 +270,7 @@ class UploadHandlers:
             return
         del self.uploads[fid]
         self.drop(upload)
-        ended("mismatch")
+        self.ended("mismatch", upload.path, upload.size, f"digest mismatch {upload.attempts} times")
         self.send(
             m.Error(
                 ErrorCode.HASH_MISMATCH,
@@ -277,14 +284,15 @@ class UploadHandlers:
             return
         del self.uploads[upload.file_id]
         if isinstance(result, Refused):
-            ended("conflict")
+            self.ended("conflict", upload.path, upload.size, result.message)
             telemetry.refused("conflict")
             self.send(m.Error(ErrorCode.CONFLICT, upload.file_id, result.message))
         else:
-            ended("ok")
+            self.ended("ok", upload.path, upload.size)
             telemetry.UPLOAD_SECONDS.observe(time.monotonic() - upload.started)
             self.send(m.FileSyncFinish(upload.file_id, result.version))
 
     def on_cancel(self, msg: m.FileSyncCancel) -> None:
-        self.drop(self.uploads.pop(msg.file_id))
-        ended("cancelled")
+        upload = self.uploads.pop(msg.file_id)
+        self.drop(upload)
+        self.ended("cancelled", upload.path, upload.size, "cancelled by the client")

@@ -115,16 +115,26 @@ def test_the_project_builds_as_a_wheel(tmp_path):
 
 def test_the_container_command_runs_as_is(dockerfile, tmp_path):
     """CMD with the image's ENV (the image installs the console script; so does make), in a
-    folder standing in for the image's WORKDIR: the first start creates the tokens file and
-    logs its one token, which then opens share 'default'; no token opens nothing. Only the two
-    ports are free ones instead of the image's (something here may hold 7878 and 9478, such as
-    `make run`); the HEALTHCHECK reads its port from the ENV, so it gets the free one too."""
+    folder standing in for the image's WORKDIR: without the tokens file it refuses to start,
+    saying how to make one; the documented first step (``fsserver add-token NAME --share
+    default`` with the image's ENV) makes it and prints the token, which then opens share
+    'default'; no token opens nothing. Only the two ports are free ones instead of the image's
+    (something here may hold 7878 and 9478, such as `make run`); the HEALTHCHECK reads its port
+    from the ENV, so it gets the free one too."""
     tokens = tmp_path / Path(dockerfile.env["FS_TOKENS"]).name
     env = {**os.environ, **dockerfile.env, "FS_TOKENS": str(tokens), "FS_PORT": "0",
-           "FS_DATA_DIR": str(tmp_path / "data"),
-           "FS_METRICS_PORT": "0"}  # fmt: skip
+           "FS_DATA_DIR": str(tmp_path / "data"), "FS_METRICS_PORT": "0",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
     bindir = Path(sys.executable).parent
-    command = [str(bindir / dockerfile.cmd[0]), *dockerfile.cmd[1:]]
+    command = [str(bindir / dockerfile.cmd[0]), *dockerfile.cmd[1:]]  # (PYTHONPATH: this code)
+    refused = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert refused.returncode == 2 and f"tokens file {tokens} does not exist" in refused.stderr
+    assert not tokens.exists()
+    add = [str(bindir / "fsserver"), "add-token", "laptop", "--share", "default"]
+    made = subprocess.run(add, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
     proc = subprocess.Popen(
         command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
@@ -154,16 +164,14 @@ def test_the_container_command_runs_as_is(dockerfile, tmp_path):
         roles = {"worker": int(dockerfile.env["FS_WORKERS"]),
                  "hasher": int(dockerfile.env["FS_HASH_WORKERS"])}  # fmt: skip
         wait_for(lambda: children(proc.pid) == roles, 30, "the workers and hashers")
-        token = re.search(r"token for share 'default': (\S+)", log.text())
-        assert token, log.text()
-        assert token.group(1) not in tokens.read_text()  # only its hash is stored
+        assert token not in tokens.read_text() and token not in log.text()  # only its hash
 
         async def upload(secret: str) -> int:
             access = Access(token=secret)
             async with await Client.connect(f"127.0.0.1:{port}", access=access) as client:
                 return (await client.put_bytes(b"into the container", "hello.txt")).size
 
-        assert run(upload(token.group(1))) == 18
+        assert run(upload(token)) == 18
         with pytest.raises(AuthError, match="needs a token"):
             run(upload(""))
         started = time.monotonic()
