@@ -28,8 +28,9 @@ from fsclient import Client
 from fsclient.access import Access, TLSError
 from fsserver.cli import config_from
 from fsserver.config import parse_size
+from tests.cli import fsclient
 from tests.conftest import run
-from tests.serverproc import METRICS, READY, ROOT, ServerLog, wait_for
+from tests.serverproc import METRICS, READY, ROOT, ServerLog, start_server, wait_for
 
 DEPLOY = ROOT / "deploy"
 
@@ -371,6 +372,30 @@ def test_the_fsserver_unit_runs_a_valid_hardened_server():
                  "PrivateTmp": "yes", "DynamicUser": "yes", "CapabilityBoundingSet": "",
                  "KillSignal": "SIGTERM"}  # fmt: skip
     assert {k: service.get(k) for k in hardening} == hardening
+
+
+def test_the_fsserver_unit_makes_the_tokens_file_once(tmp_path):
+    """fsserver refuses a missing tokens file: the unit's ExecStartPre makes it at the first
+    start, logging a token that then opens share default, and leaves it alone later."""
+    service = unit("fsserver.service")["Service"]
+    bindir = Path(sys.executable).parent
+    line = (service["ExecStartPre"].replace("/usr/local/bin/fsserver", str(bindir / "fsserver"))
+            .replace("/var/lib/fs", str(tmp_path)).replace("$$", "$"))  # fmt: skip
+    first = subprocess.run(shlex.split(line), capture_output=True, text=True, timeout=60)
+    token = re.search(r"token for share default: (\S+)", first.stdout)
+    assert first.returncode == 0 and token, first.stdout + first.stderr
+    tokens = tmp_path / "tokens.toml"
+    made = tokens.read_text()
+    assert 'name = "first"' in made
+    again = subprocess.run(shlex.split(line), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout == "" and tokens.read_text() == made
+    server = start_server("--tokens", str(tokens), "--workers", "1", "--hash-workers", "1",
+                          "--store-size", "16MiB")  # fmt: skip
+    try:
+        assert fsclient("ls", "--token", token.group(1), server=server).returncode == 0
+        assert fsclient("ls", "--token", "wrong", server=server).returncode != 0
+    finally:
+        server.stop()
 
 
 def test_the_sync_unit_command_syncs_the_folder(server, tmp_path):
