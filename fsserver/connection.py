@@ -54,7 +54,11 @@ MAX_LAG_BYTES = 64 * 1024 * 1024
 
 
 class ClientConnection(
-    asyncio.BufferedProtocol, UploadHandlers, BatchHandlers, DownloadHandlers, RequestHandlers,
+    asyncio.BufferedProtocol,
+    UploadHandlers,
+    BatchHandlers,
+    DownloadHandlers,
+    RequestHandlers,
     HandshakeHandlers,
 ):
     def __init__(self, ctx: WorkerContext) -> None:
