@@ -23,6 +23,7 @@ from common.messages import FileEntry
 from common.version import VersionAction
 from fsclient.access import DEFAULT_SERVER
 from fsclient.access import add_options as add_access_options
+from fsclient.config import apply_config
 from fsclient.progress import TerminalProgress
 from fsclient.sharecmd import add_commands as add_share_commands
 from fsclient.sharecmd import add_create_share, connect, list_shares
@@ -217,7 +218,9 @@ def stdout_gone() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    apply_config(parser, args)
     interrupt = Interrupt()
     try:
         import uvloop
