@@ -24,6 +24,8 @@ from common.version import VersionAction
 from fsclient.access import DEFAULT_SERVER
 from fsclient.access import add_options as add_access_options
 from fsclient.config import apply_config
+from fsclient.helptopics import add_command as add_help_command
+from fsclient.helptopics import show as show_topic
 from fsclient.progress import TerminalProgress
 from fsclient.sharecmd import add_commands as add_share_commands
 from fsclient.sharecmd import add_create_share, connect, list_shares
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("remote")
     add_commands(command)
     add_share_commands(command)
+    add_help_command(command)
     return parser
 
 
@@ -164,6 +167,8 @@ async def _command(args: argparse.Namespace) -> int:
         return status(args)
     if args.command == "shares":
         return await list_shares(args)
+    if args.command == "help":
+        return show_topic(args)
     client = await connect(args)
     async with client:
         actions: dict[str, Callable[[], Awaitable[None]]] = {

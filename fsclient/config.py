@@ -59,7 +59,7 @@ def config_path() -> Path:
 
 def line_of(text: str, key: str) -> int:
     """The line where *key* is set or opens a table (1 if it cannot be found)."""
-    pattern = re.compile(rf"^\s*\[*\s*[\"']?{re.escape(key)}[\"']?\s*[=\].]", re.MULTILINE)
+    pattern = re.compile(rf"^[ \t]*\[*[ \t]*[\"']?{re.escape(key)}[\"']?[ \t]*[=\].]", re.MULTILINE)
     found = pattern.search(text)
     return text.count("\n", 0, found.start()) + 1 if found else 1
 
@@ -92,7 +92,9 @@ def read_config(path: Path) -> dict[str, object]:
 
 def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fill in each setting neither an option nor the environment gave from the file; a bad
-    file ends the command (exit 2)."""
+    file ends the command (exit 2), but for ``help``, which must be able to explain it."""
+    if args.command == "help":
+        return
     try:
         settings = read_config(config_path())
     except ConfigError as exc:
