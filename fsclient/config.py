@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +65,8 @@ def line_of(text: str, key: str) -> int:
 
 def read_config(path: Path) -> dict[str, object]:
     """The settings of the file at *path*, checked ({} if there is no file)."""
+    import tomllib  # only when there is a file
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

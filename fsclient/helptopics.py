@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 
 TOPICS = ("config", "shares", "sync", "exit-codes", "completion")
 
@@ -16,6 +15,8 @@ def add_command(command: object) -> None:
 
 
 def show(args: argparse.Namespace) -> int:
+    from importlib import resources
+
     if args.topic is None:
         print("fsclient help TOPIC, where TOPIC is one of:")
         for topic in TOPICS:
