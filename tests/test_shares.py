@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 
+from common import messages as m
+from common.limits import DEFAULT_MAX_PACKET, MAGIC, PROTOCOL_VERSION
 from fsclient import Client
 from tests.cli import fsclient
 from tests.conftest import run
+from tests.rawclient import RawClient
 from tests.secured import add_token
 from tests.served import listing, stop_cleanly
 from tests.serverproc import start_server
@@ -118,3 +121,29 @@ def test_an_empty_share_survives_a_restart_with_a_data_dir(tmp_path):
         assert (empty.returncode, empty.stdout, empty.stderr) == (0, "", "")
     finally:
         stop_cleanly(again)
+
+
+def test_the_handshake_flag_on_the_wire(server):
+    """Section 1.6 of docs/PROTOCOL.md: with EXISTING_SHARE a missing share is NO_SUCH_SHARE
+    and the server closes; a handshake without the flags byte (the seed's) still makes it."""
+    flagged = RawClient(server.address, handshake=False)
+    try:
+        flagged.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, DEFAULT_MAX_PACKET, "raw",
+                                        "fresh", b"", m.HandshakeFlags.EXISTING_SHARE))  # fmt: skip
+        hello = flagged.expect(m.VersionHandshakeResponse)
+        assert (hello.status, hello.message) == (
+            m.HandshakeStatus.NO_SUCH_SHARE, "no share 'fresh' on the server")  # fmt: skip
+        assert flagged.error_or_close() is None  # closed, no Error packet
+    finally:
+        flagged.close()
+    seed = RawClient(server.address, share="fresh")
+    try:
+        assert seed.hello is not None and seed.hello.status is m.HandshakeStatus.OK
+        seed.send(m.ShareListRequest(1, ""))
+        listed = seed.expect(m.ShareListResponse)
+        assert listed == m.ShareListResponse(
+            1, False, (m.ShareInfo(0, 0, "default"), m.ShareInfo(0, 0, "fresh")))  # fmt: skip
+        seed.send(m.ShareListRequest(2, "default"))
+        assert [s.name for s in seed.expect(m.ShareListResponse).shares] == ["fresh"]
+    finally:
+        seed.close()
