@@ -29,6 +29,7 @@ class ErrorCode(IntEnum):
     HASH_MISMATCH = 16
     TIMEOUT = 17
     PERMISSION_DENIED = 18
+    NO_SUCH_SHARE = 19
 
 
 class FSError(Exception):
@@ -66,6 +67,12 @@ class InvalidPath(FSError):
 
 class InvalidName(FSError):
     code = ErrorCode.INVALID_SHARE
+
+
+class NoSuchShare(FSError):
+    """The share the handshake named does not exist, and the client did not ask to make it."""
+
+    code = ErrorCode.NO_SUCH_SHARE
 
 
 class StoreFull(FSError):

@@ -210,6 +210,24 @@ class Rest(VarKind):
         return bytes(body[pos:]), len(body)
 
 
+@dataclass(frozen=True)
+class TrailingFlags(VarKind):
+    """A u8 of flags that ends a packet and may be left out (then it is 0): a field added
+    to a packet that peers which predate it send without it. Encoded only when not 0, so a
+    packet without flags keeps its old bytes."""
+
+    def encode(self, parts: list[bytes], value: Any) -> None:
+        if not 0 <= value <= 0xFF:
+            raise ValueError(f"flags {value} do not fit a u8")
+        if value:
+            parts.append(bytes((value,)))
+
+    def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
+        if pos >= len(body):
+            return 0, pos
+        return body[pos], pos + 1
+
+
 class _RecordKind(VarKind):
     """A kind holding records of the dataclass ``record``: its codec is looked up on first
     use (``common.codec`` imports this module, so it cannot be imported at import time)."""

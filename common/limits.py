@@ -34,6 +34,8 @@ MAX_NAME_BYTES: Final = 64
 MAX_AUTH_BYTES: Final = 1024
 MAX_MESSAGE_BYTES: Final = 1024
 MAX_LIST_ENTRIES: Final = 10_000
+MAX_SHARES_LISTED: Final = 10_000
+"""Shares in one ShareListResponse."""
 MAX_IN_FLIGHT: Final = 4096
 """File sessions outstanding on one connection; requests have a limit of the same size."""
 

@@ -7,13 +7,14 @@ through ``object.__setattr__`` and costs four times as much, which was 2-3 µs p
 
 Field order is wire order. ``Annotated`` metadata names the wire kind (see ``common.fields``);
 ``docs/PROTOCOL.md`` spells out the same layouts in bytes. Packet type numbers 0-11 are the seed
-protocol's and never change; new packets take new numbers (24-25: small-file batches).
+protocol's and never change; new packets take new numbers (24-25: small-file batches, 26-27:
+the share list).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import Annotated
 
 from common.errors import ErrorCode
@@ -35,6 +36,7 @@ from common.fields import (
     Records,
     Rest,
     Text,
+    TrailingFlags,
 )
 from common.limits import (
     MAGIC,
@@ -46,6 +48,7 @@ from common.limits import (
     MAX_NAME_BYTES,
     MAX_PATH_FIELD_BYTES,
     MAX_RESULT_MESSAGE_BYTES,
+    MAX_SHARES_LISTED,
 )
 
 PATH = Text(MAX_PATH_FIELD_BYTES)
@@ -80,6 +83,8 @@ class PacketType(IntEnum):
     CHANGE_NOTIFICATION = 23
     SMALL_FILE_BATCH = 24
     SMALL_FILE_BATCH_RESPONSE = 25
+    SHARE_LIST_REQUEST = 26
+    SHARE_LIST_RESPONSE = 27
 
 
 class HandshakeStatus(IntEnum):
@@ -88,6 +93,15 @@ class HandshakeStatus(IntEnum):
     INVALID_SHARE = 2
     AUTH_FAILED = 3
     SHUTTING_DOWN = 4
+    NO_SUCH_SHARE = 5
+
+
+class HandshakeFlags(IntFlag):
+    """Bits of ``VersionHandshake.flags`` (a byte a client may leave out: then 0)."""
+
+    EXISTING_SHARE = 0x01
+    """Attach only to a share that exists (else NO_SUCH_SHARE); without it, as in the seed
+    protocol, a share is made by the first upload to it."""
 
 
 class InitStatus(IntEnum):
@@ -235,6 +249,8 @@ class VersionHandshake:
     client_id: Annotated[str, NAME]
     share: Annotated[str, NAME]
     auth: Annotated[bytes, Blob(MAX_AUTH_BYTES)]
+    flags: Annotated[int, TrailingFlags()] = 0
+    """``HandshakeFlags``; unknown bits are ignored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +392,30 @@ class SmallFileBatchResponse:
     results: Annotated[tuple[FileResult, ...], Records(FileResult, MAX_BATCH_FILES)]
 
 
+@dataclass(slots=True)
+class ShareInfo:
+    files: Annotated[int, U64]
+    bytes: Annotated[int, U64]
+    """Logical bytes of the share's live files (what its quota counts)."""
+    name: Annotated[str, NAME]
+
+
+@dataclass(frozen=True, slots=True)
+class ShareListRequest:
+    """The shares this connection's token may open (every share without a tokens file)."""
+
+    request_id: Annotated[int, U32]
+    after: Annotated[str, NAME]
+    """Cursor: only names strictly greater than this; empty = from the start."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShareListResponse:
+    request_id: Annotated[int, U32]
+    more: Annotated[bool, BOOL]
+    shares: Annotated[tuple[ShareInfo, ...], Records(ShareInfo, MAX_SHARES_LISTED)]
+
+
 Message = (
     Error
     | Ping
@@ -403,6 +443,8 @@ Message = (
     | ChangeNotification
     | SmallFileBatch
     | SmallFileBatchResponse
+    | ShareListRequest
+    | ShareListResponse
 )
 
 PACKET_CLASSES: dict[PacketType, type] = {
@@ -432,4 +474,6 @@ PACKET_CLASSES: dict[PacketType, type] = {
     PacketType.CHANGE_NOTIFICATION: ChangeNotification,
     PacketType.SMALL_FILE_BATCH: SmallFileBatch,
     PacketType.SMALL_FILE_BATCH_RESPONSE: SmallFileBatchResponse,
+    PacketType.SHARE_LIST_REQUEST: ShareListRequest,
+    PacketType.SHARE_LIST_RESPONSE: ShareListResponse,
 }

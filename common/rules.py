@@ -24,6 +24,7 @@ CLIENT_SENDS = frozenset(
         T.DELETE_REQUEST,
         T.SUBSCRIBE_REQUEST,
         T.SMALL_FILE_BATCH,
+        T.SHARE_LIST_REQUEST,
     }
 )
 SERVER_SENDS = frozenset(
@@ -44,6 +45,7 @@ SERVER_SENDS = frozenset(
         T.SUBSCRIBE_RESPONSE,
         T.CHANGE_NOTIFICATION,
         T.SMALL_FILE_BATCH_RESPONSE,
+        T.SHARE_LIST_RESPONSE,
     }
 )
 RESPONSE_OF: dict[type, type] = {
@@ -52,6 +54,7 @@ RESPONSE_OF: dict[type, type] = {
     m.DeleteRequest: m.DeleteResponse,
     m.SubscribeRequest: m.SubscribeResponse,
     m.SmallFileBatch: m.SmallFileBatchResponse,
+    m.ShareListRequest: m.ShareListResponse,
 }
 RESPONSES = frozenset(RESPONSE_OF.values())
 INIT_STEPS = {

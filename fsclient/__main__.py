@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (fsclient answers shell completion: fsclient.completion)
 """The ``fsclient`` command (console script and ``python -m fsclient``) starts here.
 
 Ctrl-C while Python loads the program must end it quietly, with no KeyboardInterrupt traceback:
@@ -13,6 +14,12 @@ if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not if i
 
 
 def main() -> int:
+    import os
+
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (Tab)
+        from fsclient.completion import complete
+
+        complete()
     from fsclient.cli import main as run_command
 
     return run_command()

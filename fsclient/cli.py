@@ -21,9 +21,14 @@ from common.heap import tune_gc
 from common.limits import MIN_MAX_PACKET
 from common.messages import FileEntry
 from common.version import VersionAction
-from fsclient.access import DEFAULT_SERVER, Access
+from fsclient.access import DEFAULT_SERVER
 from fsclient.access import add_options as add_access_options
+from fsclient.config import apply_config
+from fsclient.helptopics import add_command as add_help_command
+from fsclient.helptopics import show as show_topic
 from fsclient.progress import TerminalProgress
+from fsclient.sharecmd import add_commands as add_share_commands
+from fsclient.sharecmd import add_create_share, connect, list_shares
 from fsclient.sync.cli import add_commands, status, sync
 
 
@@ -78,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     put = command("put", "upload a local file")
     put.add_argument("local")
     put.add_argument("remote")
+    add_create_share(put)
     get = command("get", "download a file (atomically: temp file, then rename)")
     get.add_argument("remote")
     get.add_argument("local")
@@ -87,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     rm = command("rm", "delete a file")
     rm.add_argument("remote")
     add_commands(command)
+    add_share_commands(command)
+    add_help_command(command)
     return parser
 
 
@@ -153,18 +161,15 @@ async def run(args: argparse.Namespace, interrupt: Interrupt) -> int:
 
 
 async def _command(args: argparse.Namespace) -> int:
-    from fsclient.client import Client
-
     if args.command == "sync":
         return await sync(args)
     if args.command == "status":
         return status(args)
-    client = await Client.connect(
-        args.server or os.environ.get("FS_SERVER") or DEFAULT_SERVER,
-        args.share or os.environ.get("FS_SHARE") or "default",
-        max_packet=args.max_packet,
-        access=Access.from_args(args),
-    )
+    if args.command == "shares":
+        return await list_shares(args)
+    if args.command == "help":
+        return show_topic(args)
+    client = await connect(args)
     async with client:
         actions: dict[str, Callable[[], Awaitable[None]]] = {
             "put": lambda: _put(client, args),
@@ -218,7 +223,9 @@ def stdout_gone() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    apply_config(parser, args)
     interrupt = Interrupt()
     try:
         import uvloop

@@ -82,9 +82,11 @@ class Client:
         max_packet: int | None = None,
         access: Access | None = None,
         timeout: float = 10.0,
+        create_share: bool = True,
     ) -> Client:
         """Connect (over TLS if *access* says so) and shake hands; *max_packet* None proposes
-        the largest size there is."""
+        the largest size there is. Without *create_share* a share that does not exist yet is
+        refused (``NoSuchShare``) instead of being made by the first upload."""
         host, port = parse_server(server)
         check_name(share)
         client_id = check_name(client_id or f"fsclient-{secrets.token_hex(4)}", "client id")
@@ -95,8 +97,9 @@ class Client:
         proto = await open_connection(host, port, proposal, access, timeout)
         auth = access.token.encode()
         try:  # (the server may have closed the connection before this is sent)
+            flags = 0 if create_share else m.HandshakeFlags.EXISTING_SHARE
             proto.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, proposal, client_id, share,
-                                          auth))  # fmt: skip
+                                          auth, flags))  # fmt: skip
             hello = await asyncio.wait_for(proto.handshake, timeout)
         except TimeoutError:
             proto.abort(ConnectionError("no handshake answer from server"), send_error=False)
@@ -111,7 +114,7 @@ class Client:
         client = cls(proto, hello)
         client.dial = functools.partial(cls.connect, server, share, client_id=client_id,
                                         max_packet=max_packet, access=access,
-                                        timeout=timeout)  # fmt: skip
+                                        timeout=timeout, create_share=True)  # fmt: skip
         return client
 
     @property
@@ -243,6 +246,18 @@ class Client:
             if not reply.more or not reply.entries:
                 return entries
             after = reply.entries[-1].path
+
+    async def shares(self) -> list[m.ShareInfo]:
+        """The shares this client's token opens (every one, on a server without tokens)."""
+        found: list[m.ShareInfo] = []
+        while True:
+            after = found[-1].name if found else ""
+            reply: m.ShareListResponse = await self._request(
+                lambda rid: m.ShareListRequest(rid, after)  # noqa: B023
+            )
+            found.extend(reply.shares)
+            if not reply.more or not reply.shares:
+                return found
 
     async def stat(self, remote: str) -> m.FileEntry:
         path = normalize_path(remote)

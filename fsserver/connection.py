@@ -24,11 +24,11 @@ from common.limits import MAX_CLIENT_CONTROL_PACKET, NO_FILE, PROTOCOL_VERSION
 from common.paths import check_name
 from common.state import Role
 from fsserver import telemetry
-from fsserver.auth import token_hash
 from fsserver.connlog import ConnectionLog
 from fsserver.context import WorkerContext
 from fsserver.downloads import DownloadHandlers, DownloadStream
 from fsserver.feed import Subscription
+from fsserver.handshake import HandshakeHandlers
 from fsserver.requests import RequestHandlers
 from fsserver.smallfiles import BatchHandlers, PendingBatch
 from fsserver.uploads import Upload, UploadHandlers
@@ -50,7 +50,12 @@ MAX_LAG_BYTES = 64 * 1024 * 1024
 
 
 class ClientConnection(
-    asyncio.BufferedProtocol, UploadHandlers, BatchHandlers, DownloadHandlers, RequestHandlers
+    asyncio.BufferedProtocol,
+    UploadHandlers,
+    BatchHandlers,
+    DownloadHandlers,
+    RequestHandlers,
+    HandshakeHandlers,
 ):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
@@ -109,6 +114,7 @@ class ClientConnection(
             m.StatRequest: self.on_stat,
             m.DeleteRequest: self.on_delete,
             m.SubscribeRequest: self.on_subscribe,
+            m.ShareListRequest: self.on_share_list,
             m.Ping: self.on_ping,
             m.Error: self.on_error,
         }
@@ -389,6 +395,13 @@ class ClientConnection(
                 status, text = self.authenticate(msg)
         except InvalidName as exc:
             status, text = m.HandshakeStatus.INVALID_SHARE, exc.message
+        if status is m.HandshakeStatus.OK:  # the store says if the share exists, then answer
+            self.attach(msg, self.answer_handshake)
+            return
+        self.answer_handshake(msg, status, text)
+
+    def answer_handshake(self, msg: m.VersionHandshake, status: m.HandshakeStatus,
+                         text: str) -> None:  # fmt: skip
         agreed = self.conn.negotiate(msg.max_packet)
         in_flight = self.conn.sessions.max_in_flight
         self.send(m.VersionHandshakeResponse(status, PROTOCOL_VERSION, agreed, self.ctx.worker_id,
@@ -405,26 +418,6 @@ class ClientConnection(
     def on_subscribe(self, msg: m.SubscribeRequest) -> None:
         self.subscription = Subscription(self, self.ctx.feed, msg.request_id, msg.since)
         self.subscription.start()
-
-    def authenticate(self, msg: m.VersionHandshake) -> tuple[m.HandshakeStatus, str]:
-        """Without a tokens file everyone may do everything (the server then listens on
-        loopback only, unless told --insecure-no-auth)."""
-        if self.ctx.tokens is None:
-            return m.HandshakeStatus.OK, ""
-        grant = self.ctx.tokens.check(msg.auth, msg.share)
-        if grant is None:
-            telemetry.AUTH_FAILURES.inc()
-            self.ctx.report(("auth_failed", self.peer.rsplit(":", 1)[0]))
-            log.info("%s: token refused for share %s", self.peer, msg.share)
-            if not msg.auth:
-                text = f"share {msg.share!r} needs a token (--token or FS_TOKEN)"
-            else:
-                text = f"the token does not open share {msg.share!r} (wrong, revoked or not for it)"
-            return m.HandshakeStatus.AUTH_FAILED, text
-        self.read_only = grant.read_only
-        self.token = (token_hash(msg.auth), self.ctx.tokens.generation)
-        self.activity.token = grant.name
-        return m.HandshakeStatus.OK, ""
 
     def check_token(self) -> None:
         """After the tokens file changed: a revoked token ends the connection at once, and a

@@ -22,7 +22,7 @@ OWNED_OPS = frozenset(
     {"reserve", "commit", "abort", "park", "progress", "open", "release", "store_many"}
 )
 """Calls that take the calling worker's slot as their first argument."""
-SHARED_OPS = frozenset({"stat", "list", "delete", "changes_since"})
+SHARED_OPS = frozenset({"stat", "list", "delete", "changes_since", "attach", "share_list"})
 
 
 class RpcFailed(RuntimeError):

@@ -12,6 +12,9 @@ from typing import Protocol
 
 from tests.serverproc import ROOT
 
+NO_CONFIG = ROOT / "tests" / "no-such-config-home"
+"""XDG_CONFIG_HOME for the commands: a developer's own ~/.config/fs/config.toml must not leak
+into a test either (a test that wants a file sets FS_CONFIG or its own XDG_CONFIG_HOME)."""
 CLI_TIMEOUT = 120.0
 """Seconds a command may take before the test fails (generous: a loaded machine is slow)."""
 
@@ -32,12 +35,12 @@ def fsclient_command(*args: str, server: HasAddress | str | None = None) -> list
 
 def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without the ``FS_*`` settings (a developer's own
-    ``FS_SERVER`` or ``FS_TOKEN`` must not leak into a test), plus *env*. The repository
-    comes first on the import path, so that the code under test runs from any folder (not
-    an installed copy)."""
+    ``FS_SERVER`` or ``FS_TOKEN`` must not leak into a test, nor a config file), plus *env*.
+    The repository comes first on the import path, so that the code under test runs from any
+    folder (not an installed copy)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FS_")}
     path = os.pathsep.join(p for p in (str(ROOT), clean.get("PYTHONPATH")) if p)
-    return {**clean, "PYTHONPATH": path, **(env or {})}
+    return {**clean, "PYTHONPATH": path, "XDG_CONFIG_HOME": str(NO_CONFIG), **(env or {})}
 
 
 def _run(cmd: list[str], env: dict[str, str] | None, cwd: Path | str | None, input: str | None,

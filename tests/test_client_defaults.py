@@ -100,10 +100,10 @@ def test_fs_share_and_fs_server_stand_in_for_their_options(server, tmp_path):
     local = tmp_path / "a.txt"
     local.write_text("a")
     to_alpha = fsclient("put", str(local), "a.txt", "--server", server.address,
-                        env={"FS_SHARE": "alpha"})  # fmt: skip
+                        "--create-share", env={"FS_SHARE": "alpha"})  # fmt: skip
     assert to_alpha.returncode == 0, to_alpha.stderr
     to_beta = fsclient("put", str(local), "b.txt", "--server", server.address,
-                       "--share", "beta", env={"FS_SHARE": "alpha"})  # fmt: skip
+                       "--share", "beta", "--create-share", env={"FS_SHARE": "alpha"})  # fmt: skip
     assert to_beta.returncode == 0, to_beta.stderr
     assert (listing(server, "alpha"), listing(server, "beta"), listing(server, "default")) == (
         ["a.txt"], ["b.txt"], []

@@ -44,6 +44,7 @@ from common.fields import (
     Records,
     Rest,
     Text,
+    TrailingFlags,
 )
 from common.limits import (
     DIGEST_SIZE,
@@ -132,6 +133,8 @@ def kind_strategy(kind: Any, name: str = "", small: bool = False) -> st.SearchSt
         if small:
             return st.binary(max_size=12)
         return st.binary(max_size=200) | st.binary(min_size=4000, max_size=4200)
+    if isinstance(kind, TrailingFlags):
+        return st.integers(0, 255)
     if isinstance(kind, Records):
         return st.lists(strategy_for(kind.record, small), max_size=min(kind.max_count, 3)).map(
             tuple
@@ -168,6 +171,8 @@ def minimal_value(kind: Any) -> Any:
         return ""
     if isinstance(kind, Blob | Rest):
         return b""
+    if isinstance(kind, TrailingFlags):
+        return 0
     if isinstance(kind, Records):
         return ()
     if isinstance(kind, OptionalRecord):
@@ -199,6 +204,8 @@ def invalid_values(kind: Any) -> list[Any]:
         return [bytes(kind.max_bytes + 1)]
     if isinstance(kind, Records):
         return [(minimal_message(kind.record),) * (kind.max_count + 1)]
+    if isinstance(kind, TrailingFlags):
+        return [-1, 256]
     return []
 
 
@@ -207,6 +214,10 @@ REST_CLASSES = {
     for cls in PACKET_CLASSES.values()
     if any(isinstance(kind, Rest) for _, kind in field_kinds(cls))
 }
+TRAILING_CLASSES = {
+    cls for cls in PACKET_CLASSES.values() if isinstance(field_kinds(cls)[-1][1], TrailingFlags)
+}
+"""Packets ending in flags that may be left out: one byte more or less is another packet."""
 ptype_ids = pytest.mark.parametrize("ptype", ALL_CLASSES, ids=lambda t: t.name)
 
 
@@ -266,18 +277,20 @@ def test_roundtrip(ptype, data):
 @given(data=st.data())
 def test_strict_prefixes_and_extensions_are_refused(data):
     """Every length is explicit, so a body cut short or with bytes added never decodes, except
-    for messages whose last field is the rest of the packet."""
+    for messages whose last field is the rest of the packet. A packet whose flags may be left
+    out is cut short or extended from its form without them, by more than the flags byte."""
     ptype = data.draw(st.sampled_from(ALL_CLASSES))
     cls = PACKET_CLASSES[ptype]
     msg = data.draw(strategy_for(cls, small=True))
-    body = encode_body(msg)
+    trailing = cls in TRAILING_CLASSES
+    body = encode_body(dataclasses.replace(msg, flags=0) if trailing else msg)
     if cls in REST_CLASSES:
         return
     cut = data.draw(st.integers(0, len(body) - 1)) if body else None
     if cut is not None:
         with pytest.raises(RemoteProtocolError):
             decode_body(ptype, memoryview(body[:cut]))
-    extra = data.draw(st.binary(min_size=1, max_size=20))
+    extra = data.draw(st.binary(min_size=2 if trailing else 1, max_size=20))
     with pytest.raises(RemoteProtocolError):
         decode_body(ptype, memoryview(body + extra))
 

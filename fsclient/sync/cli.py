@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from common.paths import check_name
 from fsclient.access import DEFAULT_SERVER, Access
+from fsclient.sharecmd import add_create_share, share_refused
 
 if TYPE_CHECKING:  # imported where used: put, get, ls and rm need neither (nor sqlite3)
     from fsclient.sync.state import StateDB
@@ -27,6 +28,7 @@ def add_commands(command: object) -> None:
     sync = command("sync", "keep a folder in two-way sync with a share")  # type: ignore[operator]
     sync.add_argument("dir")
     sync.add_argument("--once", action="store_true", help="one full reconcile, then exit")
+    add_create_share(sync)
     sync.add_argument(
         "--debounce",
         type=float,
@@ -77,6 +79,7 @@ def folder_access(args: argparse.Namespace, db: StateDB) -> Access:
 
 
 async def sync(args: argparse.Namespace) -> int:
+    from common.errors import NoSuchShare
     from fsclient.sync.actions import FolderGone
     from fsclient.sync.engine import SyncEngine
 
@@ -86,6 +89,7 @@ async def sync(args: argparse.Namespace) -> int:
     folder, db, server, share, client_id = open_folder(args)
     access = folder_access(args, db)
     engine = SyncEngine(folder, db, server, share, client_id, args.debounce, args.once, access)
+    engine.create_share = args.create_share
     started = time.monotonic()
     task = asyncio.current_task()
     assert task is not None
@@ -95,6 +99,8 @@ async def sync(args: argparse.Namespace) -> int:
     except FolderGone as exc:
         print(f"fsclient: error: {exc}", file=sys.stderr)
         return 2
+    except NoSuchShare as exc:
+        raise share_refused(exc, db) from None
     except asyncio.CancelledError:  # SIGTERM: a clean stop
         code = 0
     finally:

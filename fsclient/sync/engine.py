@@ -62,6 +62,8 @@ class SyncEngine:
         self.client_id = client_id
         self.debounce = debounce
         self.once = once
+        self.create_share = True
+        """False: a share that does not exist is refused, until the folder first synced."""
         self.scanner = Scanner(folder, IgnoreRules.load(folder))
         self.actions = Actions(folder, db, self.scanner, client_id)
         self.stored_seq = int(db.meta("last_seq", "0"))
@@ -90,8 +92,9 @@ class SyncEngine:
                 walking = FolderWalk(self.scanner)
             try:
                 client = await Client.connect(
-                    self.server, self.share, client_id=self.client_id, access=self.access
-                )
+                    self.server, self.share, client_id=self.client_id, access=self.access,
+                    create_share=self.create_share or bool(self.db.meta("store_id")),
+                )  # fmt: skip
             except BaseException as exc:
                 if self.once or not isinstance(exc, (OSError, ConnectionLost)):
                     walking.drop()  # refused (a bad token, TLS), stopped, or --once: the end

@@ -119,6 +119,8 @@ class Catalog:
                 freed.append(record[1])
             elif kind == "gone":
                 gone.append(record[1:])
+            elif kind == "share":  # made empty: a row of its own, seq 0
+                seqs.setdefault(record[1], 0)
         db = self.db
         db.execute("BEGIN")
         try:

@@ -39,6 +39,7 @@ from fsserver.store.records import (
 )
 from fsserver.store.retention import Retention
 from fsserver.store.share import Entry, Share
+from fsserver.store.shares import ShareTable
 from fsserver.store.writebehind import STAGE_MIN
 
 PAGE_BYTES = 32 * 1024
@@ -60,7 +61,7 @@ class _Hold:
     """An upload to a path the index does not hold yet: it will take an entry."""
 
 
-class Store(BatchStoring, Persisted, Retention, ParkedUploads):
+class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
     def __init__(self, capacity: int, max_entries: int = 1_000_000, quota: int = 0,
                  park_seconds: float = PARK_SECONDS) -> None:  # fmt: skip
         self.store_id = os.urandom(16)

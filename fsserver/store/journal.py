@@ -9,6 +9,7 @@ Every store call that changes something leaves journal records (``Store.take_jou
 - ``("del", share, path, version, mtime_ns, mode, unix time)``: a path's tombstone;
 - ``("free", blob id)``: content nothing refers to any more;
 - ``("gone", share, path, version)``: a tombstone past its retention, forgotten;
+- ``("share", name)``: a share made before any file was put in it;
 - notes, ``("stage", ...)`` and ``("unstage", ticket)``: a big upload written while it
   arrives (``fsserver.store.writebehind``). An entry of notes only gets no LSN (it is 0): it
   changes nothing, is not kept, and holds back no answer.
