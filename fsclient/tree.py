@@ -84,7 +84,7 @@ def plan_put(sources: list[str], target: str | None, recursive: bool) -> PutPlan
             name = remote_join(base, local_name(source)) if as_folder else base
             plan.pairs.append((source, name))
             plan.sizes.append(st.st_size)
-    plan.one_file = len(plan.pairs) == 1 and not recursive
+    plan.one_file = not several and not os.path.isdir(sources[0])
     return plan
 
 
