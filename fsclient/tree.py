@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common import messages as m
-from common.errors import FSError, NotFound
-from common.paths import normalize_path
+from common.errors import FSError, InvalidPath, NotFound
+from common.paths import is_canonical, normalize_path
 from fsclient.formats import Tally, describe
 from fsclient.progress import SyncProgress
 
@@ -167,15 +167,29 @@ async def plan_get(client: Client, remote: str, local: str | None, recursive: bo
     folder = remote.rstrip("/")
     if not recursive:
         return GetPlan([(await stat_file(client, remote), Path(local or "."))], True)
-    entries = await client.ls_tree(remote)
+    entries = [e for e in await client.ls_tree(remote) if canonical(e.path)]
     under = [e for e in entries if not folder or e.path.startswith(folder + "/")]
     if not under:
         if entries:  # a file: as without -r
             return GetPlan([(entries[0], Path(local or "."))], True)
         raise NotFound(f"not found: {folder}")
     top = Path(local if local is not None else (local_name(folder) if folder else "."))
+    if top.exists() and not top.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(top))
     skip = len(folder) + 1 if folder else 0
     return GetPlan([(e, top.joinpath(*e.path[skip:].split("/"))) for e in under], False)
+
+
+def canonical(path: str) -> bool:
+    """A path from the server that is safe to join to a local folder (no ``..``, nothing
+    absolute): a server that sends another is not followed out of the folder."""
+    try:
+        if is_canonical(path):
+            return True
+    except InvalidPath:
+        pass
+    warn(f"skipping a path the server should not have sent: {path!r}")
+    return False
 
 
 async def stat_file(client: Client, remote: str) -> m.FileEntry:

@@ -43,6 +43,14 @@ def test_get_into_a_folder_that_does_not_exist_says_so(server, tmp_path):
     assert not target.parent.exists()
 
 
+def test_get_r_into_a_file_says_it_is_not_a_folder(server, tmp_path):
+    (tmp_path / "f.txt").write_text("f")
+    assert fsclient("put", str(tmp_path / "f.txt"), "d/f.txt", server=server).returncode == 0
+    done = fsclient("get", "-r", "d", str(tmp_path / "f.txt"), server=server)
+    assert error_line(done, 1) == f"fsclient: error: not a folder: {tmp_path}/f.txt\n"
+    assert (tmp_path / "f.txt").read_text() == "f"
+
+
 def test_a_folder_without_r_asks_for_a_file_name_or_r(server, tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
