@@ -22,7 +22,7 @@ from common.limits import MIN_MAX_PACKET
 from common.version import VersionAction
 from fsclient.access import DEFAULT_SERVER, Access
 from fsclient.access import add_options as add_access_options
-from fsclient.formats import Tally, describe, format_entry, long_listing
+from fsclient.formats import describe, format_entry, long_listing
 from fsclient.progress import TerminalProgress
 from fsclient.sync.cli import add_commands, status, sync
 from fsclient.tree import UsageError, get_tree, plan_get, plan_put, put_tree, rm_tree
@@ -182,7 +182,7 @@ async def _put(client: Client, args: argparse.Namespace) -> int:
             entry = await client.put(local, remote, progress=progress)
         print(f"uploaded {entry.path} ({entry.size} bytes, version {entry.version})")
         return 0
-    return ended(*await put_tree(client, plan))
+    return await put_tree(client, plan)
 
 
 async def _get(client: Client, args: argparse.Namespace) -> int:
@@ -191,7 +191,7 @@ async def _get(client: Client, args: argparse.Namespace) -> int:
     if to_stdout and not plan.one_file:
         raise UsageError("- (stdout) takes one file, not a folder")
     if not plan.one_file:
-        return ended(*await get_tree(client, plan))
+        return await get_tree(client, plan)
     entry, dest = plan.pairs[0]
     if to_stdout:
         await _get_to_stdout(client, entry.path)
@@ -231,7 +231,7 @@ async def _rm(client: Client, args: argparse.Namespace) -> int:
     code = 0
     for remote in args.remote:
         if args.recursive:
-            code |= ended(*await rm_tree(client, remote))
+            code |= await rm_tree(client, remote)
             continue
         try:
             version = await client.rm(remote)
@@ -241,12 +241,6 @@ async def _rm(client: Client, args: argparse.Namespace) -> int:
             raise
         print(f"deleted {remote} (version {version})")
     return code
-
-
-def ended(tally: Tally, summary: str) -> int:
-    """Print the summary line; 1 if any file failed (each was reported as it did)."""
-    print(summary)
-    return 1 if tally.failed else 0
 
 
 def stdout_gone() -> bool:

@@ -120,12 +120,14 @@ def failed(what: str, exc: BaseException) -> None:
 
 
 class Run:
-    """A tally, a progress bar (on a terminal) and the clock of one tree command."""
+    """A tally, a progress bar (on a terminal) and the clock of one tree command. The
+    connection lost for good ends it: the files not done yet are not each reported."""
 
     def __init__(self, label: str, files: int, nbytes: int) -> None:
         self.tally = Tally()
         self.progress = SyncProgress(files, nbytes, label=label)
         self.start = time.monotonic()
+        self.lost: FSError | None = None
 
     def done(self, size: int) -> None:
         self.tally.files += 1
@@ -133,16 +135,25 @@ class Run:
         self.progress.advance(1, size)
 
     def failed(self, what: str, exc: BaseException, size: int = 0) -> None:
+        from fsclient.resume import lost  # (not at start: --help needs none of the IO)
+
         self.tally.failed += 1
         self.progress.advance(1, size)
-        failed(what, exc)
+        if isinstance(exc, FSError) and lost(exc):
+            self.lost = self.lost or exc
+        elif self.lost is None:
+            failed(what, exc)
 
-    def end(self, verb: str) -> tuple[Tally, str]:
+    def end(self, verb: str) -> int:
+        """Print the summary line; 1 if a file failed (each was reported as it did)."""
         self.progress.close()
-        return self.tally, self.tally.summary(verb, time.monotonic() - self.start)
+        print(self.tally.summary(verb, time.monotonic() - self.start))
+        if self.lost is not None:
+            raise self.lost
+        return 1 if self.tally.failed else 0
 
 
-async def put_tree(client: Client, plan: PutPlan) -> tuple[Tally, str]:
+async def put_tree(client: Client, plan: PutPlan) -> int:
     run = Run("put", len(plan.pairs), sum(plan.sizes))
 
     def on_result(index: int, result: m.FileEntry | FSError | OSError) -> None:
@@ -202,12 +213,14 @@ async def stat_file(client: Client, remote: str) -> m.FileEntry:
         raise
 
 
-async def get_tree(client: Client, plan: GetPlan) -> tuple[Tally, str]:
+async def get_tree(client: Client, plan: GetPlan) -> int:
     run = Run("get", len(plan.pairs), sum(e.size for e, _ in plan.pairs))
     todo = iter(plan.pairs)
 
     async def worker() -> None:
         for entry, dest in todo:
+            if run.lost is not None:
+                return
             try:
                 if dest.is_dir():
                     raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(dest))
@@ -222,7 +235,7 @@ async def get_tree(client: Client, plan: GetPlan) -> tuple[Tally, str]:
     return run.end("downloaded")
 
 
-async def rm_tree(client: Client, remote: str) -> tuple[Tally, str]:
+async def rm_tree(client: Client, remote: str) -> int:
     """Delete the file or folder *remote*, each file only at the version listed (a file
     changed meanwhile is kept, and reported)."""
     if not remote.strip("/"):
@@ -235,6 +248,8 @@ async def rm_tree(client: Client, remote: str) -> tuple[Tally, str]:
 
     async def worker() -> None:
         for entry in todo:
+            if run.lost is not None:
+                return
             try:
                 await client.rm(entry.path, base_version=entry.version)
             except FSError as exc:

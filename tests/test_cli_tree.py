@@ -10,6 +10,8 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from fsclient import Client
 from tests.cli import CLI_TIMEOUT, cli_env, fsclient, fsclient_command
 from tests.conftest import run
@@ -217,3 +219,25 @@ def test_paths_a_server_should_not_send_are_not_followed_out_of_the_folder(tmp_p
     assert "skipping a path the server should not have sent: 't/../../evil'" in (
         capsys.readouterr().err
     )
+
+
+def test_a_connection_lost_for_good_ends_the_run_with_one_error(tmp_path, capsys):
+    """Not one line per file left: the first loss ends the workers, and is the error."""
+    from common.messages import FileEntry
+    from fsclient.protocol import ConnectionLost
+    from fsclient.tree import GetPlan, get_tree
+
+    calls = []
+
+    class Gone:
+        async def get(self, path: str, dest: Path) -> FileEntry:
+            calls.append(path)
+            raise ConnectionLost("connection lost")
+
+    entries = [FileEntry(1, 1, 0, 0o644, bytes(16), f"t/{n}") for n in range(200)]
+    plan = GetPlan([(e, tmp_path / e.path) for e in entries], one_file=False)
+    with pytest.raises(ConnectionLost):
+        run(get_tree(Gone(), plan))  # type: ignore[arg-type]
+    out, err = capsys.readouterr()
+    assert len(calls) <= 32  # each worker stopped at its first loss
+    assert out.startswith("downloaded 0 files, 0 B in ") and err == ""
