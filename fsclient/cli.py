@@ -25,7 +25,7 @@ from fsclient.access import add_options as add_access_options
 from fsclient.formats import describe, format_entry, long_listing
 from fsclient.progress import TerminalProgress
 from fsclient.sync.cli import add_commands, status, sync
-from fsclient.tree import UsageError, get_tree, plan_get, plan_put, put_tree, rm_tree
+from fsclient.tree import PutPlan, UsageError, get_tree, plan_get, plan_put, put_tree, rm_tree
 
 if TYPE_CHECKING:
     from fsclient.client import Client
@@ -158,6 +158,7 @@ async def _command(args: argparse.Namespace) -> int:
         return await sync(args)
     if args.command == "status":
         return status(args)
+    plan = _plan_put(args) if args.command == "put" else None  # (a typo needs no server)
     client = await Client.connect(
         args.server or os.environ.get("FS_SERVER") or DEFAULT_SERVER,
         args.share or os.environ.get("FS_SHARE") or "default",
@@ -165,17 +166,23 @@ async def _command(args: argparse.Namespace) -> int:
         access=Access.from_args(args),
     )
     async with client:
+        if plan is not None:
+            return await _put(client, plan)
         actions: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
-            "put": _put, "get": _get, "ls": _ls, "rm": _rm,
+            "get": _get, "ls": _ls, "rm": _rm,
         }  # fmt: skip
         return await actions[args.command](client, args)
 
 
-async def _put(client: Client, args: argparse.Namespace) -> int:
+def _plan_put(args: argparse.Namespace) -> PutPlan:
+    """``put A B C``: the last is the target (argparse gives every name to LOCAL)."""
     sources, target = args.local, args.remote
     if target is None and len(sources) > 1:
         *sources, target = sources
-    plan = plan_put(sources, target, args.recursive)
+    return plan_put(sources, target, args.recursive)
+
+
+async def _put(client: Client, plan: PutPlan) -> int:
     if plan.one_file:
         local, remote = plan.pairs[0]
         with TerminalProgress(f"put {remote}") as progress:

@@ -32,6 +32,8 @@ def test_a_missing_local_file_is_named_in_words(server, tmp_path):
     for args in (["put", str(missing), "x"], ["put", "-r", str(missing), "x/"]):
         done = fsclient(*args, server=server)
         assert error_line(done, 1) == f"fsclient: error: no such file: {missing}\n"
+    done = fsclient("put", str(missing), server="127.0.0.1:1")  # checked before connecting
+    assert error_line(done, 1) == f"fsclient: error: no such file: {missing}\n"
 
 
 def test_get_into_a_folder_that_does_not_exist_says_so(server, tmp_path):
