@@ -12,24 +12,28 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from common.errors import FSError
+from common.errors import FSError, NotFound
 from common.heap import tune_gc
 from common.limits import MIN_MAX_PACKET
-from common.messages import FileEntry
 from common.version import VersionAction
 from fsclient.access import DEFAULT_SERVER
 from fsclient.access import add_options as add_access_options
 from fsclient.config import apply_config
+from fsclient.formats import describe, format_entry, long_listing
 from fsclient.helptopics import add_command as add_help_command
 from fsclient.helptopics import show as show_topic
 from fsclient.progress import TerminalProgress
 from fsclient.sharecmd import add_commands as add_share_commands
 from fsclient.sharecmd import add_create_share, connect, list_shares
 from fsclient.sync.cli import add_commands, status, sync
+from fsclient.tree import PutPlan, UsageError, get_tree, plan_get, plan_put, put_tree, rm_tree
+
+if TYPE_CHECKING:
+    from fsclient.client import Client
 
 
 def _packet_size(text: str) -> int:
@@ -80,43 +84,38 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(sub, suppress=True)
         return sub
 
-    put = command("put", "upload a local file")
-    put.add_argument("local")
-    put.add_argument("remote")
+    put = command("put", "upload files (and folders, with -r) on one connection")
+    put.add_argument("local", nargs="+", metavar="LOCAL",
+                     help="a local file (or folder, with -r); several are allowed")  # fmt: skip
+    put.add_argument("remote", nargs="?", metavar="REMOTE",
+                     help="where to: a remote file name, or a folder ending in '/'"
+                     " (default: the file's or folder's own name)")  # fmt: skip
+    put.add_argument("-r", "--recursive", action="store_true",
+                     help="upload folders and everything in them")  # fmt: skip
     add_create_share(put)
-    get = command("get", "download a file (atomically: temp file, then rename)")
-    get.add_argument("remote")
-    get.add_argument("local")
+    get = command("get", "download a file (atomically: temp file, then rename), or a folder")
+    get.add_argument("remote", metavar="REMOTE",
+                     help="a remote file (or folder, with -r)")  # fmt: skip
+    get.add_argument("local", nargs="?", metavar="LOCAL",
+                     help="a local file or folder (default: the remote name, here);"
+                     " - writes the file to stdout")  # fmt: skip
+    get.add_argument("-r", "--recursive", action="store_true",
+                     help="download the folder REMOTE and everything in it into LOCAL")  # fmt: skip
     ls = command("ls", "list files: path, size, version, digest, mtime")
-    ls.add_argument("prefix", nargs="?", default="")
+    ls.add_argument("prefix", nargs="?", default="", metavar="PATH",
+                    help="a file, or a folder to list all in (default: every file)")  # fmt: skip
+    ls.add_argument("-l", "--long", action="store_true",
+                    help="for people: a header, sizes in KiB/MiB, local times")  # fmt: skip
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
-    rm = command("rm", "delete a file")
-    rm.add_argument("remote")
+    rm = command("rm", "delete files (and folders, with -r)")
+    rm.add_argument("remote", nargs="+", metavar="REMOTE",
+                    help="a remote file (or folder, with -r); several are allowed")  # fmt: skip
+    rm.add_argument("-r", "--recursive", action="store_true",
+                    help="delete the folder and every file in it")  # fmt: skip
     add_commands(command)
     add_share_commands(command)
     add_help_command(command)
     return parser
-
-
-def format_entry(entry: FileEntry, as_json: bool) -> str:
-    import json
-    from datetime import UTC, datetime
-
-    mtime = datetime.fromtimestamp(entry.mtime_ns / 1e9, UTC).isoformat(timespec="seconds")
-    if as_json:
-        return json.dumps(
-            {
-                "path": entry.path,
-                "size": entry.size,
-                "version": entry.version,
-                "digest": entry.digest.hex(),
-                "mtime": mtime,
-                "mtime_ns": entry.mtime_ns,
-                "mode": f"{entry.mode:o}",
-            },
-            ensure_ascii=False,
-        )
-    return f"{entry.path}\t{entry.size}\t{entry.version}\t{entry.digest.hex()}\t{mtime}"
 
 
 class Interrupt:
@@ -169,38 +168,91 @@ async def _command(args: argparse.Namespace) -> int:
         return await list_shares(args)
     if args.command == "help":
         return show_topic(args)
+    plan = _plan_put(args) if args.command == "put" else None  # (a typo needs no server)
     client = await connect(args)
     async with client:
-        actions: dict[str, Callable[[], Awaitable[None]]] = {
-            "put": lambda: _put(client, args),
-            "get": lambda: _get(client, args),
-            "ls": lambda: _ls(client, args),
-            "rm": lambda: _rm(client, args),
-        }
-        await actions[args.command]()
+        if plan is not None:
+            return await _put(client, plan)
+        actions: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
+            "get": _get, "ls": _ls, "rm": _rm,
+        }  # fmt: skip
+        return await actions[args.command](client, args)
+
+
+def _plan_put(args: argparse.Namespace) -> PutPlan:
+    """``put A B C``: the last is the target (argparse gives every name to LOCAL)."""
+    sources, target = args.local, args.remote
+    if target is None and len(sources) > 1:
+        *sources, target = sources
+    return plan_put(sources, target, args.recursive)
+
+
+async def _put(client: Client, plan: PutPlan) -> int:
+    if plan.one_file:
+        local, remote = plan.pairs[0]
+        with TerminalProgress(f"put {remote}") as progress:
+            entry = await client.put(local, remote, progress=progress)
+        print(f"uploaded {entry.path} ({entry.size} bytes, version {entry.version})")
+        return 0
+    return await put_tree(client, plan)
+
+
+async def _get(client: Client, args: argparse.Namespace) -> int:
+    to_stdout = args.local == "-"
+    plan = await plan_get(client, args.remote, None if to_stdout else args.local, args.recursive)
+    if to_stdout and not plan.one_file:
+        raise UsageError("- (stdout) takes one file, not a folder")
+    if not plan.one_file:
+        return await get_tree(client, plan)
+    entry, dest = plan.pairs[0]
+    if to_stdout:
+        await _get_to_stdout(client, entry.path)
+        return 0
+    with TerminalProgress(f"get {entry.path}") as progress:
+        entry = await client.get(entry.path, dest, progress=progress)
+    print(f"downloaded {entry.path} ({entry.size} bytes, version {entry.version})")
     return 0
 
 
-async def _put(client: Any, args: argparse.Namespace) -> None:
-    with TerminalProgress(f"put {args.remote}") as progress:
-        entry = await client.put(args.local, args.remote, progress=progress)
-    print(f"uploaded {entry.path} ({entry.size} bytes, version {entry.version})")
+async def _get_to_stdout(client: Client, path: str) -> None:
+    """The file goes to a temp file first: nothing is written out before its digest checks."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fsclient-") as folder:
+        with TerminalProgress(f"get {path}") as progress:
+            await client.get(path, folder, progress=progress)
+        with open(os.path.join(folder, path.rsplit("/", 1)[-1]), "rb") as f:
+            sys.stdout.flush()
+            shutil.copyfileobj(f, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
 
 
-async def _get(client: Any, args: argparse.Namespace) -> None:
-    with TerminalProgress(f"get {args.remote}") as progress:
-        entry = await client.get(args.remote, args.local, progress=progress)
-    print(f"downloaded {entry.path} ({entry.size} bytes, version {entry.version})")
+async def _ls(client: Client, args: argparse.Namespace) -> int:
+    entries = await client.ls_tree(args.prefix)
+    if args.long and not args.json:
+        lines: Iterable[str] = long_listing(entries)
+    else:
+        lines = (format_entry(entry, args.json) for entry in entries)
+    for line in lines:
+        print(line)
+    return 0
 
 
-async def _ls(client: Any, args: argparse.Namespace) -> None:
-    for entry in await client.ls(args.prefix):
-        print(format_entry(entry, args.json))
-
-
-async def _rm(client: Any, args: argparse.Namespace) -> None:
-    version = await client.rm(args.remote)
-    print(f"deleted {args.remote} (version {version})")
+async def _rm(client: Client, args: argparse.Namespace) -> int:
+    code = 0
+    for remote in args.remote:
+        if args.recursive:
+            code |= await rm_tree(client, remote)
+            continue
+        try:
+            version = await client.rm(remote)
+        except NotFound:
+            if await client.ls(remote.rstrip("/") + "/", page=1):
+                raise UsageError(f"{remote} is a folder: use -r to delete it") from None
+            raise
+        print(f"deleted {remote} (version {version})")
+    return code
 
 
 def stdout_gone() -> bool:
@@ -237,10 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             print(f"fsclient: error: {exc}", file=sys.stderr)
     except (FSError, OSError, ValueError) as exc:
-        code = 1
+        code = 2 if isinstance(exc, UsageError) else 1
         if not interrupt.fired:
-            message = exc.message if isinstance(exc, FSError) else str(exc)
-            print(f"fsclient: error: {message}", file=sys.stderr)
+            print(f"fsclient: error: {describe(exc)}", file=sys.stderr)
     finally:
         interrupt.restore()
     if interrupt.fired:

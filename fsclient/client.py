@@ -28,6 +28,7 @@ from common import messages as m
 from common.errors import (
     FSError,
     HashMismatch,
+    NotFound,
     RemoteError,
     RemoteProtocolError,
 )
@@ -43,7 +44,13 @@ from common.paths import check_name, normalize_path, normalize_prefix
 from common.state import Phase
 from fsclient.access import DEFAULT_SERVER, Access
 from fsclient.batch import BatchUpload, Item, OnResult
-from fsclient.connect import closed_at_handshake, looks_like_tls, open_connection, parse_server
+from fsclient.connect import (
+    closed_at_handshake,
+    looks_like_http,
+    looks_like_tls,
+    open_connection,
+    parse_server,
+)
 from fsclient.download import download
 from fsclient.durable import FolderSync
 from fsclient.protocol import ClientProtocol, ConnectionLost, Leftover, Mailbox, refusal
@@ -105,7 +112,8 @@ class Client:
             proto.abort(ConnectionError("no handshake answer from server"), send_error=False)
             raise ConnectionError(f"{host}:{port} did not answer the FS handshake") from None
         except (ConnectionLost, RemoteProtocolError) as exc:
-            if isinstance(exc, RemoteProtocolError) and not looks_like_tls(proto.head):
+            foreign = looks_like_tls(proto.head) or looks_like_http(proto.head)
+            if isinstance(exc, RemoteProtocolError) and not foreign:
                 raise  # a server that breaks the protocol, not one that closed
             raise await closed_at_handshake(host, port, proto.head, access) from None
         if hello.status is not m.HandshakeStatus.OK:
@@ -223,6 +231,8 @@ class Client:
         dest = Path(local)
         if dest.is_dir():
             dest = dest / path.rsplit("/", 1)[-1]
+        elif not dest.parent.is_dir():  # (else the error would name the temp file)
+            raise FileNotFoundError(f"folder does not exist: {dest.parent}")
         attempt = functools.partial(download, self, path, dest, progress, before_replace)
         try:
             return await retrying(self, attempt, f"get {path}")
@@ -258,6 +268,25 @@ class Client:
             found.extend(reply.shares)
             if not reply.more or not reply.shares:
                 return found
+
+    async def ls_tree(self, path: str = "") -> list[m.FileEntry]:
+        """The file *path*, if there is one, then every file in the folder *path*: matched by
+        whole segments (``json`` lists ``json/...``, never ``jsonx/...``); ``""`` or ``"/"`` is
+        the whole share. (``ls`` matches a plain string prefix, as the protocol does.)"""
+        folder = path.rstrip("/")
+        if not folder:
+            return await self.ls("")
+        folder = normalize_path(folder)
+        if path.endswith("/"):
+            return await self.ls(folder + "/")
+        itself, under = await asyncio.gather(self._stat_or_none(folder), self.ls(folder + "/"))
+        return [itself, *under] if itself is not None else under
+
+    async def _stat_or_none(self, path: str) -> m.FileEntry | None:
+        try:
+            return await self.stat(path)
+        except NotFound:
+            return None
 
     async def stat(self, remote: str) -> m.FileEntry:
         path = normalize_path(remote)

@@ -1,11 +1,13 @@
 """Reaching a server: its address, the TCP (or TLS) connection, and what to tell the user when
 the server closes that connection during the FS handshake.
 
-A server closes a connection at the handshake for two common reasons: it speaks TLS and this
-client did not (a TLS server reads the FS handshake as a broken TLS hello and closes without a
-byte), or it is going away (a worker being replaced). Only the first is helped by ``--tls``, so
-the client says so only when the server showed it speaks TLS: its first bytes were a TLS
-record, or a second connection completes a TLS handshake with it.
+A server closes a connection at the handshake for three common reasons: it is not an FS port
+but an HTTP one (the metrics port, given by mistake: it answers with an HTTP error, or a
+``HEAD`` request shows it speaks HTTP), it speaks TLS and this client did not (a TLS server
+reads the FS handshake as a broken TLS hello and closes without a byte), or it is going away (a
+worker being replaced). Only the second is helped by ``--tls``, so the client says so only when
+the server showed it speaks TLS: its first bytes were a TLS record, or a second connection
+completes a TLS handshake with it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from fsclient.access import Access, TLSError
+from fsclient.access import DEFAULT_SERVER, Access, TLSError
 from fsclient.protocol import ClientProtocol, ConnectionLost
 
 TLS_RECORD_TYPES = (0x15, 0x16)
@@ -22,11 +24,17 @@ PROBE_TIMEOUT = 5.0
 
 
 def parse_server(server: str) -> tuple[str, int]:
-    """``"host:port"`` (``[v6]:port`` for IPv6) -> (host, port)."""
-    host, sep, port = server.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"invalid server address {server!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
+    """``"host:port"`` (``[v6]:port`` for IPv6) -> (host, port). Without a port (``host``,
+    ``[v6]``, or a bare IPv6 address) the default port is meant."""
+    bare = server.count(":") > 1 and not server.startswith("[")  # an IPv6 address, no port
+    if bare or server.endswith("]") or ":" not in server:
+        host, port = server, DEFAULT_SERVER.rpartition(":")[2]
+    else:
+        host, _, port = server.rpartition(":")
+    host = host.strip("[]") if host.startswith("[") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid server address {server!r}: expected HOST or HOST:PORT")
+    return host, int(port)
 
 
 async def open_connection(
@@ -68,6 +76,34 @@ async def open_connection(
     return proto
 
 
+def looks_like_http(head: bytes) -> bool:
+    """*head*, the first bytes a server sent, begin an HTTP response (an HTTP port, such as
+    the server's metrics port, given as the FS port)."""
+    return head.startswith(b"HTTP/")
+
+
+async def answers_http(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """True if the server answers a ``HEAD /`` request with an HTTP status line."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"HEAD / HTTP/1.0\r\n\r\n")
+        head = await asyncio.wait_for(reader.read(5), timeout)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.transport.abort()
+    return looks_like_http(head)
+
+
+def not_fs(host: str, port: int) -> ConnectionLost:
+    return ConnectionLost(
+        f"{host}:{port} answered HTTP: this is not an FS port (the metrics port?)"
+    )
+
+
 def looks_like_tls(head: bytes) -> bool:
     """*head*, the first bytes a server sent, begin a TLS record (an alert or a hello)."""
     return len(head) >= 2 and head[0] in TLS_RECORD_TYPES and head[1] == 3
@@ -94,14 +130,20 @@ async def closed_at_handshake(host: str, port: int, head: bytes, access: Access)
     *head* is what it sent first, if anything. It points at TLS only when the server speaks
     it and this client did not."""
     closed = f"the server at {host}:{port} closed the connection during the handshake"
+    if looks_like_http(head):
+        return not_fs(host, port)
     if access.uses_tls:
         return ConnectionLost(closed)
-    if looks_like_tls(head) or (not head and await speaks_tls(host, port)):
+    tls, http = (looks_like_tls(head), False) if head else await asyncio.gather(
+        speaks_tls(host, port), answers_http(host, port))  # fmt: skip
+    if http:
+        return not_fs(host, port)
+    if tls:
         return ConnectionLost(
             f"{closed}: it speaks TLS, connect with --tls, --tls-ca or --tls-fingerprint"
         )
     return ConnectionLost(closed)
 
 
-__all__ = ["closed_at_handshake", "looks_like_tls", "open_connection", "parse_server",
-           "speaks_tls"]  # fmt: skip
+__all__ = ["answers_http", "closed_at_handshake", "looks_like_http", "looks_like_tls",
+           "open_connection", "parse_server", "speaks_tls"]  # fmt: skip

@@ -42,15 +42,16 @@ class TerminalProgress:
 
 
 class SyncProgress:
-    """Files and bytes of an initial sync, on stderr when it is a terminal (else nothing)."""
+    """Files and bytes of an initial sync (or of a tree put, get or rm: *label*), on stderr
+    when it is a terminal (else nothing)."""
 
-    def __init__(self, files: int, nbytes: int, stream: Any = None) -> None:
+    def __init__(self, files: int, nbytes: int, stream: Any = None, label: str = "sync") -> None:
         stream = stream or sys.stderr
         self.bar: Any = None
         if files and bool(getattr(stream, "isatty", lambda: False)()):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=files, desc="sync", unit="file", file=stream, leave=False,
+            self.bar = tqdm(total=files, desc=label, unit="file", file=stream, leave=False,
                             dynamic_ncols=True)  # fmt: skip
             self.total_bytes = nbytes
             self.done_bytes = 0

@@ -216,7 +216,7 @@ def tool(argv: list[str]) -> int | None:
             print(f"fsserver: kept the certificate already in {args.dir}", file=sys.stderr)
         return 0
     parser.description = "add a token to a tokens file and print the token (once)"
-    parser.add_argument("name")
+    parser.add_argument("name", help="a name for the token (who or what uses it)")
     env_tokens = os.environ.get("FS_TOKENS")
     parser.add_argument(
         "--tokens", default=env_tokens, required=not env_tokens, help="tokens file (env FS_TOKENS)"

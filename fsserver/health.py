@@ -36,8 +36,8 @@ class Response:
 
 
 Route = Callable[[], Response]
-_REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            503: "Service Unavailable"}  # fmt: skip
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 503: "Service Unavailable"}  # fmt: skip
 UNAUTHORIZED = Response(
     401,
     b"unauthorized: send Authorization: Bearer <the token>\n",
@@ -111,8 +111,12 @@ class HealthServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-            response = self._route(head[:MAX_REQUEST])
+            first = await asyncio.wait_for(reader.readexactly(1), READ_TIMEOUT)
+            if first.isalpha():
+                rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+                response = self._route((first + rest)[:MAX_REQUEST])
+            else:  # no method name: not HTTP (an FS client at the wrong port); say so at once
+                response = Response(400, b"not an HTTP request: this is the metrics port\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             writer.close()
             return

@@ -145,9 +145,9 @@ def test_cli_errors_for_unreachable_server_and_bad_arguments():
     result = fsclient("ls", server="127.0.0.1:1")
     assert result.returncode == 1
     assert result.stderr.startswith("fsclient: error: cannot connect to 127.0.0.1:1")
-    result = fsclient("ls", server="no-port")
+    result = fsclient("ls", server="127.0.0.1:no-port")
     assert result.returncode == 1
-    assert "expected HOST:PORT" in result.stderr
+    assert "expected HOST or HOST:PORT" in result.stderr
     result = fsclient("frobnicate")
     assert result.returncode == 2
 

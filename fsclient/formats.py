@@ -1,0 +1,103 @@
+"""What ``fsclient`` prints: listings (tab-separated for scripts, ``--json``, or ``-l`` for
+people) and the one-line summary that ends a transfer of many files."""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from common.errors import FSError
+from common.messages import FileEntry
+
+UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+LONG_HEADER = ("SIZE", "VERSION", "MODIFIED", "PATH")
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` -> ``1.5 KiB``: three significant digits at most, binary units (as ``ls -lh``
+    and rsync's ``-h`` would show them)."""
+    value = float(n)
+    for unit in UNITS:
+        if value < 1024 or unit == UNITS[-1]:
+            if unit == "B":
+                return f"{n} B"
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
+def format_entry(entry: FileEntry, as_json: bool) -> str:
+    """One line for scripts: tab-separated fields, or a JSON object (mtime in UTC)."""
+    mtime = datetime.fromtimestamp(entry.mtime_ns / 1e9, UTC).isoformat(timespec="seconds")
+    if as_json:
+        return json.dumps(
+            {
+                "path": entry.path,
+                "size": entry.size,
+                "version": entry.version,
+                "digest": entry.digest.hex(),
+                "mtime": mtime,
+                "mtime_ns": entry.mtime_ns,
+                "mode": f"{entry.mode:o}",
+            },
+            ensure_ascii=False,
+        )
+    return f"{entry.path}\t{entry.size}\t{entry.version}\t{entry.digest.hex()}\t{mtime}"
+
+
+def long_listing(entries: Iterable[FileEntry]) -> Iterator[str]:
+    """``ls -l``: a header (none for no files), then aligned columns, sizes in human units
+    and times in local time (for people; scripts read the tab-separated or JSON forms)."""
+    rows = [
+        (
+            human_bytes(e.size),
+            str(e.version),
+            datetime.fromtimestamp(e.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M"),
+            e.path,
+        )
+        for e in entries
+    ]
+    if not rows:
+        return
+    size_w = max(len(r[0]) for r in [LONG_HEADER, *rows])
+    version_w = max(len(r[1]) for r in [LONG_HEADER, *rows])
+    for size, version, mtime, path in [LONG_HEADER, *rows]:
+        yield f"{size:>{size_w}}  {version:>{version_w}}  {mtime:<16}  {path}"
+
+
+@dataclass
+class Tally:
+    """Files and bytes done and failed, for the summary line."""
+
+    files: int = 0
+    nbytes: int = 0
+    failed: int = 0
+
+    def summary(self, verb: str, seconds: float) -> str:
+        """``uploaded 530 files, 12.3 MiB in 2.1 s (5.9 MiB/s)``, as rsync ends."""
+        files = "1 file" if self.files == 1 else f"{self.files} files"
+        rate = f" ({human_bytes(int(self.nbytes / seconds))}/s)" if seconds > 0 else ""
+        line = f"{verb} {files}, {human_bytes(self.nbytes)} in {human_seconds(seconds)}{rate}"
+        return line + (f"; {self.failed} failed" if self.failed else "")
+
+
+def describe(exc: BaseException) -> str:
+    """An error in words: ``no such file: x`` rather than ``[Errno 2] No such file or
+    directory: 'x'``."""
+    if isinstance(exc, FSError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        if exc.errno == errno.ENOENT:
+            return f"no such file: {exc.filename}"
+        return f"{exc.strerror[0].lower()}{exc.strerror[1:]}: {exc.filename}"
+    return str(exc)
