@@ -1,6 +1,6 @@
-"""``--version`` for the ``fsclient`` and ``fsserver`` commands: the installed package's
-version, looked up only when asked (``importlib.metadata`` reads the installed files, which
-``--help`` and every other command need not pay for)."""
+"""``--version`` for the ``fsclient`` and ``fsserver`` commands. The version lives here, and
+pyproject.toml reads it from here (``dynamic``), so the commands know it without
+``importlib.metadata``, which reads the installed files and costs a command ~40 ms."""
 
 from __future__ import annotations
 
@@ -9,15 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 
 DISTRIBUTION = "fs-filesync"
+VERSION = "0.1.0"
 
 
 def package_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:  # run from a source tree that was not installed
-        return "unknown (not installed)"
+    return VERSION
 
 
 class VersionAction(argparse.Action):

@@ -11,19 +11,21 @@ Three ways to trust, as the user picks them:
 from __future__ import annotations
 
 import argparse
-import hmac
 import os
-import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from common.errors import ErrorCode, FSError
+from fsclient.options import (
+    DEFAULT_SERVER,
+    ENV_TLS,
+    ENV_TLS_CA,
+    ENV_TLS_FINGERPRINT,
+    ENV_TOKEN,
+)
 
-DEFAULT_SERVER = "127.0.0.1:7878"
-"""The server address when neither an option nor the environment names one."""
-ENV_TOKEN = "FS_TOKEN"
-ENV_TLS = "FS_TLS"
-ENV_TLS_CA = "FS_TLS_CA"
-ENV_TLS_FINGERPRINT = "FS_TLS_FINGERPRINT"
+if TYPE_CHECKING:  # loaded when a connection needs it: the parser does not (fast --help)
+    import ssl
 
 
 class TLSError(FSError):
@@ -66,6 +68,8 @@ class Access:
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.uses_tls:
             return None
+        import ssl
+
         if self.tls_fingerprint:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False
@@ -81,6 +85,8 @@ class Access:
             return
         if der is None:
             raise TLSError(f"{where} showed no TLS certificate")
+        import hmac
+
         from common.tls import fingerprint_of
 
         seen = fingerprint_of(der)
@@ -91,31 +97,4 @@ class Access:
             )
 
 
-def add_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """The token and TLS options (accepted before and after a subcommand's arguments)."""
-
-    def default(value: object) -> object:
-        return argparse.SUPPRESS if suppress else value
-
-    parser.add_argument(
-        "--token", default=default(None), metavar="TOKEN", help=f"access token (env {ENV_TOKEN})"
-    )
-    parser.add_argument(
-        "--tls",
-        action="store_true",
-        default=default(False),
-        help=f"use TLS, trusting the system's CAs (env {ENV_TLS}=1)",
-    )
-    parser.add_argument(
-        "--tls-ca",
-        default=default(None),
-        metavar="FILE",
-        help=f"use TLS, trusting this CA or certificate (env {ENV_TLS_CA})",
-    )
-    parser.add_argument(
-        "--tls-fingerprint",
-        default=default(None),
-        metavar="SHA256HEX",
-        help="use TLS, trusting only the certificate with this SHA-256"
-        f" (env {ENV_TLS_FINGERPRINT})",
-    )
+__all__ = ["DEFAULT_SERVER", "Access", "TLSError"]

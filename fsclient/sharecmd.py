@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fsclient.access import DEFAULT_SERVER, Access
 
@@ -20,20 +20,6 @@ if TYPE_CHECKING:
 
 CREATES = ("put", "sync")
 """The commands that take ``--create-share``."""
-
-
-def add_create_share(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--create-share",
-        action="store_true",
-        help="make the share if the server does not have it yet (without it, a share that "
-        "does not exist is refused: a typo does not make a new share)",
-    )
-
-
-def add_commands(command: Any) -> None:
-    shares = command("shares", "list the shares the token opens: name, files, bytes")
-    shares.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def no_share_hint(command: str) -> str:

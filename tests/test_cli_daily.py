@@ -55,3 +55,23 @@ def test_ls_into_a_reader_that_stops_early_ends_quietly_with_0(server, tmp_path:
                                                          b"d/f00002.txt"]  # fmt: skip
     assert code == 0, errors
     assert errors == ""
+
+
+HEAVY = ("asyncio", "ssl", "common.messages", "dataclasses", "importlib.metadata", "uvloop",
+         "sqlite3")  # fmt: skip
+"""What help, --version and usage errors must not load: each costs a command ~5 to 40 ms."""
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["put", "--help"], ["sync", "--help"], ["put"], ["lss"]]
+)
+def test_help_version_and_usage_errors_load_no_protocol_or_asyncio(args):
+    """They answer from the parser alone (the start-up time itself is in ``make bench``)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "fsclient", *args],
+                          capture_output=True, text=True, env=cli_env(),
+                          timeout=CLI_TIMEOUT)  # fmt: skip
+    assert done.returncode == (2 if args in (["put"], ["lss"]) else 0), done.stderr
+    loaded = {line.split("|")[-1].strip() for line in done.stderr.splitlines()
+              if line.startswith("import time:")}  # fmt: skip
+    assert "fsclient.cli" in loaded  # the check sees our imports
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from common.paths import check_name
 from fsclient.access import DEFAULT_SERVER, Access
-from fsclient.sharecmd import add_create_share, share_refused
+from fsclient.sharecmd import share_refused
 
 if TYPE_CHECKING:  # imported where used: put, get, ls and rm need neither (nor sqlite3)
     from fsclient.sync.state import StateDB
@@ -22,22 +22,6 @@ if TYPE_CHECKING:  # imported where used: put, get, ls and rm need neither (nor 
 
 class SetupError(ValueError):
     """The folder cannot be synced as asked (the message says why)."""
-
-
-def add_commands(command: object) -> None:
-    sync = command("sync", "keep a folder in two-way sync with a share")  # type: ignore[operator]
-    sync.add_argument("dir")
-    sync.add_argument("--once", action="store_true", help="one full reconcile, then exit")
-    add_create_share(sync)
-    sync.add_argument(
-        "--debounce",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="wait this long after a change before sending it (default 2)",
-    )
-    status = command("status", "what a synced folder is doing")  # type: ignore[operator]
-    status.add_argument("dir")
 
 
 def open_folder(args: argparse.Namespace) -> tuple[Path, StateDB, str, str, str]:
