@@ -24,7 +24,7 @@ from common.version import VersionAction
 from fsclient.access import DEFAULT_SERVER, Access
 from fsclient.access import add_options as add_access_options
 from fsclient.progress import TerminalProgress
-from fsclient.sync.cli import add_commands, status, sync
+from fsclient.sync.cli import add_commands, status, sync, unsync
 
 
 def _packet_size(text: str) -> int:
@@ -159,6 +159,8 @@ async def _command(args: argparse.Namespace) -> int:
         return await sync(args)
     if args.command == "status":
         return status(args)
+    if args.command == "unsync":
+        return unsync(args)
     client = await Client.connect(
         args.server or os.environ.get("FS_SERVER") or DEFAULT_SERVER,
         args.share or os.environ.get("FS_SHARE") or "default",

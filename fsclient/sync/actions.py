@@ -15,17 +15,17 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum, auto
 from pathlib import Path
 
 from common import messages as m
-from common.errors import Conflict, FSError, NotFound
+from common.errors import Conflict, FSError, NotFound, StoreFull
 from common.limits import NO_VERSION
 from fsclient.client import Client
 from fsclient.durable import FolderSync, NewFolders
 from fsclient.progress import SyncProgress
-from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState
+from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState
+from fsclient.sync.report import Tally
 from fsclient.sync.scan import Scanner, brief, same_stat
 from fsclient.sync.state import BaseEntry, StateDB, folder_is_synced
 from fsclient.transfer import install, temp_name
@@ -56,23 +56,6 @@ class Outcome(Enum):
     """An error, logged and counted: try again later."""
 
 
-@dataclass
-class Tally:
-    uploaded: int = 0
-    downloaded: int = 0
-    deleted: int = 0
-    conflicts: int = 0
-    bytes: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
-    """Path -> why it failed last; a path settled later (or ignored since) is taken off."""
-
-    def line(self) -> str:
-        parts = [f"{self.uploaded} uploaded", f"{self.downloaded} downloaded",
-                 f"{self.deleted} deleted", f"{self.conflicts} conflicts",
-                 f"{len(self.failed)} failed"]  # fmt: skip
-        return ", ".join(parts) + f" ({self.bytes} bytes)"
-
-
 def conflict_name(path: str, client_id: str, now: float | None = None) -> str:
     """``dir/NAME.sync-conflict-YYYYMMDD-HHMMSS-<client id>.EXT`` for ``dir/NAME.EXT``."""
     folder, slash, name = path.rpartition("/")
@@ -84,12 +67,13 @@ def conflict_name(path: str, client_id: str, now: float | None = None) -> str:
 
 
 class Actions:
-    def __init__(self, folder: Path, db: StateDB, scanner: Scanner, client_id: str) -> None:
+    def __init__(self, folder: Path, db: StateDB, scanner: Scanner, client_id: str,
+                 tally: Tally | None = None) -> None:  # fmt: skip
         self.folder = folder
         self.db = db
         self.scanner = scanner
         self.client_id = client_id
-        self.tally = Tally()
+        self.tally = tally or Tally(db=db)
         self.client: Client | None = None
         self.highest = 0
         """The highest version of a change this client made (from the server's replies)."""
@@ -182,7 +166,7 @@ class Actions:
     def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:
         """The base for a file just uploaded (its inode only if it is still the same file)."""
         self.succeeded(local.path, 1, entry.size)
-        self.tally.uploaded += 1
+        self.tally.uploaded(local.path, entry.size)
         inode = local.inode if (local.size, local.mtime_ns) == (entry.size, entry.mtime_ns) else 0
         return BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,
                          entry.digest, entry.version)  # fmt: skip
@@ -205,7 +189,7 @@ class Actions:
         self.db.remove([path])
         self.highest = max(self.highest, version)
         self.succeeded(path)
-        self.tally.deleted += 1
+        self.tally.deleted(path, "on the server")
         return Outcome.DONE
 
     # -- to the folder -----------------------------------------------------------------------
@@ -223,6 +207,8 @@ class Actions:
         entry = m.FileEntry(remote.size, remote.version, remote.mtime_ns, remote.mode,
                             remote.digest, path)  # fmt: skip
         try:
+            if expect is not None and expect.digest == remote.digest:  # a chmod on the server
+                return self._chmod(path, remote, check)
             made = self.made.make(dest.parent, self.folder)
             if not await self._copy_local(path, remote, check):
                 # the server sends what it holds now, which may be newer than the news
@@ -238,7 +224,22 @@ class Actions:
             return self.fail(path, exc)
         self.record(path, entry.digest, entry.version, (entry.size, entry.mtime_ns))
         self.succeeded(path, 1, entry.size)
-        self.tally.downloaded += 1
+        self.tally.downloaded(path, entry.size)
+        return Outcome.DONE
+
+    def _chmod(self, path: str, remote: RemoteState, check: Callable[[], None]) -> Outcome:
+        """The bytes are here already: only the permissions change (and are flushed before
+        the base says so: a chmod lost to a power cut would look like one made here)."""
+        check()
+        fd = os.open(self.abs(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, remote.mode & PERMISSIONS)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.record(path, remote.digest, remote.version)
+        self.succeeded(path)
+        self.tally.downloaded(path, 0, f"set {path} to mode {remote.mode & PERMISSIONS:o}")
         return Outcome.DONE
 
     async def _copy_local(self, path: str, remote: RemoteState, check: Callable[[], None]
@@ -283,7 +284,7 @@ class Actions:
         self.db.remove([path])
         self.succeeded(path)
         if deleted:
-            self.tally.deleted += 1
+            self.tally.deleted(path, "here")
             self._prune(os.path.dirname(path))
         return Outcome.DONE
 
@@ -299,8 +300,7 @@ class Actions:
             return Outcome.CHANGED_HERE
         except OSError as exc:
             return self.fail(local.path, exc)
-        log.warning("conflict on %s: the local version is kept as %s", local.path, copy)
-        self.tally.conflicts += 1
+        self.tally.conflict(local.path, copy)
         if await self.forget(local.path) is not Outcome.DONE:
             return Outcome.FAILED  # decided again: the copy is a new file, the name missing
         with contextlib.suppress(OSError):  # else the copy is sent like any new local file
@@ -351,13 +351,14 @@ class Actions:
         is gone."""
         self.raise_if_lost()
         message = exc.message if isinstance(exc, FSError) else str(exc)
+        if isinstance(exc, StoreFull):  # the server's words start with "no space: "
+            message = f"no space on the server: {message.removeprefix('no space: ')}"
         log.error("%s: %s", path, message)
-        self.tally.failed[path] = message
+        self.tally.fail(path, message)
         return Outcome.FAILED
 
     def succeeded(self, path: str, files: int = 0, size: int = 0) -> None:
-        self.tally.failed.pop(path, None)
-        self.tally.bytes += size
+        self.tally.ok(path)
         if self.progress is not None and files:
             self.progress.advance(files, size)
 

@@ -2,7 +2,8 @@
 
 Inputs: the *base* (what disk and server last agreed on), the *local* file now, and the
 *remote* state the server announced since the base (None: no news). A side "changed" if its
-content (digest, or absence) differs from the base's. Then:
+content (digest and permission bits, or absence) differs from the base's (a ``chmod +x`` is a
+change to sync). Then:
 
 =================  =================  ===================================================
 local              remote             decision
@@ -14,7 +15,9 @@ unchanged          changed            download it, or delete the local file
 both changed to the same content      record it (the two sides converged)
 deleted            modified           download: a modification wins over a delete
 modified           deleted            upload: a modification wins over a delete
-modified           modified           conflict: keep both (local becomes a conflict copy)
+modified           modified           conflict: keep both (local becomes a conflict copy);
+                                      but the same bytes with other permissions: download
+                                      (the server's permissions win; no copy for a chmod)
 =================  =================  ===================================================
 
 Uploads and server deletes carry the server version they were decided against, so a change
@@ -30,6 +33,9 @@ from enum import Enum, auto
 
 from common.limits import ANY_VERSION, NO_VERSION
 from fsclient.sync.state import BaseEntry
+
+PERMISSIONS = 0o777
+"""The mode bits that are synced (a download gives a file these, never setuid or sticky)."""
 
 # Made once per file of a sync: slotted, not frozen (a frozen __init__ costs four times as much;
 # see common.messages). Nothing changes them after they are made.
@@ -84,8 +90,8 @@ class Decision:
 
 def decide(base: BaseEntry | None, local: LocalFile | None, remote: RemoteState | None,
            reseed: bool = False) -> Decision:  # fmt: skip
-    b_digest = base.digest if base else None
-    l_digest = local.digest if local else None
+    b_digest = (base.digest, base.mode & PERMISSIONS) if base else None
+    l_digest = (local.digest, local.mode & PERMISSIONS) if local else None
     if remote is None and reseed:
         if local is not None:
             return Decision(Do.UPLOAD, ANY_VERSION)
@@ -94,7 +100,7 @@ def decide(base: BaseEntry | None, local: LocalFile | None, remote: RemoteState 
         r_digest = b_digest
         r_version = base.version if base and base.version else NO_VERSION
     else:
-        r_digest = None if remote.deleted else remote.digest
+        r_digest = None if remote.deleted else (remote.digest, remote.mode & PERMISSIONS)
         r_version = NO_VERSION if remote.deleted else remote.version
     local_changed = l_digest != b_digest
     remote_changed = r_digest != b_digest
@@ -114,6 +120,8 @@ def decide(base: BaseEntry | None, local: LocalFile | None, remote: RemoteState 
         return Decision(Do.DOWNLOAD)
     if r_digest is None:
         return Decision(Do.UPLOAD, NO_VERSION)
+    if l_digest is not None and l_digest[0] == r_digest[0]:  # only the permissions differ
+        return Decision(Do.DOWNLOAD)
     return Decision(Do.CONFLICT, r_version)
 
 

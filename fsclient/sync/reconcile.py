@@ -15,7 +15,7 @@ import os
 from fsclient.progress import SyncProgress
 from fsclient.resume import kept_temps
 from fsclient.sync.actions import Actions, Outcome
-from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
+from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState, decide
 from fsclient.sync.scan import Scanner, Stat
 from fsclient.sync.state import BaseEntry, StateDB
 
@@ -99,14 +99,16 @@ class Reconcile:
 
 def changed_paths(base: dict[str, BaseEntry], local: dict[str, Stat],
                   remote: dict[str, RemoteState], reseed: bool) -> list[str]:  # fmt: skip
-    """The paths that may need something done, in order. A file whose stat matches its base,
-    with no news from the server and a known version, is skipped here: ``decide`` would say
-    NOTHING (content and bookkeeping agree), and a no-change run is mostly that."""
+    """The paths that may need something done, in order. A file whose stat (permissions
+    too) matches its base, with no news from the server and a known version, is skipped
+    here: ``decide`` would say NOTHING (content and bookkeeping agree), and a no-change run
+    is mostly that."""
     paths = []
     for path, st in local.items():
         here = base.get(path)
         if (here is None or reseed or not here.version or path in remote
-                or st[:3] != (here.size, here.mtime_ns, here.inode)):  # fmt: skip
+                or st[:3] != (here.size, here.mtime_ns, here.inode)
+                or (st[3] ^ here.mode) & PERMISSIONS):  # fmt: skip
             paths.append(path)
     paths.extend((base.keys() | remote.keys()) - local.keys())
     paths.sort()

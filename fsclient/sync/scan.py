@@ -23,7 +23,7 @@ from common.errors import InvalidPath
 from common.limits import MAX_PATH_BYTES, MAX_SEGMENT_BYTES
 from common.paths import is_canonical
 from fsclient.sync.ignore import IgnoreRules
-from fsclient.sync.plan import LocalFile
+from fsclient.sync.plan import PERMISSIONS, LocalFile
 from fsclient.sync.state import MARKER, BaseEntry
 from fsclient.transfer import CHUNK, SMALL_FILE, TEMP_MARK
 
@@ -46,6 +46,24 @@ def brief(st: os.stat_result) -> Stat:
 def same_stat(st: Stat, known: BaseEntry | LocalFile | None) -> bool:
     """The file is, by size, mtime and inode, the one *known* describes (None: nothing is)."""
     return known is not None and st[:3] == (known.size, known.mtime_ns, known.inode)
+
+
+def same_file(st: Stat, known: BaseEntry | None) -> bool:
+    """``same_stat``, and the same permissions: a ``chmod`` changes no mtime, yet is a change
+    to sync."""
+    return same_stat(st, known) and (st[3] ^ known.mode) & PERMISSIONS == 0  # type: ignore[union-attr]
+
+
+def differences(scanner: Scanner, base: dict[str, BaseEntry]) -> Iterator[str]:
+    """The paths whose file is not what its base says: new, changed, or gone."""
+    seen = set()
+    for path, st in scanner.walk():
+        seen.add(path)
+        if not same_file(st, base.get(path)):
+            yield path
+    for path in base:  # the walk just saw the others there
+        if path not in seen and scanner.stat(path) is None:
+            yield path
 
 
 class Scanner:
