@@ -1,0 +1,70 @@
+"""A mode-only change (``chmod +x``, no new bytes, no new mtime) reaches the other clients,
+live and with ``--once``; the same bytes with other permissions on both sides are no conflict.
+Real server, real ``fsclient`` processes."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from tests.served import listing
+from tests.serverproc import wait_for
+from tests.syncproc import files, once, started
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_a_chmod_reaches_a_live_client_and_back(server, tmp_path):
+    a, b = started(tmp_path, server.address, "a", "b")
+    try:
+        script = a.folder / "run.sh"
+        script.write_text("#!/bin/sh\n")
+        script.chmod(0o644)
+        wait_for(lambda: files(b.folder) == {"run.sh": b"#!/bin/sh\n"}, 20, "the file at b")
+        assert mode(b.folder / "run.sh") == 0o644
+        before = os.stat(script).st_mtime_ns
+        script.chmod(0o755)  # chmod +x: the mtime does not move
+        assert os.stat(script).st_mtime_ns == before
+        wait_for(lambda: mode(b.folder / "run.sh") == 0o755, 20, "+x at b")
+        (b.folder / "run.sh").chmod(0o700)
+        wait_for(lambda: mode(script) == 0o700, 20, "the chmod at b back at a")
+        assert files(a.folder) == files(b.folder) == {"run.sh": b"#!/bin/sh\n"}  # no copies
+    finally:
+        for proc in (a, b):
+            proc.stop()
+    assert listing(server) == ["run.sh"]
+
+
+def test_a_chmod_reaches_another_client_with_once(server, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    (one / "tool").write_bytes(b"x" * 5000)
+    (one / "tool").chmod(0o644)
+    assert once(one, server.address).returncode == 0
+    assert once(two, server.address).returncode == 0
+    (one / "tool").chmod(0o755)
+    sent = once(one, server.address, "-v")
+    assert sent.stdout.splitlines()[0] == "uploaded tool (4.9 KiB)"
+    got = once(two, server.address, "-v")
+    assert (got.returncode, got.stderr) == (0, "")
+    assert got.stdout.splitlines()[0] == "set tool to mode 755"  # no download of the bytes
+    assert mode(two / "tool") == 0o755
+    again = once(two, server.address, "-v")  # settled: nothing more to do either way
+    assert again.stdout.startswith(f"synced {two} with ")
+
+
+def test_the_same_bytes_with_other_permissions_are_no_conflict(server, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    for folder, perms in ((one, 0o755), (two, 0o600)):
+        (folder / "same").write_text("same")
+        (folder / "same").chmod(perms)
+    assert once(one, server.address).returncode == 0
+    result = once(two, server.address)  # new on both sides, equal bytes: the server's wins
+    assert result.returncode == 0, result.stderr
+    assert "conflict on" not in result.stdout
+    assert ", 0 conflicts," in result.stdout
+    assert mode(two / "same") == 0o755
+    assert files(two) == {"same": b"same"}
