@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import stat
 
+from fsclient.sync.ignore import IgnoreRules
 from tests.served import listing
 from tests.serverproc import wait_for
-from tests.syncproc import files, once, started
+from tests.syncproc import files, once, started, status
 
 
 def mode(path) -> int:
@@ -68,3 +69,57 @@ def test_the_same_bytes_with_other_permissions_are_no_conflict(server, tmp_path)
     assert ", 0 conflicts," in result.stdout
     assert mode(two / "same") == 0o755
     assert files(two) == {"same": b"same"}
+
+
+def folders(root) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")
+            if p.is_dir() and ".fsync" not in p.parts}  # fmt: skip
+
+
+def test_an_empty_folder_reaches_a_live_client_and_its_removal_too(server, tmp_path):
+    a, b = started(tmp_path, server.address, "a", "b")
+    try:
+        (a.folder / "empty").mkdir()
+        (a.folder / "deep" / "er").mkdir(parents=True)
+        wait_for(lambda: folders(b.folder) == {"empty", "deep", "deep/er"}, 20, "the folders at b")
+        assert listing(server) == ["deep/er/.fsfolder", "empty/.fsfolder"]
+        assert files(b.folder) == {}  # the marks are never on the disk
+        (a.folder / "empty").rmdir()
+        wait_for(lambda: folders(b.folder) == {"deep", "deep/er"}, 20, "the removal at b")
+        (b.folder / "deep" / "er" / "f.txt").write_text("f")  # a folder that fills up
+        wait_for(lambda: files(a.folder) == {"deep/er/f.txt": b"f"}, 20, "the file at a")
+        # (its state row written: a delete made between the rename and the row goes unseen)
+        wait_for(lambda: "files in sync:   2\n" in status(a.folder), 20, "the file in a's state")
+        (a.folder / "deep" / "er" / "f.txt").unlink()  # emptied again: the folder stays
+        wait_for(lambda: "deep/er/f.txt" not in listing(server), 20, "the delete")
+        wait_for(lambda: files(b.folder) == {}, 20, "the delete at b")
+        assert folders(b.folder) == folders(a.folder) == {"deep", "deep/er"}
+    finally:
+        for proc in (a, b):
+            proc.stop()
+
+
+def test_an_empty_folder_reaches_another_client_with_once(server, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    (one / "kept" / "inner").mkdir(parents=True)
+    (one / "full").mkdir()
+    (one / "full" / "x.txt").write_text("x")
+    assert once(one, server.address).returncode == 0
+    assert listing(server) == ["full/x.txt", "kept/inner/.fsfolder"]  # only empty ones
+    got = once(two, server.address, "-v")
+    assert (got.returncode, got.stderr) == (0, "")
+    assert "made folder kept/inner" in got.stdout.splitlines()
+    assert folders(two) == {"kept", "kept/inner", "full"}
+    (two / "kept" / "inner").rmdir()
+    assert once(two, server.address).returncode == 0
+    assert once(one, server.address).returncode == 0
+    assert folders(one) == {"kept", "full"}  # "kept" is empty now: it is sent in turn
+    assert "kept/.fsfolder" in listing(server)
+
+
+def test_a_mark_is_ignored_with_its_folder_only():
+    rules = IgnoreRules([".*", "build/"])
+    assert rules.ignored("d/.hidden") and rules.ignored("build/x.o")
+    assert not rules.ignored("d/.fsfolder")  # ".*" does not hide every empty folder
+    assert rules.ignored("build/.fsfolder")

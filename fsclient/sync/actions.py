@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable
 from enum import Enum, auto
 from pathlib import Path
@@ -24,7 +23,8 @@ from common.limits import NO_VERSION
 from fsclient.client import Client
 from fsclient.durable import FolderSync, NewFolders
 from fsclient.progress import SyncProgress
-from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState
+from fsclient.sync.folders import folder_of, is_mark, mark_of, send_marks
+from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState, conflict_name
 from fsclient.sync.report import Tally
 from fsclient.sync.scan import Scanner, brief, same_stat
 from fsclient.sync.state import BaseEntry, StateDB, folder_is_synced
@@ -54,16 +54,6 @@ class Outcome(Enum):
     """The server's version moved meanwhile: decide again with its news."""
     FAILED = auto()
     """An error, logged and counted: try again later."""
-
-
-def conflict_name(path: str, client_id: str, now: float | None = None) -> str:
-    """``dir/NAME.sync-conflict-YYYYMMDD-HHMMSS-<client id>.EXT`` for ``dir/NAME.EXT``."""
-    folder, slash, name = path.rpartition("/")
-    stem, dot, ext = name.rpartition(".")
-    if not stem:  # no extension (or a dot file such as .bashrc)
-        stem, dot, ext = name, "", ""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    return f"{folder}{slash}{stem}.sync-conflict-{stamp}-{client_id}{dot}{ext}"
 
 
 class Actions:
@@ -124,9 +114,6 @@ class Actions:
             return {}
         client = self.client
         assert client is not None
-        items = [(self.abs(f.path), f.path, expected,
-                  (f.size, f.mtime_ns, f.digest) if f.digest else None)
-                 for f, expected in files]  # fmt: skip
         done: list[BaseEntry] = []
         undone: dict[str, Outcome] = {}
 
@@ -148,7 +135,11 @@ class Actions:
                 undone[local.path] = self.fail(local.path, result)
 
         try:
-            await client.put_many(items, on_result=settled)
+            real = await send_marks(client, [(f.path, e) for f, e in files], settled)
+            items = [(self.abs(f.path), f.path, expected,
+                      (f.size, f.mtime_ns, f.digest) if f.digest else None)
+                     for f, expected in (files[i] for i in real)]  # fmt: skip
+            await client.put_many(items, on_result=lambda at, result: settled(real[at], result))
         finally:
             self.store_uploaded(done)  # what was sent before the connection ended is kept
         self.raise_if_lost()
@@ -207,6 +198,8 @@ class Actions:
         entry = m.FileEntry(remote.size, remote.version, remote.mtime_ns, remote.mode,
                             remote.digest, path)  # fmt: skip
         try:
+            if is_mark(path):  # an empty folder
+                return await self._make_folder(path, remote)
             if expect is not None and expect.digest == remote.digest:  # a chmod on the server
                 return self._chmod(path, remote, check)
             made = self.made.make(dest.parent, self.folder)
@@ -242,12 +235,23 @@ class Actions:
         self.tally.downloaded(path, 0, f"set {path} to mode {remote.mode & PERMISSIONS:o}")
         return Outcome.DONE
 
+    async def _make_folder(self, path: str, remote: RemoteState) -> Outcome:
+        made = self.made.make(Path(self.abs(folder_of(path))), self.folder)
+        await self.folders.sync_all({folder.parent for folder in made})  # hold new names
+        self.made.flushed(made)
+        self.record(path, remote.digest, remote.version)
+        self.succeeded(path)
+        self.tally.downloaded(path, 0, f"made folder {folder_of(path)}")
+        return Outcome.DONE
+
     async def _copy_local(self, path: str, remote: RemoteState, check: Callable[[], None]
                           ) -> bool:  # fmt: skip
         """A rename or copy elsewhere: the content is here already, under another name."""
         for other in self.db.with_digest(remote.digest):
+            if other.path == path or is_mark(other.path):  # (an empty folder has no bytes)
+                continue
             st = self.scanner.stat(other.path)
-            if other.path == path or st is None or not same_stat(st, other):
+            if st is None or not same_stat(st, other):
                 continue
             dest = Path(self.abs(path))
             temp = temp_name(dest)
@@ -262,6 +266,10 @@ class Actions:
 
     async def delete_local(self, path: str, expect: LocalFile) -> Outcome:
         try:
+            if is_mark(path):  # the folder goes if nothing is in it (else what is stays)
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.abs(folder_of(path)))
+                return await self.forget(path, deleted=True)
             self._unchanged(path, expect)()
             os.unlink(self.abs(path))
         except LocalChanged:
@@ -377,7 +385,7 @@ class Actions:
 
     def _prune(self, folder: str) -> None:
         """Remove folders left empty by deletes (a folder deleted or renamed elsewhere)."""
-        while folder:
+        while folder and self.db.get(mark_of(folder)) is None:  # a marked folder stays
             try:
                 os.rmdir(self.abs(folder))
             except OSError:

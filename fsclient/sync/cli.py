@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -120,6 +119,8 @@ def folder_access(args: argparse.Namespace, db: StateDB) -> Access:
 
 
 async def sync(args: argparse.Namespace) -> int:
+    import shutil
+
     from fsclient.sync.lock import FolderBusy, FolderLock
     from fsclient.sync.state import MARKER, StateDB
 
@@ -208,6 +209,8 @@ def error(message: str, code: int) -> int:
 
 def unsync(args: argparse.Namespace) -> int:
     """Forget that a folder is synced: its state goes (once no sync holds it), its files stay."""
+    import shutil
+
     from fsclient.sync.lock import FolderBusy, FolderLock
     from fsclient.sync.state import MARKER, StateDB
 
@@ -229,7 +232,7 @@ def unsync(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     from fsclient.sync.ignore import IgnoreRules
-    from fsclient.sync.scan import Scanner, same_file
+    from fsclient.sync.scan import Scanner, differences
     from fsclient.sync.state import StateDB
 
     folder = Path(args.dir).absolute()
@@ -239,16 +242,10 @@ def status(args: argparse.Namespace) -> int:
     scanner = Scanner(folder, IgnoreRules.load(folder))
     base = {entry.path: entry for entry in db.all()}
     failures = db.failures()  # why a change did not go through the last time it was tried
-    pending = set(failures)  # (a download that failed is no difference on the disk)
-    conflicts = []
-    seen = set()
-    for path, st in scanner.walk():
-        seen.add(path)
-        if not same_file(st, base.get(path)):
-            pending.add(path)
-        if ".sync-conflict-" in path.rsplit("/", 1)[-1]:
-            conflicts.append(path)
-    pending.update(path for path in base if path not in seen)
+    # (a download that failed is no difference on the disk, but it is pending)
+    pending = set(failures) | set(differences(scanner, base))
+    named = (path for path in base.keys() | pending if ".sync-conflict-" in path.rsplit("/")[-1])
+    conflicts = sorted(path for path in named if scanner.stat(path))
     last = db.meta("last_sync")
     when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last))) if last
             else "never")  # fmt: skip

@@ -28,6 +28,7 @@ is sent again and nothing is deleted because the server lacks it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import Enum, auto
 
@@ -140,3 +141,13 @@ def _settled(base: BaseEntry | None, local: LocalFile | None, r_version: int) ->
 
 def _forget(base: BaseEntry | None) -> Decision:
     return Decision(Do.FORGET) if base else Decision(Do.NOTHING)
+
+
+def conflict_name(path: str, client_id: str, now: float | None = None) -> str:
+    """``dir/NAME.sync-conflict-YYYYMMDD-HHMMSS-<client id>.EXT`` for ``dir/NAME.EXT``."""
+    folder, slash, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension (or a dot file such as .bashrc)
+        stem, dot, ext = name, "", ""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{folder}{slash}{stem}.sync-conflict-{stamp}-{client_id}{dot}{ext}"

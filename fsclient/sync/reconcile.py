@@ -15,6 +15,7 @@ import os
 from fsclient.progress import SyncProgress
 from fsclient.resume import kept_temps
 from fsclient.sync.actions import Actions, Outcome
+from fsclient.sync.folders import is_mark
 from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState, decide
 from fsclient.sync.scan import Scanner, Stat
 from fsclient.sync.state import BaseEntry, StateDB
@@ -49,6 +50,8 @@ class Reconcile:
             if ignored(path):
                 continue
             st, here, news = local.get(path), base.get(path), remote.get(path)
+            if st is None and is_mark(path):  # the walk yields only marks of empty folders
+                st = self.scanner.stat(path)
             try:
                 current = self.scanner.local(path, st, here, lazy=news is None) if st else None
             except OSError as exc:  # unreadable: this path fails, not the session
