@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,7 +67,7 @@ def synced_folder(path: str) -> Path:
     return folder
 
 
-@dataclass(frozen=True)
+@dataclass
 class Binding:
     """The server and share a folder syncs with, and how to reach it. Saved with the folder
     only once a connection with them succeeded (a mistyped ``--server`` must not stick)."""
@@ -76,8 +75,11 @@ class Binding:
     server: str
     share: str
     access: Access
+    connected: bool = False
 
     def save(self, db: StateDB) -> None:
+        """A connection succeeded: the folder is bound to this server from now on."""
+        self.connected = True
         ca = os.path.abspath(self.access.tls_ca) if self.access.tls_ca else ""
         db.set_meta(server=self.server, share=self.share, tls_ca=ca,
                     tls="1" if self.access.uses_tls else "0",
@@ -136,29 +138,23 @@ async def sync(args: argparse.Namespace) -> int:
     except FolderBusy as exc:
         return error(str(exc), 1)
     db = StateDB(folder, create=created)
-    connected = False
+    bound: Binding | None = None
     try:
         bound = binding(args, folder, db)
         client_id = db.meta("client_id") or default_client_id()
         db.set_meta(client_id=client_id)
-
-        def on_connect() -> None:
-            nonlocal connected
-            connected = True
-            bound.save(db)
-
-        return await run_engine(args, folder, db, bound, client_id, on_connect)
+        return await run_engine(args, folder, db, bound, client_id)
     except UsageError as exc:
         return error(str(exc), 2)
     finally:
         db.close()
-        if created and not connected:  # nothing of this run is worth keeping
+        if created and not (bound and bound.connected):  # nothing of this run is worth keeping
             shutil.rmtree(folder / MARKER, ignore_errors=True)
         lock.release()
 
 
 async def run_engine(args: argparse.Namespace, folder: Path, db: StateDB, bound: Binding,
-                     client_id: str, on_connect: Callable[[], None]) -> int:  # fmt: skip
+                     client_id: str) -> int:  # fmt: skip
     """Sync until done or stopped; the summary, unless -q. Exit 1 if anything failed, or
     if no connection was ever made (that is no sync at all, whatever the reason)."""
     from fsclient.sync.actions import FolderGone
@@ -168,14 +164,7 @@ async def run_engine(args: argparse.Namespace, folder: Path, db: StateDB, bound:
     tally = Tally(Verbosity(args.verbosity), db)
     engine = SyncEngine(folder, db, bound.server, bound.share, client_id, args.debounce,
                         args.once, bound.access, tally)  # fmt: skip
-    connected = False
-
-    def connect() -> None:
-        nonlocal connected
-        connected = True
-        on_connect()
-
-    engine.on_connect = connect
+    engine.on_connect = lambda: bound.save(db)
     started = time.monotonic()
     task = asyncio.current_task()
     assert task is not None
@@ -187,10 +176,10 @@ async def run_engine(args: argparse.Namespace, folder: Path, db: StateDB, bound:
     except asyncio.CancelledError:  # SIGTERM: a clean stop
         code = 0
     except (FSError, OSError) as exc:
-        if connected:
+        if bound.connected:
             raise
         engine.last_error = exc.message if isinstance(exc, FSError) else str(exc)
-    if not connected:
+    if not bound.connected:
         return error(f"never connected to {bound.server} ({engine.last_error or 'stopped'}): "
                      f"nothing was synced", 1)  # fmt: skip
     tally.end_batch()
