@@ -6,10 +6,12 @@ yields the mark of each folder it finds empty (the mark is never on the disk, an
 of that name is skipped), an upload of it sends zero bytes, a download of it makes the folder,
 and a delete of it removes the folder if it is empty.
 
-A mark means "this folder exists". It is made for a folder seen empty, but it stays while the
-folder fills up (its stat is the folder's, whatever is in it), and goes when the folder goes:
-so a client that saw the folder empty and one that saw it full never disagree about it, and a
-remote delete that empties a folder does not prune a folder whose mark is known.
+A mark means "this folder exists". It is made only for a folder that is empty when its mark
+is settled (``Scanner.local``; a download's temp file counts as content, so a folder made for a
+download is not marked), but it stays while the folder fills up (its stat is the folder's,
+whatever is in it), and goes when the folder goes: so a client that saw the folder empty and
+one that saw it full never disagree about it, and a remote delete that empties a folder does
+not prune a folder whose mark is known.
 
 Its stat is ``(0, 0, folder's inode, MARK_MODE)``: no mtime, because a folder's mtime moves
 with every file in it, which changes nothing about the mark.
