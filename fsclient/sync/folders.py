@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from common.errors import FSError
@@ -47,6 +47,17 @@ def mark_of(folder: str) -> str:
 
 def folder_of(mark: str) -> str:
     return mark[: -len(MARK) - 1]
+
+
+def parents(paths: Iterable[str]) -> set[str]:
+    """Every folder that holds one of *paths*, at any depth."""
+    found: set[str] = set()
+    for path in paths:
+        folder = path.rpartition("/")[0]
+        while folder and folder not in found:
+            found.add(folder)
+            folder = folder.rpartition("/")[0]
+    return found
 
 
 def mark_stat(root: str, mark: str) -> Stat | None:

@@ -15,7 +15,7 @@ import os
 from fsclient.progress import SyncProgress
 from fsclient.resume import kept_temps
 from fsclient.sync.actions import Actions, Outcome
-from fsclient.sync.folders import is_mark
+from fsclient.sync.folders import folder_of, is_mark, parents
 from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState, decide
 from fsclient.sync.scan import Scanner, Stat
 from fsclient.sync.state import BaseEntry, StateDB
@@ -31,6 +31,8 @@ class Reconcile:
         self.db = db
         self.actions = actions
         self.undone: dict[str, Outcome] = {}
+        self.incoming: set[str] | None = None
+        """Folders that files from the server are on their way into (made when needed)."""
 
     async def run(self, remote: dict[str, RemoteState], reseed: bool,
                   local: dict[str, Stat]) -> dict[str, Outcome]:  # fmt: skip
@@ -58,6 +60,8 @@ class Reconcile:
                 self.undone[path] = self.actions.fail(path, exc)
                 continue
             decision = decide(here, current, news, reseed)
+            if decision.do is Do.UPLOAD and is_mark(path) and self.filling(path, remote):
+                continue  # an empty folder that downloads fill (one cut short, say): no mark
             if decision.do is Do.UPLOAD and current is not None:
                 uploads.append((current, decision.expected))
             elif decision.do is Do.RECORD and current is not None:
@@ -78,6 +82,11 @@ class Reconcile:
             self.actions.progress.close()
             self.actions.progress = None
         return self.undone
+
+    def filling(self, mark: str, remote: dict[str, RemoteState]) -> bool:
+        if self.incoming is None:
+            self.incoming = parents(p for p, news in remote.items() if not news.deleted)
+        return folder_of(mark) in self.incoming
 
     async def transfer(self, uploads: list[tuple[LocalFile, int]], later: list[Later]) -> None:
         self.undone.update(await self.actions.upload(uploads))
