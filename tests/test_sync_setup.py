@@ -69,7 +69,9 @@ def test_a_failed_rebind_keeps_the_server_the_folder_had(server, tmp_path):
     typo = closed_address()
     failed = once(folder, typo, "--rebind")
     assert failed.returncode == 1
-    assert failed.stderr.startswith(NEVER.format(address=typo)), failed.stderr
+    moving, never = failed.stderr.splitlines()
+    assert moving == f"fsclient: moving {folder} from {server.address} to {typo}"
+    assert never.startswith(NEVER.format(address=typo)), failed.stderr
     assert f"server:          {server.address}\n" in status(folder)
     (folder / "b.txt").write_text("b")
     again = fsclient("sync", str(folder), "--once")  # no --server: the folder's own
@@ -92,6 +94,7 @@ def test_another_server_needs_rebind(server_factory, tmp_path, how):
     assert listing(second) == []
     moved = once(folder, second.address, "--rebind")
     assert moved.returncode == 0, moved.stderr
+    assert f"fsclient: moving {folder} from {first.address} to {second.address}\n" in moved.stderr
     assert listing(second) == ["a.txt"]  # a new server: everything is sent to it
     assert f"server:          {second.address}\n" in status(folder)
 
@@ -159,3 +162,21 @@ def test_unsync_refuses_while_a_sync_holds_the_folder(server, tmp_path):
         assert sync.proc.poll() is None
     finally:
         sync.stop()
+
+
+def test_an_address_that_is_no_address_saves_nothing_either(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    result = once(folder, "127.0.0.1")  # the port forgotten
+    expected = "fsclient: error: invalid server address '127.0.0.1': expected HOST:PORT\n"
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", expected)
+    assert not (folder / ".fsync").exists()
+
+
+def test_verbose_and_quiet_together_are_a_usage_error(tmp_path):
+    result = fsclient("sync", str(tmp_path), "--once", "-v", "-q")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.endswith(
+        "fsclient sync: error: argument -q/--quiet: not allowed with argument -v/--verbose\n"
+    )
+    assert not (tmp_path / ".fsync").exists()

@@ -100,6 +100,8 @@ def binding(args: argparse.Namespace, folder: Path, db: StateDB) -> Binding:
     if given and bound and given != bound and not args.rebind:
         raise UsageError(f"{folder} is synced with server {bound}, not {given}; "
                          f"to move it to {given}, add --rebind")  # fmt: skip
+    if given and bound and given != bound:
+        logging.getLogger(__name__).info("moving %s from %s to %s", folder, bound, given)
     return Binding(given or bound or DEFAULT_SERVER, share, folder_access(args, db))
 
 
