@@ -99,6 +99,24 @@ def test_an_empty_folder_reaches_a_live_client_and_its_removal_too(server, tmp_p
             proc.stop()
 
 
+def test_a_folder_emptied_live_stays_on_the_other_client(server, tmp_path):
+    a, b = started(tmp_path, server.address, "a", "b")
+    try:
+        (a.folder / "box").mkdir()
+        (a.folder / "box" / "only.txt").write_text("only")
+        wait_for(lambda: files(b.folder) == {"box/only.txt": b"only"}, 20, "the file at b")
+        wait_for(lambda: "files in sync:   1\n" in status(b.folder), 20, "b's state")
+        assert listing(server) == ["box/only.txt"]  # a folder with a file needs no mark
+        (a.folder / "box" / "only.txt").unlink()  # the folder is kept, empty
+        wait_for(lambda: listing(server) == ["box/.fsfolder"], 20, "the mark instead of the file")
+        # (b may prune the folder when the delete comes first, and make it again for the mark)
+        wait_for(lambda: files(b.folder) == {} and folders(b.folder) == {"box"}, 20, "b's box")
+        assert listing(server) == ["box/.fsfolder"]
+    finally:
+        for proc in (a, b):
+            proc.stop()
+
+
 def test_an_empty_folder_reaches_another_client_with_once(server, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()

@@ -25,6 +25,7 @@ from fsclient.access import Access
 from fsclient.client import ChangeStream, Client
 from fsclient.protocol import ConnectionLost
 from fsclient.sync.actions import Actions, Outcome
+from fsclient.sync.folders import mark_of
 from fsclient.sync.ignore import IGNORE_FILE, IgnoreRules
 from fsclient.sync.pending import ServerNews, SettleQueue
 from fsclient.sync.plan import RemoteState, decide
@@ -278,11 +279,12 @@ class SyncEngine:
         """A watcher event (on the loop): settle the path once it has been quiet a while."""
         if path == IGNORE_FILE:
             self.scanner.rules = IgnoreRules.load(self.folder)
+        paths = {mark_of(path.rpartition("/")[0])} if "/" in path else set()  # emptied now?
         if is_dir:
-            paths = {e.path for e in self.db.under(path)}
+            paths |= {e.path for e in self.db.under(path)}
             paths |= {p for p, _ in self.scanner.walk(path)}
         else:
-            paths = {path}
+            paths.add(path)
         for one in paths:
             if not self.scanner.rules.ignored(one):
                 self.settle_later(one, self.debounce)

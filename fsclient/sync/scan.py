@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from common.digest import StreamingDigest, digest_of
@@ -131,7 +131,7 @@ class Scanner:
                 except FileNotFoundError:  # gone while we looked
                     continue
 
-    def has_content(self, rel: str, entries: list[os.DirEntry[str]]) -> bool:
+    def has_content(self, rel: str, entries: Iterable[os.DirEntry[str]]) -> bool:
         """A folder holds something to sync: a file or folder that is not ignored (a folder
         that holds only ignored files is sent as empty: the other clients make it too), or
         a download on its way (a folder made for a download is not sent as empty)."""
@@ -150,9 +150,12 @@ class Scanner:
         return False
 
     def empty(self, mark: str) -> bool:
+        """The mark's folder holds nothing to sync (read until the first entry that counts:
+        a file event in a folder of 100,000 files settles that folder's mark too)."""
         folder = folder_of(mark)
         try:
-            return not self.has_content(folder, list(os.scandir(os.path.join(self.root, folder))))
+            with os.scandir(os.path.join(self.root, folder)) as entries:
+                return not self.has_content(folder, entries)
         except OSError:
             return False
 
