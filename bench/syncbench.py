@@ -29,7 +29,7 @@ from bench.procs import Child
 from bench.synctree import count_files
 from fsclient.client import Client
 
-TALLY = re.compile(r"(\d+) uploaded, (\d+) downloaded, (\d+) deleted, (\d+) conflicts, "
+TALLY = re.compile(r"(\d+) uploaded, (\d+) downloaded, (\d+) deleted, (\d+) conflicts?, "
                    r"(\d+) failed")  # fmt: skip
 WATCHING = re.compile(r"watching ")
 COMMAND_TIMEOUT = 600.0

@@ -22,7 +22,7 @@ from fsclient.formats import describe, format_entry, long_listing
 from fsclient.helptopics import show as show_topic
 from fsclient.progress import TerminalProgress
 from fsclient.sharecmd import connect, list_shares
-from fsclient.sync.cli import status, sync
+from fsclient.sync.cli import status, sync, unsync
 from fsclient.tree import PutPlan, UsageError, get_tree, plan_get, plan_put, put_tree, rm_tree
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ async def _command(args: argparse.Namespace) -> int:
         return await sync(args)
     if args.command == "status":
         return status(args)
+    if args.command == "unsync":
+        return unsync(args)
     if args.command == "shares":
         return await list_shares(args)
     if args.command == "help":

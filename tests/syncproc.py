@@ -25,13 +25,21 @@ class SyncProcess:
     debounce: float = DEBOUNCE
     proc: subprocess.Popen[str] | None = None
     log: ServerLog = field(default_factory=ServerLog)
+    extra: tuple[str, ...] = ()
+    """More options for ``fsclient sync``."""
+
+    def rebind(self, address: str) -> None:
+        """The server moved (restarted on another port): the next start moves the folder to
+        it (a folder bound to one server is refused another without ``--rebind``)."""
+        self.address = address
+        self.extra = ("--rebind",)
 
     def start(self, wait: bool = True) -> SyncProcess:
         """Start the client; *wait*: until it is live (its first pass over the folder done)."""
         self.log = ServerLog()
         self.proc = subprocess.Popen(
             fsclient_command("sync", str(self.folder), "--debounce", str(self.debounce),
-                             server=self.address),
+                             *self.extra, server=self.address),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=cli_env({"PYTHONUNBUFFERED": "1"}),
         )  # fmt: skip

@@ -16,9 +16,6 @@ from fsclient.connect import parse_server
 from tests.cli import fsclient
 from tests.conftest import run
 
-OWNED_ELSEWHERE = {"sync", "status"}
-"""Subcommands defined in fsclient/sync/cli.py (the sync engine's own command line)."""
-
 
 def error_line(done, code: int) -> str:
     """The one error line of a failed command, after checking its exit code."""
@@ -132,11 +129,9 @@ def test_every_positional_argument_has_help():
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     checked = []
     for name, sub in commands.choices.items():
-        if name in OWNED_ELSEWHERE:
-            continue
         for action in sub._actions:
             if not action.option_strings:
                 assert action.help, f"fsclient {name} {action.dest}: no help"
                 checked.append(f"{name} {action.dest}")
-    assert {"put local", "put remote", "get remote", "get local", "ls prefix",
-            "rm remote"} <= set(checked)  # fmt: skip
+    assert {"put local", "put remote", "get remote", "get local", "ls prefix", "rm remote",
+            "sync dir", "status dir", "unsync dir", "help topic"} <= set(checked)  # fmt: skip

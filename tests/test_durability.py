@@ -225,7 +225,8 @@ def test_deletes_survive_a_restart_and_an_offline_client_does_not_bring_one_back
         a.stop()
         kill_everything(server)
         server = durable_server(data_dir)
-        a.address = b.address = server.address
+        a.rebind(server.address)
+        b.rebind(server.address)
         b.start()
         wait_for(lambda: sorted(files(b.folder)) == ["keep.txt"], 15, "B to apply the delete")
         assert sorted(server_state(server)) == ["keep.txt"]

@@ -293,7 +293,9 @@ def test_once_reports_failure_with_a_non_zero_exit(tmp_path):
     folder.mkdir()
     result = once(folder, "127.0.0.1:1")
     assert result.returncode == 1
-    assert result.stderr.startswith("fsclient: error: cannot connect")
+    assert result.stderr.startswith(
+        "fsclient: error: never connected to 127.0.0.1:1 (cannot connect"
+    )
     missing = fsclient("sync", str(tmp_path / "nope"), "--once")
     assert missing.returncode == 1
     assert "does not exist" in missing.stderr

@@ -69,7 +69,7 @@ def test_a_client_away_longer_than_the_tombstones_deletes_what_was_deleted(tmp_p
             server.stop()
             server = start_server(*args)
             a.stop()
-        b.address = server.address
+        b.rebind(server.address)
         b.start()
         try:
             wait_for(lambda: sorted(files(b.folder)) == ["keep.txt", "later.txt"], 15,

@@ -13,19 +13,19 @@ import contextlib
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum, auto
 from pathlib import Path
 
 from common import messages as m
-from common.errors import Conflict, FSError, NotFound
+from common.errors import Conflict, FSError, NotFound, StoreFull
 from common.limits import NO_VERSION
 from fsclient.client import Client
 from fsclient.durable import FolderSync, NewFolders
 from fsclient.progress import SyncProgress
-from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState
+from fsclient.sync.folders import folder_of, is_mark, mark_of, send_marks
+from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState, conflict_name
+from fsclient.sync.report import Tally
 from fsclient.sync.scan import Scanner, brief, same_stat
 from fsclient.sync.state import BaseEntry, StateDB, folder_is_synced
 from fsclient.transfer import install, temp_name
@@ -56,40 +56,14 @@ class Outcome(Enum):
     """An error, logged and counted: try again later."""
 
 
-@dataclass
-class Tally:
-    uploaded: int = 0
-    downloaded: int = 0
-    deleted: int = 0
-    conflicts: int = 0
-    bytes: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
-    """Path -> why it failed last; a path settled later (or ignored since) is taken off."""
-
-    def line(self) -> str:
-        parts = [f"{self.uploaded} uploaded", f"{self.downloaded} downloaded",
-                 f"{self.deleted} deleted", f"{self.conflicts} conflicts",
-                 f"{len(self.failed)} failed"]  # fmt: skip
-        return ", ".join(parts) + f" ({self.bytes} bytes)"
-
-
-def conflict_name(path: str, client_id: str, now: float | None = None) -> str:
-    """``dir/NAME.sync-conflict-YYYYMMDD-HHMMSS-<client id>.EXT`` for ``dir/NAME.EXT``."""
-    folder, slash, name = path.rpartition("/")
-    stem, dot, ext = name.rpartition(".")
-    if not stem:  # no extension (or a dot file such as .bashrc)
-        stem, dot, ext = name, "", ""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    return f"{folder}{slash}{stem}.sync-conflict-{stamp}-{client_id}{dot}{ext}"
-
-
 class Actions:
-    def __init__(self, folder: Path, db: StateDB, scanner: Scanner, client_id: str) -> None:
+    def __init__(self, folder: Path, db: StateDB, scanner: Scanner, client_id: str,
+                 tally: Tally | None = None) -> None:  # fmt: skip
         self.folder = folder
         self.db = db
         self.scanner = scanner
         self.client_id = client_id
-        self.tally = Tally()
+        self.tally = tally or Tally(db=db)
         self.client: Client | None = None
         self.highest = 0
         """The highest version of a change this client made (from the server's replies)."""
@@ -140,9 +114,6 @@ class Actions:
             return {}
         client = self.client
         assert client is not None
-        items = [(self.abs(f.path), f.path, expected,
-                  (f.size, f.mtime_ns, f.digest) if f.digest else None)
-                 for f, expected in files]  # fmt: skip
         done: list[BaseEntry] = []
         undone: dict[str, Outcome] = {}
 
@@ -164,7 +135,11 @@ class Actions:
                 undone[local.path] = self.fail(local.path, result)
 
         try:
-            await client.put_many(items, on_result=settled)
+            real = await send_marks(client, [(f.path, e) for f, e in files], settled)
+            items = [(self.abs(f.path), f.path, expected,
+                      (f.size, f.mtime_ns, f.digest) if f.digest else None)
+                     for f, expected in (files[i] for i in real)]  # fmt: skip
+            await client.put_many(items, on_result=lambda at, result: settled(real[at], result))
         finally:
             self.store_uploaded(done)  # what was sent before the connection ended is kept
         self.raise_if_lost()
@@ -182,7 +157,7 @@ class Actions:
     def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:
         """The base for a file just uploaded (its inode only if it is still the same file)."""
         self.succeeded(local.path, 1, entry.size)
-        self.tally.uploaded += 1
+        self.tally.uploaded(local.path, entry.size)
         inode = local.inode if (local.size, local.mtime_ns) == (entry.size, entry.mtime_ns) else 0
         return BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,
                          entry.digest, entry.version)  # fmt: skip
@@ -205,7 +180,7 @@ class Actions:
         self.db.remove([path])
         self.highest = max(self.highest, version)
         self.succeeded(path)
-        self.tally.deleted += 1
+        self.tally.deleted(path, "on the server")
         return Outcome.DONE
 
     # -- to the folder -----------------------------------------------------------------------
@@ -223,6 +198,10 @@ class Actions:
         entry = m.FileEntry(remote.size, remote.version, remote.mtime_ns, remote.mode,
                             remote.digest, path)  # fmt: skip
         try:
+            if is_mark(path):  # an empty folder
+                return await self._make_folder(path, remote)
+            if expect is not None and expect.digest == remote.digest:  # a chmod on the server
+                return self._chmod(path, remote, check)
             made = self.made.make(dest.parent, self.folder)
             if not await self._copy_local(path, remote, check):
                 # the server sends what it holds now, which may be newer than the news
@@ -238,15 +217,41 @@ class Actions:
             return self.fail(path, exc)
         self.record(path, entry.digest, entry.version, (entry.size, entry.mtime_ns))
         self.succeeded(path, 1, entry.size)
-        self.tally.downloaded += 1
+        self.tally.downloaded(path, entry.size)
+        return Outcome.DONE
+
+    def _chmod(self, path: str, remote: RemoteState, check: Callable[[], None]) -> Outcome:
+        """The bytes are here already: only the permissions change (and are flushed before
+        the base says so: a chmod lost to a power cut would look like one made here)."""
+        check()
+        fd = os.open(self.abs(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, remote.mode & PERMISSIONS)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.record(path, remote.digest, remote.version)
+        self.succeeded(path)
+        self.tally.downloaded(path, 0, f"set {path} to mode {remote.mode & PERMISSIONS:o}")
+        return Outcome.DONE
+
+    async def _make_folder(self, path: str, remote: RemoteState) -> Outcome:
+        made = self.made.make(Path(self.abs(folder_of(path))), self.folder)
+        await self.folders.sync_all({folder.parent for folder in made})  # hold new names
+        self.made.flushed(made)
+        self.record(path, remote.digest, remote.version)
+        self.succeeded(path)
+        self.tally.downloaded(path, 0, f"made folder {folder_of(path)}")
         return Outcome.DONE
 
     async def _copy_local(self, path: str, remote: RemoteState, check: Callable[[], None]
                           ) -> bool:  # fmt: skip
         """A rename or copy elsewhere: the content is here already, under another name."""
         for other in self.db.with_digest(remote.digest):
+            if other.path == path or is_mark(other.path):  # (an empty folder has no bytes)
+                continue
             st = self.scanner.stat(other.path)
-            if other.path == path or st is None or not same_stat(st, other):
+            if st is None or not same_stat(st, other):
                 continue
             dest = Path(self.abs(path))
             temp = temp_name(dest)
@@ -261,6 +266,10 @@ class Actions:
 
     async def delete_local(self, path: str, expect: LocalFile) -> Outcome:
         try:
+            if is_mark(path):  # the folder goes if nothing is in it (else what is stays)
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.abs(folder_of(path)))
+                return await self.forget(path, deleted=True)
             self._unchanged(path, expect)()
             os.unlink(self.abs(path))
         except LocalChanged:
@@ -283,7 +292,7 @@ class Actions:
         self.db.remove([path])
         self.succeeded(path)
         if deleted:
-            self.tally.deleted += 1
+            self.tally.deleted(path, "here")
             self._prune(os.path.dirname(path))
         return Outcome.DONE
 
@@ -299,8 +308,7 @@ class Actions:
             return Outcome.CHANGED_HERE
         except OSError as exc:
             return self.fail(local.path, exc)
-        log.warning("conflict on %s: the local version is kept as %s", local.path, copy)
-        self.tally.conflicts += 1
+        self.tally.conflict(local.path, copy)
         if await self.forget(local.path) is not Outcome.DONE:
             return Outcome.FAILED  # decided again: the copy is a new file, the name missing
         with contextlib.suppress(OSError):  # else the copy is sent like any new local file
@@ -351,13 +359,14 @@ class Actions:
         is gone."""
         self.raise_if_lost()
         message = exc.message if isinstance(exc, FSError) else str(exc)
+        if isinstance(exc, StoreFull):  # the server's words start with "no space: "
+            message = f"no space on the server: {message.removeprefix('no space: ')}"
         log.error("%s: %s", path, message)
-        self.tally.failed[path] = message
+        self.tally.fail(path, message)
         return Outcome.FAILED
 
     def succeeded(self, path: str, files: int = 0, size: int = 0) -> None:
-        self.tally.failed.pop(path, None)
-        self.tally.bytes += size
+        self.tally.ok(path)
         if self.progress is not None and files:
             self.progress.advance(files, size)
 
@@ -376,7 +385,7 @@ class Actions:
 
     def _prune(self, folder: str) -> None:
         """Remove folders left empty by deletes (a folder deleted or renamed elsewhere)."""
-        while folder:
+        while folder and self.db.get(mark_of(folder)) is None:  # a marked folder stays
             try:
                 os.rmdir(self.abs(folder))
             except OSError:

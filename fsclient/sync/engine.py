@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import messages as m
@@ -24,12 +25,14 @@ from fsclient.access import Access
 from fsclient.client import ChangeStream, Client
 from fsclient.protocol import ConnectionLost
 from fsclient.sync.actions import Actions, Outcome
+from fsclient.sync.folders import mark_of
 from fsclient.sync.ignore import IGNORE_FILE, IgnoreRules
 from fsclient.sync.pending import ServerNews, SettleQueue
 from fsclient.sync.plan import RemoteState, decide
 from fsclient.sync.reconcile import Reconcile
 from fsclient.sync.remote import accept, remote_state
-from fsclient.sync.scan import FolderWalk, Scanner, same_stat
+from fsclient.sync.report import Tally
+from fsclient.sync.scan import FolderWalk, Scanner, differences
 from fsclient.sync.state import StateDB
 
 log = logging.getLogger(__name__)
@@ -52,8 +55,8 @@ then it waits like a failure."""
 
 class SyncEngine:
     def __init__(self, folder: Path, db: StateDB, server: str, share: str, client_id: str,
-                 debounce: float = 2.0, once: bool = False,
-                 access: Access | None = None) -> None:  # fmt: skip
+                 debounce: float = 2.0, once: bool = False, access: Access | None = None,
+                 tally: Tally | None = None) -> None:  # fmt: skip
         self.folder = folder
         self.access = access or Access()
         self.db = db
@@ -65,7 +68,9 @@ class SyncEngine:
         self.create_share = True
         """False: a share that does not exist is refused, until the folder first synced."""
         self.scanner = Scanner(folder, IgnoreRules.load(folder))
-        self.actions = Actions(folder, db, self.scanner, client_id)
+        self.actions = Actions(folder, db, self.scanner, client_id, tally)
+        self.on_connect: Callable[[], None] = lambda: None  # the CLI saves the server then
+        self.last_error = ""  # why the last connection attempt failed
         self.stored_seq = int(db.meta("last_seq", "0"))
         """The ``last_seq`` this engine last wrote to the state."""
         self.news = ServerNews(self.stored_seq)
@@ -96,6 +101,7 @@ class SyncEngine:
                     create_share=self.create_share or bool(self.db.meta("store_id")),
                 )  # fmt: skip
             except BaseException as exc:
+                self.last_error = exc.message if isinstance(exc, FSError) else str(exc)
                 if self.once or not isinstance(exc, (OSError, ConnectionLost)):
                     walking.drop()  # refused (a bad token, TLS), stopped, or --once: the end
                     raise
@@ -104,6 +110,7 @@ class SyncEngine:
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             started = time.monotonic()
+            self.on_connect()
             try:
                 await self.session(client, walking)
                 if self.once:
@@ -153,6 +160,7 @@ class SyncEngine:
         undone = await Reconcile(self.scanner, self.db, self.actions).run(
             remote, reseed, await walking.take()
         )
+        self.actions.tally.end_batch()
         for path in undone:
             if path in remote:
                 self.news.add(path, remote[path])
@@ -192,10 +200,6 @@ class SyncEngine:
         self.news = ServerNews(0)
         self.actions.highest = 0  # versions of the old store say nothing about the new one
 
-    def news_path(self, path: str) -> str | None:
-        """A path the server announced, if it is one to sync (see ``remote.accept``)."""
-        return accept(self.folder, self.scanner.rules, path)
-
     async def backlog(self, stream: ChangeStream, since: int) -> dict[str, RemoteState]:
         """Every path the server changed after *since*, at its latest state."""
         remote: dict[str, RemoteState] = {}
@@ -203,7 +207,7 @@ class SyncEngine:
         while last < stream.seq:
             note = await anext(stream)
             last = note.entry.version
-            path = self.news_path(note.entry.path)
+            path = accept(self.folder, self.scanner.rules, note.entry.path)
             if path is not None:
                 remote[path] = remote_state(note)
         return remote
@@ -241,7 +245,7 @@ class SyncEngine:
         """A server change: remember it for its path and settle that path (at once, unless
         a local change to it is about to be settled anyway)."""
         self.news.seen = max(self.news.seen, note.entry.version)
-        path = self.news_path(note.entry.path)
+        path = accept(self.folder, self.scanner.rules, note.entry.path)
         if path is not None:
             self.news.add(path, remote_state(note))
             if path not in self.timers:
@@ -271,25 +275,19 @@ class SyncEngine:
     async def rescans(self) -> None:
         while True:
             await asyncio.sleep(RESCAN_EVERY)
-            base = {entry.path: entry for entry in self.db.all()}
-            seen = set()
-            for path, st in self.scanner.walk():
-                seen.add(path)
-                if not same_stat(st, base.get(path)):
-                    self.queue.put(path)
-            for path in base:  # the walk just saw the others there
-                if path not in seen and self.scanner.stat(path) is None:
-                    self.queue.put(path)
+            for path in differences(self.scanner, {e.path: e for e in self.db.all()}):
+                self.queue.put(path)
 
     def local_changed(self, path: str, is_dir: bool) -> None:
         """A watcher event (on the loop): settle the path once it has been quiet a while."""
         if path == IGNORE_FILE:
             self.scanner.rules = IgnoreRules.load(self.folder)
+        paths = {mark_of(path.rpartition("/")[0])} if "/" in path else set()  # emptied now?
         if is_dir:
-            paths = {e.path for e in self.db.under(path)}
+            paths |= {e.path for e in self.db.under(path)}
             paths |= {p for p, _ in self.scanner.walk(path)}
         else:
-            paths = {path}
+            paths.add(path)
         for one in paths:
             if not self.scanner.rules.ignored(one):
                 self.settle_later(one, self.debounce)
@@ -314,6 +312,8 @@ class SyncEngine:
                 await self.settle(path)
             finally:
                 self.queue.done(path)
+                if self.queue.idle:  # a batch of changes is over
+                    self.actions.tally.end_batch()
 
     async def settle_all(self) -> None:
         """--once: settle what the reconcile left until nothing is waiting."""
@@ -359,7 +359,7 @@ class SyncEngine:
         if remote is not None:
             self.news.mark_applied(path, remote)
         self.tries.pop(path, None)
-        self.actions.tally.failed.pop(path, None)
+        self.actions.tally.ok(path)
 
     async def look_again(self, path: str) -> None:
         """The server's version of *path* moved under an action: take in its news, which is

@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fsclient.sync.folders import MARK
 from fsclient.sync.state import MARKER
 from fsclient.transfer import TEMP_MARK
 
 IGNORE_FILE = ".fsignore"
+MARK_SUFFIX = "/" + MARK
 ALWAYS = [f"/{MARKER}/", f"*{TEMP_MARK}*"]
 
 
@@ -39,4 +41,6 @@ class IgnoreRules:
         """*path* is relative and ``/``-separated; folders are matched with a trailing ``/``."""
         if self.only_always:  # no .fsignore patterns: the built-in rules, without pathspec
             return TEMP_MARK in path or path == MARKER or path.startswith(MARKER + "/")
+        if path.endswith(MARK_SUFFIX):  # an empty folder's mark goes with its folder (``.*``
+            path, is_dir = path[: -len(MARK_SUFFIX)], True  # must not ignore every mark)
         return self.spec.match_file(path + "/" if is_dir else path)

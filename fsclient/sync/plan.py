@@ -2,7 +2,8 @@
 
 Inputs: the *base* (what disk and server last agreed on), the *local* file now, and the
 *remote* state the server announced since the base (None: no news). A side "changed" if its
-content (digest, or absence) differs from the base's. Then:
+content (digest and permission bits, or absence) differs from the base's (a ``chmod +x`` is a
+change to sync). Then:
 
 =================  =================  ===================================================
 local              remote             decision
@@ -14,7 +15,9 @@ unchanged          changed            download it, or delete the local file
 both changed to the same content      record it (the two sides converged)
 deleted            modified           download: a modification wins over a delete
 modified           deleted            upload: a modification wins over a delete
-modified           modified           conflict: keep both (local becomes a conflict copy)
+modified           modified           conflict: keep both (local becomes a conflict copy);
+                                      but the same bytes with other permissions: download
+                                      (the server's permissions win; no copy for a chmod)
 =================  =================  ===================================================
 
 Uploads and server deletes carry the server version they were decided against, so a change
@@ -25,11 +28,15 @@ is sent again and nothing is deleted because the server lacks it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import Enum, auto
 
 from common.limits import ANY_VERSION, NO_VERSION
 from fsclient.sync.state import BaseEntry
+
+PERMISSIONS = 0o777
+"""The mode bits that are synced (a download gives a file these, never setuid or sticky)."""
 
 # Made once per file of a sync: slotted, not frozen (a frozen __init__ costs four times as much;
 # see common.messages). Nothing changes them after they are made.
@@ -84,8 +91,8 @@ class Decision:
 
 def decide(base: BaseEntry | None, local: LocalFile | None, remote: RemoteState | None,
            reseed: bool = False) -> Decision:  # fmt: skip
-    b_digest = base.digest if base else None
-    l_digest = local.digest if local else None
+    b_digest = (base.digest, base.mode & PERMISSIONS) if base else None
+    l_digest = (local.digest, local.mode & PERMISSIONS) if local else None
     if remote is None and reseed:
         if local is not None:
             return Decision(Do.UPLOAD, ANY_VERSION)
@@ -94,7 +101,7 @@ def decide(base: BaseEntry | None, local: LocalFile | None, remote: RemoteState 
         r_digest = b_digest
         r_version = base.version if base and base.version else NO_VERSION
     else:
-        r_digest = None if remote.deleted else remote.digest
+        r_digest = None if remote.deleted else (remote.digest, remote.mode & PERMISSIONS)
         r_version = NO_VERSION if remote.deleted else remote.version
     local_changed = l_digest != b_digest
     remote_changed = r_digest != b_digest
@@ -114,6 +121,8 @@ def decide(base: BaseEntry | None, local: LocalFile | None, remote: RemoteState 
         return Decision(Do.DOWNLOAD)
     if r_digest is None:
         return Decision(Do.UPLOAD, NO_VERSION)
+    if l_digest is not None and l_digest[0] == r_digest[0]:  # only the permissions differ
+        return Decision(Do.DOWNLOAD)
     return Decision(Do.CONFLICT, r_version)
 
 
@@ -132,3 +141,13 @@ def _settled(base: BaseEntry | None, local: LocalFile | None, r_version: int) ->
 
 def _forget(base: BaseEntry | None) -> Decision:
     return Decision(Do.FORGET) if base else Decision(Do.NOTHING)
+
+
+def conflict_name(path: str, client_id: str, now: float | None = None) -> str:
+    """``dir/NAME.sync-conflict-YYYYMMDD-HHMMSS-<client id>.EXT`` for ``dir/NAME.EXT``."""
+    folder, slash, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension (or a dot file such as .bashrc)
+        stem, dot, ext = name, "", ""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{folder}{slash}{stem}.sync-conflict-{stamp}-{client_id}{dot}{ext}"

@@ -15,7 +15,8 @@ import os
 from fsclient.progress import SyncProgress
 from fsclient.resume import kept_temps
 from fsclient.sync.actions import Actions, Outcome
-from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
+from fsclient.sync.folders import folder_of, is_mark, parents
+from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState, decide
 from fsclient.sync.scan import Scanner, Stat
 from fsclient.sync.state import BaseEntry, StateDB
 
@@ -30,6 +31,8 @@ class Reconcile:
         self.db = db
         self.actions = actions
         self.undone: dict[str, Outcome] = {}
+        self.incoming: set[str] | None = None
+        """Folders that files from the server are on their way into (made when needed)."""
 
     async def run(self, remote: dict[str, RemoteState], reseed: bool,
                   local: dict[str, Stat]) -> dict[str, Outcome]:  # fmt: skip
@@ -49,12 +52,16 @@ class Reconcile:
             if ignored(path):
                 continue
             st, here, news = local.get(path), base.get(path), remote.get(path)
+            if st is None and is_mark(path):  # the walk yields only marks of empty folders
+                st = self.scanner.stat(path)
             try:
                 current = self.scanner.local(path, st, here, lazy=news is None) if st else None
             except OSError as exc:  # unreadable: this path fails, not the session
                 self.undone[path] = self.actions.fail(path, exc)
                 continue
             decision = decide(here, current, news, reseed)
+            if decision.do is Do.UPLOAD and is_mark(path) and self.filling(path, remote):
+                continue  # an empty folder that downloads fill (one cut short, say): no mark
             if decision.do is Do.UPLOAD and current is not None:
                 uploads.append((current, decision.expected))
             elif decision.do is Do.RECORD and current is not None:
@@ -75,6 +82,11 @@ class Reconcile:
             self.actions.progress.close()
             self.actions.progress = None
         return self.undone
+
+    def filling(self, mark: str, remote: dict[str, RemoteState]) -> bool:
+        if self.incoming is None:
+            self.incoming = parents(p for p, news in remote.items() if not news.deleted)
+        return folder_of(mark) in self.incoming
 
     async def transfer(self, uploads: list[tuple[LocalFile, int]], later: list[Later]) -> None:
         self.undone.update(await self.actions.upload(uploads))
@@ -99,14 +111,16 @@ class Reconcile:
 
 def changed_paths(base: dict[str, BaseEntry], local: dict[str, Stat],
                   remote: dict[str, RemoteState], reseed: bool) -> list[str]:  # fmt: skip
-    """The paths that may need something done, in order. A file whose stat matches its base,
-    with no news from the server and a known version, is skipped here: ``decide`` would say
-    NOTHING (content and bookkeeping agree), and a no-change run is mostly that."""
+    """The paths that may need something done, in order. A file whose stat (permissions
+    too) matches its base, with no news from the server and a known version, is skipped
+    here: ``decide`` would say NOTHING (content and bookkeeping agree), and a no-change run
+    is mostly that."""
     paths = []
     for path, st in local.items():
         here = base.get(path)
         if (here is None or reseed or not here.version or path in remote
-                or st[:3] != (here.size, here.mtime_ns, here.inode)):  # fmt: skip
+                or st[:3] != (here.size, here.mtime_ns, here.inode)
+                or (st[3] ^ here.mode) & PERMISSIONS):  # fmt: skip
             paths.append(path)
     paths.extend((base.keys() | remote.keys()) - local.keys())
     paths.sort()

@@ -15,15 +15,16 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from common.digest import StreamingDigest, digest_of
 from common.errors import InvalidPath
 from common.limits import MAX_PATH_BYTES, MAX_SEGMENT_BYTES
 from common.paths import is_canonical
+from fsclient.sync.folders import MARK, MARK_MODE, folder_of, is_mark, mark_of, mark_stat
 from fsclient.sync.ignore import IgnoreRules
-from fsclient.sync.plan import LocalFile
+from fsclient.sync.plan import PERMISSIONS, LocalFile
 from fsclient.sync.state import MARKER, BaseEntry
 from fsclient.transfer import CHUNK, SMALL_FILE, TEMP_MARK
 
@@ -48,6 +49,24 @@ def same_stat(st: Stat, known: BaseEntry | LocalFile | None) -> bool:
     return known is not None and st[:3] == (known.size, known.mtime_ns, known.inode)
 
 
+def same_file(st: Stat, known: BaseEntry | None) -> bool:
+    """``same_stat``, and the same permissions: a ``chmod`` changes no mtime, yet is a change
+    to sync."""
+    return same_stat(st, known) and (st[3] ^ known.mode) & PERMISSIONS == 0  # type: ignore[union-attr]
+
+
+def differences(scanner: Scanner, base: dict[str, BaseEntry]) -> Iterator[str]:
+    """The paths whose file is not what its base says: new, changed, or gone."""
+    seen = set()
+    for path, st in scanner.walk():
+        seen.add(path)
+        if not same_file(st, base.get(path)):
+            yield path
+    for path in base:  # the walk just saw the others there
+        if path not in seen and scanner.stat(path) is None:
+            yield path
+
+
 class Scanner:
     def __init__(self, folder: Path, rules: IgnoreRules) -> None:
         self.root = str(folder)
@@ -57,14 +76,15 @@ class Scanner:
         """Temp files of downloads that never finished (a killed client), seen by walk()."""
 
     def walk(self, under: str = "") -> Iterator[tuple[str, Stat]]:
-        """Every regular file (path, stat) below *under* ("" for all), not ignored."""
+        """Every regular file (path, stat) below *under* ("" for all), not ignored, and the
+        mark of each folder with none of those in it (``folders``)."""
         if under and not self.valid(under):
             return
-        stack = [under]
+        stack = [(under, 0)]
         plain = self.rules.only_always
         fast_name = _PLAIN_NAME.fullmatch
         while stack:
-            rel = stack.pop()
+            rel, inode = stack.pop()
             try:
                 entries = list(os.scandir(os.path.join(self.root, rel) if rel else self.root))
             except (FileNotFoundError, NotADirectoryError):
@@ -72,6 +92,10 @@ class Scanner:
             except PermissionError as exc:
                 self.warn(rel or ".", f"cannot read folder: {exc.strerror}")
                 continue
+            if rel and not self.has_content(rel, entries):
+                st = (0, 0, inode, MARK_MODE) if inode else mark_stat(self.root, mark_of(rel))
+                if st is not None:
+                    yield mark_of(rel), st
             prefix = f"{rel}/" if rel else ""
             ascii_prefix = prefix.isascii()
             for entry in entries:
@@ -96,7 +120,9 @@ class Scanner:
                             and fast_name(name)) and not self.valid(path):  # fmt: skip
                         continue
                     if is_dir:
-                        stack.append(path)
+                        stack.append((path, entry.inode()))
+                    elif name == MARK:
+                        self.warn(path, f"{MARK} is the name of an empty folder's mark; skipped")
                     elif entry.is_file(follow_symlinks=False):
                         st = entry.stat(follow_symlinks=False)
                         yield path, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777)
@@ -105,8 +131,39 @@ class Scanner:
                 except FileNotFoundError:  # gone while we looked
                     continue
 
+    def has_content(self, rel: str, entries: Iterable[os.DirEntry[str]]) -> bool:
+        """A folder holds something to sync: a file or folder that is not ignored (a folder
+        that holds only ignored files is sent as empty: the other clients make it too), or
+        a download on its way (a folder made for a download is not sent as empty)."""
+        for entry in entries:
+            name = entry.name
+            if name == MARK:
+                continue
+            try:
+                if entry.is_symlink():
+                    continue
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if not self.rules.ignored(f"{rel}/{name}", is_dir):
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
+
+    def empty(self, mark: str) -> bool:
+        """The mark's folder holds nothing to sync (read until the first entry that counts:
+        a file event in a folder of 100,000 files settles that folder's mark too)."""
+        folder = folder_of(mark)
+        try:
+            with os.scandir(os.path.join(self.root, folder)) as entries:
+                return not self.has_content(folder, entries)
+        except OSError:
+            return False
+
     def stat(self, path: str) -> Stat | None:
-        """The file at *path* if it is a regular file to sync (else None)."""
+        """The file at *path* if it is a regular file to sync (else None); a mark's if its
+        folder is there."""
+        if is_mark(path):
+            return None if self.rules.ignored(path) else mark_stat(self.root, path)
         try:
             st = os.lstat(os.path.join(self.root, path))
         except (FileNotFoundError, NotADirectoryError):
@@ -123,6 +180,8 @@ class Scanner:
         """A LocalFile; hashed only if its stat differs from the base. None if it vanished.
         *lazy*: a file that is new everywhere is not read here; its digest is ``UNKNOWN``
         and the upload reads it (once, hashing the bytes it sends)."""
+        if is_mark(path) and base is None and not self.empty(path):
+            return None  # a new mark only for a folder that is empty (``folders``)
         size, mtime_ns, inode, mode = st
         if base is not None and same_stat(st, base):
             return LocalFile(path, size, mtime_ns, mode, inode, base.digest)
@@ -137,6 +196,11 @@ class Scanner:
 
     def hash(self, path: str) -> tuple[bytes, Stat]:
         """Digest of the file and its stat as read (so the two describe the same bytes)."""
+        if is_mark(path):
+            st = self.stat(path)
+            if st is None:
+                raise FileNotFoundError(path)
+            return digest_of(b""), st
         fd = os.open(os.path.join(self.root, path), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             st = brief(os.fstat(fd))

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS files (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_digest ON files (digest);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, why TEXT, since REAL) WITHOUT ROWID;
 """
 
 
@@ -125,6 +126,23 @@ class StateDB:
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 ((key, str(value)) for key, value in values.items()),
             )
+
+    def unset_meta(self, *keys: str) -> None:
+        with self.transaction():
+            self.db.executemany("DELETE FROM meta WHERE key = ?", ((key,) for key in keys))
+
+    # -- why changes are pending (written by ``report.Tally``, read by ``fsclient status``) --
+
+    def set_failure(self, path: str, why: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", (path, why, time.time())
+        )
+
+    def clear_failure(self, path: str) -> None:
+        self.db.execute("DELETE FROM failures WHERE path = ?", (path,))
+
+    def failures(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT path, why FROM failures ORDER BY path"))
 
     def mark_synced(self, seq: int) -> None:
         self.set_meta(last_seq=seq, last_sync=f"{time.time():.3f}")
