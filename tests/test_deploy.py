@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from common.errors import AuthError
+from common.version import VERSION
 from fsclient import Client
 from fsclient.access import Access, TLSError
 from fsserver.cli import config_from
@@ -273,8 +274,12 @@ def test_kubernetes_agrees_with_the_dockerfile(dockerfile):
 
 
 def project_version() -> str:
+    """The version pyproject.toml takes from ``common.version`` (``dynamic``)."""
     with open(ROOT / "pyproject.toml", "rb") as f:
-        return tomllib.load(f)["project"]["version"]
+        project = tomllib.load(f)
+    assert "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "common.version.VERSION"}
+    return VERSION
 
 
 def test_the_compose_command_turns_tls_on(tmp_path):

@@ -13,9 +13,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from common.errors import NotFound
+from fsclient import Client
+from fsclient.access import Access
 from fsserver.cli import OPTIONS
 from fsserver.config import parse_size
 from tests.cli import fsclient, fsserver_tool
+from tests.conftest import run
 from tests.secured import add_token
 from tests.serverproc import ROOT, wait_for
 
@@ -150,7 +154,13 @@ def test_the_log_has_a_line_per_connection_and_per_failed_transfer(server_factor
     source.write_bytes(b"hello, log")
     auth = ["--server", server.address, "--token", token]
     assert fsclient("put", str(source), "hello.txt", *auth).returncode == 0
-    assert fsclient("get", "missing.txt", str(tmp_path / "copy"), *auth).returncode != 0
+
+    async def get_missing() -> None:  # (the library asks the server; the command looks first)
+        async with await Client.connect(server.address, access=Access(token=token)) as client:
+            with pytest.raises(NotFound):
+                await client.get("missing.txt", tmp_path / "copy")
+
+    run(get_missing())
     closed = re.compile(r"INFO \S+ fsserver.connections: connection closed from (127.0.0.1:\d+) "
                         r"after [\d.]+ s: token laptop, share default; (.*)\n")  # fmt: skip
     wait_for(lambda: len(closed.findall(server.log.text())) == 2, 10, "two closed lines")
