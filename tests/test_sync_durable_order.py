@@ -322,3 +322,45 @@ def test_a_file_written_right_after_its_download_is_read_again(server, tmp_path,
     db.close()
     assert base is not None and base.digest == digest_of(edited)
     assert run(server_files(server.address))["late.txt"] == digest_of(edited)
+
+
+def test_a_crash_while_taking_a_new_store_leaves_the_old_one_recorded(tmp_path, monkeypatch):
+    """A new store's id, the forgotten versions and the position from 0 are one commit: a
+    crash before the position is written must not leave the new id with the old store's
+    position (the next start would skip the new store's changes below it for good)."""
+    folder = tmp_path / "B"
+    folder.mkdir()
+    db = StateDB(folder, create=True)
+    db.set_meta(store_id="aa" * 16, last_seq=50)
+    db.put([BaseEntry("f.txt", 1, 1, 0o644, 1, b"d" * 16, 40)])
+    engine = SyncEngine(folder, db, "127.0.0.1:1", "default", "test", once=True)
+    real = StateDB.set_meta
+
+    def crash_at_the_position(self, **values):
+        if "last_seq" in values:
+            raise KeyboardInterrupt("the process dies here")
+        real(self, **values)
+
+    monkeypatch.setattr(StateDB, "set_meta", crash_at_the_position)
+    with pytest.raises(KeyboardInterrupt):
+        engine.check_store(bytes.fromhex("bb" * 16))
+    db.close()
+    after = StateDB(folder)
+    assert (after.meta("store_id"), after.meta("last_seq")) == ("aa" * 16, "50")
+    assert after.get("f.txt").version == 40
+    after.close()
+
+
+def test_a_download_into_a_folder_another_one_just_made_flushes_its_parent_too(tmp_path):
+    """Two downloads into one new folder: the second finds the folder made, but its name is
+    on the disk only once the first download's flush of the parent ends. Until then the
+    second flushes that parent as well (the race a flaky run of the test above showed)."""
+    made = durable.NewFolders()
+    first = made.make(tmp_path / "deep" / "er", tmp_path)
+    assert first == [tmp_path / "deep" / "er", tmp_path / "deep"]
+    assert (tmp_path / "deep" / "er").is_dir()
+    assert made.make(tmp_path / "deep", tmp_path) == [tmp_path / "deep"]  # still fresh
+    made.flushed(first)
+    assert made.make(tmp_path / "deep", tmp_path) == []
+    assert made.make(tmp_path / "deep" / "er", tmp_path) == []
+    assert made.make(tmp_path / "new", tmp_path) == [tmp_path / "new"]
