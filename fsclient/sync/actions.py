@@ -215,9 +215,12 @@ class Actions:
             return Outcome.CHANGED_THERE  # deleted meanwhile: its notification follows
         except (FSError, OSError) as exc:
             return self.fail(path, exc)
-        self.record(path, entry.digest, entry.version, (entry.size, entry.mtime_ns))
+        kept = self.record(path, entry.digest, entry.version, entry)
         self.succeeded(path, 1, entry.size)
         self.tally.downloaded(path, entry.size)
+        if not kept:  # deleted or written to since its rename: that change is still to sync
+            log.info("%s changed locally right after its download; deciding again", path)
+            return Outcome.CHANGED_HERE
         return Outcome.DONE
 
     def _chmod(self, path: str, remote: RemoteState, check: Callable[[], None]) -> Outcome:
@@ -320,17 +323,23 @@ class Actions:
     # -- bookkeeping -------------------------------------------------------------------------
 
     def record(self, path: str, digest: bytes, version: int,
-               written: tuple[int, int] | None = None) -> None:  # fmt: skip
-        """The base of *path* as it is now, with *digest*. *written*: (size, mtime_ns) this
-        client just gave the file; if it no longer has them, someone wrote to it since, and
-        the base gets no inode, so that the next look reads the file (as ``uploaded``)."""
+               written: m.FileEntry | None = None) -> bool:  # fmt: skip
+        """The base of *path* as it is now, with *digest*. *written*: the file this client
+        just put there. False if it is no longer that file: deleted or written to since (say
+        between a download's rename and this). The base then still says what was put there,
+        with no inode, so that the next look sees a change made here, and the path is to be
+        settled again. (Without a base, a file deleted would look as if never there: the
+        server would keep it, and its change would count as applied.)"""
         st = self.scanner.stat(path)
+        if written is not None and (st is None or st[:2] != (written.size, written.mtime_ns)):
+            self.db.put([BaseEntry(path, written.size, written.mtime_ns, written.mode, 0,
+                                   digest, version)])  # fmt: skip
+            return False
         if st is None:
-            return
+            return False
         size, mtime_ns, inode, mode = st
-        if written is not None and written != (size, mtime_ns):
-            inode = 0
         self.db.put([BaseEntry(path, size, mtime_ns, mode, inode, digest, version)])
+        return True
 
     async def flush_absence(self, path: str) -> None:
         """Flush the folder that held *path* (gone here), or the nearest one above it that is
