@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -243,19 +243,24 @@ class Client:
 
     # -- queries -----------------------------------------------------------------------------
 
-    async def ls(self, prefix: str = "", *, page: int = 1000) -> list[m.FileEntry]:
+    async def ls_pages(self, prefix: str = "", *, page: int = 1000
+                       ) -> AsyncIterator[list[m.FileEntry]]:  # fmt: skip
+        """The files whose path starts with *prefix*, in path order, a page at a time: a
+        listing of any size in bounded memory."""
         prefix = normalize_prefix(prefix)
-        entries: list[m.FileEntry] = []
         after = ""
         while True:
             reply: m.ListResponse = await self._request(
                 lambda rid: m.ListRequest(rid, page, prefix, after)  # noqa: B023
             )
             self._check_lookup(reply.status, reply.message)
-            entries.extend(reply.entries)
+            yield list(reply.entries)
             if not reply.more or not reply.entries:
-                return entries
+                return
             after = reply.entries[-1].path
+
+    async def ls(self, prefix: str = "", *, page: int = 1000) -> list[m.FileEntry]:
+        return [entry async for part in self.ls_pages(prefix, page=page) for entry in part]
 
     async def shares(self) -> list[m.ShareInfo]:
         """The shares this client's token opens (every one, on a server without tokens)."""
@@ -270,17 +275,22 @@ class Client:
                 return found
 
     async def ls_tree(self, path: str = "") -> list[m.FileEntry]:
-        """The file *path*, if there is one, then every file in the folder *path*: matched by
-        whole segments (``json`` lists ``json/...``, never ``jsonx/...``); ``""`` or ``"/"`` is
-        the whole share. (``ls`` matches a plain string prefix, as the protocol does.)"""
+        return [entry async for part in self.ls_tree_pages(path) for entry in part]
+
+    async def ls_tree_pages(self, path: str = "") -> AsyncIterator[list[m.FileEntry]]:
+        """The file *path*, if there is one, then every file in the folder *path*, a page at
+        a time: matched by whole segments (``json`` lists ``json/...``, never
+        ``jsonx/...``); ``""`` or ``"/"`` is the whole share. (``ls`` matches a plain string
+        prefix, as the protocol does.)"""
         folder = path.rstrip("/")
-        if not folder:
-            return await self.ls("")
-        folder = normalize_path(folder)
-        if path.endswith("/"):
-            return await self.ls(folder + "/")
-        itself, under = await asyncio.gather(self._stat_or_none(folder), self.ls(folder + "/"))
-        return [itself, *under] if itself is not None else under
+        if folder:
+            folder = normalize_path(folder)
+            itself = None if path.endswith("/") else await self._stat_or_none(folder)
+            if itself is not None:
+                yield [itself]
+            folder += "/"
+        async for part in self.ls_pages(folder):
+            yield part
 
     async def _stat_or_none(self, path: str) -> m.FileEntry | None:
         try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.errors import FSError, NotFound
 from common.heap import tune_gc
-from fsclient.formats import describe, format_entry, long_listing
+from fsclient.formats import LongLayout, describe, format_entry
 from fsclient.helptopics import show as show_topic
 from fsclient.progress import TerminalProgress
 from fsclient.sharecmd import connect, list_shares
@@ -142,13 +142,15 @@ async def _get_to_stdout(client: Client, path: str) -> None:
 
 
 async def _ls(client: Client, args: argparse.Namespace) -> int:
-    entries = await client.ls_tree(args.prefix)
-    if args.long and not args.json:
-        lines: Iterable[str] = long_listing(entries)
-    else:
-        lines = (format_entry(entry, args.json) for entry in entries)
-    for line in lines:
-        print(line)
+    """Printed a page at a time, as the server sends them (any size, bounded memory)."""
+    layout = LongLayout() if args.long and not args.json else None
+    async for page in client.ls_tree_pages(args.prefix):
+        if layout is not None:
+            lines: Iterable[str] = layout.lines(page)
+        else:
+            lines = (format_entry(entry, args.json) for entry in page)
+        for line in lines:
+            print(line)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -55,24 +55,29 @@ def format_entry(entry: FileEntry, as_json: bool) -> str:
     return f"{entry.path}\t{entry.size}\t{entry.version}\t{entry.digest.hex()}\t{mtime}"
 
 
-def long_listing(entries: Iterable[FileEntry]) -> Iterator[str]:
+@dataclass
+class LongLayout:
     """``ls -l``: a header (none for no files), then aligned columns, sizes in human units
-    and times in local time (for people; scripts read the tab-separated or JSON forms)."""
-    rows = [
-        (
-            human_bytes(e.size),
-            str(e.version),
-            datetime.fromtimestamp(e.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M"),
-            e.path,
-        )
-        for e in entries
-    ]
-    if not rows:
-        return
-    size_w = max(len(r[0]) for r in [LONG_HEADER, *rows])
-    version_w = max(len(r[1]) for r in [LONG_HEADER, *rows])
-    for size, version, mtime, path in [LONG_HEADER, *rows]:
-        yield f"{size:>{size_w}}  {version:>{version_w}}  {mtime:<16}  {path}"
+    and times in local time (for people; scripts read the tab-separated or JSON forms). The
+    widths are fitted to the first page, so that a listing of any size streams."""
+
+    size_w: int = len(LONG_HEADER[0])
+    version_w: int = len(LONG_HEADER[1])
+    started: bool = False
+
+    def lines(self, page: list[FileEntry]) -> Iterator[str]:
+        rows = [(human_bytes(e.size), str(e.version),
+                 datetime.fromtimestamp(e.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M"), e.path)
+                for e in page]  # fmt: skip
+        if not rows:
+            return
+        if not self.started:
+            self.started = True
+            self.size_w = max(self.size_w, len("1023.9 MiB"), *(len(r[0]) for r in rows))
+            self.version_w = max(self.version_w, *(len(r[1]) for r in rows))
+            rows.insert(0, LONG_HEADER)
+        for size, version, mtime, path in rows:
+            yield f"{size:>{self.size_w}}  {version:>{self.version_w}}  {mtime:<16}  {path}"
 
 
 @dataclass

@@ -241,3 +241,26 @@ def test_a_connection_lost_for_good_ends_the_run_with_one_error(tmp_path, capsys
     out, err = capsys.readouterr()
     assert len(calls) <= 32  # each worker stopped at its first loss
     assert out.startswith("downloaded 0 files, 0 B in ") and err == ""
+
+
+def test_ls_streams_a_big_listing_a_page_at_a_time(server, tmp_path):
+    """2,500 files come in pages of at most 1,000, in path order; ``ls -l`` prints one header
+    and keeps its columns aligned across pages (its widths are fitted to the first)."""
+    source = tmp_path / "one.txt"
+    source.write_bytes(b"x")
+    names = [f"d/{n:05d}" for n in range(2500)]
+
+    async def fill_and_page() -> list[int]:
+        async with await Client.connect(server.address) as client:
+            results = await client.put_many([(source, name) for name in names])
+            assert all(not isinstance(r, Exception) for r in results)
+            pages = [page async for page in client.ls_tree_pages("d")]
+        assert [e.path for page in pages for e in page] == names
+        return [len(page) for page in pages]
+
+    sizes = run(fill_and_page())
+    assert len(sizes) >= 3 and max(sizes) <= 1000
+    lines = fsclient("ls", "-l", "d", server=server).stdout.splitlines()
+    assert len(lines) == 2501 and lines[0].split()[0] == "SIZE"
+    assert sum(line.split()[0] == "SIZE" for line in lines) == 1
+    assert {line.rindex(" ") + 1 for line in lines} == {lines[0].index("PATH")}  # aligned
