@@ -94,6 +94,11 @@ RSS = Gauge(
     "process_resident_memory_bytes", "Resident memory of each server process.", ROLE_LABELS,
     multiprocess_mode="livesum", registry=None,
 )  # fmt: skip
+USS = Gauge(
+    "fs_process_unique_memory_bytes", "Memory of each server process that no other process "
+    "shares (USS): its own cost, without the shared arena that its RSS counts again.",
+    ROLE_LABELS, multiprocess_mode="livesum",
+)  # fmt: skip
 CPU = Counter(
     "process_cpu_seconds", "CPU time (user + system) used by each server process; a replaced "
     "process's time stays in the total.", ROLE_LABELS, registry=None,
@@ -113,8 +118,8 @@ LOOP_LAG = Gauge(
 )  # fmt: skip
 PER_PROCESS = frozenset(
     metric._name
-    for metric in (CONNECTIONS_ACTIVE, CONNECTIONS, SUBSCRIBERS, RESTARTS, RSS, CPU, FDS, STARTED,
-                   LOOP_LAG)
+    for metric in (CONNECTIONS_ACTIVE, CONNECTIONS, SUBSCRIBERS, RESTARTS, RSS, USS, CPU, FDS,
+                   STARTED, LOOP_LAG)
 )  # fmt: skip
 """The metrics with a series per process, labelled ``role`` and ``index``."""
 
@@ -136,6 +141,11 @@ LIST_SECONDS = Histogram(
 )  # fmt: skip
 
 SAMPLE_EVERY = 1.0
+USS_BUDGET = 0.01
+"""Share of one core that reading USS may take. ``memory_full_info`` reads ``/proc/PID/smaps``,
+which walks every mapped page: ~5 ms with a 256 MiB arena mapped (0.015 ms for RSS), and more
+with a bigger arena. So USS is read again only after 100 times the last read's cost: with each
+sample (1 s) up to ~10 ms, less often with a bigger arena (~2 s with 1 GiB)."""
 
 
 def observe_many(histogram: Histogram, values: list[float]) -> None:
@@ -183,7 +193,7 @@ def refused(reason: str, count: int = 1) -> None:
 
 
 class ProcessSampler:
-    """Publishes this process's RSS, CPU time, open descriptors and start time under the
+    """Publishes this process's RSS, USS, CPU time, open descriptors and start time under the
     labels ``role`` and ``index``."""
 
     def __init__(self, role: str, index: int = 0) -> None:
@@ -191,6 +201,7 @@ class ProcessSampler:
         self.process = psutil.Process(os.getpid())
         self.next = 0.0
         self.cpu = 0.0
+        self.uss_next = 0.0
         STARTED.labels(*self.labels).set(self.process.create_time())
 
     def sample(self) -> None:
@@ -201,6 +212,10 @@ class ProcessSampler:
             CPU.labels(*self.labels).inc(max(0.0, cpu - self.cpu))
             self.cpu = max(cpu, self.cpu)
             FDS.labels(*self.labels).set(self.process.num_fds())
+            now = time.monotonic()
+            if now >= self.uss_next:
+                USS.labels(*self.labels).set(self.process.memory_full_info().uss)
+                self.uss_next = now + (time.monotonic() - now) / USS_BUDGET
 
     def due(self) -> bool:
         """For loops without asyncio (hashers): True once a second."""
