@@ -8,7 +8,8 @@ and rewrites its own section of ``docs/PERFORMANCE.md``.
   ``rsync --daemon`` (``bench.rsyncbench``).
 - sync: whole ``fsclient sync`` commands against whole ``rsync -a`` commands (initial sync of
   10,000 small files, no-change re-run), save-to-complete latency between two live clients, and
-  the memory and idle CPU of a live client watching 100,000 files.
+  the memory and idle CPU of a live client watching 100,000 files. Its trees and the rsync
+  destination live on tmpfs (``/dev/shm``, as FS's store does), and each round has a new server.
 
     python -m bench                      # both suites, full runs
     python -m bench --suite core         # core only (256 MiB, 2000 small files, 7 rounds)
@@ -20,5 +21,5 @@ and rewrites its own section of ``docs/PERFORMANCE.md``.
 Modules: ``run`` (the core rounds), ``fsbench``, ``rawtcp``, ``rsyncbench`` (the contenders),
 ``data`` (the workload), ``procs`` (child processes), ``report`` (tables and the document),
 ``profiling``; ``syncrun`` (the sync suite), ``syncbench`` (its measurements), ``synctree``
-(its folders), ``syncreport`` (its tables and section).
+(its folders), ``ramdir`` (their place on tmpfs), ``syncreport`` (its tables and section).
 """

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench import rsyncbench
 from bench.procs import ROOT
+from bench.ramdir import NoRoom
 from bench.report import (
     TARGETS,
     commit,
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("bench: interrupted, everything stopped")
         return 130
+    except NoRoom as e:
+        say(f"bench: {e}")
+        return 1
     return 0
 
 

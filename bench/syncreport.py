@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from bench import rsyncbench
 from bench.procs import ROOT
+from bench.ramdir import PREFIX, SHM_ROOT
 from bench.report import commit, machine, now
 from bench.syncbench import nearest_rank
 from bench.syncrun import SyncOutcome, SyncSettings
@@ -153,21 +154,28 @@ def document(s: SyncSettings, o: SyncOutcome, tables: list[str], quick: bool) ->
         "",
         "Method (`python -m bench --suite sync`, all on 127.0.0.1):",
         "",
-        f"- One fresh `fsserver {' '.join(s.server_args())}` and one real `rsync --daemon` "
-        "(module `mod`, read-write) for the whole run. Every command is timed whole, as a "
+        "- One real `rsync --daemon` (module `mod`, read-write) for the whole run; a new, "
+        f"empty `fsserver {' '.join(s.server_args())}` for each round of (1)+(2), started "
+        "before the round's first command and stopped after its last (so every FS initial "
+        "sync meets an empty store, as a first sync does, never one warmed by earlier "
+        "rounds), and one more for (3) and (4). Every command is timed whole, as a "
         "subprocess, from its start to its exit (interpreter start-up included for FS; the "
         "client's packages are byte-compiled first, as `pip install` does, so that no run "
         "compiles them from source even with PYTHONDONTWRITEBYTECODE set).",
+        "- Where the bytes go: every tree, the FS client's folders and the rsync daemon's "
+        f"module (its destination) are on tmpfs, in a per-run folder `{SHM_ROOT}/{PREFIX}*` "
+        "removed at the end, so both sides write to RAM: the fsserver keeps its store in RAM "
+        f"too (an arena in {SHM_ROOT}). Nothing of this suite is written to the disk.",
         f"- (1) Initial sync: per round a new tree of {n} files x {s.file_size} random bytes "
         f"in {s.folders} folders (fresh content: the server deduplicates by digest, and "
         "`fs_store_dedup_saved_bytes` is checked to stay 0). FS: "
-        "`fsclient sync COPY --once --server ... --share rN` on a copy of the tree made "
-        "before the clock starts, into a new empty share each round; checked against the "
+        "`fsclient sync COPY --once --server ... --share default` on a copy of the tree made "
+        "before the clock starts, into the round's new empty server; checked against the "
         "client's tally line and the share's listing (every path, size and digest). rsync: "
         "`rsync -a TREE/ rsync://127.0.0.1:PORT/mod/sub/` into a module emptied right "
         "before the clock starts (the previous round's copy stays until then; round 1 "
-        "first makes one, untimed), so rsync writes into just-freed page cache, as the "
-        "fsserver writes into its arena (allocated at start); checked by counting the "
+        "first makes one, untimed), so rsync writes into just-freed memory, as the "
+        "fsserver writes into its arena (reserved when it starts); checked by counting the "
         "files that arrived.",
         "- (2) No-change re-run: the same two commands again, right after (1), on the "
         "now-synced folder / into the now-filled destination. FS must report 0 transfers.",
@@ -195,8 +203,8 @@ def document(s: SyncSettings, o: SyncOutcome, tables: list[str], quick: bool) ->
         "(the load average above). Memory freed more than ~2 s before it is reused is "
         "handed back to the host by the balloon (free-page reporting) and is 3-4x slower "
         "to touch again: an `rsync -a` of the tree into a destination emptied 3 s earlier "
-        "took 1.6-2.0 s, against 0.5-0.7 s right after the delete (measured while setting "
-        "this benchmark up), hence the emptying just before the clock. The verdicts use "
+        "took 1.6-2.0 s, against 0.5-0.7 s right after the delete (measured on disk while "
+        "setting this benchmark up), hence the emptying just before the clock. The verdicts use "
         "the best runs, the medians are alongside.",
         "",
         *tables,

@@ -1,15 +1,20 @@
 """The sync suite (``python -m bench --suite sync``): ``fsclient sync`` against ``rsync -a``.
 
-One fresh ``fsserver`` and one ``rsync --daemon``, both on loopback, serve four measurements:
+One ``rsync --daemon`` for the whole run and a new empty ``fsserver`` for each round of 1-2
+(plus one for 3-4), all on loopback, serve four measurements:
 
 1. initial sync of a tree of small files into an empty share / emptied rsync destination;
 2. the same command again on the now-synced tree (nothing to do);
 3. save-to-complete latency between two live clients (``--debounce 0``) on one share;
 4. the memory and idle CPU of a live client watching a large tree.
 
-Rounds of 1-2 use a new tree of fresh random content each (and a new share for FS); the two
-contenders take turns in an order that alternates every round. Every child process and the
-work folder are registered on an ``ExitStack`` as soon as they exist (see ``bench.run``).
+Rounds of 1-2 use a new tree of fresh random content each and a new server started for the
+round (a first sync meets an empty store, not one warmed by earlier rounds); the two
+contenders take turns in an order that alternates every round. Every tree, the FS client's
+folders and the rsync daemon's module (its destination) live in a per-run folder on tmpfs
+(``bench.ramdir``), so both sides write to RAM, as the fsserver's store does. Every child
+process and that folder are registered on an ``ExitStack`` as soon as they exist (see
+``bench.run``).
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ from bench import syncbench as sb
 from bench.data import empty_dir
 from bench.fsbench import BenchCheckFailed
 from bench.procs import ROOT, FsServer, RsyncDaemon
-from bench.run import interruptible, say, workdir
+from bench.ramdir import ram_workdir
+from bench.run import interruptible, say
 from bench.synctree import copy_tree, make_tree, remove
+from fsserver.config import parse_size
+from fsserver.store.staging import arena_size
 
 T = TypeVar("T")
+STATE_ROOM = 1024  # bytes per file for the client's state folder (.fsync), with room to spare
+SPARE = 64 << 20
 
 
 @dataclass
@@ -58,6 +68,19 @@ class SyncSettings:
         return ["--workers", str(self.workers), "--hash-workers", str(self.hash_workers),
                 "--store-size", self.store_size]  # fmt: skip
 
+    def ram_need(self) -> tuple[int, int]:
+        """(bytes, inodes) the run needs in /dev/shm at its peak: one fsserver's arena, plus
+        a round's tree, FS copy and rsync destination, or the watched tree (tmpfs gives every
+        file whole pages)."""
+        page = os.sysconf("SC_PAGE_SIZE")
+
+        def tree(count: int, size: int) -> int:
+            return count * (-(-size // page) * page + STATE_ROOM)
+
+        files = max(3 * tree(self.files, self.file_size), tree(self.watch_files, self.watch_size))
+        inodes = max(3 * (self.files + self.folders), self.watch_files + self.watch_folders)
+        return arena_size(parse_size(self.store_size), self.workers) + files + SPARE, inodes + 100
+
 
 @dataclass
 class SyncOutcome:
@@ -79,30 +102,36 @@ class SyncOutcome:
 class Bench:
     s: SyncSettings
     work: Path
-    server: FsServer
     daemon: RsyncDaemon
     module_root: Path
     out: SyncOutcome
 
     def initial_round(self, r: int) -> None:
-        """Fresh tree; rsync and FS each sync it into an empty destination, then again."""
+        """Fresh tree and a new empty fsserver, alive for the whole round (both contenders
+        run next to its arena); rsync and FS each sync the tree into an empty destination,
+        then again. Odd rounds rsync first, even rounds FS first."""
         s = self.s
         tree, fs_dir = self.work / f"tree-{r}", self.work / f"fs-{r}"
         digests = make_tree(tree, s.files, s.file_size, s.folders)
         copy_tree(tree, fs_dir)
-        steps = [lambda: self.rsync_pair(tree), lambda: self.fs_pair(r, fs_dir, digests)]
-        for step in steps if r % 2 else steps[::-1]:
-            step()
+        server = FsServer(s.server_args())
+        try:
+            steps = [lambda: self.rsync_pair(tree), lambda: self.fs_pair(server, fs_dir, digests)]
+            for step in steps if r % 2 else steps[::-1]:
+                step()
+        finally:
+            server.stop()
         remove(tree)
         remove(fs_dir)
 
-    def with_cpu(self, key: str, call: Callable[[], T], fs: bool) -> T:
-        """Run *call* (one timed command); record its CPU time and the server side's."""
-        pid = self.server.proc.pid if fs else self.daemon.proc.pid
-        client, server = sb.children_cpu(), sb.tree_cpu(pid, transient=not fs)
+    def with_cpu(self, key: str, call: Callable[[], T], server: FsServer | None) -> T:
+        """Run *call* (one timed command); record its CPU time and the server side's (the
+        fsserver *server*, or the rsync daemon if None)."""
+        pid, transient = (server.proc.pid, False) if server else (self.daemon.proc.pid, True)
+        client, before = sb.children_cpu(), sb.tree_cpu(pid, transient=transient)
         result = call()
-        server = sb.tree_cpu(pid, transient=not fs) - server
-        self.out.cpu.setdefault(key, []).append((sb.children_cpu() - client, server))
+        server_s = sb.tree_cpu(pid, transient=transient) - before
+        self.out.cpu.setdefault(key, []).append((sb.children_cpu() - client, server_s))
         return result
 
     def rsync_pair(self, tree: Path) -> None:
@@ -116,33 +145,33 @@ class Bench:
         empty_dir(self.module_root)
         for key, series in (("rsync_initial", self.out.rsync_initial),
                             ("rsync_nochange", self.out.rsync_nochange)):  # fmt: skip
-            series.append(self.with_cpu(key, lambda: sb.rsync_once(tree, url), fs=False))
+            series.append(self.with_cpu(key, lambda: sb.rsync_once(tree, url), None))
             sb.check_rsync(dest, self.s.files)
 
-    def fs_pair(self, r: int, fs_dir: Path, digests: dict[str, bytes]) -> None:
-        addr, share = self.server.address, f"r{r}"
+    def fs_pair(self, server: FsServer, fs_dir: Path, digests: dict[str, bytes]) -> None:
+        addr, share = server.address, "default"
 
         def once() -> tuple[float, sb.Tally | None]:
             return sb.fs_once(fs_dir, addr, share)
 
-        seconds, tally = self.with_cpu("fs_initial", once, fs=True)
+        seconds, tally = self.with_cpu("fs_initial", once, server)
         self.out.fs_initial.append(seconds)
         sb.check_tally(tally, self.s.files, f"initial sync {share}")
         sb.check_share(addr, share, digests, self.s.file_size)
-        saved = self.server.metric("fs_store_dedup_saved_bytes")
+        saved = server.metric("fs_store_dedup_saved_bytes")
         if saved:
             raise BenchCheckFailed(f"the server deduplicated {saved:.0f} bytes: data skipped")
-        seconds, tally = self.with_cpu("fs_nochange", once, fs=True)
+        seconds, tally = self.with_cpu("fs_nochange", once, server)
         self.out.fs_nochange.append(seconds)
         sb.check_tally(tally, 0, f"no-change re-run {share}")
 
-    def latency(self, stack: contextlib.ExitStack) -> None:
+    def latency(self, stack: contextlib.ExitStack, addr: str) -> None:
         a, b = self.work / "live-a", self.work / "live-b"
         a.mkdir()
         b.mkdir()
         clients = []
         for folder in (a, b):
-            client = sb.LiveClient(folder, self.server.address, "live", debounce=0)
+            client = sb.LiveClient(folder, addr, "live", debounce=0)
             stack.callback(client.stop)
             clients.append(client)
         say(f"bench: sync: two live clients watching; {self.s.changes} changes from A to B")
@@ -152,8 +181,8 @@ class Bench:
         remove(a)
         remove(b)
 
-    def watching(self, stack: contextlib.ExitStack) -> None:
-        s, addr, share = self.s, self.server.address, "watch"
+    def watching(self, stack: contextlib.ExitStack, addr: str) -> None:
+        s, share = self.s, "watch"
         folder = self.work / "watch"
         say(f"bench: sync: writing {s.watch_files:,} files of {s.watch_size} B "
             f"in {s.watch_folders} folders")  # fmt: skip
@@ -185,21 +214,22 @@ def run_sync_suite(s: SyncSettings) -> SyncOutcome:
     out = SyncOutcome(load=os.getloadavg())
     byte_compile()
     with interruptible(), contextlib.ExitStack() as stack:
-        work = workdir(stack)
+        work = ram_workdir(stack, *s.ram_need())
         module_root = work / "rsync-module"
         module_root.mkdir()
-        server = FsServer(s.server_args())
-        stack.callback(server.stop)
         daemon = RsyncDaemon(work, module_root)
         stack.callback(daemon.stop)
-        say(f"bench: sync: fsserver {' '.join(s.server_args())} on {server.address}, "
-            f"rsync daemon on port {daemon.port}, work in {work}")  # fmt: skip
-        bench = Bench(s, work, server, daemon, module_root, out)
+        say(f"bench: sync: a new fsserver {' '.join(s.server_args())} each round, rsync "
+            f"daemon on port {daemon.port}; trees and destinations on tmpfs in {work}")  # fmt: skip
+        bench = Bench(s, work, daemon, module_root, out)
         for r in range(1, s.rounds + 1):
             bench.initial_round(r)
             say(f"bench: sync: round {r}/{s.rounds}: initial FS {out.fs_initial[-1]:.2f} s, "
                 f"rsync {out.rsync_initial[-1]:.2f} s; no-change FS "
                 f"{out.fs_nochange[-1]:.3f} s, rsync {out.rsync_nochange[-1]:.3f} s")  # fmt: skip
-        bench.latency(stack)
-        bench.watching(stack)
+        empty_dir(module_root)  # room in /dev/shm for the watched tree
+        server = FsServer(s.server_args())  # (3) and (4): one more new server
+        stack.callback(server.stop)
+        bench.latency(stack, server.address)
+        bench.watching(stack, server.address)
     return out
