@@ -75,9 +75,13 @@ class Tally:
     failed: int
 
 
-def fs_once(folder: Path, server: str, share: str) -> tuple[float, Tally | None]:
-    """``fsclient sync FOLDER --once``, timed whole; its tally line if it printed one."""
+def fs_once(folder: Path, server: str, share: str, *, create: bool = False) -> tuple[
+    float, Tally | None
+]:  # fmt: skip
+    """``fsclient sync FOLDER --once``, timed whole; its tally line if it printed one.
+    *create* adds ``--create-share`` (a share other than ``default`` must exist otherwise)."""
     cmd = [*fsclient_cmd(), "sync", str(folder), "--once", "--server", server, "--share", share]
+    cmd += ["--create-share"] if create else []
     elapsed, out = run_timed(cmd)
     found = TALLY.search(out)
     return elapsed, Tally(*map(int, found.groups())) if found else None
@@ -144,8 +148,9 @@ class LiveClient(Child):
     ``watching`` (its initial reconcile is done and the folder watcher is running)."""
 
     def __init__(self, folder: Path, server: str, share: str, *, debounce: float | None = None,
-                 ready_timeout: float = 300.0) -> None:  # fmt: skip
+                 create: bool = False, ready_timeout: float = 300.0) -> None:  # fmt: skip
         cmd = [*fsclient_cmd(), "sync", str(folder), "--server", server, "--share", share]
+        cmd += ["--create-share"] if create else []
         if debounce is not None:
             cmd += ["--debounce", str(debounce)]
         super().__init__(f"fsclient sync {folder.name}", cmd)

@@ -171,7 +171,7 @@ class Bench:
         b.mkdir()
         clients = []
         for folder in (a, b):
-            client = sb.LiveClient(folder, addr, "live", debounce=0)
+            client = sb.LiveClient(folder, addr, "live", debounce=0, create=True)
             stack.callback(client.stop)
             clients.append(client)
         say(f"bench: sync: two live clients watching; {self.s.changes} changes from A to B")
@@ -187,7 +187,7 @@ class Bench:
         say(f"bench: sync: writing {s.watch_files:,} files of {s.watch_size} B "
             f"in {s.watch_folders} folders")  # fmt: skip
         digests = make_tree(folder, s.watch_files, s.watch_size, s.watch_folders)
-        self.out.watch_once, tally = sb.fs_once(folder, addr, share)
+        self.out.watch_once, tally = sb.fs_once(folder, addr, share, create=True)
         sb.check_tally(tally, s.watch_files, "initial sync of the watched folder")
         sb.check_share(addr, share, digests, s.watch_size)
         say(f"bench: sync: --once took {self.out.watch_once:.1f} s; starting the live client")
