@@ -14,8 +14,10 @@ deletions as pipelined requests. One file that fails is reported and the rest go
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -73,7 +75,8 @@ def plan_put(sources: list[str], target: str | None, recursive: bool) -> PutPlan
             st = os.stat(source)
         except FileNotFoundError:
             raise no_such_file(source) from None
-        if os.path.isdir(source):
+        is_folder = stat.S_ISDIR(st.st_mode)
+        if is_folder:
             if not recursive:
                 raise UsageError(f"{source} is a folder: give a file name, or use -r")
             folder = remote_join(base, local_name(source)) if several or target is None else base
@@ -84,7 +87,7 @@ def plan_put(sources: list[str], target: str | None, recursive: bool) -> PutPlan
             name = remote_join(base, local_name(source)) if as_folder else base
             plan.pairs.append((source, name))
             plan.sizes.append(st.st_size)
-    plan.one_file = not several and not os.path.isdir(sources[0])
+    plan.one_file = not several and not is_folder
     return plan
 
 
@@ -104,7 +107,7 @@ def walk(top: str) -> Iterator[tuple[str, str, int]]:
             except OSError as exc:
                 warn(exc)
                 continue
-            if not os.path.isfile(path):
+            if not stat.S_ISREG(st.st_mode):
                 warn(f"skipping what is not a regular file: {path}")
                 continue
             yield path, os.path.relpath(path, top).replace(os.sep, "/"), st.st_size
@@ -194,11 +197,9 @@ async def plan_get(client: Client, remote: str, local: str | None, recursive: bo
 def canonical(path: str) -> bool:
     """A path from the server that is safe to join to a local folder (no ``..``, nothing
     absolute): a server that sends another is not followed out of the folder."""
-    try:
+    with contextlib.suppress(InvalidPath):  # (an invalid one is skipped, as a bad one is)
         if is_canonical(path):
             return True
-    except InvalidPath:
-        pass
     warn(f"skipping a path the server should not have sent: {path!r}")
     return False
 

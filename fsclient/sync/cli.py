@@ -108,7 +108,7 @@ async def sync(args: argparse.Namespace) -> int:
     created = not StateDB.exists(folder)
     (folder / MARKER).mkdir(exist_ok=True)
     try:
-        lock = FolderLock(folder, folder / MARKER).acquire()
+        lock = FolderLock(folder).acquire()
     except FolderBusy as exc:
         return error(str(exc), 1)
     db = StateDB(folder, create=created)
@@ -185,7 +185,7 @@ def unsync(args: argparse.Namespace) -> int:
     if not StateDB.exists(folder):
         raise SetupError(f"{folder} is not a synced folder (no {folder / MARKER})")
     try:
-        with FolderLock(folder, folder / MARKER):
+        with FolderLock(folder):
             db = StateDB(folder)
             server, share = db.meta("server"), db.meta("share")
             db.close()

@@ -13,6 +13,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from fsclient.sync.state import MARKER
+
 LOCK_NAME = "lock"
 
 
@@ -27,9 +29,9 @@ class FolderBusy(RuntimeError):
 
 
 class FolderLock:
-    def __init__(self, folder: Path, marker: Path) -> None:
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.path = marker / LOCK_NAME
+        self.path = folder / MARKER / LOCK_NAME
         self.fd = -1
 
     def acquire(self) -> FolderLock:
