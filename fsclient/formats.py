@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from common.errors import FSError
 from common.messages import FileEntry
+from fsclient.sync.folders import folder_of, is_mark
 
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 LONG_HEADER = ("SIZE", "VERSION", "MODIFIED", "PATH")
@@ -66,9 +67,7 @@ class LongLayout:
     started: bool = False
 
     def lines(self, page: list[FileEntry]) -> Iterator[str]:
-        rows = [(human_bytes(e.size), str(e.version),
-                 datetime.fromtimestamp(e.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M"), e.path)
-                for e in page]  # fmt: skip
+        rows = [_long_row(e) for e in page]
         if not rows:
             return
         if not self.started:
@@ -78,6 +77,15 @@ class LongLayout:
             rows.insert(0, LONG_HEADER)
         for size, version, mtime, path in rows:
             yield f"{size:>{self.size_w}}  {version:>{self.version_w}}  {mtime:<16}  {path}"
+
+
+def _long_row(entry: FileEntry) -> tuple[str, str, str, str]:
+    """An empty folder's mark (``FOLDER/.fsfolder``, see ``fsclient.sync.folders``) shows as
+    the folder, ``FOLDER/``, with no size: people asked for a folder, not a zero-byte file."""
+    mark = is_mark(entry.path)
+    return ("-" if mark else human_bytes(entry.size), str(entry.version),
+            datetime.fromtimestamp(entry.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M"),
+            folder_of(entry.path) + "/" if mark else entry.path)  # fmt: skip
 
 
 @dataclass

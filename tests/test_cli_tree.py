@@ -183,6 +183,15 @@ def test_ls_long_has_a_header_human_sizes_and_local_times(server):
     assert {line.rindex(" ") + 1 for line in lines} == {lines[0].index("PATH")}  # aligned
 
 
+def test_ls_long_shows_an_empty_folder_as_the_folder(server):
+    fill(server, ["a.txt", "empty/.fsfolder"])
+    lines = fsclient("ls", "-l", server=server).stdout.splitlines()
+    assert [line.split()[-1] for line in lines] == ["PATH", "a.txt", "empty/"]
+    assert lines[2].split()[0] == "-"
+    plain = fsclient("ls", server=server).stdout.splitlines()  # scripts get the real path
+    assert [line.split("\t")[0] for line in plain] == ["a.txt", "empty/.fsfolder"]
+
+
 def test_ls_into_head_ends_quietly_with_0(server):
     fill(server, [f"f{n:04d}" for n in range(500)])
     command = " ".join(f"'{part}'" for part in fsclient_command("ls", server=server))
