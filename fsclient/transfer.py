@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from abc import ABC, abstractmethod
 from collections import deque
@@ -45,7 +44,7 @@ Progress = Callable[[int, int], None]
 def temp_name(dest: Path) -> Path:
     """A fresh temp file name beside *dest*; ``TEMP_MARK`` in it is how the sync scanner
     and ignore rules know a temp file (a leftover one is removed)."""
-    return dest.with_name(f".{dest.name}{TEMP_MARK}{secrets.token_hex(4)}")
+    return dest.with_name(f".{dest.name}{TEMP_MARK}{os.urandom(4).hex()}")
 
 
 async def install(temp: Path, dest: Path, mode: int, mtime_ns: int,
