@@ -4,15 +4,13 @@ people) and the one-line summary that ends a transfer of many files."""
 from __future__ import annotations
 
 import errno
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from common.errors import FSError
-
-if TYPE_CHECKING:
-    from common.messages import FileEntry
+from common.messages import FileEntry
 
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 LONG_HEADER = ("SIZE", "VERSION", "MODIFIED", "PATH")
@@ -42,8 +40,6 @@ def format_entry(entry: FileEntry, as_json: bool) -> str:
     """One line for scripts: tab-separated fields, or a JSON object (mtime in UTC)."""
     mtime = datetime.fromtimestamp(entry.mtime_ns / 1e9, UTC).isoformat(timespec="seconds")
     if as_json:
-        import json
-
         return json.dumps(
             {
                 "path": entry.path,
