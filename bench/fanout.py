@@ -1,6 +1,7 @@
 """Fan-out latency: one writer, many subscribed connections that fetch each new file.
 
-Subscribers run in a few processes (``python -m bench.fanout ADDRESS SHARE COUNT FOLDER``),
+Subscribers run in a few processes (``python -m bench.fanout ADDRESS SHARE COUNT FOLDER
+[SINCE]``: from version SINCE on, as clients in sync with the share would),
 each with COUNT ``fsclient.Client`` connections on one uvloop loop. Each connection does what a
 sync client does with a change notification: it downloads the file (``Client.get``: a temp
 file, its digest checked, fsync, rename, folder fsync) into a folder of its own. When every
@@ -48,8 +49,10 @@ class FanoutResult:
 class Subscribers(Child):
     """One process of COUNT subscribed connections (see the module's docstring)."""
 
-    def __init__(self, address: str, share: str, count: int, folder: Path) -> None:
-        cmd = [sys.executable, "-m", "bench.fanout", address, share, str(count), str(folder)]
+    def __init__(self, address: str, share: str, count: int, folder: Path,
+                 since: int = 0) -> None:  # fmt: skip
+        cmd = [sys.executable, "-m", "bench.fanout", address, share, str(count), str(folder),
+               str(since)]  # fmt: skip
         super().__init__(f"fan-out subscribers {folder.name}", cmd)
         self.count = count
         self.read = 0
@@ -124,11 +127,11 @@ async def follow(client: object, stream: object, folder: Path, held: dict[int, l
                   flush=True)  # fmt: skip
 
 
-async def subscribe_all(address: str, share: str, count: int, root: Path) -> None:
+async def subscribe_all(address: str, share: str, count: int, root: Path, since: int) -> None:
     from fsclient.client import Client
 
     clients = await asyncio.gather(*(Client.connect(address, share=share) for _ in range(count)))
-    streams = await asyncio.gather(*(c.subscribe() for c in clients))
+    streams = await asyncio.gather(*(c.subscribe(since) for c in clients))
     held: dict[int, list[float]] = {}
     tasks = []
     for i, (client, stream) in enumerate(zip(clients, streams, strict=True)):
@@ -144,11 +147,11 @@ async def subscribe_all(address: str, share: str, count: int, root: Path) -> Non
 def main(argv: list[str]) -> int:
     import uvloop
 
-    address, share, count, folder = argv
+    address, share, count, folder, since = argv
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(subscribe_all(address, share, int(count), root))
+        uvloop.run(subscribe_all(address, share, int(count), root, int(since)))
     return 0
 
 
