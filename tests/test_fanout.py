@@ -54,3 +54,21 @@ def test_200_subscribers_each_get_every_change_once_in_order(server_factory):
         await asyncio.gather(*(r.close() for r in readers))
 
     run(main())
+
+
+def test_a_download_buffer_fits_the_file(tmp_path):
+    """Each subscriber downloads every new file: a small one must not cost a 1 MiB buffer,
+    and a big one still gets a whole chunk once the server says how big it is."""
+    from common import messages as m
+    from fsclient.transfer import CHUNK, FIRST_BUFFER, DownloadTarget
+
+    sizes = {}
+    for size in (0, 4096, 5 * CHUNK):
+        target = DownloadTarget(tmp_path / f"f{size}")
+        target.open()
+        assert len(target.sink.buffer) == FIRST_BUFFER < CHUNK
+        target.entry = m.FileEntry(size, 1, 0, 0o644, bytes(16), f"f{size}")
+        sizes[size] = len(target.begin(0).buffer)
+        target.discard()
+    assert sizes == {0: FIRST_BUFFER, 4096: FIRST_BUFFER, 5 * CHUNK: CHUNK}
+    assert list(tmp_path.iterdir()) == []  # discarded: no temp file left
