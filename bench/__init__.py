@@ -10,10 +10,14 @@ and rewrites its own section of ``docs/PERFORMANCE.md``.
   10,000 small files, no-change re-run), save-to-complete latency between two live clients, and
   the memory and idle CPU of a live client watching 100,000 files. Its trees and the rsync
   destination live on tmpfs (``/dev/shm``, as FS's store does), and each round has a new server.
+- latency (``--suite latency``): fan-out (200 subscribed connections fetch each new 4 KiB file;
+  writer's hash OK to the last holder, p99) and CLI start-up (whole ``fsclient --help`` and
+  ``fsclient ls`` of an empty share, best of 15).
 
     python -m bench                      # both suites, full runs
     python -m bench --suite core         # core only (256 MiB, 2000 small files, 7 rounds)
     python -m bench --suite sync         # sync only (5 rounds, ~2-3 minutes)
+    python -m bench --suite latency      # fan-out and CLI start-up (~1 minute)
     python -m bench --quick              # smoke test: small sizes, 1 round, no doc update
     python -m bench --no-write           # full run, leave the document alone
     python -m bench --profile upload4k   # cProfile one 4096-byte-packet upload in the client
@@ -21,5 +25,6 @@ and rewrites its own section of ``docs/PERFORMANCE.md``.
 Modules: ``run`` (the core rounds), ``fsbench``, ``rawtcp``, ``rsyncbench`` (the contenders),
 ``data`` (the workload), ``procs`` (child processes), ``report`` (tables and the document),
 ``profiling``; ``syncrun`` (the sync suite), ``syncbench`` (its measurements), ``synctree``
-(its folders), ``ramdir`` (their place on tmpfs), ``syncreport`` (its tables and section).
+(its folders), ``ramdir`` (their place on tmpfs), ``syncreport`` (its tables and section);
+``latency`` (the latency suite), ``fanout`` (its subscribers), ``startup`` (CLI timings).
 """

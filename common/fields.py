@@ -20,6 +20,10 @@ from common.limits import DIGEST_SIZE
 if TYPE_CHECKING:
     from common.codec import RecordCodec
 
+kind = dataclass(frozen=True, eq=False)
+"""Kinds are compared by identity (one per field declaration): no ``__eq__`` and ``__hash__``
+compiled for each (every command imports this module)."""
+
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _ZERO_DIGEST = bytes(DIGEST_SIZE)
@@ -43,13 +47,17 @@ def check_digest(value: Any) -> None:
         raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
 
 
-@dataclass(frozen=True)
+@kind
 class Int(FixedKind):
+    """An integer of the struct format ``code``."""
+
     code: str
 
 
-@dataclass(frozen=True)
+@kind
 class Digest(FixedKind):
+    """The 16 bytes of an XXH3-128 digest."""
+
     code: str = f"{DIGEST_SIZE}s"
 
     def put(self, items: list[Any], value: Any) -> None:
@@ -57,7 +65,7 @@ class Digest(FixedKind):
         items.append(value)
 
 
-@dataclass(frozen=True)
+@kind
 class OptionalDigest(FixedKind):
     """A presence byte then 16 digest bytes (zeros when absent)."""
 
@@ -82,8 +90,10 @@ class OptionalDigest(FixedKind):
         return items[index + 1]
 
 
-@dataclass(frozen=True)
+@kind
 class Bool(FixedKind):
+    """One byte, 0 or 1."""
+
     code: str = "B"
 
     def put(self, items: list[Any], value: Any) -> None:
@@ -96,8 +106,10 @@ class Bool(FixedKind):
         return flag == 1
 
 
-@dataclass(frozen=True)
+@kind
 class Enum(FixedKind):
+    """A member of an IntEnum, as an unsigned integer (a byte unless ``code`` says more)."""
+
     enum: type[IntEnum]
     code: str = "B"
 
@@ -116,8 +128,10 @@ class Enum(FixedKind):
         return member
 
 
-@dataclass(frozen=True)
+@kind
 class Magic(FixedKind):
+    """Fixed bytes the packet must start with."""
+
     expected: bytes
     code: str = "4s"
 
@@ -156,7 +170,7 @@ def _take_prefixed(
     return body[end : end + length], end + length
 
 
-@dataclass(frozen=True)
+@kind
 class Text(VarKind):
     """UTF-8 text with a u16 byte length; invalid UTF-8 is malformed.
 
@@ -183,7 +197,7 @@ class Text(VarKind):
             raise RemoteProtocolError("text field is not valid UTF-8") from None
 
 
-@dataclass(frozen=True)
+@kind
 class Blob(VarKind):
     """Opaque bytes with a u32 length."""
 
@@ -199,7 +213,7 @@ class Blob(VarKind):
         return bytes(view), pos
 
 
-@dataclass(frozen=True)
+@kind
 class Rest(VarKind):
     """Everything up to the end of the packet, with no prefix (FileSyncData payloads)."""
 
@@ -210,7 +224,7 @@ class Rest(VarKind):
         return bytes(body[pos:]), len(body)
 
 
-@dataclass(frozen=True)
+@kind
 class TrailingFlags(VarKind):
     """A u8 of flags that ends a packet and may be left out (then it is 0): a field added
     to a packet that peers which predate it send without it. Encoded only when not 0, so a
@@ -241,7 +255,7 @@ class _RecordKind(VarKind):
         return record_codec(self.record)
 
 
-@dataclass(frozen=True)
+@kind
 class Records(_RecordKind):
     """A u16 count then that many records of one record type (list pages)."""
 
@@ -271,7 +285,7 @@ class Records(_RecordKind):
         return tuple(items), pos
 
 
-@dataclass(frozen=True)
+@kind
 class Record(_RecordKind):
     """Exactly one record, inline."""
 
@@ -284,7 +298,7 @@ class Record(_RecordKind):
         return self.codec.decode_from(body, pos)
 
 
-@dataclass(frozen=True)
+@kind
 class OptionalRecord(_RecordKind):
     """A presence byte, then one record if present."""
 

@@ -1,6 +1,10 @@
 """Every bound the protocol enforces, in one place, so a reader sees the limits at a glance."""
 
-from typing import Final
+from __future__ import annotations
+
+TYPE_CHECKING = False  # (not typing's: ``--help`` does without importing typing)
+if TYPE_CHECKING:
+    from typing import Final
 
 PROTOCOL_VERSION: Final = 1
 MAGIC: Final = b"FSYN"

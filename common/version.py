@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # (not typing's: ``--help`` does without importing typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 DISTRIBUTION = "fs-filesync"
 VERSION = "0.1.0"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from common.limits import MIN_MAX_PACKET
 from common.version import VersionAction
@@ -23,6 +22,10 @@ from fsclient.options import (
     add_share_commands,
 )
 from fsclient.sync.commands import add_commands
+
+TYPE_CHECKING = False  # (not typing's: ``--help`` does without importing typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _packet_size(text: str) -> int:

@@ -18,7 +18,6 @@ import functools
 import itertools
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -96,7 +95,7 @@ class Client:
         refused (``NoSuchShare``) instead of being made by the first upload."""
         host, port = parse_server(server)
         check_name(share)
-        client_id = check_name(client_id or f"fsclient-{secrets.token_hex(4)}", "client id")
+        client_id = check_name(client_id or f"fsclient-{os.urandom(4).hex()}", "client id")
         access = access or Access()
         proposal = max_packet or ABSOLUTE_MAX_PACKET
         if proposal < DEFAULT_MAX_PACKET:
@@ -326,7 +325,7 @@ class Client:
         return ChangeStream(reply.seq, self.proto.notifications)
 
     async def ping(self) -> None:
-        nonce = secrets.randbits(63)
+        nonce = int.from_bytes(os.urandom(8)) >> 1
         fut = self.proto.pings[nonce] = asyncio.get_running_loop().create_future()
         self.proto.send(m.Ping(nonce, reply=False))
         await fut

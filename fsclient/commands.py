@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 from common.errors import FSError, NotFound
 from common.heap import tune_gc
 from fsclient.formats import LongLayout, describe, format_entry
-from fsclient.helptopics import show as show_topic
-from fsclient.progress import TerminalProgress
-from fsclient.sharecmd import connect, list_shares
-from fsclient.sync.cli import status, sync, unsync
-from fsclient.tree import PutPlan, UsageError, get_tree, plan_get, plan_put, put_tree, rm_tree
+from fsclient.sharecmd import connect
 
 if TYPE_CHECKING:
     from fsclient.client import Client
+    from fsclient.tree import PutPlan
+
+# Each command loads what only it needs when it runs (``ls`` of an empty share is timed whole
+# in the latency bench): the tree commands, the progress display, sync, the help topics.
 
 
 class Interrupt:
@@ -71,15 +71,19 @@ async def run(args: argparse.Namespace, interrupt: Interrupt) -> int:
 
 
 async def _command(args: argparse.Namespace) -> int:
-    if args.command == "sync":
-        return await sync(args)
-    if args.command == "status":
-        return status(args)
-    if args.command == "unsync":
-        return unsync(args)
+    if args.command in ("sync", "status", "unsync"):
+        from fsclient.sync import cli as sync_cli
+
+        if args.command == "sync":
+            return await sync_cli.sync(args)
+        return sync_cli.status(args) if args.command == "status" else sync_cli.unsync(args)
     if args.command == "shares":
+        from fsclient.sharecmd import list_shares
+
         return await list_shares(args)
     if args.command == "help":
+        from fsclient.helptopics import show as show_topic
+
         return show_topic(args)
     plan = _plan_put(args) if args.command == "put" else None  # (a typo needs no server)
     client = await connect(args)
@@ -94,6 +98,8 @@ async def _command(args: argparse.Namespace) -> int:
 
 def _plan_put(args: argparse.Namespace) -> PutPlan:
     """``put A B C``: the last is the target (argparse gives every name to LOCAL)."""
+    from fsclient.tree import plan_put
+
     sources, target = args.local, args.remote
     if target is None and len(sources) > 1:
         *sources, target = sources
@@ -101,6 +107,9 @@ def _plan_put(args: argparse.Namespace) -> PutPlan:
 
 
 async def _put(client: Client, plan: PutPlan) -> int:
+    from fsclient.progress import TerminalProgress
+    from fsclient.tree import put_tree
+
     if plan.one_file:
         local, remote = plan.pairs[0]
         with TerminalProgress(f"put {remote}") as progress:
@@ -111,6 +120,9 @@ async def _put(client: Client, plan: PutPlan) -> int:
 
 
 async def _get(client: Client, args: argparse.Namespace) -> int:
+    from fsclient.progress import TerminalProgress
+    from fsclient.tree import UsageError, get_tree, plan_get
+
     to_stdout = args.local == "-"
     plan = await plan_get(client, args.remote, None if to_stdout else args.local, args.recursive)
     if to_stdout and not plan.one_file:
@@ -131,6 +143,8 @@ async def _get_to_stdout(client: Client, path: str) -> None:
     """The file goes to a temp file first: nothing is written out before its digest checks."""
     import shutil
     import tempfile
+
+    from fsclient.progress import TerminalProgress
 
     with tempfile.TemporaryDirectory(prefix="fsclient-") as folder:
         with TerminalProgress(f"get {path}") as progress:
@@ -155,6 +169,8 @@ async def _ls(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _rm(client: Client, args: argparse.Namespace) -> int:
+    from fsclient.tree import UsageError, rm_tree
+
     code = 0
     for remote in args.remote:
         if args.recursive:
@@ -202,6 +218,8 @@ def execute(args: argparse.Namespace) -> int:
         if code:
             print(f"fsclient: error: {exc}", file=sys.stderr)
     except (FSError, OSError, ValueError) as exc:
+        from fsclient.tree import UsageError
+
         code = 2 if isinstance(exc, UsageError) else 1
         if not interrupt.fired:
             print(f"fsclient: error: {describe(exc)}", file=sys.stderr)

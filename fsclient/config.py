@@ -65,8 +65,6 @@ def line_of(text: str, key: str) -> int:
 
 def read_config(path: Path) -> dict[str, object]:
     """The settings of the file at *path*, checked ({} if there is no file)."""
-    import tomllib  # only when there is a file
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -75,6 +73,8 @@ def read_config(path: Path) -> dict[str, object]:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it: {exc}") from None
+    import tomllib  # only when there is a file
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

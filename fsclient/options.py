@@ -5,7 +5,10 @@ dataclass, ssl or asyncio, and ``--help`` or a usage error answers at once."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+TYPE_CHECKING = False  # (not typing's: ``--help`` does without importing typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_SERVER = "127.0.0.1:7878"
 """The server address when neither an option nor the environment names one."""

@@ -268,12 +268,16 @@ class ClientConnection(
             log.error("bug: refused to send %s to %s: %s", type(msg).__name__, self.peer, exc)
             self.fail(ErrorCode.INTERNAL, "internal server error")
             return True
+        self.queue(packet)
+        return True
+
+    def queue(self, packet: bytes) -> None:
+        """Send an encoded packet with the next flush (one write for all queued by then)."""
         self.outbox.append(packet)
         self.outbox_bytes += len(packet)
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
-        return True
 
     def flush(self) -> None:
         self.flush_scheduled = False

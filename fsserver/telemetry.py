@@ -237,17 +237,38 @@ class ProcessSampler:
 
 
 class TrafficCounts:
-    """Adds a connection's packet counts to the counters, as deltas since the last time."""
+    """Adds a connection's packet counts to the counters, as deltas since the last time.
+    ``add`` only sums them up per process; ``flush_traffic`` adds the sums to the counters:
+    once a second for every connection at once (a counter's ``inc`` costs far more than a sum,
+    and a worker may have thousands of busy connections)."""
 
     def __init__(self) -> None:
         self.seen: list[list[int]] = [[0] * 256 for _ in range(4)]
 
-    def publish(self, counts: list[list[int]]) -> None:
-        metrics = (RECEIVED_PACKETS, RECEIVED_BYTES, SENT_PACKETS, SENT_BYTES)
-        for metric, now, seen in zip(metrics, counts, self.seen, strict=True):
-            for ptype, name in PACKET_NAMES.items():  # only these are ever counted
+    def add(self, counts: list[list[int]]) -> None:
+        for now, seen, pending in zip(counts, self.seen, _PENDING, strict=True):
+            if now == seen:  # (one comparison in C: most connections are quiet most seconds)
+                continue
+            for ptype in PACKET_NAMES:  # only these are ever counted
                 value = now[ptype]
                 delta = value - seen[ptype]
                 if delta:
-                    metric.labels(name).inc(delta)
+                    pending[ptype] += delta
                     seen[ptype] = value
+
+    def publish(self, counts: list[list[int]]) -> None:
+        """``add``, then the counters now (a connection that ends)."""
+        self.add(counts)
+        flush_traffic()
+
+
+_PENDING: list[list[int]] = [[0] * 256 for _ in range(4)]
+
+
+def flush_traffic() -> None:
+    metrics = (RECEIVED_PACKETS, RECEIVED_BYTES, SENT_PACKETS, SENT_BYTES)
+    for metric, pending in zip(metrics, _PENDING, strict=True):
+        for ptype, name in PACKET_NAMES.items():
+            if pending[ptype]:
+                metric.labels(name).inc(pending[ptype])
+                pending[ptype] = 0

@@ -140,7 +140,8 @@ class Worker:
             for conn in list(self.ctx.connections):
                 conn.check_deadlines(now)
                 conn.check_token()
-                conn.publish_traffic()
+                conn.traffic.add(conn.conn.traffic())
+            telemetry.flush_traffic()
             telemetry.HASH_QUEUE.set(self.ctx.hashes.in_flight)
             subscribers = sum(map(len, self.ctx.feed.subscribers.values()))
             telemetry.SUBSCRIBERS.labels("worker", str(self.worker_id)).set(subscribers)
