@@ -1,8 +1,9 @@
 """``python -m bench``: FS against raw TCP and rsync on loopback; see ``bench/__init__.py``.
 
-Three suites, all by default: ``--suite core`` (transfers through ``fsclient.Client``,
+Four suites, all by default: ``--suite core`` (transfers through ``fsclient.Client``,
 ``bench.run``), ``--suite sync`` (whole ``fsclient sync`` commands and live clients,
-``bench.syncrun``) and ``--suite durable`` (what ``--data-dir`` costs, ``bench.durabench``).
+``bench.syncrun``), ``--suite durable`` (what ``--data-dir`` costs, ``bench.durabench``) and
+``--suite memory`` (the server's RAM per file, ``bench.membench``).
 Each writes its own section of docs/PERFORMANCE.md.
 """
 
@@ -28,7 +29,7 @@ from bench.run import MiB, Outcome, Settings, run_suite, say
 
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 SECTION = "core"
-SUITES = ("core", "sync", "durable", "all")
+SUITES = ("core", "sync", "durable", "memory", "all")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--suite", choices=SUITES, default="all",
-                   help="which suite to run (default all: core, sync, durable)")  # fmt: skip
+                   help="which suite (default all: core, sync, durable, memory)")  # fmt: skip
     p.add_argument(
         "--quick", action="store_true", help="small sizes, 1 round, no doc update (smoke test)"
     )
@@ -167,6 +168,18 @@ def run_durable(args: argparse.Namespace) -> None:
         say(f"bench: wrote the '{durabench.SECTION}' section of {args.doc}")
 
 
+def run_memory(args: argparse.Namespace) -> None:
+    from bench import membench
+
+    s = membench.MemSettings.quick() if args.quick else membench.MemSettings()
+    tables, ok = membench.report(s, membench.run_memory_suite(s))
+    print("\n".join(tables))
+    print(f"\nmemory: target {'met' if ok else 'missed'}", flush=True)
+    if not (args.no_write or args.quick):
+        write_section(args.doc, membench.SECTION, membench.document(s, tables, args.quick))
+        say(f"bench: wrote the '{membench.SECTION}' section of {args.doc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.profile:
@@ -181,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             run_sync(args)
         if args.suite in ("durable", "all"):
             run_durable(args)
+        if args.suite in ("memory", "all"):
+            run_memory(args)
     except KeyboardInterrupt:
         say("bench: interrupted, everything stopped")
         return 130
