@@ -374,7 +374,9 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
                   ticket: int = 0) -> Blob:  # fmt: skip
         """Content just verified at *offset*, now owned by the index (no path refers to it
         yet); *ticket*: the upload it came from (the persister may have staged it)."""
-        blob = Blob(share, digest, shared_size(size), offset, id=next(self._blob_ids))
+        # its name on disk; none in a memory-only store (an int of 32 bytes per blob saved)
+        blob_id = next(self._blob_ids) if self.journal is not None else 0
+        blob = Blob(share, digest, shared_size(size), offset, id=blob_id)
         self.blobs[(share, digest, size)] = blob
         self.blob_bytes += size
         if self.journal is not None:
