@@ -82,7 +82,7 @@ def restore_share(share: Share, rows: Iterable[EntryRow], blobs: dict[int, Blob]
     from fsserver.store.index import Entry
 
     paths: dict[str, Entry] = {}
-    versions: dict[int, str] = {}
+    versions: list[tuple[int, str]] = []
     deletes: list[tuple[float, int, str]] = []
     live = size = 0
     for _, path, version, mtime_ns, mode, blob_id, deleted_at in rows:
@@ -95,9 +95,10 @@ def restore_share(share: Share, rows: Iterable[EntryRow], blobs: dict[int, Blob]
             blob.refs += 1
             live += 1
             size += blob.size
-        versions[version] = path
+        versions.append((version, path))
     share.entries = SortedDict(paths)
-    share.by_version = VersionLog(sorted(versions.items()))
+    versions.sort()  # (each version is one path's: a catalog row per path)
+    share.by_version = VersionLog(versions)
     share.seq = max(share.seq, share.by_version.last)
     share.tombstones = deque(sorted(deletes))  # oldest delete first
     share.live += live
