@@ -1,9 +1,10 @@
 """``python -m bench``: FS against raw TCP and rsync on loopback; see ``bench/__init__.py``.
 
-Four suites, all by default: ``--suite core`` (transfers through ``fsclient.Client``,
+Five suites, all by default: ``--suite core`` (transfers through ``fsclient.Client``,
 ``bench.run``), ``--suite sync`` (whole ``fsclient sync`` commands and live clients,
-``bench.syncrun``), ``--suite durable`` (what ``--data-dir`` costs, ``bench.durabench``) and
-``--suite latency`` (fan-out to 200 subscribers and CLI start-up, ``bench.latency``).
+``bench.syncrun``), ``--suite durable`` (what ``--data-dir`` costs, ``bench.durabench``),
+``--suite latency`` (fan-out to 200 subscribers and CLI start-up, ``bench.latency``) and
+``--suite memory`` (the server's RAM per file, ``bench.membench``).
 Each writes its own section of docs/PERFORMANCE.md.
 """
 
@@ -29,7 +30,7 @@ from bench.run import MiB, Outcome, Settings, run_suite, say
 
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 SECTION = "core"
-SUITES = ("core", "sync", "durable", "latency", "all")
+SUITES = ("core", "sync", "durable", "latency", "memory", "all")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--suite", choices=SUITES, default="all",
                    help="which suite to run (default all: core, sync, durable, "
-                   "latency)")  # fmt: skip
+                   "latency, memory)")  # fmt: skip
     p.add_argument(
         "--quick", action="store_true", help="small sizes, 1 round, no doc update (smoke test)"
     )
@@ -183,6 +184,18 @@ def run_latency(args: argparse.Namespace) -> None:
         say(f"bench: wrote the '{latency.SECTION}' section of {args.doc}")
 
 
+def run_memory(args: argparse.Namespace) -> None:
+    from bench import membench
+
+    s = membench.MemSettings.quick() if args.quick else membench.MemSettings()
+    tables, ok = membench.report(s, membench.run_memory_suite(s))
+    print("\n".join(tables))
+    print(f"\nmemory: target {'met' if ok else 'missed'}", flush=True)
+    if not (args.no_write or args.quick):
+        write_section(args.doc, membench.SECTION, membench.document(s, tables, args.quick))
+        say(f"bench: wrote the '{membench.SECTION}' section of {args.doc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.profile:
@@ -199,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             run_durable(args)
         if args.suite in ("latency", "all"):
             run_latency(args)
+        if args.suite in ("memory", "all"):
+            run_memory(args)
     except KeyboardInterrupt:
         say("bench: interrupted, everything stopped")
         return 130

@@ -76,7 +76,8 @@ class ServerConfig:
     """A file holding the bearer token /metrics requires; empty: /metrics is open."""
     log_level: str = "info"
     max_packet: int = SERVER_MAX_PACKET
-    max_files: int = 1_000_000
+    max_files: int = 2_000_000
+    """Index entries: room for a share of a million files and as many tombstones (issue 13)."""
     max_file_size: int = 0
     """0: no limit beyond the store's size."""
     share_quota: int = 0

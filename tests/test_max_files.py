@@ -95,3 +95,11 @@ def test_a_max_files_below_one_stops_the_start():
         result = fsserver_tool("--port", "0", "--metrics-port", "0", *args, env=env)
         assert result.returncode == 2
         assert result.stderr == "fsserver: error: --max-files must be at least 1\n"
+
+
+def test_the_default_fits_a_million_files_and_as_many_tombstones():
+    """Issue 13: a share of a million files must still take deletes and new paths (a
+    tombstone holds an entry); ``tests/test_million.py`` fills a share to a million."""
+    result = fsserver_tool("--help")
+    assert result.returncode == 0
+    assert "(env FS_MAX_FILES, default 2000000)" in " ".join(result.stdout.split())

@@ -103,8 +103,10 @@ class StateDB:
         rows = self.db.execute("SELECT * FROM files WHERE path >= ? AND path < ?", (low, high))
         return [BaseEntry(*row) for row in rows]
 
-    def with_digest(self, digest: bytes) -> list[BaseEntry]:
-        rows = self.db.execute("SELECT * FROM files WHERE digest = ?", (digest,))
+    def with_digest(self, digest: bytes, limit: int = 8) -> list[BaseEntry]:
+        """Up to *limit* files with this content: a few candidates to copy from, never every
+        one of a million empty files (which made a sync of them quadratic)."""
+        rows = self.db.execute("SELECT * FROM files WHERE digest = ? LIMIT ?", (digest, limit))
         return [BaseEntry(*row) for row in rows]
 
     def forget_versions(self) -> None:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from common.errors import StoreFull
 from common.messages import InitStatus
 from fsserver.store.allocator import ExtentAllocator, aligned
-from fsserver.store.records import BatchStored, Blob, BlobKey, Refused
+from fsserver.store.blobtable import BlobTable
+from fsserver.store.records import BatchStored, Blob, Refused
 from fsserver.store.staging import STAGING_BYTES, staging_base
 
 
@@ -22,7 +23,7 @@ class BatchStoring:
     size: int
     allocator: ExtentAllocator
     arena: memoryview | None
-    blobs: dict[BlobKey, Blob]
+    blobs: BlobTable
 
     if TYPE_CHECKING:  # Store's own, declared here for the type checker
 

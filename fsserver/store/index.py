@@ -21,11 +21,11 @@ from common.limits import ANY_VERSION, NO_VERSION
 from common.messages import FileEntry, InitStatus, LookupStatus
 from fsserver.store.allocator import ExtentAllocator
 from fsserver.store.batch import BatchStoring
+from fsserver.store.blobtable import BlobTable, shared_size
 from fsserver.store.parking import PARK_SECONDS, ParkedUploads, resume_key
 from fsserver.store.persisted import Persisted
 from fsserver.store.records import (
     Blob,
-    BlobKey,
     Busy,
     Change,
     ChangePage,
@@ -70,7 +70,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         self.max_entries = max_entries
         self.quota = quota
         self.entries = 0
-        self.blobs: dict[BlobKey, Blob] = {}
+        self.blobs = BlobTable()
         self.shares: dict[str, Share] = {}
         self.holds: dict[int, _Hold] = {}
         self.new_paths = 0
@@ -254,10 +254,9 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
             return ChangePage((), False, 0)
         changes = []
         budget = PAGE_BYTES
-        for version in sh.by_version.irange(minimum=since, inclusive=(False, True)):
+        for _, path in sh.by_version.since(since):
             if len(changes) >= limit or budget <= 0:
                 return ChangePage(tuple(changes), True, sh.seq, sh.pruned)
-            path = sh.by_version[version]
             budget -= len(path.encode()) + ENTRY_BYTES
             entry = sh.entries[path]
             changes.append(Change(share, entry.record(path), deleted=entry.blob is None))
@@ -375,7 +374,9 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
                   ticket: int = 0) -> Blob:  # fmt: skip
         """Content just verified at *offset*, now owned by the index (no path refers to it
         yet); *ticket*: the upload it came from (the persister may have staged it)."""
-        blob = Blob(share, digest, size, offset, id=next(self._blob_ids))
+        # its name on disk; none in a memory-only store (an int of 32 bytes per blob saved)
+        blob_id = next(self._blob_ids) if self.journal is not None else 0
+        blob = Blob(share, digest, shared_size(size), offset, id=blob_id)
         self.blobs[(share, digest, size)] = blob
         self.blob_bytes += size
         if self.journal is not None:

@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from sortedcontainers import SortedDict
 
-from fsserver.store.records import Blob, BlobKey
+from fsserver.store.blobtable import shared_size
+from fsserver.store.records import Blob
+from fsserver.store.versionlog import VersionLog
 
 if TYPE_CHECKING:
+    from fsserver.store.blobtable import BlobTable
     from fsserver.store.index import Share
 
 EntryRow = tuple[str, str, int, int, int, int | None, float | None]
@@ -24,7 +27,7 @@ EntryRow = tuple[str, str, int, int, int, int | None, float | None]
 
 class Persisted:
     journal: list[tuple[Any, ...]] | None
-    blobs: dict[BlobKey, Blob]
+    blobs: BlobTable
     shares: dict[str, Share]
     blob_bytes: int
     logical_bytes: int
@@ -61,6 +64,7 @@ class Persisted:
         for name, seq, pruned in shares:
             self.shares[name] = Share(seq=seq, pruned=pruned)
         for blob in blobs.values():
+            blob.size = shared_size(blob.size)
             self.blobs[blob.key] = blob
             self.blob_bytes += blob.size
         for name, rows in groupby(entries, key=itemgetter(0)):
@@ -78,7 +82,7 @@ def restore_share(share: Share, rows: Iterable[EntryRow], blobs: dict[int, Blob]
     from fsserver.store.index import Entry
 
     paths: dict[str, Entry] = {}
-    versions: dict[int, str] = {}
+    versions: list[tuple[int, str]] = []
     deletes: list[tuple[float, int, str]] = []
     live = size = 0
     for _, path, version, mtime_ns, mode, blob_id, deleted_at in rows:
@@ -91,10 +95,11 @@ def restore_share(share: Share, rows: Iterable[EntryRow], blobs: dict[int, Blob]
             blob.refs += 1
             live += 1
             size += blob.size
-        versions[version] = path
+        versions.append((version, path))
     share.entries = SortedDict(paths)
-    share.by_version = SortedDict(versions)
-    share.seq = max(share.seq, share.by_version.peekitem()[0] if versions else 0)
+    versions.sort()  # (each version is one path's: a catalog row per path)
+    share.by_version = VersionLog(versions)
+    share.seq = max(share.seq, share.by_version.last)
     share.tombstones = deque(sorted(deletes))  # oldest delete first
     share.live += live
     share.bytes += size

@@ -31,8 +31,7 @@ class Retention:
                 entry = sh.entries.get(path)
                 if entry is None or entry.version != version:  # the path came back since
                     continue
-                del sh.entries[path]
-                del sh.by_version[version]
+                sh.forget(path, version)
                 sh.pruned = max(sh.pruned, version)
                 self.entries -= 1
                 gone += 1

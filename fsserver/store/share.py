@@ -1,5 +1,10 @@
 """``Share``: one share's part of the index, its paths in order (for listings) and by version
-(for "what changed since N"), and ``Entry``, one path's latest version (or tombstone)."""
+(for "what changed since N"), and ``Entry``, one path's latest version (or tombstone).
+
+An index of a million files pays for what it keeps per file: an ``Entry`` holds its version,
+mtime and mode packed in one int (one object instead of three ints of up to 48 bytes each),
+and the version order is a ``VersionLog`` (two columns) rather than a second sorted dict.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +15,56 @@ from sortedcontainers import SortedDict
 
 from common.messages import FileEntry
 from fsserver.store.records import Blob
+from fsserver.store.versionlog import VersionLog
+
+_VERSION_BITS = 48
+_MODE_BITS = 32
+_MTIME_SHIFT = _VERSION_BITS + _MODE_BITS
+_VERSION_MASK = (1 << _VERSION_BITS) - 1
+_MODE_MASK = (1 << _MODE_BITS) - 1
+_MTIME_BIAS = 1 << 63
+"""mtime_ns is a signed 64-bit number: biased, it packs as an unsigned one."""
+NO_DIGEST = bytes(16)
 
 
-@dataclass(slots=True)
 class Entry:
-    version: int
-    mtime_ns: int
-    mode: int
-    blob: Blob | None  # None for a tombstone
+    """A path's version, mtime_ns and mode (packed in ``meta``) and its content (None: a
+    tombstone)."""
+
+    __slots__ = ("blob", "meta")
+
+    def __init__(self, version: int, mtime_ns: int, mode: int, blob: Blob | None) -> None:
+        if version > _VERSION_MASK or mode > _MODE_MASK:  # (never negative: u64, u32)
+            raise ValueError(f"version {version} or mode {mode} out of range")
+        self.meta = (mtime_ns + _MTIME_BIAS) << _MTIME_SHIFT | mode << _VERSION_BITS | version
+        self.blob = blob
+
+    @property
+    def version(self) -> int:
+        return self.meta & _VERSION_MASK
+
+    @property
+    def mode(self) -> int:
+        return self.meta >> _VERSION_BITS & _MODE_MASK
+
+    @property
+    def mtime_ns(self) -> int:
+        return (self.meta >> _MTIME_SHIFT) - _MTIME_BIAS
 
     def record(self, path: str) -> FileEntry:
-        blob = self.blob
-        size, digest = (blob.size, blob.digest) if blob else (0, bytes(16))
-        return FileEntry(size, self.version, self.mtime_ns, self.mode, digest, path)
+        meta, blob = self.meta, self.blob
+        size, digest = (blob.size, blob.digest) if blob else (0, NO_DIGEST)
+        return FileEntry(size, meta & _VERSION_MASK, (meta >> _MTIME_SHIFT) - _MTIME_BIAS,
+                         meta >> _VERSION_BITS & _MODE_MASK, digest, path)  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"Entry({self.version}, {self.mtime_ns}, {self.mode:o}, {self.blob!r})"
 
 
 @dataclass(slots=True)
 class Share:
     entries: SortedDict = field(default_factory=SortedDict)
-    by_version: SortedDict = field(default_factory=SortedDict)
+    by_version: VersionLog = field(default_factory=VersionLog)
     """version -> path, for "what changed since N"; each path appears once, at its latest."""
     seq: int = 0
     live: int = 0
@@ -42,6 +78,11 @@ class Share:
     def record(self, path: str, entry: Entry) -> None:
         old = self.entries.get(path)
         if old is not None:
-            del self.by_version[old.version]
+            self.by_version.remove(old.version)
         self.entries[path] = entry
-        self.by_version[entry.version] = path
+        self.by_version.add(entry.version, path)
+
+    def forget(self, path: str, version: int) -> None:
+        """Drop *path*, whose entry is at *version* (a tombstone past its time)."""
+        del self.entries[path]
+        self.by_version.remove(version)
