@@ -119,7 +119,7 @@ class Actions:
 
         def settled(index: int, result: m.FileEntry | FSError | OSError) -> None:
             local = files[index][0]
-            if isinstance(result, m.FileEntry):
+            if type(result) is m.FileEntry:
                 done.append(self.uploaded(local, result))
                 if len(done) >= DB_CHUNK:
                     self.store_uploaded(done)
@@ -136,10 +136,13 @@ class Actions:
 
         try:
             real = await send_marks(client, [(f.path, e) for f, e in files], settled)
-            items = [(self.abs(f.path), f.path, expected,
+            top = f"{self.folder}/"  # (an f-string, not os.path.join: once per file)
+            items = [(top + f.path, f.path, expected,
                       (f.size, f.mtime_ns, f.digest) if f.digest else None)
                      for f, expected in (files[i] for i in real)]  # fmt: skip
-            await client.put_many(items, on_result=lambda at, result: settled(real[at], result))
+            await client.put_many(
+                items, on_result=lambda at, result: settled(real[at], result), keep=False
+            )
         finally:
             self.store_uploaded(done)  # what was sent before the connection ended is kept
         self.raise_if_lost()
@@ -156,7 +159,10 @@ class Actions:
 
     def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:
         """The base for a file just uploaded (its inode only if it is still the same file)."""
-        self.succeeded(local.path, 1, entry.size)
+        if self.tally.failed:  # (once per file: ``succeeded`` without a call when none did)
+            self.tally.ok(local.path)
+        if self.progress is not None:
+            self.progress.advance(1, entry.size)
         self.tally.uploaded(local.path, entry.size)
         inode = local.inode if (local.size, local.mtime_ns) == (entry.size, entry.mtime_ns) else 0
         return BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,
