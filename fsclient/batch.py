@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from common import messages as m
@@ -37,6 +37,11 @@ Pair = tuple[str | os.PathLike[str], str]
 Item = tuple[str | os.PathLike[str], str, int, Known | None]
 """(local, remote, base version, known): an upload that must not overwrite a newer server
 version, and what is known of the file already (see ``FileSource``)."""
+
+
+class ItemSequence(Sequence[Item]):
+    """Items made on demand, each a whole ``Item``: taken as they are, not copied into a
+    list (``fsclient.sync.actions.UploadItems``)."""
 
 
 def as_item(pair: Pair | tuple[str | os.PathLike[str], str, int] | Item) -> Item:
@@ -130,7 +135,9 @@ class BatchUpload:
         """What ``on_result`` raised: it is not called again, the upload goes on (files in
         flight must still be answered), and ``run`` raises it at the end."""
         self.proto = client.proto
-        self.pairs: list[Item] = [as_item(pair) for pair in pairs]
+        self.pairs: Sequence[Item] = (
+            pairs if isinstance(pairs, ItemSequence) else [as_item(pair) for pair in pairs]
+        )
         self.window = window
         self.results: list[Result | None] | None = [None] * len(self.pairs) if keep else None
         """Every result, returned at the end; None if not *keep* (``on_result`` hears of

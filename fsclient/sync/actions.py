@@ -24,6 +24,7 @@ from fsclient.client import Client
 from fsclient.durable import FolderSync, NewFolders
 from fsclient.progress import SyncProgress
 from fsclient.sync.folders import folder_of, is_mark, mark_of, send_marks
+from fsclient.sync.items import Paths, UploadItems
 from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState, conflict_name
 from fsclient.sync.report import Tally
 from fsclient.sync.scan import Scanner, brief, same_stat
@@ -135,11 +136,8 @@ class Actions:
                 undone[local.path] = self.fail(local.path, result)
 
         try:
-            real = await send_marks(client, [(f.path, e) for f, e in files], settled)
-            top = f"{self.folder}/"  # (an f-string, not os.path.join: once per file)
-            items = [(top + f.path, f.path, expected,
-                      (f.size, f.mtime_ns, f.digest) if f.digest else None)
-                     for f, expected in (files[i] for i in real)]  # fmt: skip
+            real = await send_marks(client, Paths(files), settled)
+            items = UploadItems(f"{self.folder}/", files, real)
             await client.put_many(
                 items, on_result=lambda at, result: settled(real[at], result), keep=False
             )

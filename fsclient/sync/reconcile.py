@@ -74,6 +74,9 @@ class Reconcile:
                 records.append((path, current.digest, decision.version))
             elif decision.do is not Do.NOTHING:
                 later.append((path, decision, current, news))
+        rows = len(base)
+        base.clear()  # not needed past here: freed before the uploads (a dict entry, a
+        local.clear()  # tuple and its numbers per file, 100-200 bytes each)
         with self.db.transaction():
             for path, digest, version in records:
                 self.actions.record(path, digest, version)
@@ -83,7 +86,7 @@ class Reconcile:
             sum(f.size for f, _ in uploads) + sum(r.size for r in transfers),
         )
         try:
-            bulk = len(uploads) >= BULK_MIN and len(uploads) * 8 >= len(base) + len(uploads)
+            bulk = len(uploads) >= BULK_MIN and len(uploads) * 8 >= rows + len(uploads)
             with self.db.bulk() if bulk else contextlib.nullcontext():
                 self.undone.update(await self.actions.upload(uploads))
             await self.transfer(later)
