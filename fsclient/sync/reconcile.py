@@ -42,7 +42,7 @@ class Reconcile:
                   walking: FolderWalk) -> dict[str, Outcome]:  # fmt: skip
         """Bring folder and server together, path by path; the paths that were not DONE.
         The state is read while the folder walk (a thread) is still going: the two overlap."""
-        base = self.db.rows()
+        base = self.db.stats()
         local = await walking.take()
         kept = kept_temps()  # downloads cut short, to be resumed: not leftovers
         for temp in self.scanner.stale:  # no download of ours is running yet
@@ -57,7 +57,8 @@ class Reconcile:
         for path in changed_paths(base, local, remote, reseed):
             if ignored(path):
                 continue
-            st, here, news = local.get(path), StateDB.entry(base.get(path)), remote.get(path)
+            here = self.db.get(path) if path in base else None
+            st, news = local.get(path), remote.get(path)
             if st is None and is_mark(path):  # the walk yields only marks of empty folders
                 st = self.scanner.stat(path)
             try:
@@ -120,18 +121,18 @@ class Reconcile:
             self.undone[path] = outcome
 
 
-def changed_paths(base: dict[str, tuple], local: dict[str, Stat],
+def changed_paths(base: dict[str, tuple[str, int, int, int, int, int]], local: dict[str, Stat],
                   remote: dict[str, RemoteState], reseed: bool) -> list[str]:  # fmt: skip
     """The paths that may need something done, in order. A file whose stat (permissions
-    too) matches its base (a row of ``StateDB.rows``: path, size, mtime_ns, mode, inode,
-    digest, version), with no news from the server and a known version, is skipped here:
+    too) matches its base (a row of ``StateDB.stats``: path, size, mtime_ns, mode, inode,
+    version), with no news from the server and a known version, is skipped here:
     ``decide`` would say NOTHING (content and bookkeeping agree), and a no-change run is
     mostly that."""
     if reseed:
         paths = list(local)
     else:
         paths = [path for path, (size, mtime_ns, inode, mode) in local.items()
-                 if (here := base.get(path)) is None or not here[6] or path in remote
+                 if (here := base.get(path)) is None or not here[5] or path in remote
                  or size != here[1] or mtime_ns != here[2] or inode != here[4]
                  or (mode ^ here[3]) & PERMISSIONS]  # fmt: skip
     paths += [path for path in base if path not in local]  # (no set of every path made)
