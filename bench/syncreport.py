@@ -19,6 +19,10 @@ NOCHANGE_MAX = 1.5  # FS time <= 1.5x rsync's
 P99_MAX_MS = 500.0
 RSS_MAX_MB = 150.0
 IDLE_CPU_MAX = 1.0  # percent of one core, strictly below
+# issue 13: the small-file path at 10,000 and 100,000 files
+ISSUE13_INITIAL_MIN = 1.0  # FS files/s >= 1.0x rsync's (aim: 1.5x)
+LARGE_NOCHANGE_MAX = 0.8  # FS time <= 0.8x rsync's
+LARGE_CHANGED_MAX = 1.0  # FS time <= rsync's
 
 
 @dataclass
@@ -55,6 +59,7 @@ def results_table(s: SyncSettings, o: SyncOutcome) -> list[str]:
         if runs:
             lines.append(f"| {label} | {min(runs):.3f} | {statistics.median(runs):.3f} | s | "
                          f"{_runs(runs)} |")  # fmt: skip
+    lines += _large_rows(s, o)
     if o.latency and o.latency.samples:
         ms = [v * 1000 for v in o.latency.samples]
         lines.append(
@@ -79,12 +84,42 @@ def results_table(s: SyncSettings, o: SyncOutcome) -> list[str]:
     return lines
 
 
+def _large_rows(s: SyncSettings, o: SyncOutcome) -> list[str]:
+    big, n = o.large, f"{s.large_files:,}"
+    tree = f"{n} x {s.file_size // 1024} KiB files in {s.large_folders:,} folders"
+    lines = []
+    for label, runs in (
+        (f"FS `fsclient sync --once`, {tree} -> empty share", big.fs_initial),
+        (f"rsync -a, {tree} -> emptied destination", big.rsync_initial),
+    ):
+        if runs:
+            best, median = min(runs), statistics.median(runs)
+            lines.append(f"| {label} | {_rate(s.large_files, best)} | "
+                         f"{_rate(s.large_files, median)} | files/s | {_runs(runs)} |")  # fmt: skip
+    for label, runs in (
+        (f"FS again, {n} files, nothing changed", big.fs_nochange),
+        (f"rsync -a again, {n} files, nothing changed", big.rsync_nochange),
+        (f"FS again, {n} files, {s.large_changed} changed", big.fs_changed),
+        (f"rsync -a again, {n} files, {s.large_changed} changed", big.rsync_changed),
+    ):
+        if runs:
+            lines.append(f"| {label} | {min(runs):.3f} | {statistics.median(runs):.3f} | s | "
+                         f"{_runs(runs)} |")  # fmt: skip
+    return lines
+
+
 def cpu_table(o: SyncOutcome) -> list[str]:
     """Median CPU seconds per command: the command itself and the server side."""
     rows = [("initial sync: FS (`fsclient` / `fsserver`, all processes)", "fs_initial"),
             ("initial sync: rsync (client / daemon)", "rsync_initial"),
             ("no-change re-run: FS", "fs_nochange"),
-            ("no-change re-run: rsync", "rsync_nochange")]  # fmt: skip
+            ("no-change re-run: rsync", "rsync_nochange"),
+            ("large tree, initial sync: FS", "large_fs_initial"),
+            ("large tree, initial sync: rsync", "large_rsync_initial"),
+            ("large tree, no-change re-run: FS", "large_fs_nochange"),
+            ("large tree, no-change re-run: rsync", "large_rsync_nochange"),
+            ("large tree, changed re-run: FS", "large_fs_changed"),
+            ("large tree, changed re-run: rsync", "large_rsync_changed")]  # fmt: skip
     lines = [
         "| CPU seconds per run (median) | Command | Server side | Total |",
         "|---|---:|---:|---:|",
@@ -117,6 +152,9 @@ def target_table(s: SyncSettings, o: SyncOutcome) -> Verdicts:
         med = statistics.median(o.rsync_initial) / statistics.median(o.fs_initial)
         add("(1) initial sync: FS / rsync files/s", f"{best:.2f}x", f"{med:.2f}x",
             f">= {INITIAL_MIN:g}x", best >= INITIAL_MIN)  # fmt: skip
+        add(f"(1) issue 13: initial sync of {s.files:,} files, FS / rsync files/s",
+            f"{best:.2f}x", f"{med:.2f}x", f">= {ISSUE13_INITIAL_MIN:g}x (aim 1.5x)",
+            best >= ISSUE13_INITIAL_MIN)  # fmt: skip
     if o.fs_nochange and o.rsync_nochange:
         best = min(o.fs_nochange) / min(o.rsync_nochange)  # ratio of times
         med = statistics.median(o.fs_nochange) / statistics.median(o.rsync_nochange)
@@ -135,6 +173,23 @@ def target_table(s: SyncSettings, o: SyncOutcome) -> Verdicts:
         cpu = o.idle.cpu_percent
         add(f"(4) idle CPU watching {s.watch_files:,} files", f"{cpu:.2f} %", "",
             f"< {IDLE_CPU_MAX:g} %", cpu < IDLE_CPU_MAX)  # fmt: skip
+    big, n = o.large, f"{s.large_files:,}"
+    for label, fs, rsync, needed, higher in (
+        (f"(5) initial sync of {n} files: FS / rsync files/s", big.fs_initial,
+         big.rsync_initial, ISSUE13_INITIAL_MIN, True),
+        (f"(5) no-change re-run of {n} files: FS time / rsync time", big.fs_nochange,
+         big.rsync_nochange, LARGE_NOCHANGE_MAX, False),
+        (f"(5) re-run of {n} files, {s.large_changed} changed: FS time / rsync time",
+         big.fs_changed, big.rsync_changed, LARGE_CHANGED_MAX, False),
+    ):  # fmt: skip
+        if fs and rsync:
+            best = min(rsync) / min(fs) if higher else min(fs) / min(rsync)
+            med = statistics.median(rsync) / statistics.median(fs)
+            med = med if higher else 1 / med
+            sign = ">=" if higher else "<="
+            aim = " (aim 1.5x)" if higher else ""
+            add(label, f"{best:.2f}x", f"{med:.2f}x", f"{sign} {needed:g}x{aim}",
+                best >= needed if higher else best <= needed)  # fmt: skip
     return Verdicts(lines, all(oks))
 
 
@@ -188,6 +243,15 @@ def document(s: SyncSettings, o: SyncOutcome, tables: list[str], quick: bool) ->
         "50 ms pause between changes. The clock starts just before the write, so debounce "
         "is 0 but event delivery, hashing, upload, notification and download all count. "
         "p99 by nearest rank.",
+        f"- (5) Large tree (issue 13): per round a new tree of {s.large_files:,} files x "
+        f"{s.file_size} random bytes in {s.large_folders:,} folders and a new empty server; "
+        "the initial sync and no-change re-run as in (1)+(2) (the rsync module's folder "
+        "`large` emptied right before its initial run), then "
+        f"{s.large_changed} files spread over the tree get new random bytes of the same size "
+        "and an mtime 100 s back (the same in the FS folder and rsync's source: rsync "
+        "compares whole seconds), and both commands run again; FS must report exactly those "
+        "uploads, and rsync's destination must hold the new bytes. "
+        f"{s.large_rounds} round(s), rsync and FS taking turns going first; best and median.",
         f"- (4) Idle watching: {s.watch_files:,} files of {s.watch_size} random bytes in "
         f"{s.watch_folders} folders; `fsclient sync DIR --once` first (timed, reported), "
         "then a live `fsclient sync DIR` (default debounce), waited for until `watching`, "

@@ -6,7 +6,9 @@ One ``rsync --daemon`` for the whole run and a new empty ``fsserver`` for each r
 1. initial sync of a tree of small files into an empty share / emptied rsync destination;
 2. the same command again on the now-synced tree (nothing to do);
 3. save-to-complete latency between two live clients (``--debounce 0``) on one share;
-4. the memory and idle CPU of a live client watching a large tree.
+4. the memory and idle CPU of a live client watching a large tree;
+5. a tree of 100,000 small files in 1,000 folders: initial sync, no-change re-run, and a
+   re-run after 100 of them changed (``bench.synclarge``).
 
 Rounds of 1-2 use a new tree of fresh random content each and a new server started for the
 round (a first sync meets an empty store, not one warmed by earlier rounds); the two
@@ -34,6 +36,7 @@ from bench.fsbench import BenchCheckFailed
 from bench.procs import ROOT, FsServer, RsyncDaemon
 from bench.ramdir import ram_workdir
 from bench.run import interruptible, say
+from bench.synclarge import LargeOutcome, large_round
 from bench.synctree import copy_tree, make_tree, remove
 from fsserver.config import parse_size
 from fsserver.store.staging import arena_size
@@ -53,6 +56,10 @@ class SyncSettings:
     watch_files: int = 100_000
     watch_size: int = 64
     watch_folders: int = 1000
+    large_files: int = 100_000
+    large_folders: int = 1000
+    large_rounds: int = 3
+    large_changed: int = 100
     settle: float = 5.0
     idle_seconds: float = 60.0
     workers: int = 2
@@ -62,7 +69,8 @@ class SyncSettings:
     @classmethod
     def quick(cls) -> SyncSettings:
         return cls(files=2000, rounds=1, changes=20, watch_files=10_000, watch_folders=100,
-                   settle=2.0, idle_seconds=10.0)  # fmt: skip
+                   settle=2.0, idle_seconds=10.0, large_files=5000, large_folders=50,
+                   large_rounds=1, large_changed=20)  # fmt: skip
 
     def server_args(self) -> list[str]:
         return ["--workers", str(self.workers), "--hash-workers", str(self.hash_workers),
@@ -77,8 +85,10 @@ class SyncSettings:
         def tree(count: int, size: int) -> int:
             return count * (-(-size // page) * page + STATE_ROOM)
 
-        files = max(3 * tree(self.files, self.file_size), tree(self.watch_files, self.watch_size))
-        inodes = max(3 * (self.files + self.folders), self.watch_files + self.watch_folders)
+        files = max(3 * tree(self.files, self.file_size), tree(self.watch_files, self.watch_size),
+                    3 * tree(self.large_files, self.file_size))  # fmt: skip
+        inodes = max(3 * (self.files + self.folders), self.watch_files + self.watch_folders,
+                     3 * (self.large_files + self.large_folders))  # fmt: skip
         return arena_size(parse_size(self.store_size), self.workers) + files + SPARE, inodes + 100
 
 
@@ -92,6 +102,7 @@ class SyncOutcome:
     watch_once: float = 0.0
     watch_start: float = 0.0
     idle: sb.Idle | None = None
+    large: LargeOutcome = field(default_factory=LargeOutcome)
     cpu: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     """Per command kind: (command CPU s, server-side CPU s) for every round."""
     load: tuple[float, ...] = ()
@@ -227,6 +238,14 @@ def run_sync_suite(s: SyncSettings) -> SyncOutcome:
             say(f"bench: sync: round {r}/{s.rounds}: initial FS {out.fs_initial[-1]:.2f} s, "
                 f"rsync {out.rsync_initial[-1]:.2f} s; no-change FS "
                 f"{out.fs_nochange[-1]:.3f} s, rsync {out.rsync_nochange[-1]:.3f} s")  # fmt: skip
+        large = out.large
+        for r in range(1, s.large_rounds + 1):
+            large_round(bench, r)
+            say(f"bench: sync: large round {r}/{s.large_rounds} ({s.large_files:,} files): "
+                f"initial FS {large.fs_initial[-1]:.2f} s, rsync "
+                f"{large.rsync_initial[-1]:.2f} s; no-change FS {large.fs_nochange[-1]:.3f} s, "
+                f"rsync {large.rsync_nochange[-1]:.3f} s; {s.large_changed} changed FS "
+                f"{large.fs_changed[-1]:.3f} s, rsync {large.rsync_changed[-1]:.3f} s")  # fmt: skip
         empty_dir(module_root)  # room in /dev/shm for the watched tree
         server = FsServer(s.server_args())  # (3) and (4): one more new server
         stack.callback(server.stop)

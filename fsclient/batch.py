@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from common import messages as m
@@ -37,6 +37,11 @@ Pair = tuple[str | os.PathLike[str], str]
 Item = tuple[str | os.PathLike[str], str, int, Known | None]
 """(local, remote, base version, known): an upload that must not overwrite a newer server
 version, and what is known of the file already (see ``FileSource``)."""
+
+
+class ItemSequence(Sequence[Item]):
+    """Items made on demand, each a whole ``Item``: taken as they are, not copied into a
+    list (``fsclient.sync.actions.UploadItems``)."""
 
 
 def as_item(pair: Pair | tuple[str | os.PathLike[str], str, int] | Item) -> Item:
@@ -123,16 +128,20 @@ class SmallUpload:
 
 class BatchUpload:
     def __init__(self, client: Client, pairs: Iterable[Pair | Item], window: int,
-                 on_result: OnResult | None = None) -> None:  # fmt: skip
+                 on_result: OnResult | None = None, keep: bool = True) -> None:  # fmt: skip
         self.client = client
         self.on_result = on_result
         self.callback_error: BaseException | None = None
         """What ``on_result`` raised: it is not called again, the upload goes on (files in
         flight must still be answered), and ``run`` raises it at the end."""
         self.proto = client.proto
-        self.pairs: list[Item] = [as_item(pair) for pair in pairs]
+        self.pairs: Sequence[Item] = (
+            pairs if isinstance(pairs, ItemSequence) else [as_item(pair) for pair in pairs]
+        )
         self.window = window
-        self.results: list[Result | None] = [None] * len(self.pairs)
+        self.results: list[Result | None] | None = [None] * len(self.pairs) if keep else None
+        """Every result, returned at the end; None if not *keep* (``on_result`` hears of
+        each: a sync of a million files holds no million entries)."""
         self.later: list[int] = []
         self.in_flight = 0
         self.in_flight_bytes = 0
@@ -158,6 +167,8 @@ class BatchUpload:
             self.settled(index, result)
         if self.callback_error is not None:
             raise self.callback_error
+        if self.results is None:
+            return []
         assert all(result is not None for result in self.results)
         return self.results  # type: ignore[return-value]
 
@@ -186,13 +197,14 @@ class BatchUpload:
         try:
             path = normalize_path(remote)
             if self.batcher is not None:
-                whole = read_small(local, self.batcher.limit(path))
+                path_bytes = len(path) if path.isascii() else len(path.encode())
+                whole = read_small(local, self.batcher.limit(path_bytes))
                 if isinstance(whole, int):  # too big for a batch: its size
                     size = whole
                 else:
                     data, mtime_ns, mode = whole
                     record = m.SmallFile(mtime_ns, mode, base_version, digest_of(data), path, data)
-                    self.batcher.add(index, record)
+                    self.batcher.add(index, record, path_bytes)
                     return
             else:
                 size = os.stat(local).st_size
@@ -238,7 +250,8 @@ class BatchUpload:
         self.refill()
 
     def settled(self, index: int, result: Result) -> None:
-        self.results[index] = result
+        if self.results is not None:
+            self.results[index] = result
         if self.on_result is not None:
             try:
                 self.on_result(index, result)

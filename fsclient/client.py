@@ -204,13 +204,14 @@ class Client:
 
     async def put_many(
         self, pairs: Iterable[tuple[str | os.PathLike[str], str] | Item], *, window: int = 256,
-        on_result: OnResult | None = None,
+        on_result: OnResult | None = None, keep: bool = True,
     ) -> list[m.FileEntry | FSError | OSError]:  # fmt: skip
         """Upload many files with up to *window* in flight; one result (or error) per pair,
         in order. A pair may carry a base version to upload against, and what is known of
         the file (see ``batch.Item``). *on_result(index, result)* hears of each file as soon
-        as it is done. Small files are pipelined without a coroutine each (``BatchUpload``)."""
-        return await BatchUpload(self, pairs, window, on_result).run()
+        as it is done; with *keep* False the results are told to it only (the list is empty).
+        Small files are pipelined without a coroutine each (``BatchUpload``)."""
+        return await BatchUpload(self, pairs, window, on_result, keep).run()
 
     # -- downloads ---------------------------------------------------------------------------
 

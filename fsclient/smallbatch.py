@@ -85,8 +85,9 @@ class Batcher:
     def idle(self) -> bool:
         return not (self.in_flight or self.full or self.files)
 
-    def add(self, index: int, f: m.SmallFile) -> None:
-        cost = self.record_bytes + len(f.path.encode()) + len(f.data)
+    def add(self, index: int, f: m.SmallFile, path_bytes: int) -> None:
+        """Add a file whose path is *path_bytes* long in UTF-8."""
+        cost = self.record_bytes + path_bytes + len(f.data)
         if self.files and (self.size + cost > self.room or len(self.files) >= MAX_BATCH_FILES):
             self.full.append((self.indices, self.files))
             self.files, self.indices, self.size = [], [], 0
@@ -95,10 +96,11 @@ class Batcher:
         self.indices.append(index)
         self.size += cost
 
-    def limit(self, path: str) -> int:
-        """The largest file that fits a batch of its own under *path*; a bigger one goes
-        through a file session (near MAX_BATCH_FILE_BYTES with the smallest packets)."""
-        return min(MAX_BATCH_FILE_BYTES, self.room - self.record_bytes - len(path.encode()))
+    def limit(self, path_bytes: int) -> int:
+        """The largest file that fits a batch of its own under a path of *path_bytes* bytes;
+        a bigger one goes through a file session (near MAX_BATCH_FILE_BYTES with the
+        smallest packets)."""
+        return min(MAX_BATCH_FILE_BYTES, self.room - self.record_bytes - path_bytes)
 
     def pump(self, final: bool = False) -> None:
         """Send the full batches the window allows (and the last, partial one if *final*).

@@ -165,7 +165,7 @@ async def put_tree(client: Client, plan: PutPlan) -> int:
         else:
             run.failed(plan.pairs[index][0], result, plan.sizes[index])
 
-    await client.put_many(plan.pairs, on_result=on_result)
+    await client.put_many(plan.pairs, on_result=on_result, keep=False)
     return run.end("uploaded")
 
 

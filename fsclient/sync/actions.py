@@ -24,6 +24,7 @@ from fsclient.client import Client
 from fsclient.durable import FolderSync, NewFolders
 from fsclient.progress import SyncProgress
 from fsclient.sync.folders import folder_of, is_mark, mark_of, send_marks
+from fsclient.sync.items import Paths, UploadItems
 from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState, conflict_name
 from fsclient.sync.report import Tally
 from fsclient.sync.scan import Scanner, brief, same_stat
@@ -119,7 +120,7 @@ class Actions:
 
         def settled(index: int, result: m.FileEntry | FSError | OSError) -> None:
             local = files[index][0]
-            if isinstance(result, m.FileEntry):
+            if type(result) is m.FileEntry:
                 done.append(self.uploaded(local, result))
                 if len(done) >= DB_CHUNK:
                     self.store_uploaded(done)
@@ -135,11 +136,11 @@ class Actions:
                 undone[local.path] = self.fail(local.path, result)
 
         try:
-            real = await send_marks(client, [(f.path, e) for f, e in files], settled)
-            items = [(self.abs(f.path), f.path, expected,
-                      (f.size, f.mtime_ns, f.digest) if f.digest else None)
-                     for f, expected in (files[i] for i in real)]  # fmt: skip
-            await client.put_many(items, on_result=lambda at, result: settled(real[at], result))
+            real = await send_marks(client, Paths(files), settled)
+            items = UploadItems(f"{self.folder}/", files, real)
+            await client.put_many(
+                items, on_result=lambda at, result: settled(real[at], result), keep=False
+            )
         finally:
             self.store_uploaded(done)  # what was sent before the connection ended is kept
         self.raise_if_lost()
@@ -156,7 +157,10 @@ class Actions:
 
     def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:
         """The base for a file just uploaded (its inode only if it is still the same file)."""
-        self.succeeded(local.path, 1, entry.size)
+        if self.tally.failed:  # (once per file: ``succeeded`` without a call when none did)
+            self.tally.ok(local.path)
+        if self.progress is not None:
+            self.progress.advance(1, entry.size)
         self.tally.uploaded(local.path, entry.size)
         inode = local.inode if (local.size, local.mtime_ns) == (entry.size, entry.mtime_ns) else 0
         return BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,

@@ -157,9 +157,7 @@ class SyncEngine:
         if rescan:  # a path the server does not know any more was deleted there long ago
             for entry in self.db.all():
                 remote.setdefault(entry.path, RemoteState(0, deleted=True))
-        undone = await Reconcile(self.scanner, self.db, self.actions).run(
-            remote, reseed, await walking.take()
-        )
+        undone = await Reconcile(self.scanner, self.db, self.actions).run(remote, reseed, walking)
         self.actions.tally.end_batch()
         for path in undone:
             if path in remote:

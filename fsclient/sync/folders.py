@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from common.errors import FSError
@@ -69,9 +69,13 @@ def mark_stat(root: str, mark: str) -> Stat | None:
     return (0, 0, st.st_ino, MARK_MODE) if stat.S_ISDIR(st.st_mode) else None
 
 
-async def send_marks(client: Client, files: list[tuple[str, int]], settled: Settled) -> list[int]:
+async def send_marks(client: Client, files: Sequence[tuple[str, int]], settled: Settled
+                     ) -> Sequence[int]:  # fmt: skip
     """Upload the marks among *files* (path, expected version) as zero-byte files, telling
-    *settled* of each; the indexes of the other files (to send as files)."""
+    *settled* of each; the indexes of the other files (to send as files: a range if there
+    are no marks, not a list of a million numbers)."""
+    if not any(is_mark(path) for path, _ in files):
+        return range(len(files))
     others = []
     for index, (path, expected) in enumerate(files):
         if not is_mark(path):

@@ -84,7 +84,8 @@ class Tally:
         for counts in (self.total, self.batch):
             counts.uploaded += 1
             counts.bytes_up += size
-        self._file(f"uploaded {path} ({human_size(size)})")
+        if self.verbosity >= Verbosity.VERBOSE:  # (called per file: no line made for nothing)
+            self.say(f"uploaded {path} ({human_size(size)})")
 
     def downloaded(self, path: str, size: int, line: str = "") -> None:
         for counts in (self.total, self.batch):

@@ -16,6 +16,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common.digest import StreamingDigest, digest_of
@@ -38,6 +39,12 @@ Stat = tuple[int, int, int, int]
 
 _PLAIN_NAME = re.compile(r"[^\x00-\x1f\x7f\\/]+")
 """A name that needs no further check if it is ASCII (so NFC, one byte per character)."""
+_PLAIN_NAMES = re.compile(
+    rf"(?:(?!\.\.?(?:/|$))[^\x00-\x1f\x7f\\/]{{1,{MAX_SEGMENT_BYTES}}}(?:/|$))*"
+)
+"""A folder's names joined by ``/``, each of them a plain name (above), not ``.`` or ``..``,
+and at most MAX_SEGMENT_BYTES long (ASCII: one byte per character)."""
+WALK_THREADS = 2
 
 
 def brief(st: os.stat_result) -> Stat:
@@ -81,55 +88,122 @@ class Scanner:
         if under and not self.valid(under):
             return
         stack = [(under, 0)]
-        plain = self.rules.only_always
-        fast_name = _PLAIN_NAME.fullmatch
         while stack:
-            rel, inode = stack.pop()
-            try:
-                entries = list(os.scandir(os.path.join(self.root, rel) if rel else self.root))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except PermissionError as exc:
-                self.warn(rel or ".", f"cannot read folder: {exc.strerror}")
-                continue
-            if rel and not self.has_content(rel, entries):
-                st = (0, 0, inode, MARK_MODE) if inode else mark_stat(self.root, mark_of(rel))
-                if st is not None:
-                    yield mark_of(rel), st
-            prefix = f"{rel}/" if rel else ""
-            ascii_prefix = prefix.isascii()
+            files, folders = self.folder(*stack.pop())
+            yield from files
+            stack += folders
+
+    def walk_all(self, threads: int = WALK_THREADS) -> dict[str, Stat]:
+        """``walk`` of the whole folder into a dict, one level of folders at a time, each
+        level shared out between *threads* threads: a walk is mostly ``lstat`` calls, which
+        run without the GIL, so two threads overlap one's system call with the other's
+        Python (and with the loop's thread, which reads the state meanwhile)."""
+        found: dict[str, Stat] = {}
+        level = [("", 0)]
+        with ThreadPoolExecutor(threads, thread_name_prefix="fsclient-walk") as pool:
+            while level:
+                chunks = [level[i::threads] for i in range(min(threads, len(level)))]
+                level = []
+                for files, folders in pool.map(self.folders, chunks):
+                    found.update(files)
+                    level += folders
+        return found
+
+    def folders(self, folders: list[tuple[str, int]]) -> tuple[list[tuple[str, Stat]],
+                                                             list[tuple[str, int]]]:  # fmt: skip
+        """``folder`` of each of *folders*, together."""
+        files: list[tuple[str, Stat]] = []
+        below: list[tuple[str, int]] = []
+        for rel, inode in folders:
+            some, more = self.folder(rel, inode)
+            files += some
+            below += more
+        return files, below
+
+    def folder(self, rel: str, inode: int) -> tuple[list[tuple[str, Stat]],
+                                                    list[tuple[str, int]]]:  # fmt: skip
+        """One folder (*rel*, "" for the top; *inode*: its own, 0 if not known): its files
+        to sync (path, stat), or its mark if it holds nothing to sync, and its sub-folders
+        (path, inode) to walk next."""
+        try:
+            entries = list(os.scandir(os.path.join(self.root, rel) if rel else self.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return [], []
+        except PermissionError as exc:
+            self.warn(rel or ".", f"cannot read folder: {exc.strerror}")
+            return [], []
+        files: list[tuple[str, Stat]] = []
+        folders: list[tuple[str, int]] = []
+        if rel and not self.has_content(rel, entries):
+            st = (0, 0, inode, MARK_MODE) if inode else mark_stat(self.root, mark_of(rel))
+            if st is not None:
+                files.append((mark_of(rel), st))
+        prefix = f"{rel}/" if rel else ""
+        if rel and self.rules.only_always and self.plain_names(prefix, entries):
+            # the common case, with nothing to check per name: regular files and folders
             for entry in entries:
-                name = entry.name
-                path = prefix + name
                 try:
-                    if entry.is_symlink():
-                        self.warn(path, "symbolic link skipped (links are not followed)")
-                        continue
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                    if TEMP_MARK in name:  # always ignored; a file is a download's leftover
-                        if not is_dir:
-                            self.stale.append(path)
-                        continue
-                    if plain:  # only the built-in rules: the marker folder at the top
-                        if not prefix and name == MARKER:
-                            continue
-                    elif self.rules.ignored(path, is_dir):
-                        continue
-                    if not (ascii_prefix and name.isascii() and len(name) <= MAX_SEGMENT_BYTES
-                            and len(path) <= MAX_PATH_BYTES
-                            and fast_name(name)) and not self.valid(path):  # fmt: skip
-                        continue
-                    if is_dir:
-                        stack.append((path, entry.inode()))
-                    elif name == MARK:
-                        self.warn(path, f"{MARK} is the name of an empty folder's mark; skipped")
-                    elif entry.is_file(follow_symlinks=False):
+                    if entry.is_file(follow_symlinks=False):
                         st = entry.stat(follow_symlinks=False)
-                        yield path, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777)
+                        files.append(
+                            (
+                                prefix + entry.name,
+                                (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777),
+                            )
+                        )
                     else:
-                        self.warn(path, "not a regular file, skipped")
+                        self.other(prefix, entry, files, folders)
                 except FileNotFoundError:  # gone while we looked
                     continue
+            return files, folders
+        for entry in entries:
+            try:
+                self.other(prefix, entry, files, folders)
+            except FileNotFoundError:
+                continue
+        return files, folders
+
+    @staticmethod
+    def plain_names(prefix: str, entries: list[os.DirEntry[str]]) -> bool:
+        """Every name in the folder is ASCII, short, with nothing to skip or check (no temp
+        file, no mark, no backslash or control character; one check for the whole folder)."""
+        names = "/".join(entry.name for entry in entries)
+        return (prefix.isascii() and names.isascii() and TEMP_MARK not in names
+                and _PLAIN_NAMES.fullmatch(names) is not None
+                and len(prefix) + MAX_SEGMENT_BYTES <= MAX_PATH_BYTES
+                and f"/{MARK}/" not in f"/{names}/")  # fmt: skip
+
+    def other(self, prefix: str, entry: os.DirEntry[str], files: list[tuple[str, Stat]],
+              folders: list[tuple[str, int]]) -> None:  # fmt: skip
+        """One entry, every rule checked: added to *files* or *folders*, or skipped."""
+        name = entry.name
+        path = prefix + name
+        if entry.is_symlink():
+            self.warn(path, "symbolic link skipped (links are not followed)")
+            return
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if TEMP_MARK in name:  # always ignored; a file is a download's leftover
+            if not is_dir:
+                self.stale.append(path)
+            return
+        if self.rules.only_always:  # only the built-in rules: the marker folder at the top
+            if not prefix and name == MARKER:
+                return
+        elif self.rules.ignored(path, is_dir):
+            return
+        if not (prefix.isascii() and name.isascii() and len(name) <= MAX_SEGMENT_BYTES
+                and len(path) <= MAX_PATH_BYTES
+                and _PLAIN_NAME.fullmatch(name)) and not self.valid(path):  # fmt: skip
+            return
+        if is_dir:
+            folders.append((path, entry.inode()))
+        elif name == MARK:
+            self.warn(path, f"{MARK} is the name of an empty folder's mark; skipped")
+        elif entry.is_file(follow_symlinks=False):
+            st = entry.stat(follow_symlinks=False)
+            files.append((path, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777)))
+        else:
+            self.warn(path, "not a regular file, skipped")
 
     def has_content(self, rel: str, entries: Iterable[os.DirEntry[str]]) -> bool:
         """A folder holds something to sync: a file or folder that is not ignored (a folder
@@ -243,9 +317,8 @@ class FolderWalk:
 
     def __init__(self, scanner: Scanner) -> None:
         scanner.stale.clear()
-        walk = scanner.walk
         self.future: asyncio.Future[dict[str, Stat]] | None = (
-            asyncio.get_running_loop().run_in_executor(None, lambda: dict(walk()))
+            asyncio.get_running_loop().run_in_executor(None, scanner.walk_all)
         )
 
     @property

@@ -19,6 +19,7 @@ download of 10,000 small files, for nothing more that is kept (docs/ARCHITECTURE
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -46,12 +47,14 @@ class BaseEntry(NamedTuple):
     """The server version this content had; 0 if the server may not hold it (after a reset)."""
 
 
-_SCHEMA = """
+_DIGEST_INDEX = "CREATE INDEX IF NOT EXISTS files_digest ON files (digest)"
+"""Finds a file by its content (``with_digest``: a rename on the server is a local copy)."""
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, mode INTEGER, inode INTEGER,
     digest BLOB, version INTEGER
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS files_digest ON files (digest);
+{_DIGEST_INDEX};
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, why TEXT, since REAL) WITHOUT ROWID;
 """
@@ -97,11 +100,33 @@ class StateDB:
         for row in self.db.execute("SELECT * FROM files ORDER BY path"):
             yield make(row)
 
+    def stats(self) -> dict[str, tuple[str, int, int, int, int, int]]:
+        """Every entry's (path, size, mtime_ns, mode, inode, version), by path: what a
+        session's first pass compares the whole folder with (``get`` reads the whole entry
+        of a path that differs). Plain rows without the digest: a no-change run of 100,000
+        files needs neither a ``BaseEntry`` nor a digest for any of them."""
+        rows = self.db.execute("SELECT path, size, mtime_ns, mode, inode, version FROM files")
+        return {row[0]: row for row in rows}
+
     def under(self, folder: str) -> list[BaseEntry]:
         """Entries inside a folder (for a folder that was moved or deleted as a whole)."""
         low, high = folder + "/", folder + "0"  # '0' sorts right after '/'
         rows = self.db.execute("SELECT * FROM files WHERE path >= ? AND path < ?", (low, high))
         return [BaseEntry(*row) for row in rows]
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Many rows are about to be written (an initial sync): the digest index is dropped
+        meanwhile and made again at the end, in one sort. Kept up row by row, its random keys
+        dirty pages all over it at every commit: 0.45 s of 0.77 s for 100,000 rows here, and
+        worse the bigger it gets, against about 0.03 s to build it at the end. Nothing looks a
+        digest up meanwhile (downloads come after the uploads); a client killed before the end
+        has it made again when the DB is next opened (``_SCHEMA``)."""
+        self.db.execute("DROP INDEX IF EXISTS files_digest")
+        try:
+            yield
+        finally:
+            self.db.execute(_DIGEST_INDEX)
 
     def with_digest(self, digest: bytes, limit: int = 8) -> list[BaseEntry]:
         """Up to *limit* files with this content: a few candidates to copy from, never every

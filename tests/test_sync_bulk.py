@@ -1,0 +1,86 @@
+"""The sync client's first pass made for big trees (issue 13): the walk over threads, the
+state's digest index made again after a bulk upload, and results told but not kept."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from fsclient import Client
+from fsclient.sync.ignore import IgnoreRules
+from fsclient.sync.reconcile import BULK_MIN
+from fsclient.sync.scan import Scanner
+from fsclient.sync.state import DB_NAME, MARKER, BaseEntry, StateDB
+from tests.conftest import run
+from tests.syncproc import once
+
+
+def indexes(folder: Path) -> set[str]:
+    with sqlite3.connect(folder / MARKER / DB_NAME) as db:
+        return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+
+
+def test_a_walk_over_threads_finds_what_a_walk_in_one_thread_does(tmp_path):
+    for d in range(5):
+        (tmp_path / f"d{d}").mkdir()
+        for f in range(20):
+            (tmp_path / f"d{d}" / f"f{f}.txt").write_text(f"{d} {f}")
+    (tmp_path / "d1" / "caf\u00e9.txt").write_text("nfc")  # not ASCII: checked name by name
+    (tmp_path / "d2" / "x.fs-tmp-1").write_text("a download's leftover")
+    (tmp_path / "d3" / ".fsfolder").write_text("a real file with a mark's name")
+    os.symlink(tmp_path / "d0" / "f0.txt", tmp_path / "d4" / "link")
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    scanner = Scanner(tmp_path, IgnoreRules.load(tmp_path))
+    one = dict(scanner.walk())
+    for threads in (1, 2, 3):
+        assert scanner.walk_all(threads) == one
+    assert "d1/caf\u00e9.txt" in one and "d0/f19.txt" in one
+    assert "empty/deeper/.fsfolder" in one  # the mark of the empty folder, not its parent's
+    assert not {"d2/x.fs-tmp-1", "d3/.fsfolder", "d4/link", "empty/.fsfolder"} & one.keys()
+    assert len(one) == 5 * 20 + 2
+
+
+def test_a_bulk_write_drops_the_digest_index_and_makes_it_again(tmp_path):
+    db = StateDB(tmp_path, create=True)
+    assert "files_digest" in indexes(tmp_path)
+    entry = BaseEntry("a.txt", 1, 2, 0o644, 3, b"d" * 16, 4)
+    with db.bulk():
+        assert "files_digest" not in indexes(tmp_path)
+        db.put([entry])
+    assert "files_digest" in indexes(tmp_path)
+    assert db.with_digest(b"d" * 16) == [entry]
+    db.db.execute("DROP INDEX files_digest")  # as a client killed inside ``bulk`` leaves it
+    db.close()
+    StateDB(tmp_path).close()
+    assert "files_digest" in indexes(tmp_path)
+
+
+def test_an_initial_sync_of_many_files_keeps_its_digest_index(server, tmp_path):
+    """Past BULK_MIN uploads the index is dropped for the upload: it is there at the end."""
+    for i in range(BULK_MIN + 10):
+        (tmp_path / f"f{i:05d}.txt").write_text(str(i))
+    result = once(tmp_path, server.address)
+    assert result.returncode == 0, result.stderr
+    assert f"{BULK_MIN + 10} uploaded" in result.stdout
+    assert "files_digest" in indexes(tmp_path)
+    db = StateDB(tmp_path)
+    assert len(db.stats()) == BULK_MIN + 10
+    assert [e.path for e in db.with_digest(db.get("f00007.txt").digest)] == ["f00007.txt"]
+    db.close()
+
+
+def test_put_many_without_keep_tells_each_result_and_returns_none(server, tmp_path):
+    pairs = []
+    for n in range(40):
+        (tmp_path / f"{n}.txt").write_bytes(os.urandom(n + 1))
+        pairs.append((tmp_path / f"{n}.txt", f"{n}.txt"))
+    told: dict[int, object] = {}
+
+    async def main() -> list[object]:
+        async with await Client.connect(server.address) as client:
+            return await client.put_many(pairs, on_result=told.__setitem__, keep=False)
+
+    assert run(main()) == []
+    assert sorted(told) == list(range(len(pairs)))
+    assert all(getattr(told[n], "size", None) == n + 1 for n in range(len(pairs)))
