@@ -45,6 +45,19 @@ CREATE TABLE IF NOT EXISTS undo_entries (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS freeing (id INTEGER PRIMARY KEY);
 """
+KEEP_REPLACED = """
+PRAGMA recursive_triggers = ON;
+CREATE TEMP TABLE undo_on (on_ INTEGER);
+CREATE TEMP TRIGGER keep_replaced BEFORE DELETE ON main.entries
+WHEN EXISTS (SELECT 1 FROM temp.undo_on) BEGIN
+    INSERT OR IGNORE INTO undo_entries VALUES (old.share, old.path, old.version,
+        old.mtime_ns, old.mode, old.blob, old.deleted_at);
+END;
+"""
+"""While an overlapped group commits (a row in ``undo_on``), each entry row it replaces or
+deletes is kept in ``undo_entries`` first (the first one of a path: its row from before the
+group). A trigger, so that a new path costs nothing: ``INSERT OR REPLACE`` deletes, and fires
+it, only when the path had a row (with ``recursive_triggers``, as SQLite requires)."""
 UNSYNCED = ("unsynced_segment", "unsynced_offset")
 """Meta keys: where the last group's records begin, if its segment fsync ran alongside its
 commit (``undo_entries``, ``freeing`` and these undo that group if a crash tore them)."""
@@ -80,7 +93,9 @@ class Catalog:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.executescript(
-                f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SYNCHRONOUS[fsync]};" + SCHEMA
+                f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SYNCHRONOUS[fsync]};"
+                + SCHEMA
+                + KEEP_REPLACED
             )
             found = self.meta("format")
         except sqlite3.DatabaseError as exc:
@@ -155,10 +170,8 @@ class Catalog:
         db.execute("BEGIN")
         try:
             self._settle()
-            if unsynced is not None and entries:
-                keys = [row[:2] for row in entries]
-                db.executemany("INSERT OR IGNORE INTO undo_entries SELECT * FROM entries "
-                               "WHERE share = ? AND path = ?", keys)  # fmt: skip
+            if unsynced is not None:  # the rows this group replaces go to undo_entries
+                db.execute("INSERT INTO undo_on VALUES (1)")
             self._forget_earlier_copies([row[0] for row in blobs if row[0] <= self.known_blobs])
             db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?)", blobs)
             db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", entries)
@@ -179,6 +192,7 @@ class Catalog:
                 self._segment_bytes(segment, live, total)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('lsn', ?)", (lsn,))
             self._mark_unsynced(unsynced)
+            db.execute("DELETE FROM undo_on")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
