@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,49 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS segments (
     id INTEGER PRIMARY KEY, live_bytes INTEGER NOT NULL, total_bytes INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS undo_entries (
+    share TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL, blob INTEGER, deleted_at REAL,
+    PRIMARY KEY (share, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS freeing (id INTEGER PRIMARY KEY);
 """
+KEEP_REPLACED = """
+PRAGMA recursive_triggers = ON;
+CREATE TEMP TABLE undo_on (on_ INTEGER);
+CREATE TEMP TRIGGER keep_replaced BEFORE DELETE ON main.entries
+WHEN EXISTS (SELECT 1 FROM temp.undo_on) BEGIN
+    INSERT OR IGNORE INTO undo_entries VALUES (old.share, old.path, old.version,
+        old.mtime_ns, old.mode, old.blob, old.deleted_at);
+END;
+"""
+"""While an overlapped group commits (a row in ``undo_on``), each entry row it replaces or
+deletes is kept in ``undo_entries`` first (the first one of a path: its row from before the
+group). A trigger, so that a new path costs nothing: ``INSERT OR REPLACE`` deletes, and fires
+it, only when the path had a row (with ``recursive_triggers``, as SQLite requires)."""
+UNSYNCED = ("unsynced_segment", "unsynced_offset")
+"""Meta keys: where the last group's records begin, if its segment fsync ran alongside its
+commit (``undo_entries``, ``freeing`` and these undo that group if a crash tore them)."""
 FORMAT = 1
 SYNCHRONOUS = {"always": "FULL", "interval": "FULL", "never": "OFF"}
 """``interval`` commits only every 100 ms, but each commit is durable when it returns."""
 
+BlobRow = tuple[int, str, bytes, int, int, int]
+"""A blob's row: (id, share, digest, size, segment, offset)."""
 Record = tuple[Any, ...]
 """A journal record (see ``fsserver.store.journal``)."""
+
+
+@dataclass
+class RolledBack:
+    """What ``Catalog.roll_back`` did."""
+
+    back: int
+    """Paths given back the entry they had before the group."""
+    gone: int
+    """Paths the group had made, dropped."""
+    again: list[int]
+    """Blobs the group had freed that a path names again (to be loaded too)."""
 
 
 class CatalogError(RuntimeError):
@@ -56,7 +93,9 @@ class Catalog:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.executescript(
-                f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SYNCHRONOUS[fsync]};" + SCHEMA
+                f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SYNCHRONOUS[fsync]};"
+                + SCHEMA
+                + KEEP_REPLACED
             )
             found = self.meta("format")
         except sqlite3.DatabaseError as exc:
@@ -91,10 +130,16 @@ class Catalog:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def apply(self, records: Iterable[Record], placed: dict[int, Placed], lsn: int) -> None:
+    def apply(self, records: Iterable[Record], placed: dict[int, Placed], lsn: int,
+              unsynced: Placed | None = None) -> None:  # fmt: skip
         """One group of journal records, in one transaction; *placed*: where the group's new
         blobs were appended. Rows of a kind are written with one ``executemany`` each: the
-        order that matters (a path's later version wins) is kept within the entries."""
+        order that matters (a path's later version wins) is kept within the entries.
+
+        *unsynced*: where the group's records begin, if the segment is synced while this
+        commits (a crash may keep these rows and lose those records). Then the rows the group
+        replaces are kept in ``undo_entries`` and the blobs it frees stay until the next group
+        (``freeing``), so that ``roll_back`` can give the paths their earlier versions."""
         entries: list[tuple[Any, ...]] = []
         blobs: list[tuple[Any, ...]] = []
         freed: list[int] = []
@@ -124,6 +169,9 @@ class Catalog:
         db = self.db
         db.execute("BEGIN")
         try:
+            self._settle()
+            if unsynced is not None:  # the rows this group replaces go to undo_entries
+                db.execute("INSERT INTO undo_on VALUES (1)")
             self._forget_earlier_copies([row[0] for row in blobs if row[0] <= self.known_blobs])
             db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?)", blobs)
             db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", entries)
@@ -135,15 +183,41 @@ class Catalog:
                            gone)  # fmt: skip
             db.executemany("UPDATE shares SET pruned = max(pruned, ?) WHERE name = ?",
                            [(version, share) for share, _, version in gone])  # fmt: skip
-            for blob_id in freed:
-                self._free(blob_id)
+            if unsynced is None:
+                for blob_id in freed:
+                    self._free(blob_id)
+            else:
+                db.executemany("INSERT OR IGNORE INTO freeing VALUES (?)", [(b,) for b in freed])
             for segment, (live, total) in segments.items():
                 self._segment_bytes(segment, live, total)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('lsn', ?)", (lsn,))
+            self._mark_unsynced(unsynced)
+            db.execute("DELETE FROM undo_on")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _settle(self) -> None:
+        """The group before this one is durable (or undone): its deferred frees happen now,
+        and its undo rows go."""
+        freeing = [row[0] for row in self.db.execute("SELECT id FROM freeing")]
+        for blob_id in freeing:
+            self._free(blob_id)
+        if freeing:
+            self.db.execute("DELETE FROM freeing")
+        self.db.execute("DELETE FROM undo_entries")
+
+    def _mark_unsynced(self, unsynced: Placed | None) -> None:
+        if unsynced is None:
+            self.db.execute("DELETE FROM meta WHERE key IN (?, ?)", UNSYNCED)
+        else:
+            self.set_meta(**dict(zip(UNSYNCED, (unsynced.segment, unsynced.offset), strict=True)))
+
+    def unsynced(self) -> Placed | None:
+        """Where the records of the last group begin, if a crash may have torn them."""
+        segment, offset = (self.meta(key) for key in UNSYNCED)
+        return None if segment is None else Placed(int(segment), int(offset))
 
     def _forget_earlier_copies(self, blob_ids: list[int]) -> None:
         """An entry sent again to a restarted persister may name blobs the one before it had
@@ -168,26 +242,79 @@ class Catalog:
     def forget_blobs(self, blob_ids: Iterable[int]) -> int:
         """Drop damaged blobs and the entries that refer to them (start-up, before anything
         else runs); returns how many entries went."""
-        ids = [(blob_id,) for blob_id in blob_ids]
+        ids = self._mark_ids(blob_ids)
         db = self.db
         db.execute("BEGIN")
-        before = db.total_changes
-        db.executemany("DELETE FROM entries WHERE blob = ?", ids)
-        gone = db.total_changes - before
-        for (blob_id,) in ids:
+        gone = db.execute("DELETE FROM entries WHERE blob IN (SELECT id FROM marked)").rowcount
+        for blob_id in ids:
             self._free(blob_id)
+        db.execute("DELETE FROM freeing WHERE id IN (SELECT id FROM marked)")
         db.execute("COMMIT")
         return gone
+
+    def roll_back(self, blob_ids: Iterable[int], lsn: int | None = None) -> RolledBack:
+        """Undo what the last group did with *blob_ids* (its records that a crash tore, or
+        whose fsync failed): each path that names one gets back the entry it had before the
+        group (from ``undo_entries``; its blob was kept in ``freeing``), or goes if it had
+        none; the blobs go. *lsn*: the applied LSN to go back to."""
+        ids = self._mark_ids(blob_ids)
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            keys = db.execute("SELECT share, path FROM entries "
+                              "WHERE blob IN (SELECT id FROM marked)").fetchall()  # fmt: skip
+            before = db.total_changes
+            db.executemany("INSERT OR REPLACE INTO entries SELECT * FROM undo_entries "
+                           "WHERE share = ? AND path = ?", keys)  # fmt: skip
+            back = db.total_changes - before
+            gone = db.execute("DELETE FROM entries WHERE blob IN (SELECT id FROM marked)").rowcount
+            named = [row[0] for key in keys for row in db.execute(
+                "SELECT blob FROM entries WHERE share = ? AND path = ? AND blob IS NOT NULL",
+                key)]  # fmt: skip
+            freeing = "SELECT 1 FROM freeing WHERE id = ?"
+            again = [b for b in named if db.execute(freeing, (b,)).fetchone()]
+            db.executemany("DELETE FROM freeing WHERE id = ?", [(i,) for i in again])
+            for blob_id in ids:
+                self._free(blob_id)
+            if lsn is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('lsn', ?)", (lsn,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return RolledBack(back, gone, again)
+
+    def settled(self) -> None:
+        """At start, once the data dir is loaded: the last group is whole on disk (or was
+        rolled back), so nothing is to be undone any more."""
+        self.db.execute("BEGIN")
+        self._settle()
+        self._mark_unsynced(None)
+        self.db.execute("COMMIT")
+
+    def _mark_ids(self, blob_ids: Iterable[int]) -> list[int]:
+        """*blob_ids* into the temporary table ``marked`` (for one scan of the entries)."""
+        ids = list(blob_ids)
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS marked (id INTEGER PRIMARY KEY)")
+        self.db.execute("DELETE FROM marked")
+        self.db.executemany("INSERT OR IGNORE INTO marked VALUES (?)", [(i,) for i in ids])
+        return ids
 
     # -- reading -----------------------------------------------------------------------------
 
     def shares(self) -> list[tuple[str, int, int]]:
         return self.db.execute("SELECT name, seq, pruned FROM shares").fetchall()
 
-    def blobs(self) -> list[tuple[int, str, bytes, int, int, int]]:
-        """(id, share, digest, size, segment, offset), in the order they lie on disk."""
+    def blobs(self, only: Iterable[int] | None = None) -> list[BlobRow]:
+        """(id, share, digest, size, segment, offset), in the order they lie on disk: of the
+        live blobs (not those the last group freed), or of the blobs *only*."""
+        where = "id NOT IN (SELECT id FROM freeing)"
+        if only is not None:
+            self._mark_ids(only)
+            where = "id IN (SELECT id FROM marked)"
         return self.db.execute(
-            "SELECT id, share, digest, size, segment, offset FROM blobs ORDER BY segment, offset"
+            "SELECT id, share, digest, size, segment, offset FROM blobs "
+            f"WHERE {where} ORDER BY segment, offset"
         ).fetchall()
 
     def entries(self) -> Iterator[tuple[str, str, int, int, int, int | None, float | None]]:
@@ -233,6 +360,7 @@ class Catalog:
                 live = record if cursor.rowcount else 0
                 self._segment_bytes(at.segment, live, record)
                 self._segment_bytes(old, -live, 0)
+            self._mark_unsynced(None)  # (synced before: every record is durable now)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

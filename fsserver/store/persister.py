@@ -2,9 +2,14 @@
 
 A blocking loop of its own, so that no disk write or fsync ever runs on an event loop that
 serves clients. It takes every journal entry that has arrived as one group: new blobs are
-appended to the open segment straight from the shared arena, the segment is synced, then the
-group's catalog rows and its last LSN are committed in one transaction (the catalog never
-points at bytes that are not durable). It answers ``("applied", lsn, disk room)``.
+appended to the open segment straight from the shared arena, then the segment is synced and
+the group's catalog rows and its last LSN are committed in one transaction. The two fsyncs
+run at once (the segment's in a thread: ``os.fsync`` and SQLite's commit both release the
+GIL), and the group is answered ``("applied", lsn, disk room)`` only once both are done. A
+crash between them may leave rows whose records the segment lacks: the commit marks where the
+group's records begin and keeps what it replaced, and recovery rolls such a torn group back
+(``Catalog.roll_back``). A group that created a segment file syncs it (and its folder) first,
+as before: a file's name is not part of what recovery can roll back.
 
 ``--fsync``: ``always`` commits each group at once, durably (entries that arrive during an
 fsync make the next group: a group commit); ``interval`` gathers entries for up to
@@ -26,6 +31,7 @@ import signal
 import socket
 import sqlite3
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +63,7 @@ class Persister:
         self.sock = sock
         self.arena = arena
         self.catalog = Catalog(folder, fsync)
+        self.applied = self.catalog.lsn
         segments = folder / "segments"
         on_disk = [int(p.stem) for p in segments.glob("*.seg") if p.stem.isdigit()]
         # after a restart, past every segment the one before wrote (it may have rolled on)
@@ -68,6 +75,8 @@ class Persister:
         self.deadline = 0.0
         self.compactor = Compactor(folder / "segments", self.catalog)
         self.compact_after = 0.0
+        self.syncer = ThreadPoolExecutor(1, thread_name_prefix="segment-fsync")
+        """Runs the segment's fsync while the catalog commits."""
         self.remove_orphans()
 
     def serve(self) -> None:
@@ -132,19 +141,36 @@ class Persister:
     def apply(self, group: list[tuple[int, list[tuple[Any, ...]]]]) -> None:
         """Write the group: its blobs, then (if it changed anything but notes) its rows."""
         records = [r for _, records in group for r in records]
+        begun = Placed(self.segments.number, self.segments.size)
         placed, written = self.write_blobs(records)
         lsn = max(entry[0] for entry in group)
         if lsn:
             started = time.perf_counter()
-            if self.fsync != "never":
-                self.segments.sync()
-            try:
-                self.catalog.apply(records, placed, lsn)
-            except sqlite3.OperationalError as exc:  # a full disk, an I/O error: try again
-                raise OSError(str(exc)) from exc
+            self.commit(records, placed, lsn, begun)
             if self.fsync != "never":
                 telemetry.FSYNC_SECONDS.observe(time.perf_counter() - started)
         telemetry.DISK_WRITE_BYTES.inc(written)
+
+    def commit(self, records: list[tuple[Any, ...]], placed: dict[int, Placed], lsn: int,
+               begun: Placed) -> None:  # fmt: skip
+        """The group's rows, committed while its records are synced (*begun*: where they
+        start); both are durable when this returns."""
+        syncing: Future[None] | None = None
+        if self.fsync != "never":
+            if self.segments.new_files or not self.segments.dirty:  # a new file: first
+                self.segments.sync()  # (with its folder)
+            else:
+                syncing = self.syncer.submit(self.segments.sync)
+        try:
+            self.catalog.apply(records, placed, lsn, begun if syncing else None)
+        except sqlite3.OperationalError as exc:  # a full disk, an I/O error: try again
+            raise OSError(str(exc)) from exc
+        finally:
+            done = syncing.exception() if syncing else None
+        if done is not None:  # committed, but the records may not be on disk: take it back
+            self.catalog.roll_back(placed, self.applied)
+            raise done
+        self.applied = lsn
 
     def write_blobs(self, records: list[tuple[Any, ...]]) -> tuple[dict[int, Placed], int]:
         """Staged uploads (``writebehind.py``) move on or become segments of their own; the
@@ -219,6 +245,7 @@ class Persister:
             self.running = False
 
     def close(self) -> None:
+        self.syncer.shutdown()
         self.staged.close()
         self.segments.close()
         self.catalog.close()

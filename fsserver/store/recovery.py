@@ -25,7 +25,7 @@ from fsserver.store.catalog import Catalog
 from fsserver.store.index import Store
 from fsserver.store.records import Blob
 from fsserver.store.segmentload import BlobRow, SegmentLoad
-from fsserver.store.segments import segment_name
+from fsserver.store.segments import Placed, segment_name
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,17 @@ def load(folder: Path, store: Store, arena_file: Path, repair: bool = False) -> 
                                 f"--store-size ({store.allocator.capacity}): raise it")  # fmt: skip
         blobs, bad = read_blobs(folder / "segments", rows, store, arena_file)
         done = Loaded(lsn=catalog.lsn)
+        unsynced = catalog.unsynced()
+        torn, bad = split_torn(bad, rows, unsynced)
+        if torn:
+            done.damaged, again = roll_back_torn(catalog, torn)
+            if again:  # earlier versions the torn group had freed: loaded now
+                more = catalog.blobs(again)
+                found, more_bad = read_blobs(folder / "segments", more, store, arena_file)
+                rows, bad = rows + more, bad + more_bad
+                blobs.update(found)
         if bad:
-            done.damaged = sort_damage(bad, rows, blobs, repair)
+            done.damaged += sort_damage(bad, rows, blobs, repair)
             catalog.forget_blobs([blob_id for blob_id, _ in bad])
         store.restore(catalog.shares(), blobs, catalog.entries())
         orphans = [blob for blob in blobs.values() if blob.refs == 0]
@@ -90,6 +99,9 @@ def load(folder: Path, store: Store, arena_file: Path, repair: bool = False) -> 
             for blob in orphans:
                 blob.refs = 1
                 store.unpin([blob])
+        if unsynced is not None:  # what survived is made durable before it is relied on
+            sync_segments(folder / "segments", unsynced.segment)
+            catalog.settled()
     finally:
         catalog.close()
     stats = store.stats()
@@ -123,6 +135,48 @@ def read_blobs(folder: Path, rows: list[BlobRow], store: Store,
             store.allocator.free(at, size)
             bad.append((blob_id, why))
     return blobs, bad
+
+
+Bad = list[tuple[int, str]]
+"""Damaged blobs: (id, why)."""
+
+
+def split_torn(bad: Bad, rows: list[BlobRow], unsynced: Placed | None) -> tuple[Bad, Bad]:
+    """(the bad records of a torn last group, the others). The last group's segment fsync
+    ran alongside its commit (``persister.py``), so a crash may have kept its rows and lost
+    any part of its records (not only their end): every bad one at or after *unsynced*,
+    where the group began, is a torn tail, whatever good ones follow it."""
+    if unsynced is None:
+        return [], bad
+    mark = (unsynced.segment, unsynced.offset)
+    position = {row[0]: (row[4], row[5]) for row in rows}
+    torn = [item for item in bad if position[item[0]] >= mark]
+    return torn, [item for item in bad if position[item[0]] < mark]
+
+
+def roll_back_torn(catalog: Catalog, torn: Bad) -> tuple[list[str], list[int]]:
+    """The torn group's damaged blobs go; each path they named gets back the entry it had
+    before that group (never acknowledged, so nothing acknowledged is lost). Returns the
+    reasons, and the blobs of those earlier entries (still to be loaded)."""
+    done = catalog.roll_back(blob_id for blob_id, _ in torn)
+    telemetry.RECOVERY_DAMAGED.inc(len(torn))
+    for _, why in torn:
+        log.warning("a torn tail (a crash while the last group was synced): dropped %s", why)
+    log.warning("a torn tail: %d paths back at their earlier version, %d new paths dropped",
+                done.back, done.gone)  # fmt: skip
+    return [why for _, why in torn], done.again
+
+
+def sync_segments(folder: Path, first: int) -> None:
+    """fsync the segments from number *first* on (a restart after a kill may find the last
+    group's records in the page cache only)."""
+    for path in folder.glob("*.seg"):
+        if path.stem.isdigit() and int(path.stem) >= first:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def sort_damage(bad: list[tuple[int, str]], rows: list[BlobRow],
