@@ -39,14 +39,79 @@ def in_thread(path: str | os.PathLike[str]) -> asyncio.Future[None]:
     return asyncio.get_running_loop().run_in_executor(None, fsync_path, path)
 
 
+def settle(path: str | os.PathLike[str], mode: int, mtime_ns: int) -> None:
+    """Give a written file its permissions and mtime, and flush it to the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, mode)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_Settle = tuple[str | os.PathLike[str], int, int]
+"""``settle``'s arguments."""
+
+
+class FileFlush:
+    """Files settled (``settle``) in batches: one thread job flushes every file that asked
+    while the one before it ran. A download of many small files would otherwise hand each
+    fsync to a thread of its own, and spend more on the hand-offs than on the flushes."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[_Settle, asyncio.Future[None]]] = []
+        self.running: asyncio.AbstractEventLoop | None = None
+
+    async def settle(self, path: str | os.PathLike[str], mode: int, mtime_ns: int) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self.waiting.append(((path, mode, mtime_ns), done))
+        if self.running is not loop:  # (none, or left by a loop that ended: tests)
+            self._start(loop)
+        await done
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self.waiting = self.waiting, []
+        self.running = loop
+        job = loop.run_in_executor(None, _settle_all, [args for args, _ in batch])
+        job.add_done_callback(lambda ended: self._ended(loop, batch, ended))
+
+    def _ended(self, loop: asyncio.AbstractEventLoop, batch: list, job: asyncio.Future) -> None:
+        errors = job.result()
+        for (_, done), error in zip(batch, errors, strict=True):
+            if done.cancelled():
+                continue
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+        self.running = None
+        if self.waiting:
+            self._start(loop)
+
+
+def _settle_all(files: list[_Settle]) -> list[OSError | None]:
+    errors: list[OSError | None] = []
+    for args in files:
+        try:
+            settle(*args)
+            errors.append(None)
+        except OSError as exc:
+            errors.append(exc)
+    return errors
+
+
 class FolderSync:
     """Folder fsyncs shared by everyone waiting on the same folder. ``await sync(folder)``
     returns once a flush that began after the call has ended: a flush already running may
-    have missed the caller's rename, so those who ask during one share the next."""
+    have missed the caller's rename, so those who ask during one share the next. (It also
+    carries the files' flushes, ``files``, that the same writers share.)"""
 
     def __init__(self) -> None:
         self.running: dict[str, asyncio.Future[None]] = {}
         self.next: dict[str, asyncio.Future[None]] = {}
+        self.files = FileFlush()
 
     async def sync(self, folder: str | os.PathLike[str]) -> None:
         key = os.fspath(folder)

@@ -20,7 +20,7 @@ from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState
 from fsclient.sync.scan import Scanner, Stat
 from fsclient.sync.state import BaseEntry, StateDB
 
-DOWNLOAD_WINDOW = 32
+DOWNLOAD_WINDOW = 128
 
 Later = tuple[str, Decision, LocalFile | None, RemoteState | None]
 
@@ -99,7 +99,11 @@ class Reconcile:
         # downloads first: a file renamed on the server is copied from its old local name
         # before that name's delete arrives; then the rest, in the same window (deletes wait
         # for their folder's flush, which those in one folder share)
-        await asyncio.gather(*(apply(i) for i in later if i[1].do is Do.DOWNLOAD))
+        self.actions.defer_bases()
+        try:
+            await asyncio.gather(*(apply(i) for i in later if i[1].do is Do.DOWNLOAD))
+        finally:
+            self.actions.write_deferred(stop=True)
         await asyncio.gather(*(apply(i) for i in later if i[1].do is not Do.DOWNLOAD))
 
     async def apply(self, path: str, decision: Decision, local: LocalFile | None,

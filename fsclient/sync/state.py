@@ -97,6 +97,9 @@ class StateDB:
         for row in self.db.execute("SELECT * FROM files ORDER BY path"):
             yield make(row)
 
+    def empty(self) -> bool:
+        return self.db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
+
     def under(self, folder: str) -> list[BaseEntry]:
         """Entries inside a folder (for a folder that was moved or deleted as a whole)."""
         low, high = folder + "/", folder + "0"  # '0' sorts right after '/'
