@@ -164,7 +164,7 @@ class NewFolders:
         folder (then ``flushed``)."""
         made: list[Path] = []
         here = folder
-        while here != stop and (here in self.fresh or not here.is_dir()):
+        while here != stop and (here in self.fresh or not os.path.isdir(here)):
             made.append(here)
             here = here.parent
         for created in reversed(made):

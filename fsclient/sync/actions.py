@@ -208,7 +208,7 @@ class Actions:
             made = self.made.make(dest.parent, self.folder)
             if not (self.copyable and await self._copy_local(path, remote, check)):
                 # the server sends what it holds now, which may be newer than the news
-                entry = await self.client.get(path, dest, before_replace=check)
+                entry = await self.client.get_file(path, dest, before_replace=check)
             await self.folders.sync_all({folder.parent for folder in made})  # hold new names
             self.made.flushed(made)
         except LocalChanged:
