@@ -7,8 +7,9 @@ its state DB only once both are done, so that the state never records a file the
 have (see "The sync client" in ``docs/ARCHITECTURE.md``).
 
 An fsync costs a disk flush, so it never runs on the event loop: each runs in a thread, and
-many downloads in flight flush at once (the file system commits them together). A folder that
-many of them wait on is flushed once for all who asked before that flush began, not once each.
+many downloads in flight flush at once (the file system commits them together), in batches
+per thread job (``FileFlush``). A folder that many of them wait on is flushed once for all
+who asked before that flush began, not once each.
 """
 
 from __future__ import annotations
@@ -53,41 +54,51 @@ def settle(path: str | os.PathLike[str], mode: int, mtime_ns: int) -> None:
 _Settle = tuple[str | os.PathLike[str], int, int]
 """``settle``'s arguments."""
 
+FLUSH_JOBS = 4
+"""Thread jobs of file flushes at once: on a disk, flushes that run together share the file
+system's journal commit, as each download's own thread did before (the default pool has 6)."""
+FLUSH_BATCH = 32
+"""Files per job at most: enough to make the hand-offs cheap, few enough to keep the jobs
+in parallel when flushes are slow."""
+
 
 class FileFlush:
-    """Files settled (``settle``) in batches: one thread job flushes every file that asked
-    while the one before it ran. A download of many small files would otherwise hand each
-    fsync to a thread of its own, and spend more on the hand-offs than on the flushes."""
+    """Files settled (``settle``) in batches: a thread job flushes up to ``FLUSH_BATCH`` of
+    the files waiting, ``FLUSH_JOBS`` jobs at once. A download of many small files would
+    otherwise hand each fsync to a thread of its own, and spend more on the hand-offs than
+    on the flushes (on tmpfs, or a disk with a write cache)."""
 
     def __init__(self) -> None:
         self.waiting: list[tuple[_Settle, asyncio.Future[None]]] = []
-        self.running: asyncio.AbstractEventLoop | None = None
+        self.jobs = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def settle(self, path: str | os.PathLike[str], mode: int, mtime_ns: int) -> None:
         loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # (left by a loop that ended: tests)
+            self.loop, self.jobs, self.waiting = loop, 0, []
         done = loop.create_future()
         self.waiting.append(((path, mode, mtime_ns), done))
-        if self.running is not loop:  # (none, or left by a loop that ended: tests)
-            self._start(loop)
+        self._start(loop)
         await done
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch, self.waiting = self.waiting, []
-        self.running = loop
-        job = loop.run_in_executor(None, _settle_all, [args for args, _ in batch])
-        job.add_done_callback(lambda ended: self._ended(loop, batch, ended))
+        while self.waiting and self.jobs < FLUSH_JOBS:
+            batch, self.waiting = self.waiting[:FLUSH_BATCH], self.waiting[FLUSH_BATCH:]
+            self.jobs += 1
+            job = loop.run_in_executor(None, _settle_all, [args for args, _ in batch])
+            job.add_done_callback(lambda ended, batch=batch: self._ended(loop, batch, ended))
 
     def _ended(self, loop: asyncio.AbstractEventLoop, batch: list, job: asyncio.Future) -> None:
-        errors = job.result()
-        for (_, done), error in zip(batch, errors, strict=True):
+        for (_, done), error in zip(batch, job.result(), strict=True):
             if done.cancelled():
                 continue
             if error is None:
                 done.set_result(None)
             else:
                 done.set_exception(error)
-        self.running = None
-        if self.waiting:
+        if self.loop is loop:
+            self.jobs -= 1
             self._start(loop)
 
 
