@@ -74,6 +74,7 @@ class Actions:
         self.deferred: list[BaseEntry] | None = None
         """Bases of downloads not written yet (``defer_bases``), else None."""
         self.nothing_to_copy = False
+        """The DB had no bases when they were deferred: no download can copy from one."""
 
     def abs(self, path: str) -> str:
         return os.path.join(self.folder, path)
