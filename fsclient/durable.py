@@ -7,8 +7,9 @@ its state DB only once both are done, so that the state never records a file the
 have (see "The sync client" in ``docs/ARCHITECTURE.md``).
 
 An fsync costs a disk flush, so it never runs on the event loop: each runs in a thread, and
-many downloads in flight flush at once (the file system commits them together). A folder that
-many of them wait on is flushed once for all who asked before that flush began, not once each.
+many downloads in flight flush at once (the file system commits them together), in batches
+per thread job (``FileFlush``). A folder that many of them wait on is flushed once for all
+who asked before that flush began, not once each.
 """
 
 from __future__ import annotations
@@ -39,14 +40,89 @@ def in_thread(path: str | os.PathLike[str]) -> asyncio.Future[None]:
     return asyncio.get_running_loop().run_in_executor(None, fsync_path, path)
 
 
+def settle(path: str | os.PathLike[str], mode: int, mtime_ns: int) -> None:
+    """Give a written file its permissions and mtime, and flush it to the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, mode)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_Settle = tuple[str | os.PathLike[str], int, int]
+"""``settle``'s arguments."""
+
+FLUSH_JOBS = 4
+"""Thread jobs of file flushes at once: on a disk, flushes that run together share the file
+system's journal commit, as each download's own thread did before (the default pool has 6)."""
+FLUSH_BATCH = 32
+"""Files per job at most: enough to make the hand-offs cheap, few enough to keep the jobs
+in parallel when flushes are slow."""
+
+
+class FileFlush:
+    """Files settled (``settle``) in batches: a thread job flushes up to ``FLUSH_BATCH`` of
+    the files waiting, ``FLUSH_JOBS`` jobs at once. A download of many small files would
+    otherwise hand each fsync to a thread of its own, and spend more on the hand-offs than
+    on the flushes (on tmpfs, or a disk with a write cache)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[_Settle, asyncio.Future[None]]] = []
+        self.jobs = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def settle(self, path: str | os.PathLike[str], mode: int, mtime_ns: int) -> None:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # (left by a loop that ended: tests)
+            self.loop, self.jobs, self.waiting = loop, 0, []
+        done = loop.create_future()
+        self.waiting.append(((path, mode, mtime_ns), done))
+        self._start(loop)
+        await done
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self.waiting and self.jobs < FLUSH_JOBS:
+            batch, self.waiting = self.waiting[:FLUSH_BATCH], self.waiting[FLUSH_BATCH:]
+            self.jobs += 1
+            job = loop.run_in_executor(None, _settle_all, [args for args, _ in batch])
+            job.add_done_callback(lambda ended, batch=batch: self._ended(loop, batch, ended))
+
+    def _ended(self, loop: asyncio.AbstractEventLoop, batch: list, job: asyncio.Future) -> None:
+        for (_, done), error in zip(batch, job.result(), strict=True):
+            if done.cancelled():
+                continue
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+        if self.loop is loop:
+            self.jobs -= 1
+            self._start(loop)
+
+
+def _settle_all(files: list[_Settle]) -> list[OSError | None]:
+    errors: list[OSError | None] = []
+    for args in files:
+        try:
+            settle(*args)
+            errors.append(None)
+        except OSError as exc:
+            errors.append(exc)
+    return errors
+
+
 class FolderSync:
     """Folder fsyncs shared by everyone waiting on the same folder. ``await sync(folder)``
     returns once a flush that began after the call has ended: a flush already running may
-    have missed the caller's rename, so those who ask during one share the next."""
+    have missed the caller's rename, so those who ask during one share the next. (It also
+    carries the files' flushes, ``files``, that the same writers share.)"""
 
     def __init__(self) -> None:
         self.running: dict[str, asyncio.Future[None]] = {}
         self.next: dict[str, asyncio.Future[None]] = {}
+        self.files = FileFlush()
 
     async def sync(self, folder: str | os.PathLike[str]) -> None:
         key = os.fspath(folder)
@@ -99,7 +175,7 @@ class NewFolders:
         folder (then ``flushed``)."""
         made: list[Path] = []
         here = folder
-        while here != stop and (here in self.fresh or not here.is_dir()):
+        while here != stop and (here in self.fresh or not os.path.isdir(here)):
             made.append(here)
             here = here.parent
         for created in reversed(made):

@@ -6,6 +6,7 @@ The sync goes to tmpfs when there is one: a disk would time the client's fsync o
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +28,7 @@ LS_PEAK_MIB = 100
 held the listing would keep a million entries (their paths alone ~64 MiB, each entry an object
 of a few hundred bytes: over 250 MiB)."""
 CLI_TIMEOUT = 600.0
-SYNC_TIMEOUT = 3500.0
+SYNC_TIMEOUT = 1100.0
 SHM = Path("/dev/shm")
 
 
@@ -54,14 +55,14 @@ def test_ls_streams_a_million_files_in_order_in_bounded_memory(million):
     assert peak < LS_PEAK_MIB, f"ls peaked at {peak:.0f} MiB"
 
 
-@pytest.mark.timeout(3600)
+@pytest.mark.timeout(1200)
 def test_sync_once_into_an_empty_folder_gets_a_million_files(million):
     scratch = SHM if SHM.is_dir() else ROOT / "tests"
     dest = Path(tempfile.mkdtemp(prefix="fstest-million-", dir=scratch))
     try:
         synced = fsclient("sync", str(dest), "--once", server=million, timeout=SYNC_TIMEOUT)
         assert synced.returncode == 0, synced.stderr[-2000:]
-        assert sum(1 for _ in files_under(dest)) == FILES
+        assert count_files(dest) == FILES
         for n in [*range(0, FILES, 9_973), *range(0, FILES, 100_000), FILES - 1]:
             assert (dest / path_of(n)).read_bytes() == data_of(n, SIZE, EVERY), path_of(n)
     finally:
@@ -102,11 +103,15 @@ def listing(address: str) -> tuple[int, float]:
     return seen[0], peak_kib / 1024
 
 
-def files_under(folder: Path):
-    """Every file below *folder* but the sync client's own state folder."""
-    for path in folder.rglob("*"):
-        if ".fsync" not in path.parts and path.is_file():
-            yield path
+def count_files(folder: Path) -> int:
+    """How many files are below *folder*, but the sync client's own state folder (by
+    ``os.walk``: a ``Path`` per file was tens of seconds for a million)."""
+    count = 0
+    for top, folders, files in os.walk(folder):
+        if top == str(folder) and ".fsync" in folders:
+            folders.remove(".fsync")
+        count += len(files)
+    return count
 
 
 @pytest.mark.timeout(300)

@@ -72,6 +72,10 @@ class Actions:
         self.folders = FolderSync()
         """Flushes of the folders this client changes (deletes, copies, conflict copies)."""
         self.made = NewFolders()
+        self.deferred: list[BaseEntry] | None = None
+        """Bases of downloads not written yet (``defer_bases``), else None."""
+        self.nothing_to_copy = False
+        """The DB had no bases when they were deferred: no download can copy from one."""
 
     def abs(self, path: str) -> str:
         return os.path.join(self.folder, path)
@@ -207,9 +211,9 @@ class Actions:
             if expect is not None and expect.digest == remote.digest:  # a chmod on the server
                 return self._chmod(path, remote, check)
             made = self.made.make(dest.parent, self.folder)
-            if not await self._copy_local(path, remote, check):
+            if not (self.copyable and await self._copy_local(path, remote, check)):
                 # the server sends what it holds now, which may be newer than the news
-                entry = await self.client.get(path, dest, before_replace=check)
+                entry = await self.client.get_file(path, dest, before_replace=check)
             await self.folders.sync_all({folder.parent for folder in made})  # hold new names
             self.made.flushed(made)
         except LocalChanged:
@@ -336,14 +340,46 @@ class Actions:
         server would keep it, and its change would count as applied.)"""
         st = self.scanner.stat(path)
         if written is not None and (st is None or st[:2] != (written.size, written.mtime_ns)):
-            self.db.put([BaseEntry(path, written.size, written.mtime_ns, written.mode, 0,
-                                   digest, version)])  # fmt: skip
+            self.put_base(BaseEntry(path, written.size, written.mtime_ns, written.mode, 0,
+                                    digest, version))  # fmt: skip
             return False
         if st is None:
             return False
         size, mtime_ns, inode, mode = st
-        self.db.put([BaseEntry(path, size, mtime_ns, mode, inode, digest, version)])
+        self.put_base(BaseEntry(path, size, mtime_ns, mode, inode, digest, version))
         return True
+
+    def put_base(self, entry: BaseEntry) -> None:
+        """Write a base now, or with the next chunk while bases are deferred."""
+        if self.deferred is None:
+            self.db.put([entry])
+            return
+        self.deferred.append(entry)
+        if len(self.deferred) >= DB_CHUNK:
+            self.write_deferred()
+
+    def defer_bases(self) -> None:
+        """From now on, bases go to the state DB in transactions of ``DB_CHUNK`` (a commit
+        per downloaded file was a tenth of a small file's download). Each is still written
+        only after its file is on the disk for good; a crash loses at most the chunk not
+        written, whose files the next start finds here and records (RECORD)."""
+        if self.deferred is None:
+            self.deferred = []
+            self.nothing_to_copy = self.db.empty()
+
+    @property
+    def copyable(self) -> bool:
+        """Whether a download may find its bytes here under another name (not in a folder
+        with no bases yet: its bases are deferred, so none is in the DB to copy from)."""
+        return self.deferred is None or not self.nothing_to_copy
+
+    def write_deferred(self, stop: bool = False) -> None:
+        """Write the deferred bases; *stop*: and write each one as it comes again."""
+        if self.deferred:
+            self.db.put(self.deferred)
+            self.deferred.clear()
+        if stop:
+            self.deferred = None
 
     async def flush_absence(self, path: str) -> None:
         """Flush the folder that held *path* (gone here), or the nearest one above it that is

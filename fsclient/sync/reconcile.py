@@ -20,7 +20,7 @@ from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState
 from fsclient.sync.scan import FolderWalk, Scanner, Stat
 from fsclient.sync.state import StateDB
 
-DOWNLOAD_WINDOW = 32
+DOWNLOAD_WINDOW = 128
 BULK_MIN = 1000
 """Uploads from which the digest index is made again at the end rather than kept up row by
 row (``StateDB.bulk``), if they are also at least 1/8 of the rows: a sort of every row costs
@@ -111,7 +111,11 @@ class Reconcile:
         # downloads first: a file renamed on the server is copied from its old local name
         # before that name's delete arrives; then the rest, in the same window (deletes wait
         # for their folder's flush, which those in one folder share)
-        await asyncio.gather(*(apply(i) for i in later if i[1].do is Do.DOWNLOAD))
+        self.actions.defer_bases()
+        try:
+            await asyncio.gather(*(apply(i) for i in later if i[1].do is Do.DOWNLOAD))
+        finally:
+            self.actions.write_deferred(stop=True)
         await asyncio.gather(*(apply(i) for i in later if i[1].do is not Do.DOWNLOAD))
 
     async def apply(self, path: str, decision: Decision, local: LocalFile | None,

@@ -108,6 +108,9 @@ class StateDB:
         rows = self.db.execute("SELECT path, size, mtime_ns, mode, inode, version FROM files")
         return {row[0]: row for row in rows}
 
+    def empty(self) -> bool:
+        return self.db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
+
     def under(self, folder: str) -> list[BaseEntry]:
         """Entries inside a folder (for a folder that was moved or deleted as a whole)."""
         low, high = folder + "/", folder + "0"  # '0' sorts right after '/'
