@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import rsyncbench
@@ -156,44 +157,43 @@ def run_sync(args: argparse.Namespace) -> None:
         say(f"bench: wrote the '{section}' section of {args.doc}")
 
 
-def run_durable(args: argparse.Namespace) -> None:
-    from bench import durabench
+def finish(args: argparse.Namespace, name: str, tables: list[str], all_pass: bool,
+           section: str, document: Callable[[list[str]], str]) -> None:  # fmt: skip
+    """Print a suite's tables and verdict, and write its section unless told not to."""
+    print("\n".join(tables))
+    print(f"\n{name}: {'all' if all_pass else 'not all'} targets met", flush=True)
+    if not (args.no_write or args.quick):
+        write_section(args.doc, section, document(tables))
+        say(f"bench: wrote the '{section}' section of {args.doc}")
 
-    s = durabench.DurableSettings.quick() if args.quick else durabench.DurableSettings()
+
+def run_durable(args: argparse.Namespace) -> None:
+    from bench import durabench as d
+
+    s = d.DurableSettings.quick() if args.quick else d.DurableSettings()
     if args.repeats:
         s.rounds = max(1, args.repeats)
-    tables, all_pass = durabench.report(s, durabench.run_durable_suite(s))
-    print("\n".join(tables))
-    print(f"\ndurable: {'all' if all_pass else 'not all'} targets met", flush=True)
-    if not (args.no_write or args.quick):
-        write_section(args.doc, durabench.SECTION, durabench.document(s, tables, args.quick))
-        say(f"bench: wrote the '{durabench.SECTION}' section of {args.doc}")
+    tables, all_pass = d.report(s, d.run_durable_suite(s))
+    finish(args, "durable", tables, all_pass, d.SECTION, lambda t: d.document(s, t, args.quick))
 
 
 def run_latency(args: argparse.Namespace) -> None:
-    from bench import latency
+    from bench import latency as lat
 
-    s = latency.LatencySettings.quick() if args.quick else latency.LatencySettings()
+    s = lat.LatencySettings.quick() if args.quick else lat.LatencySettings()
     if args.repeats:
         s.cli_runs = max(1, args.repeats)
-    tables, all_pass = latency.report(s, latency.run_latency_suite(s))
-    print("\n".join(tables))
-    print(f"\nlatency: {'all' if all_pass else 'not all'} targets met", flush=True)
-    if not (args.no_write or args.quick):
-        write_section(args.doc, latency.SECTION, latency.document(s, tables, args.quick))
-        say(f"bench: wrote the '{latency.SECTION}' section of {args.doc}")
+    tables, all_pass = lat.report(s, lat.run_latency_suite(s))
+    finish(args, "latency", tables, all_pass, lat.SECTION,
+           lambda t: lat.document(s, t, args.quick))  # fmt: skip
 
 
 def run_memory(args: argparse.Namespace) -> None:
-    from bench import membench
+    from bench import membench as mem
 
-    s = membench.MemSettings.quick() if args.quick else membench.MemSettings()
-    tables, ok = membench.report(s, membench.run_memory_suite(s))
-    print("\n".join(tables))
-    print(f"\nmemory: target {'met' if ok else 'missed'}", flush=True)
-    if not (args.no_write or args.quick):
-        write_section(args.doc, membench.SECTION, membench.document(s, tables, args.quick))
-        say(f"bench: wrote the '{membench.SECTION}' section of {args.doc}")
+    s = mem.MemSettings.quick() if args.quick else mem.MemSettings()
+    tables, ok = mem.report(s, mem.run_memory_suite(s))
+    finish(args, "memory", tables, ok, mem.SECTION, lambda t: mem.document(s, t, args.quick))
 
 
 def main(argv: list[str] | None = None) -> int:
