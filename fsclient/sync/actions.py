@@ -161,10 +161,7 @@ class Actions:
 
     def uploaded(self, local: LocalFile, entry: m.FileEntry) -> BaseEntry:
         """The base for a file just uploaded (its inode only if it is still the same file)."""
-        if self.tally.failed:  # (once per file: ``succeeded`` without a call when none did)
-            self.tally.ok(local.path)
-        if self.progress is not None:
-            self.progress.advance(1, entry.size)
+        self.succeeded(local.path, 1, entry.size)
         self.tally.uploaded(local.path, entry.size)
         inode = local.inode if (local.size, local.mtime_ns) == (entry.size, entry.mtime_ns) else 0
         return BaseEntry(local.path, entry.size, entry.mtime_ns, entry.mode, inode,

@@ -110,8 +110,9 @@ class Tally:
             self.db.set_failure(path, why)
 
     def ok(self, path: str) -> None:
-        """*path* is settled (or not to be synced any more): no failure of it stands."""
-        if self.failed.pop(path, None) is not None and self.db is not None:
+        """*path* is settled (or not to be synced any more): no failure of it stands. (Called
+        once per file synced: with no failure at all, it returns at the first test.)"""
+        if self.failed and self.failed.pop(path, None) is not None and self.db is not None:
             self.db.clear_failure(path)
 
     def end_batch(self) -> None:
