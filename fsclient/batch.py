@@ -20,9 +20,10 @@ from common.digest import digest_of
 from common.errors import FSError, RemoteError
 from common.limits import ANY_VERSION
 from common.paths import normalize_path
+from fsclient.localfiles import SMALL_FILE
 from fsclient.protocol import error_from, refusal
 from fsclient.smallbatch import Batcher, read_small
-from fsclient.transfer import SMALL_FILE, FileChanged, FileSource, Known
+from fsclient.transfer import FileChanged, FileSource, Known
 
 if TYPE_CHECKING:
     from fsclient.client import Client

@@ -113,12 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fsclient.commands import execute
-    from fsclient.config import apply_config
+    if args.command == "sync":  # the folder's walk starts before the rest is loaded
+        from fsclient.sync.survey import FolderSurvey
 
-    apply_config(parser, args)
+        FolderSurvey.start_early(args.dir)
+    try:
+        from fsclient.commands import execute
+        from fsclient.config import apply_config
 
-    return execute(args)
+        apply_config(parser, args)
+        return execute(args)
+    finally:
+        if args.command == "sync":
+            FolderSurvey.drop_early()
 
 
 if __name__ == "__main__":

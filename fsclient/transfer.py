@@ -22,18 +22,15 @@ from typing import NamedTuple
 from common.digest import StreamingDigest, digest_of
 from common.messages import FileEntry
 from fsclient.durable import FolderSync, WriteBehind
+from fsclient.localfiles import CHUNK, SMALL_FILE, TEMP_MARK
 
-CHUNK = 1 << 20
 FIRST_BUFFER = 4 << 10
 """A new download's first buffer: grown up to CHUNK once the reply says how much comes, before
 any byte of it (a fresh 1 MiB buffer per 4 KiB file was half the CPU of a client fetching many
 small files; a 64 KiB one still a twentieth of one fetching 8-byte files)."""
-SMALL_FILE = 1 << 20
-"""Files up to this size are read once into memory, hashed, and sent from there."""
 PREHASH_MAX = 64 << 20
 """Files up to this size are hashed before they are sent, so the server can skip content it
 already holds. Bigger ones are hashed as they stream: one read of the file, not two."""
-TEMP_MARK = ".fs-tmp-"
 
 Known = tuple[int, int, bytes]
 """(size, mtime_ns, digest) of a file as last read."""

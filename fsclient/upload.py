@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from common import messages as m
 from common.digest import EMPTY_DIGEST, StreamingDigest
+from fsclient.localfiles import CHUNK
 from fsclient.protocol import ClientProtocol, refusal
-from fsclient.transfer import CHUNK, BufferRing, FileChanged, Progress, SourceMeta, UploadSource
+from fsclient.transfer import BufferRing, FileChanged, Progress, SourceMeta, UploadSource
 
 if TYPE_CHECKING:
     from fsclient.client import Client

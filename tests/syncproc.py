@@ -11,7 +11,7 @@ from pathlib import Path
 
 import xxhash
 
-from fsclient.transfer import TEMP_MARK
+from fsclient.localfiles import TEMP_MARK
 from tests.cli import cli_env, fsclient, fsclient_command
 from tests.serverproc import ROOT, ServerLog, wait_for
 

@@ -60,7 +60,8 @@ def test_a_download_buffer_fits_the_file(tmp_path):
     """Each subscriber downloads every new file: a small one must not cost a 1 MiB buffer,
     and a big one still gets a whole chunk once the server says how big it is."""
     from common import messages as m
-    from fsclient.transfer import CHUNK, FIRST_BUFFER, DownloadTarget
+    from fsclient.localfiles import CHUNK
+    from fsclient.transfer import FIRST_BUFFER, DownloadTarget
 
     sizes = {}
     for size in (0, 4096, 5 * CHUNK):

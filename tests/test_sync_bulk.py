@@ -1,5 +1,5 @@
-"""The sync client's first pass made for big trees (issue 13): the walk over threads, the
-state's digest index made again after a bulk upload, and results told but not kept."""
+"""The sync client's first pass made for big trees (issue 13): the state's digest index made
+again after a bulk upload, and results told but not kept."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from fsclient import Client
-from fsclient.sync.ignore import IgnoreRules
 from fsclient.sync.reconcile import BULK_MIN
-from fsclient.sync.scan import Scanner
 from fsclient.sync.state import DB_NAME, MARKER, BaseEntry, StateDB
 from tests.conftest import run
 from tests.syncproc import once
@@ -19,26 +17,6 @@ from tests.syncproc import once
 def indexes(folder: Path) -> set[str]:
     with sqlite3.connect(folder / MARKER / DB_NAME) as db:
         return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-
-
-def test_a_walk_over_threads_finds_what_a_walk_in_one_thread_does(tmp_path):
-    for d in range(5):
-        (tmp_path / f"d{d}").mkdir()
-        for f in range(20):
-            (tmp_path / f"d{d}" / f"f{f}.txt").write_text(f"{d} {f}")
-    (tmp_path / "d1" / "caf\u00e9.txt").write_text("nfc")  # not ASCII: checked name by name
-    (tmp_path / "d2" / "x.fs-tmp-1").write_text("a download's leftover")
-    (tmp_path / "d3" / ".fsfolder").write_text("a real file with a mark's name")
-    os.symlink(tmp_path / "d0" / "f0.txt", tmp_path / "d4" / "link")
-    (tmp_path / "empty" / "deeper").mkdir(parents=True)
-    scanner = Scanner(tmp_path, IgnoreRules.load(tmp_path))
-    one = dict(scanner.walk())
-    for threads in (1, 2, 3):
-        assert scanner.walk_all(threads) == one
-    assert "d1/caf\u00e9.txt" in one and "d0/f19.txt" in one
-    assert "empty/deeper/.fsfolder" in one  # the mark of the empty folder, not its parent's
-    assert not {"d2/x.fs-tmp-1", "d3/.fsfolder", "d4/link", "empty/.fsfolder"} & one.keys()
-    assert len(one) == 5 * 20 + 2
 
 
 def test_a_bulk_write_drops_the_digest_index_and_makes_it_again(tmp_path):

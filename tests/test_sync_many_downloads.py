@@ -15,8 +15,9 @@ from fsclient.sync.actions import DB_CHUNK, Actions
 from fsclient.sync.ignore import IgnoreRules
 from fsclient.sync.plan import RemoteState
 from fsclient.sync.reconcile import Reconcile
-from fsclient.sync.scan import FolderWalk, Scanner
+from fsclient.sync.scan import Scanner
 from fsclient.sync.state import StateDB
+from fsclient.sync.survey import FolderSurvey
 from tests.bulkfill import data_of, fill, path_of
 from tests.conftest import run
 
@@ -46,7 +47,7 @@ def test_a_first_pass_of_many_downloads_writes_its_rows_in_chunks(server, tmp_pa
             actions.client = client
             remote = {e.path: RemoteState(e.version, False, e.size, e.mtime_ns, e.mode, e.digest)
                       for e in await client.ls()}  # fmt: skip
-            return await Reconcile(scanner, db, actions).run(remote, False, FolderWalk(scanner))
+            return await Reconcile(scanner, db, actions).run(remote, False, FolderSurvey(folder))
 
     assert run(main()) == {}
     assert sum(puts) == FILES

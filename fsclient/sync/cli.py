@@ -21,6 +21,7 @@ from fsclient.sync.commands import QUIET
 
 if TYPE_CHECKING:  # imported where used: put, get, ls and rm need neither (nor sqlite3)
     from fsclient.sync.state import StateDB
+    from fsclient.sync.survey import FolderSurvey
 
 
 class SetupError(ValueError):
@@ -99,6 +100,7 @@ async def sync(args: argparse.Namespace) -> int:
 
     from fsclient.sync.lock import FolderBusy, FolderLock
     from fsclient.sync.state import MARKER, StateDB
+    from fsclient.sync.survey import FolderSurvey
 
     if args.debounce < 0:
         raise SetupError("--debounce must not be negative")
@@ -112,15 +114,17 @@ async def sync(args: argparse.Namespace) -> int:
     except FolderBusy as exc:
         return error(str(exc), 1)
     db = StateDB(folder, create=created)
+    survey = FolderSurvey.for_folder(folder)  # the first look at the folder, in a process
     bound: Binding | None = None
     try:
         bound = binding(args, folder, db)
         client_id = db.meta("client_id") or default_client_id()
         db.set_meta(client_id=client_id)
-        return await run_engine(args, folder, db, bound, client_id)
+        return await run_engine(args, folder, db, bound, client_id, survey)
     except UsageError as exc:
         return error(str(exc), 2)
     finally:
+        survey.drop()
         db.close()
         if created and not (bound and bound.connected):  # nothing of this run is worth keeping
             shutil.rmtree(folder / MARKER, ignore_errors=True)
@@ -128,7 +132,7 @@ async def sync(args: argparse.Namespace) -> int:
 
 
 async def run_engine(args: argparse.Namespace, folder: Path, db: StateDB, bound: Binding,
-                     client_id: str) -> int:  # fmt: skip
+                     client_id: str, survey: FolderSurvey) -> int:  # fmt: skip
     """Sync until done or stopped; the summary, unless -q. Exit 1 if anything failed, or
     if no connection was ever made (that is no sync at all, whatever the reason)."""
     from common.errors import NoSuchShare
@@ -146,7 +150,7 @@ async def run_engine(args: argparse.Namespace, folder: Path, db: StateDB, bound:
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        code = await engine.run()
+        code = await engine.run(survey)
     except FolderGone as exc:
         return error(str(exc), 2)
     except NoSuchShare as exc:
@@ -199,20 +203,23 @@ def unsync(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     from fsclient.sync.ignore import IgnoreRules
-    from fsclient.sync.scan import Scanner, differences
+    from fsclient.sync.scan import Scanner
     from fsclient.sync.state import StateDB
+    from fsclient.sync.survey import Ask, look_here
 
     folder = Path(args.dir).absolute()
     if not StateDB.exists(folder):
         raise SetupError(f"{folder} is not a synced folder (no {folder / '.fsync'})")
     db = StateDB(folder)
     scanner = Scanner(folder, IgnoreRules.load(folder))
-    base = {entry.path: entry for entry in db.all()}
     failures = db.failures()  # why a change did not go through the last time it was tried
     # (a download that failed is no difference on the disk, but it is pending)
-    pending = set(failures) | set(differences(scanner, base))
-    named = (path for path in base.keys() | pending if ".sync-conflict-" in path.rsplit("/")[-1])
-    conflicts = sorted(path for path in named if scanner.stat(path))
+    found = look_here(folder, Ask())
+    pending = set(failures) | {path for path, _, _ in found.candidates}
+    named = {e.path for e in db.all() if ".sync-conflict-" in e.path} | pending
+    conflicts = sorted(
+        path for path in named if ".sync-conflict-" in path.rsplit("/")[-1] and scanner.stat(path)
+    )
     last = db.meta("last_sync")
     when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last))) if last
             else "never")  # fmt: skip
@@ -221,7 +228,7 @@ def status(args: argparse.Namespace) -> int:
     print(f"share:           {db.meta('share')}")
     print(f"client id:       {db.meta('client_id')}")
     print(f"last sync:       {when} (server version {db.meta('last_seq', '0')})")
-    print(f"files in sync:   {len(base)}")
+    print(f"files in sync:   {found.rows}")
     print(f"pending changes: {len(pending)}")
     for path, why in failures.items():
         print(f"  {path}: {why}")

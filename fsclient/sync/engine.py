@@ -32,8 +32,9 @@ from fsclient.sync.plan import RemoteState, decide
 from fsclient.sync.reconcile import Reconcile
 from fsclient.sync.remote import accept, remote_state
 from fsclient.sync.report import Tally
-from fsclient.sync.scan import FolderWalk, Scanner, differences
+from fsclient.sync.scan import Scanner
 from fsclient.sync.state import StateDB
+from fsclient.sync.survey import Ask, FolderSurvey
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +86,13 @@ class SyncEngine:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    async def run(self) -> int:
-        """Sync until stopped (or once); the exit code: 0, or 1 if anything failed."""
+    async def run(self, survey: FolderSurvey | None = None) -> int:
+        """Sync until stopped (or once); the exit code: 0, or 1 if anything failed. *survey*:
+        one already started, for the first session."""
         delay = BACKOFF_FIRST
-        walking: FolderWalk | None = None
         while True:
             self.actions.guard()
-            if walking is None or walking.finished:  # a walk still running is fresh enough
-                if walking is not None:
-                    walking.drop()
-                walking = FolderWalk(self.scanner)
+            survey = survey or FolderSurvey(self.folder)  # walks while the connection is made
             try:
                 client = await Client.connect(
                     self.server, self.share, client_id=self.client_id, access=self.access,
@@ -103,8 +101,10 @@ class SyncEngine:
             except BaseException as exc:
                 self.last_error = exc.message if isinstance(exc, FSError) else str(exc)
                 if self.once or not isinstance(exc, (OSError, ConnectionLost)):
-                    walking.drop()  # refused (a bad token, TLS), stopped, or --once: the end
+                    survey.drop()  # refused (a bad token, TLS), stopped, or --once: the end
                     raise
+                survey.drop()
+                survey = None
                 log.warning("cannot reach %s (%s); retrying in %.1f s", self.server, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -112,7 +112,7 @@ class SyncEngine:
             started = time.monotonic()
             self.on_connect()
             try:
-                await self.session(client, walking)
+                await self.session(client, survey)
                 if self.once:
                     return 1 if self.actions.tally.failed else 0
             except (FSError, OSError) as exc:
@@ -121,8 +121,8 @@ class SyncEngine:
                 reason = exc.message if isinstance(exc, FSError) else str(exc)
                 log.warning("connection to %s lost (%s); reconnecting", self.server, reason)
             finally:
-                walking.drop()
-                walking = None
+                survey.drop()
+                survey = None
                 self.stream = None
                 await client.close()
             # a server that takes the connection and drops it at once is not hammered with a
@@ -131,7 +131,7 @@ class SyncEngine:
             delay = BACKOFF_FIRST if lasted > BACKOFF_MAX else min(delay * 2, BACKOFF_MAX)
             await asyncio.sleep(delay)
 
-    async def session(self, client: Client, walking: FolderWalk) -> None:
+    async def session(self, client: Client, survey: FolderSurvey) -> None:
         self.actions.client = client
         self.news.clear()  # what did not apply is read again: the position is before it
         self.queue.clear()
@@ -157,7 +157,7 @@ class SyncEngine:
         if rescan:  # a path the server does not know any more was deleted there long ago
             for entry in self.db.all():
                 remote.setdefault(entry.path, RemoteState(0, deleted=True))
-        undone = await Reconcile(self.scanner, self.db, self.actions).run(remote, reseed, walking)
+        undone = await Reconcile(self.scanner, self.db, self.actions).run(remote, reseed, survey)
         self.actions.tally.end_batch()
         for path in undone:
             if path in remote:
@@ -273,7 +273,14 @@ class SyncEngine:
     async def rescans(self) -> None:
         while True:
             await asyncio.sleep(RESCAN_EVERY)
-            for path in differences(self.scanner, {e.path: e for e in self.db.all()}):
+            survey = FolderSurvey(self.folder)
+            try:
+                found = await asyncio.get_running_loop().run_in_executor(None, survey.take, Ask())
+            finally:
+                survey.drop()
+            for path, why in found.warnings:
+                self.scanner.warn(path, why)
+            for path, _, _ in found.candidates:
                 self.queue.put(path)
 
     def local_changed(self, path: str, is_dir: bool) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fsclient.localfiles import TEMP_MARK
 from fsclient.sync.folders import MARK
 from fsclient.sync.state import MARKER
-from fsclient.transfer import TEMP_MARK
 
 IGNORE_FILE = ".fsignore"
 MARK_SUFFIX = "/" + MARK

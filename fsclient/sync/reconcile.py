@@ -16,9 +16,10 @@ from fsclient.progress import SyncProgress
 from fsclient.resume import kept_temps
 from fsclient.sync.actions import Actions, Outcome
 from fsclient.sync.folders import folder_of, is_mark, parents
-from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState, decide
-from fsclient.sync.scan import FolderWalk, Scanner, Stat
-from fsclient.sync.state import StateDB
+from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
+from fsclient.sync.scan import Scanner
+from fsclient.sync.state import BaseEntry, StateDB
+from fsclient.sync.survey import Ask, FolderSurvey
 
 DOWNLOAD_WINDOW = 128
 BULK_MIN = 1000
@@ -39,13 +40,16 @@ class Reconcile:
         """Folders that files from the server are on their way into (made when needed)."""
 
     async def run(self, remote: dict[str, RemoteState], reseed: bool,
-                  walking: FolderWalk) -> dict[str, Outcome]:  # fmt: skip
+                  survey: FolderSurvey) -> dict[str, Outcome]:  # fmt: skip
         """Bring folder and server together, path by path; the paths that were not DONE.
-        The state is read while the folder walk (a thread) is still going: the two overlap."""
-        base = self.db.stats()
-        local = await walking.take()
+        The folder was walked meanwhile, by the survey's process: it hands over only the
+        paths that may need something (all of them if *reseed*)."""
+        ask = Ask(everything=reseed, named=list(remote))
+        found = await asyncio.get_running_loop().run_in_executor(None, survey.take, ask)
+        for path, why in found.warnings:
+            self.scanner.warn(path, why)
         kept = kept_temps()  # downloads cut short, to be resumed: not leftovers
-        for temp in self.scanner.stale:  # no download of ours is running yet
+        for temp in found.stale:  # no download of ours is running yet
             stale = os.path.abspath(os.path.join(self.scanner.root, temp))
             if stale not in kept:
                 with contextlib.suppress(FileNotFoundError):
@@ -54,11 +58,10 @@ class Reconcile:
         later: list[Later] = []
         records = []
         ignored = self.scanner.rules.ignored
-        for path in changed_paths(base, local, remote, reseed):
+        for path, st, row in found.candidates:
             if ignored(path):
                 continue
-            here = self.db.get(path) if path in base else None
-            st, news = local.get(path), remote.get(path)
+            here, news = BaseEntry._make(row) if row else None, remote.get(path)
             if st is None and is_mark(path):  # the walk yields only marks of empty folders
                 st = self.scanner.stat(path)
             try:
@@ -75,9 +78,8 @@ class Reconcile:
                 records.append((path, current.digest, decision.version))
             elif decision.do is not Do.NOTHING:
                 later.append((path, decision, current, news))
-        rows = len(base)
-        base.clear()  # not needed past here: freed before the uploads (a dict entry, a
-        local.clear()  # tuple and its numbers per file, 100-200 bytes each)
+        rows = found.rows
+        found.candidates.clear()  # freed before the uploads
         with self.db.transaction():
             for path, digest, version in records:
                 self.actions.record(path, digest, version)
@@ -123,23 +125,3 @@ class Reconcile:
         outcome = await self.actions.carry_out(path, decision, local, remote)
         if outcome is not Outcome.DONE:
             self.undone[path] = outcome
-
-
-def changed_paths(base: dict[str, tuple[str, int, int, int, int, int]], local: dict[str, Stat],
-                  remote: dict[str, RemoteState], reseed: bool) -> list[str]:  # fmt: skip
-    """The paths that may need something done, in order. A file whose stat (permissions
-    too) matches its base (a row of ``StateDB.stats``: path, size, mtime_ns, mode, inode,
-    version), with no news from the server and a known version, is skipped here:
-    ``decide`` would say NOTHING (content and bookkeeping agree), and a no-change run is
-    mostly that."""
-    if reseed:
-        paths = list(local)
-    else:
-        paths = [path for path, (size, mtime_ns, inode, mode) in local.items()
-                 if (here := base.get(path)) is None or not here[5] or path in remote
-                 or size != here[1] or mtime_ns != here[2] or inode != here[4]
-                 or (mode ^ here[3]) & PERMISSIONS]  # fmt: skip
-    paths += [path for path in base if path not in local]  # (no set of every path made)
-    paths += [path for path in remote if path not in local and path not in base]
-    paths.sort()
-    return paths

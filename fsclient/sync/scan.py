@@ -10,24 +10,23 @@ files would otherwise hold about 57 MiB of stat objects while it is reconciled.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import stat
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.digest import StreamingDigest, digest_of
 from common.errors import InvalidPath
 from common.limits import MAX_PATH_BYTES, MAX_SEGMENT_BYTES
 from common.paths import is_canonical
+from fsclient.localfiles import CHUNK, SMALL_FILE, TEMP_MARK
 from fsclient.sync.folders import MARK, MARK_MODE, folder_of, is_mark, mark_of, mark_stat
 from fsclient.sync.ignore import IgnoreRules
-from fsclient.sync.plan import PERMISSIONS, LocalFile
+from fsclient.sync.plan import LocalFile
 from fsclient.sync.state import MARKER, BaseEntry
-from fsclient.transfer import CHUNK, SMALL_FILE, TEMP_MARK
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ _PLAIN_NAMES = re.compile(
 )
 """A folder's names joined by ``/``, each of them a plain name (above), not ``.`` or ``..``,
 and at most MAX_SEGMENT_BYTES long (ASCII: one byte per character)."""
-WALK_THREADS = 2
 
 
 def brief(st: os.stat_result) -> Stat:
@@ -56,22 +54,33 @@ def same_stat(st: Stat, known: BaseEntry | LocalFile | None) -> bool:
     return known is not None and st[:3] == (known.size, known.mtime_ns, known.inode)
 
 
-def same_file(st: Stat, known: BaseEntry | None) -> bool:
-    """``same_stat``, and the same permissions: a ``chmod`` changes no mtime, yet is a change
-    to sync."""
-    return same_stat(st, known) and (st[3] ^ known.mode) & PERMISSIONS == 0  # type: ignore[union-attr]
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def differences(scanner: Scanner, base: dict[str, BaseEntry]) -> Iterator[str]:
-    """The paths whose file is not what its base says: new, changed, or gone."""
-    seen = set()
-    for path, st in scanner.walk():
-        seen.add(path)
-        if not same_file(st, base.get(path)):
-            yield path
-    for path in base:  # the walk just saw the others there
-        if path not in seen and scanner.stat(path) is None:
-            yield path
+@dataclass(frozen=True)
+class Span:
+    """The paths from *low* (included) to *high* (excluded; None: no end), in the order of
+    their UTF-8 bytes (SQLite's, and Python's for str): a share of a walk. All the paths in
+    a folder F lie between "F/" and "F0", as "0" follows "/"."""
+
+    low: str = ""
+    high: str | None = None
+
+    def holds(self, path: str) -> bool:
+        return self.low <= path and (self.high is None or path < self.high)
+
+    def meets(self, folder: str) -> bool:
+        """Some path inside *folder* may be in the span."""
+        return (self.high is None or folder + "/" < self.high) and self.low < folder + "0"
+
+    def holds_all(self, folder: str) -> bool:
+        """Every path inside *folder* ("" for the top) is in the span."""
+        if not folder:
+            return not self.low and self.high is None
+        return self.low <= folder + "/" and (self.high is None or folder + "0" <= self.high)
+
+
+EVERY_PATH = Span()
 
 
 class Scanner:
@@ -82,56 +91,47 @@ class Scanner:
         self.stale: list[str] = []
         """Temp files of downloads that never finished (a killed client), seen by walk()."""
 
-    def walk(self, under: str = "") -> Iterator[tuple[str, Stat]]:
-        """Every regular file (path, stat) below *under* ("" for all), not ignored, and the
-        mark of each folder with none of those in it (``folders``)."""
+    def walk(self, under: str = "", span: Span = EVERY_PATH) -> Iterator[tuple[str, Stat]]:
+        """Every regular file (path, stat) below *under* ("" for all) and in *span*, not
+        ignored, and the mark of each folder with none of those in it (``folders``)."""
         if under and not self.valid(under):
             return
         stack = [(under, 0)]
         while stack:
-            files, folders = self.folder(*stack.pop())
+            rel, inode = stack.pop()
+            files, folders = self.folder(rel, inode)
+            if not span.holds_all(rel):  # a folder the span's ends cut through
+                files = [one for one in files if span.holds(one[0])]
+                folders = [one for one in folders if span.meets(one[0])]
             yield from files
             stack += folders
 
-    def walk_all(self, threads: int = WALK_THREADS) -> dict[str, Stat]:
-        """``walk`` of the whole folder into a dict, one level of folders at a time, each
-        level shared out between *threads* threads: a walk is mostly ``lstat`` calls, which
-        run without the GIL, so two threads overlap one's system call with the other's
-        Python (and with the loop's thread, which reads the state meanwhile)."""
-        found: dict[str, Stat] = {}
-        level = [("", 0)]
-        with ThreadPoolExecutor(threads, thread_name_prefix="fsclient-walk") as pool:
-            while level:
-                chunks = [level[i::threads] for i in range(min(threads, len(level)))]
-                level = []
-                for files, folders in pool.map(self.folders, chunks):
-                    found.update(files)
-                    level += folders
-        return found
-
-    def folders(self, folders: list[tuple[str, int]]) -> tuple[list[tuple[str, Stat]],
-                                                             list[tuple[str, int]]]:  # fmt: skip
-        """``folder`` of each of *folders*, together."""
-        files: list[tuple[str, Stat]] = []
-        below: list[tuple[str, int]] = []
-        for rel, inode in folders:
-            some, more = self.folder(rel, inode)
-            files += some
-            below += more
-        return files, below
+    def walk_all(self, span: Span = EVERY_PATH) -> dict[str, Stat]:
+        """``walk`` of the whole folder (or of *span*), into a dict (in one thread: two were
+        slower, as each ``lstat`` hands the GIL to the other; ``fsclient.sync.survey``
+        walks in processes)."""
+        return dict(self.walk(span=span))
 
     def folder(self, rel: str, inode: int) -> tuple[list[tuple[str, Stat]],
                                                     list[tuple[str, int]]]:  # fmt: skip
         """One folder (*rel*, "" for the top; *inode*: its own, 0 if not known): its files
         to sync (path, stat), or its mark if it holds nothing to sync, and its sub-folders
         (path, inode) to walk next."""
-        try:
-            entries = list(os.scandir(os.path.join(self.root, rel) if rel else self.root))
-        except (FileNotFoundError, NotADirectoryError):
-            return [], []
+        try:  # by descriptor: each stat then looks up one name, not the whole path
+            fd = os.open(os.path.join(self.root, rel) if rel else self.root, _FOLDER_FLAGS)
         except PermissionError as exc:
             self.warn(rel or ".", f"cannot read folder: {exc.strerror}")
             return [], []
+        except OSError:  # gone, or replaced by a file or a link while we looked
+            return [], []
+        try:  # (open while its entries are looked at: their stat goes through it)
+            return self.entries(rel, inode, list(os.scandir(fd)))
+        finally:
+            os.close(fd)
+
+    def entries(self, rel: str, inode: int, entries: list[os.DirEntry[str]]) -> tuple[
+            list[tuple[str, Stat]], list[tuple[str, int]]]:  # fmt: skip
+        """``folder``, once its entries are read."""
         files: list[tuple[str, Stat]] = []
         folders: list[tuple[str, int]] = []
         if rel and not self.has_content(rel, entries):
@@ -306,33 +306,3 @@ class Scanner:
         if path not in self.warned:
             self.warned.add(path)
             log.warning("%s: %s", path, why)
-
-
-class FolderWalk:
-    """``Scanner.walk`` of the whole folder, run in a thread while the connection is set up
-    (the walk is mostly system calls, during which the loop's thread runs the handshake).
-    Its result is handed over once and not kept: a live client must not hold on to it. A
-    thread cannot be stopped: a client that cannot connect keeps the walk that is still
-    running rather than start another beside it (``finished``)."""
-
-    def __init__(self, scanner: Scanner) -> None:
-        scanner.stale.clear()
-        self.future: asyncio.Future[dict[str, Stat]] | None = (
-            asyncio.get_running_loop().run_in_executor(None, scanner.walk_all)
-        )
-
-    @property
-    def finished(self) -> bool:
-        """The walk is over (or dropped): its result may be stale by now."""
-        return self.future is None or self.future.done()
-
-    async def take(self) -> dict[str, Stat]:
-        future, self.future = self.future, None
-        assert future is not None, "a walk is taken once"
-        return await future
-
-    def drop(self) -> None:
-        """Not taken (the connection failed first): the result, or error, is dropped."""
-        future, self.future = self.future, None
-        if future is not None and not future.cancel() and not future.cancelled():
-            future.exception()

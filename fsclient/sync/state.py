@@ -27,8 +27,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from fsclient.durable import fsync_path
-
 MARKER = ".fsync"
 DB_NAME = "state.sqlite"
 
@@ -68,6 +66,8 @@ class StateDB:
         self.db = sqlite3.connect(self.marker / DB_NAME, isolation_level=None)
         self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + _SCHEMA)
         if create:  # the marker and the DB's files keep their names through a power cut
+            from fsclient.durable import fsync_path  # (asyncio: not for the folder survey)
+
             fsync_path(self.marker)
             fsync_path(folder)
 
