@@ -189,11 +189,19 @@ def run_latency(args: argparse.Namespace) -> None:
 
 
 def run_memory(args: argparse.Namespace) -> None:
+    import contextlib
+
+    from bench import clientmem as cm
     from bench import membench as mem
 
     s = mem.MemSettings.quick() if args.quick else mem.MemSettings()
+    c = cm.ClientSettings.quick() if args.quick else cm.ClientSettings()
     tables, ok = mem.report(s, mem.run_memory_suite(s))
-    finish(args, "memory", tables, ok, mem.SECTION, lambda t: mem.document(s, t, args.quick))
+    with contextlib.ExitStack() as stack:
+        client, client_ok = cm.report(c, cm.run_client_part(c, stack))
+    tables += ["", f"The client, at {c.files:,} files ({cm.__name__}):", "", *client]
+    finish(args, "memory", tables, ok and client_ok, mem.SECTION,
+           lambda t: mem.document(s, t, args.quick, cm.method(c)))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

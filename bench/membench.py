@@ -100,7 +100,7 @@ def report(s: MemSettings, out: MemOutcome) -> tuple[list[str], bool]:
     return lines, ok
 
 
-def document(s: MemSettings, tables: list[str], quick: bool) -> str:
+def document(s: MemSettings, tables: list[str], quick: bool, client: str) -> str:
     info = machine()
     return "\n".join([
         "## Memory per file",
@@ -117,6 +117,8 @@ def document(s: MemSettings, tables: list[str], quick: bool) -> str:
         "(supervisor, workers, hashers, the resource tracker), which leaves the shared arena "
         "out, plus the arena's bytes in use beyond the stored ones. See the sizing table in "
         "`docs/OPERATIONS.md`.",
+        "",
+        client,
         "",
         *tables,
     ])  # fmt: skip

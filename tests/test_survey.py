@@ -12,10 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fsclient.sync import survey as survey_module
+from fsclient.sync.candidates import Ask, Comparison, Survey, look_here
 from fsclient.sync.ignore import IgnoreRules
 from fsclient.sync.scan import EVERY_PATH, Scanner, Span
 from fsclient.sync.state import BaseEntry, StateDB
-from fsclient.sync.survey import Ask, FolderSurvey, compare, look_here, spans_of
+from fsclient.sync.survey import FolderSurvey, spans_of
 
 
 def odd_tree(root: Path) -> None:
@@ -29,6 +30,24 @@ def odd_tree(root: Path) -> None:
     (root / "d3" / ".fsfolder").write_text("a real file with a mark's name")
     os.symlink(root / "d0" / "f0.txt", root / "d4" / "link")
     (root / "empty" / "deeper").mkdir(parents=True)
+
+
+def taken(survey: FolderSurvey, ask: Ask) -> Survey:
+    """The whole answer of a survey's children, read as the client reads it."""
+    answer = survey.take(ask)
+    candidates = []
+    try:
+        while (part := answer.next()) is not None:
+            assert 0 < len(part) <= survey_module.CHUNK
+            candidates += part
+    finally:
+        answer.close()
+    return Survey(candidates, answer.end.rows, answer.end.stale, answer.end.warnings)
+
+
+def compare(walked: dict, rows: list, ask: Ask, stat_mark=lambda mark: None) -> tuple[list, int]:
+    found = Comparison(iter(sorted(walked.items())), iter(sorted(rows)), ask, stat_mark)
+    return list(found), found.rows
 
 
 def base_of(root: Path, paths: list[str], version: int = 1) -> list[BaseEntry]:
@@ -60,7 +79,7 @@ def test_the_child_process_and_this_process_find_the_same(tmp_path):
     here = look_here(tmp_path, ask)
     survey = FolderSurvey(tmp_path)
     try:
-        there = survey.take(ask)
+        there = taken(survey, ask)
     finally:
         survey.drop()
     assert there == here
@@ -108,7 +127,7 @@ def test_a_child_that_fails_is_replaced_by_a_look_in_this_process(tmp_path, monk
     StateDB(tmp_path, create=True).close()
     monkeypatch.setattr(sys, "executable", "/bin/false")  # the child exits 1, saying nothing
     survey = FolderSurvey(tmp_path)
-    found = survey.take(Ask())
+    found = taken(survey, Ask())
     survey.drop()
     assert "the folder survey failed (exit code 1)" in caplog.text
     assert len(found.candidates) == 5 * 20 + 2
@@ -141,7 +160,7 @@ def test_a_survey_of_an_unchanged_folder_hands_back_nothing_but_what_the_server_
     db.close()
     survey = FolderSurvey(tmp_path)
     try:
-        found = survey.take(Ask(everything=everything, named=["d1/f1.txt"]))
+        found = taken(survey, Ask(everything=everything, named=["d1/f1.txt"]))
     finally:
         survey.drop()
     assert found.rows == len(walked)
@@ -198,7 +217,7 @@ def test_spans_cut_a_big_folder_into_parts_that_together_find_what_one_look_does
         survey = FolderSurvey(tmp_path, parts)
         try:
             assert len(survey.procs) == parts
-            assert survey.take(ask) == one
+            assert taken(survey, ask) == one
         finally:
             survey.drop()
 
@@ -216,3 +235,34 @@ def test_a_mark_the_walk_did_not_meet_is_looked_at_before_it_counts_as_gone():
     there = {"full/.fsfolder": (0, 0, 5, 0o755)}  # a folder that holds files now
     found, _ = compare({}, rows, Ask(), there.get)
     assert found == [("went/.fsfolder", None, rows[1])]
+
+
+def test_the_sorted_walk_comes_in_the_order_of_the_paths_bytes(tmp_path):
+    for name in ("a", "a-b", "a.b", "a0", "b"):
+        (tmp_path / name / "in").mkdir(parents=True)
+        (tmp_path / name / "in" / "x").write_text(name)
+        (tmp_path / name / "in-x").write_text(name)
+        (tmp_path / f"{name}.txt").write_text(name)
+    (tmp_path / "a" / "empty").mkdir()
+    scanner = Scanner(tmp_path, IgnoreRules.load(tmp_path))
+    walked = list(scanner.walk_sorted())
+    assert [path for path, _ in walked] == sorted(scanner.walk_all())
+    assert dict(walked) == scanner.walk_all()
+    assert "a/empty/.fsfolder" in dict(walked)
+
+
+def test_a_survey_of_many_candidates_answers_in_lists(tmp_path):
+    for d in range(50):
+        (tmp_path / f"d{d:02}").mkdir()
+        for f in range(100):
+            (tmp_path / f"d{d:02}" / f"f{f:03}").write_bytes(b"")
+    StateDB(tmp_path, create=True).close()
+    survey = FolderSurvey(tmp_path, parts=2)
+    try:
+        found = taken(survey, Ask())  # (each list holds at most CHUNK)
+    finally:
+        survey.drop()
+    assert len(found.candidates) == 5000 > survey_module.CHUNK
+    assert [path for path, _, _ in found.candidates] == sorted(
+        f"d{d:02}/f{f:03}" for d in range(50) for f in range(100)
+    )

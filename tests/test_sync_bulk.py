@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tracemalloc
 from pathlib import Path
 
 from fsclient import Client
+from fsclient.sync.items import Paths, UploadList
+from fsclient.sync.plan import LocalFile
 from fsclient.sync.reconcile import BULK_MIN
 from fsclient.sync.state import DB_NAME, MARKER, BaseEntry, StateDB
 from tests.conftest import run
@@ -62,3 +65,22 @@ def test_put_many_without_keep_tells_each_result_and_returns_none(server, tmp_pa
     assert run(main()) == []
     assert sorted(told) == list(range(len(pairs)))
     assert all(getattr(told[n], "size", None) == n + 1 for n in range(len(pairs)))
+
+
+def test_an_upload_list_keeps_each_file_as_it_was_given_in_little_memory():
+    files = [(LocalFile("a/x", 5, -1_000_000_007, 0o755, 2**64 - 2, b""), 2**64 - 1),
+             (LocalFile("b", 0, 1_700_000_000_000_000_000, 0o600, 7, b"d" * 16), 3)]  # fmt: skip
+    uploads = UploadList(files)
+    assert list(uploads) == files
+    assert (len(uploads), uploads.bytes, uploads.digests) == (2, 5, {1: b"d" * 16})
+    assert list(Paths(uploads)) == [("a/x", 2**64 - 1), ("b", 3)] == Paths(uploads)[0:2]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        many = UploadList()
+        for n in range(20_000):
+            many.append(LocalFile(f"d{n // 100:04}/f{n:07}.txt", 1024, n, 0o644, n, b""), 0)
+        per_file = (tracemalloc.get_traced_memory()[0] - before) / 20_000
+    finally:
+        tracemalloc.stop()
+    assert per_file < 130  # (a list of (LocalFile, version) pairs: about 300)

@@ -15,6 +15,7 @@ from fsclient.sync import engine as engine_module
 from fsclient.sync.actions import Actions, Outcome
 from fsclient.sync.engine import SyncEngine
 from fsclient.sync.ignore import IgnoreRules
+from fsclient.sync.items import UploadList
 from fsclient.sync.pending import ServerNews
 from fsclient.sync.plan import RemoteState
 from fsclient.sync.scan import Scanner
@@ -119,10 +120,10 @@ def test_after_a_store_reset_a_file_whose_upload_failed_once_is_sent(
     upload = Actions.upload
     calls = []
 
-    async def refused_once(self: Actions, files: list) -> dict[str, Outcome]:
+    async def refused_once(self: Actions, files: UploadList) -> dict[str, Outcome]:
         calls.append(files)
         if len(calls) == 1:  # the reseed's batch: x.txt refused this once (say, NO_SPACE)
-            undone = await upload(self, [f for f in files if f[0].path != "x.txt"])
+            undone = await upload(self, UploadList(f for f in files if f[0].path != "x.txt"))
             return {**undone, "x.txt": self.fail("x.txt", OSError("no space (for now)"))}
         return await upload(self, files)
 

@@ -24,7 +24,7 @@ from fsclient.client import Client
 from fsclient.durable import FolderSync, NewFolders
 from fsclient.progress import SyncProgress
 from fsclient.sync.folders import folder_of, is_mark, mark_of, send_marks
-from fsclient.sync.items import Paths, UploadItems
+from fsclient.sync.items import Paths, UploadItems, UploadList
 from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState, conflict_name
 from fsclient.sync.report import Tally
 from fsclient.sync.scan import Scanner, brief, same_stat
@@ -92,7 +92,7 @@ class Actions:
         """Act on one path's decision (see ``plan.decide``)."""
         do = decision.do
         if do is Do.UPLOAD and local is not None:
-            undone = await self.upload([(local, decision.expected)])
+            undone = await self.upload(UploadList([(local, decision.expected)]))
             return undone.get(path, Outcome.DONE)
         if do is Do.DOWNLOAD and remote is not None:
             return await self.download(path, remote, local)
@@ -111,7 +111,7 @@ class Actions:
 
     # -- to the server -----------------------------------------------------------------------
 
-    async def upload(self, files: list[tuple[LocalFile, int]]) -> dict[str, Outcome]:
+    async def upload(self, files: UploadList) -> dict[str, Outcome]:
         """Upload files, each against the server version it was decided on. Each file is
         accounted for as soon as its result arrives (progress, tally, state DB in chunks),
         while later ones are still on their way. Returns the files that were not DONE."""
@@ -123,7 +123,7 @@ class Actions:
         undone: dict[str, Outcome] = {}
 
         def settled(index: int, result: m.FileEntry | FSError | OSError) -> None:
-            local = files[index][0]
+            local = files.local(index)
             if type(result) is m.FileEntry:
                 done.append(self.uploaded(local, result))
                 if len(done) >= DB_CHUNK:
@@ -322,7 +322,7 @@ class Actions:
         with contextlib.suppress(OSError):  # else the copy is sent like any new local file
             moved = self.scanner.local(copy, brief(os.lstat(self.abs(copy))), None)
             if moved is not None:
-                await self.upload([(moved, NO_VERSION)])
+                await self.upload(UploadList([(moved, NO_VERSION)]))
         return await self.download(local.path, remote, None)
 
     # -- bookkeeping -------------------------------------------------------------------------

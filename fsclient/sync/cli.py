@@ -202,10 +202,10 @@ def unsync(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
+    from fsclient.sync.candidates import Ask, look_here
     from fsclient.sync.ignore import IgnoreRules
     from fsclient.sync.scan import Scanner
     from fsclient.sync.state import StateDB
-    from fsclient.sync.survey import Ask, look_here
 
     folder = Path(args.dir).absolute()
     if not StateDB.exists(folder):

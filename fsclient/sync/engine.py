@@ -25,6 +25,7 @@ from fsclient.access import Access
 from fsclient.client import ChangeStream, Client
 from fsclient.protocol import ConnectionLost
 from fsclient.sync.actions import Actions, Outcome
+from fsclient.sync.candidates import Ask
 from fsclient.sync.folders import mark_of
 from fsclient.sync.ignore import IGNORE_FILE, IgnoreRules
 from fsclient.sync.pending import ServerNews, SettleQueue
@@ -34,7 +35,7 @@ from fsclient.sync.remote import accept, remote_state
 from fsclient.sync.report import Tally
 from fsclient.sync.scan import Scanner
 from fsclient.sync.state import StateDB
-from fsclient.sync.survey import Ask, FolderSurvey
+from fsclient.sync.survey import FolderSurvey
 
 log = logging.getLogger(__name__)
 
@@ -275,13 +276,13 @@ class SyncEngine:
             await asyncio.sleep(RESCAN_EVERY)
             survey = FolderSurvey(self.folder)
             try:
-                found = await asyncio.get_running_loop().run_in_executor(None, survey.take, Ask())
+                async for part in survey.parts(Ask()):
+                    for path, _, _ in part:
+                        self.queue.put(path)
             finally:
                 survey.drop()
-            for path, why in found.warnings:
+            for path, why in survey.end.warnings:
                 self.scanner.warn(path, why)
-            for path, _, _ in found.candidates:
-                self.queue.put(path)
 
     def local_changed(self, path: str, is_dir: bool) -> None:
         """A watcher event (on the loop): settle the path once it has been quiet a while."""

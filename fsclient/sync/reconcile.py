@@ -15,11 +15,13 @@ import os
 from fsclient.progress import SyncProgress
 from fsclient.resume import kept_temps
 from fsclient.sync.actions import Actions, Outcome
+from fsclient.sync.candidates import Ask
 from fsclient.sync.folders import folder_of, is_mark, parents
+from fsclient.sync.items import UploadList
 from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
-from fsclient.sync.scan import Scanner
+from fsclient.sync.scan import Scanner, Stat
 from fsclient.sync.state import BaseEntry, StateDB
-from fsclient.sync.survey import Ask, FolderSurvey
+from fsclient.sync.survey import FolderSurvey
 
 DOWNLOAD_WINDOW = 128
 BULK_MIN = 1000
@@ -38,14 +40,20 @@ class Reconcile:
         self.undone: dict[str, Outcome] = {}
         self.incoming: set[str] | None = None
         """Folders that files from the server are on their way into (made when needed)."""
+        self.uploads = UploadList()
+        self.later: list[Later] = []
+        self.records: list[tuple[str, bytes, int]] = []
 
     async def run(self, remote: dict[str, RemoteState], reseed: bool,
                   survey: FolderSurvey) -> dict[str, Outcome]:  # fmt: skip
         """Bring folder and server together, path by path; the paths that were not DONE.
-        The folder was walked meanwhile, by the survey's process: it hands over only the
-        paths that may need something (all of them if *reseed*)."""
-        ask = Ask(everything=reseed, named=list(remote))
-        found = await asyncio.get_running_loop().run_in_executor(None, survey.take, ask)
+        The folder was walked meanwhile, by the survey's processes: they hand over only the
+        paths that may need something (all of them if *reseed*), a list at a time."""
+        async for part in survey.parts(Ask(reseed, list(remote))):
+            for path, st, row in part:
+                self.consider(path, st, BaseEntry._make(row) if row else None,
+                              remote.get(path), remote, reseed)  # fmt: skip
+        found = survey.end
         for path, why in found.warnings:
             self.scanner.warn(path, why)
         kept = kept_temps()  # downloads cut short, to be resumed: not leftovers
@@ -54,39 +62,15 @@ class Reconcile:
             if stale not in kept:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(stale)
-        uploads: list[tuple[LocalFile, int]] = []
-        later: list[Later] = []
-        records = []
-        ignored = self.scanner.rules.ignored
-        for path, st, row in found.candidates:
-            if ignored(path):
-                continue
-            here, news = BaseEntry._make(row) if row else None, remote.get(path)
-            if st is None and is_mark(path):  # the walk yields only marks of empty folders
-                st = self.scanner.stat(path)
-            try:
-                current = self.scanner.local(path, st, here, lazy=news is None) if st else None
-            except OSError as exc:  # unreadable: this path fails, not the session
-                self.undone[path] = self.actions.fail(path, exc)
-                continue
-            decision = decide(here, current, news, reseed)
-            if decision.do is Do.UPLOAD and is_mark(path) and self.filling(path, remote):
-                continue  # an empty folder that downloads fill (one cut short, say): no mark
-            if decision.do is Do.UPLOAD and current is not None:
-                uploads.append((current, decision.expected))
-            elif decision.do is Do.RECORD and current is not None:
-                records.append((path, current.digest, decision.version))
-            elif decision.do is not Do.NOTHING:
-                later.append((path, decision, current, news))
+        uploads, later, records = self.uploads, self.later, self.records
         rows = found.rows
-        found.candidates.clear()  # freed before the uploads
         with self.db.transaction():
             for path, digest, version in records:
                 self.actions.record(path, digest, version)
         transfers = [r for _, d, _, r in later if d.do is Do.DOWNLOAD and r is not None]
         self.actions.progress = SyncProgress(
             len(uploads) + len(transfers),
-            sum(f.size for f, _ in uploads) + sum(r.size for r in transfers),
+            uploads.bytes + sum(r.size for r in transfers),
         )
         try:
             bulk = len(uploads) >= BULK_MIN and len(uploads) * 8 >= rows + len(uploads)
@@ -97,6 +81,29 @@ class Reconcile:
             self.actions.progress.close()
             self.actions.progress = None
         return self.undone
+
+    def consider(self, path: str, st: Stat | None, here: BaseEntry | None,
+                 news: RemoteState | None, remote: dict[str, RemoteState], reseed: bool,
+                 ) -> None:  # fmt: skip
+        """Decide on one path: an upload, a record, or something for later."""
+        if self.scanner.rules.ignored(path):
+            return
+        if st is None and is_mark(path):  # the walk yields only marks of empty folders
+            st = self.scanner.stat(path)
+        try:
+            current = self.scanner.local(path, st, here, lazy=news is None) if st else None
+        except OSError as exc:  # unreadable: this path fails, not the session
+            self.undone[path] = self.actions.fail(path, exc)
+            return
+        decision = decide(here, current, news, reseed)
+        if decision.do is Do.UPLOAD and is_mark(path) and self.filling(path, remote):
+            return  # an empty folder that downloads fill (one cut short, say): no mark
+        if decision.do is Do.UPLOAD and current is not None:
+            self.uploads.append(current, decision.expected)
+        elif decision.do is Do.RECORD and current is not None:
+            self.records.append((path, current.digest, decision.version))
+        elif decision.do is not Do.NOTHING:
+            self.later.append((path, decision, current, news))
 
     def filling(self, mark: str, remote: dict[str, RemoteState]) -> bool:
         if self.incoming is None:

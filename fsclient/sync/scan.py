@@ -16,6 +16,7 @@ import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 from common.digest import StreamingDigest, digest_of
@@ -91,26 +92,46 @@ class Scanner:
         self.stale: list[str] = []
         """Temp files of downloads that never finished (a killed client), seen by walk()."""
 
-    def walk(self, under: str = "", span: Span = EVERY_PATH) -> Iterator[tuple[str, Stat]]:
-        """Every regular file (path, stat) below *under* ("" for all) and in *span*, not
-        ignored, and the mark of each folder with none of those in it (``folders``)."""
+    def walk(self, under: str = "") -> Iterator[tuple[str, Stat]]:
+        """Every regular file (path, stat) below *under* ("" for all), not ignored, and the
+        mark of each folder with none of those in it (``folders``)."""
         if under and not self.valid(under):
             return
         stack = [(under, 0)]
         while stack:
-            rel, inode = stack.pop()
-            files, folders = self.folder(rel, inode)
-            if not span.holds_all(rel):  # a folder the span's ends cut through
-                files = [one for one in files if span.holds(one[0])]
-                folders = [one for one in folders if span.meets(one[0])]
+            files, folders = self.folder(*stack.pop())
             yield from files
             stack += folders
 
-    def walk_all(self, span: Span = EVERY_PATH) -> dict[str, Stat]:
-        """``walk`` of the whole folder (or of *span*), into a dict (in one thread: two were
-        slower, as each ``lstat`` hands the GIL to the other; ``fsclient.sync.survey``
-        walks in processes)."""
-        return dict(self.walk(span=span))
+    def walk_all(self) -> dict[str, Stat]:
+        """``walk`` of the whole folder, into a dict."""
+        return dict(self.walk())
+
+    def walk_sorted(self, span: Span = EVERY_PATH) -> Iterator[tuple[str, Stat]]:
+        """``walk`` of *span*, in the order of the paths' bytes (the order of the state's
+        rows): depth first, each folder's entries sorted by their paths, a folder's as
+        "F/" (every path inside it follows that, and comes before any other entry's)."""
+        stack = [iter(self.sorted_folder("", 0, span))]
+        while stack:
+            for key, value in stack[-1]:
+                if type(value) is int:  # a folder ("F/", its inode): walked right now
+                    stack.append(iter(self.sorted_folder(key[:-1], value, span)))
+                    break
+                yield key, value  # type: ignore[misc]
+            else:
+                stack.pop()
+
+    def sorted_folder(self, rel: str, inode: int, span: Span
+                      ) -> list[tuple[str, Stat | int]]:  # fmt: skip
+        """One folder's files (path, stat) and folders ("path/", inode) in *span*, sorted."""
+        files, folders = self.folder(rel, inode)
+        if not span.holds_all(rel):  # a folder the span's ends cut through
+            files = [one for one in files if span.holds(one[0])]
+            folders = [one for one in folders if span.meets(one[0])]
+        items: list[tuple[str, Stat | int]] = [*files]
+        items += [(f"{path}/", ino) for path, ino in folders]
+        items.sort(key=itemgetter(0))
+        return items
 
     def folder(self, rel: str, inode: int) -> tuple[list[tuple[str, Stat]],
                                                     list[tuple[str, int]]]:  # fmt: skip

@@ -1,46 +1,44 @@
-"""``FolderSurvey``: a session's first look at the whole folder, taken by a process of its own.
+"""``FolderSurvey``: a session's first look at the whole folder, taken by processes of its own.
 
 A look at a folder of 100,000 files is 100,000 ``lstat`` calls, then as many rows of the state
 to compare them with. In the client's own process they fought the event loop for the GIL (two
-walking threads were slower than one: each system call hands the GIL over), and their dicts
-stayed in a live client's heap. A child process walks while the client starts and connects,
-then compares the walk with the state and hands back only the paths that may need something
-(``Candidate``): a no-change run of 100,000 files passes a few bytes between the two. The same
-comparison runs in the client itself when the child cannot (``look_here``).
+walking threads were slower than one: each system call hands the GIL over), and their objects
+stayed in a live client's heap. Child processes walk while the client starts and connects,
+then compare the walk with the state (``fsclient.sync.candidates``) and hand back only the
+paths that may need something: a no-change run of 100,000 files passes a few bytes. A big
+folder is shared between two children, each a span of its paths (``spans_of``). The same
+comparison runs in the client itself when a child cannot.
 
-The child is ``python -m fsclient.sync.survey FOLDER``. It reads one ``Ask`` (pickled) on stdin
-once its walk is done, so that the state it reads is the one the session has settled on (a new
-store resets the versions first), and writes one ``Survey`` (pickled) on stdout.
+A child is ``python -m fsclient.sync.survey FOLDER LOW [HIGH]``. It reads one ``Ask``
+(pickled) on stdin, once its walk has started, so that the state it reads is the one the
+session has settled on (a new store resets the versions first). It answers on stdout with
+pickled lists of at most CHUNK candidates, then one ``Survey`` without candidates (the end).
+The client takes each list in as it comes (``SurveyAnswer``): neither side ever holds them all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import pickle
+import select
 import signal
-import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from operator import itemgetter
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import IO
 
 import fsclient
-from fsclient.sync.ignore import MARK_SUFFIX, IgnoreRules
-from fsclient.sync.plan import PERMISSIONS
-from fsclient.sync.scan import EVERY_PATH, Scanner, Span, Stat
-from fsclient.sync.state import DB_NAME, MARKER
+from fsclient.sync import candidates as c
+from fsclient.sync.candidates import Ask, Candidate, Survey
+from fsclient.sync.ignore import IgnoreRules
+from fsclient.sync.scan import EVERY_PATH, Span, Stat
 
 log = logging.getLogger(__name__)
 
-Row = tuple[str, int, int, int, int, bytes, int]
-"""A state row, in ``BaseEntry``'s field order (path, size, mtime_ns, mode, inode, digest,
-version): plain tuples pickle several times faster than named ones."""
-Candidate = tuple[str, Stat | None, Row | None]
-"""A path that may need something: its stat if the folder holds it, its state row if any."""
 PARTS = 2
 """Processes that walk a big folder, each a span of it (at most one per CPU)."""
 SPLIT_KEYS = 1000
@@ -48,93 +46,10 @@ SPLIT_KEYS = 1000
 its first SPLIT_DEPTH levels: it is small, and one process walks it (a second one would
 cost more to start than it saves)."""
 SPLIT_DEPTH = 3
-
-
-@dataclass
-class Ask:
-    everything: bool = False
-    """Every path is a candidate (the server's store is new: each file is sent again)."""
-    named: list[str] = field(default_factory=list)
-    """Paths the server changed: each is a candidate, whatever its stat."""
-
-
-@dataclass
-class Survey:
-    candidates: list[Candidate]
-    """In path order."""
-    rows: int
-    """Entries in the state."""
-    stale: list[str] = field(default_factory=list)
-    """Temp files of downloads that never finished (``Scanner.stale``)."""
-    warnings: list[tuple[str, str]] = field(default_factory=list)
-    """(path, why) of what the walk skipped, for the client to log once."""
-
-
-class NotingScanner(Scanner):
-    """A scanner that keeps its warnings for the client to log (it logs each one once)."""
-
-    def __init__(self, folder: Path, rules: IgnoreRules) -> None:
-        super().__init__(folder, rules)
-        self.notes: list[tuple[str, str]] = []
-
-    def warn(self, path: str, why: str) -> None:
-        self.notes.append((path, why))
-
-
-def compare(walked: dict[str, Stat], rows: Iterable[Row], ask: Ask,
-            stat_mark: Callable[[str], Stat | None] = lambda mark: None,
-            ) -> tuple[list[Candidate], int]:  # fmt: skip
-    """The candidates: files new, changed (size, mtime, inode, permissions) or gone since
-    their row, rows without a known version, and the paths *ask* names; and the rows' count.
-    *walked* is emptied. The walk yields marks only of empty folders: a mark's row that it
-    did not meet is looked at with *stat_mark* (its folder may hold files now)."""
-    everything, named = ask.everything, set(ask.named)
-    found: list[Candidate] = []
-    add, take = found.append, walked.pop
-    count = 0
-    for row in rows:
-        count += 1
-        path = row[0]
-        st = take(path, None)
-        if st is None and path.endswith(MARK_SUFFIX):
-            st = stat_mark(path)
-        if path in named:
-            named.discard(path)
-            add((path, st, row))
-        elif (st is None or everything or not row[6] or st[0] != row[1] or st[1] != row[2]
-              or st[2] != row[4] or (st[3] ^ row[3]) & PERMISSIONS):  # fmt: skip
-            add((path, st, row))
-    for path, st in walked.items():
-        named.discard(path)
-        add((path, st, None))
-    walked.clear()
-    found += [(path, None, None) for path in named]
-    found.sort(key=itemgetter(0))
-    return found, count
-
-
-def look(folder: Path, scanner: NotingScanner, walked: dict[str, Stat], ask: Ask,
-         span: Span = EVERY_PATH) -> Survey:  # fmt: skip
-    """Compare *walked* (the files of *span*) with the state's rows of *span*, read now (a
-    connection of its own)."""
-    uri = (folder / MARKER / DB_NAME).resolve().as_uri() + "?mode=ro"
-    db = sqlite3.connect(uri, uri=True)
-    try:
-        rows = db.execute("SELECT * FROM files WHERE path >= ? AND (? IS NULL OR path < ?)",
-                          (span.low, span.high, span.high))  # fmt: skip
-        named = [path for path in ask.named if span.holds(path)]
-        candidates, count = compare(walked, rows, Ask(ask.everything, named), scanner.stat)
-    finally:
-        db.close()
-    # a folder the span's ends cut through is read by two processes: each tells its own
-    stale = [path for path in scanner.stale if span.holds(path)]
-    return Survey(candidates, count, stale, [n for n in scanner.notes if span.holds(n[0])])
-
-
-def look_here(folder: Path, ask: Ask) -> Survey:
-    """The survey, in this process."""
-    scanner = NotingScanner(folder, IgnoreRules.load(folder))
-    return look(folder, scanner, scanner.walk_all(), ask)
+CHUNK = 2000
+"""Candidates per answer: each is taken in while the children go on."""
+LOOK_EVERY = 256
+"""Files walked between two looks for the client's question."""
 
 
 def spans_of(folder: Path, parts: int) -> list[Span]:
@@ -199,6 +114,8 @@ class FolderSurvey:
         root = str(Path(fsclient.__file__).resolve().parent.parent)  # as this process sees it
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.end = Survey([], 0)
+        """After ``parts``: the rows' count, stale temp files and warnings."""
         try:
             for span in spans_of(folder, parts or min(PARTS, os.cpu_count() or 1)):
                 self.procs.append(subprocess.Popen(
@@ -211,62 +128,144 @@ class FolderSurvey:
             self.drop()
             log.warning("cannot start the folder survey (%s); looking in this process", exc)
 
-    def take(self, ask: Ask) -> Survey:
-        """The survey's answer to *ask* (blocks: run it in a thread). If a child failed,
-        the whole look is taken here."""
+    async def parts(self, ask: Ask) -> AsyncIterator[list[Candidate]]:
+        """The candidates, a list at a time, in path order; then ``end`` tells the rest."""
+        import asyncio  # (here: a child, which imports this module, needs no asyncio)
+
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(None, self.take, ask)
+        try:
+            while (part := await loop.run_in_executor(None, answer.next)) is not None:
+                yield part
+        finally:
+            answer.close()
+        self.end = answer.end
+
+    def take(self, ask: Ask) -> SurveyAnswer:
+        """Put *ask* to the children (blocks until each has read it: run it in a thread)."""
         procs, self.procs = self.procs, []
-        if not procs:
-            return look_here(self.folder, ask)
         question = pickle.dumps(ask, pickle.HIGHEST_PROTOCOL)
-        for proc in procs:  # all of them, before the first answer is waited for
-            with contextlib.suppress(OSError):
+        for proc in procs:
+            with contextlib.suppress(OSError):  # one that died says so when it is read
                 assert proc.stdin is not None
                 proc.stdin.write(question)
                 proc.stdin.close()
-        found = Survey([], 0)
-        try:
-            for proc in procs:  # in span order: the candidates stay in path order
-                part = answer(proc)
-                found.candidates += part.candidates
-                found.rows += part.rows
-                found.stale += part.stale
-                found.warnings += part.warnings
-        except SurveyFailed as exc:
-            self.procs = procs
-            self.drop()
-            log.warning("the folder survey failed (%s); looking in this process", exc)
-            return look_here(self.folder, ask)
-        return found
+        return SurveyAnswer(self, procs, ask)
 
     def drop(self) -> None:
         """Not taken (the connection failed, or the client stops): the children go."""
         procs, self.procs = self.procs, []
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+        stop(procs)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 class SurveyFailed(Exception):
     """A child of the survey did not answer (the message says why)."""
 
 
-def answer(proc: subprocess.Popen[bytes]) -> Survey:
-    """One child's part, once it is done (its stdin is already closed)."""
+class SurveyAnswer:
+    """The children's answers, in span order (so in path order), a list at a time; ``end``
+    then tells the rest. If a child fails, the look is taken again in this process, and
+    only what came after the last candidate already handed out is handed out."""
+
+    def __init__(self, survey: FolderSurvey, procs: list[subprocess.Popen[bytes]],
+                 ask: Ask) -> None:  # fmt: skip
+        self.survey = survey
+        self.procs = procs
+        self.ask = ask
+        self.end = Survey([], 0)
+        self.last: str | None = None
+        """The last path handed out."""
+        self.here = not procs
+        """No child was started: the look is taken in this process."""
+
+    def next(self) -> list[Candidate] | None:
+        """The next candidates; None when there are no more (blocks: run it in a thread)."""
+        if self.here:
+            self.here = False
+            return self.look_here()
+        try:
+            while self.procs:
+                part = read_part(self.procs[0])
+                if isinstance(part, list):
+                    if part:
+                        self.last = part[-1][0]
+                        return part
+                    continue
+                self.end.rows += part.rows
+                self.end.stale += part.stale
+                self.end.warnings += part.warnings
+                stop(self.procs[:1])
+                del self.procs[0]
+            return None
+        except SurveyFailed as exc:
+            stop(self.procs)
+            self.procs = []
+            log.warning("the folder survey failed (%s); looking in this process", exc)
+            return self.look_here()
+
+    def look_here(self) -> list[Candidate] | None:
+        """All the candidates not handed out yet, from a look in this process."""
+        self.end = c.look_here(self.survey.folder, self.ask)
+        rest, self.end.candidates = self.end.candidates, []
+        return [one for one in rest if self.last is None or one[0] > self.last] or None
+
+    def close(self) -> None:
+        stop(self.procs)
+        self.procs = []
+
+
+def read_part(proc: subprocess.Popen[bytes]) -> list[Candidate] | Survey:
+    """One answer of a child: a list of candidates, or its ``Survey`` (the end)."""
     assert proc.stdout is not None and proc.stderr is not None
     try:
-        out = proc.stdout.read()
-        err = proc.stderr.read()  # (the child writes it only as it fails)
+        return pickle.load(proc.stdout)  # type: ignore[no-any-return]
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError, AttributeError) as exc:
         proc.wait()
-        if proc.returncode == 0 and out:
-            return pickle.loads(out)  # type: ignore[no-any-return]
-    except (OSError, ValueError, pickle.UnpicklingError, EOFError) as exc:
-        raise SurveyFailed(str(exc)) from exc
-    lines = err.decode(errors="replace").strip().splitlines()
-    raise SurveyFailed(lines[-1] if lines else f"exit code {proc.returncode}")
+        lines = proc.stderr.read().decode(errors="replace").strip().splitlines()
+        why = lines[-1] if lines else str(exc) if proc.returncode == 0 else (
+            f"exit code {proc.returncode}")  # fmt: skip
+        raise SurveyFailed(why) from exc
+
+
+def answer(folder: Path, span: Span, ask: Ask, scanner: c.NotingScanner,
+           walk: Iterator[tuple[str, Stat]], out: IO[bytes]) -> None:  # fmt: skip
+    """The child's answer: its candidates in lists of CHUNK, then its ``Survey``."""
+    found = c.comparison(folder, scanner, ask, span, walk)
+    chunk: list[Candidate] = []
+    for candidate in found:
+        chunk.append(candidate)
+        if len(chunk) >= CHUNK:
+            pickle.dump(chunk, out, pickle.HIGHEST_PROTOCOL)
+            chunk = []
+    if chunk:
+        pickle.dump(chunk, out, pickle.HIGHEST_PROTOCOL)
+    pickle.dump(c.ending(scanner, found.rows, span), out, pickle.HIGHEST_PROTOCOL)
+    out.flush()
+
+
+def walk_until_asked(walk: Iterator[tuple[str, Stat]], asks: IO[bytes]
+                     ) -> list[tuple[str, Stat]]:  # fmt: skip
+    """What the walk finds until the question comes: the walk starts with the client, the
+    comparison only once the session has settled the state."""
+    ahead: list[tuple[str, Stat]] = []
+    poller = select.poll()
+    poller.register(asks, select.POLLIN | select.POLLHUP)
+    while not poller.poll(0):
+        more = list(itertools.islice(walk, LOOK_EVERY))
+        ahead += more
+        if len(more) < LOOK_EVERY:
+            break
+    return ahead
 
 
 def main(argv: list[str]) -> int:
@@ -274,14 +273,17 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the client's to handle
     folder = Path(argv[0])
     span = Span(argv[1], argv[2] if len(argv) > 2 else None)
-    scanner = NotingScanner(folder, IgnoreRules.load(folder))
-    walked = scanner.walk_all(span)
+    scanner = c.NotingScanner(folder, IgnoreRules.load(folder))
+    walk = scanner.walk_sorted(span)
+    ahead = walk_until_asked(walk, sys.stdin.buffer)
     try:
         ask = pickle.load(sys.stdin.buffer)
     except EOFError:  # the client went away, or dropped the survey
         return 0
-    survey = look(folder, scanner, walked, ask, span)
-    pickle.dump(survey, sys.stdout.buffer, pickle.HIGHEST_PROTOCOL)
+    try:
+        answer(folder, span, ask, scanner, itertools.chain(ahead, walk), sys.stdout.buffer)
+    except BrokenPipeError:  # the client stopped reading: it is gone, or has dropped us
+        return 0
     return 0
 
 
