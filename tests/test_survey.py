@@ -136,6 +136,7 @@ def test_a_child_that_fails_is_replaced_by_a_look_in_this_process(tmp_path, monk
 
 def test_a_dropped_survey_stops_its_children(tmp_path, monkeypatch):
     monkeypatch.setattr(survey_module, "SPLIT_KEYS", 64)
+    monkeypatch.setattr(survey_module, "SPLIT_FILES", 100)
     odd_tree(tmp_path)
     StateDB(tmp_path, create=True).close()
     survey = FolderSurvey(tmp_path, parts=2)
@@ -191,7 +192,8 @@ def test_a_span_holds_a_path_exactly_when_the_folders_above_it_say_so(paths, low
 def test_spans_cut_a_big_folder_into_parts_that_together_find_what_one_look_does(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(survey_module, "SPLIT_KEYS", 64)  # a folder of 400 names is "big"
+    monkeypatch.setattr(survey_module, "SPLIT_KEYS", 64)  # a folder of 520 names is "big"
+    monkeypatch.setattr(survey_module, "SPLIT_FILES", 100)
     for d in range(40):  # names that sort apart from their paths: "a-b/..." < "a/..."
         for name in (f"n{d:02}", f"n{d:02}-x", f"n{d:02}.y"):
             (tmp_path / name).mkdir()
@@ -222,9 +224,20 @@ def test_spans_cut_a_big_folder_into_parts_that_together_find_what_one_look_does
             survey.drop()
 
 
-def test_a_small_folder_is_one_span(tmp_path):
+def test_a_folder_is_shared_out_only_if_it_looks_big(tmp_path):
     odd_tree(tmp_path)
     assert spans_of(tmp_path, 2) == [EVERY_PATH]
+    big = tmp_path / "big"
+    for d in range(1000):  # the root's 1,000 folders are enough names: 8 of them are sampled
+        (big / f"d{d:04}").mkdir(parents=True)
+        for f in range(31 if d % 125 == 0 else 0):
+            (big / f"d{d:04}" / f"f{f}").write_bytes(b"")
+    spans = spans_of(big, 2)  # guessed from the sample: 1,000 + 1,000 x 31 entries
+    assert [(s.low, s.high) for s in spans] == [("", "d0500/"), ("d0500/", None)]
+    for d in range(0, 1000, 125):
+        for f in range(31):
+            (big / f"d{d:04}" / f"f{f}").unlink()
+    assert spans_of(big, 2) == [EVERY_PATH]  # 1,000 empty folders
 
 
 def test_a_mark_the_walk_did_not_meet_is_looked_at_before_it_counts_as_gone():
@@ -251,13 +264,15 @@ def test_the_sorted_walk_comes_in_the_order_of_the_paths_bytes(tmp_path):
     assert "a/empty/.fsfolder" in dict(walked)
 
 
-def test_a_survey_of_many_candidates_answers_in_lists(tmp_path):
+def test_a_survey_of_many_candidates_answers_in_lists(tmp_path, monkeypatch):
+    monkeypatch.setattr(survey_module, "SPLIT_FILES", 1000)
     for d in range(50):
         (tmp_path / f"d{d:02}").mkdir()
         for f in range(100):
             (tmp_path / f"d{d:02}" / f"f{f:03}").write_bytes(b"")
     StateDB(tmp_path, create=True).close()
     survey = FolderSurvey(tmp_path, parts=2)
+    assert len(survey.procs) == 2
     try:
         found = taken(survey, Ask())  # (each list holds at most CHUNK)
     finally:

@@ -42,10 +42,13 @@ log = logging.getLogger(__name__)
 PARTS = 2
 """Processes that walk a big folder, each a span of it (at most one per CPU)."""
 SPLIT_KEYS = 1000
-"""Names (files, and folders with a '/') that a folder is shared out by; fewer than this in
-its first SPLIT_DEPTH levels: it is small, and one process walks it (a second one would
-cost more to start than it saves)."""
+"""Folders of one level enough to share a folder out by (else the next level is read, down
+to SPLIT_DEPTH)."""
 SPLIT_DEPTH = 3
+SPLIT_FILES = 30_000
+"""Entries a folder must seem to hold to be walked by PARTS processes rather than one."""
+SAMPLE = 8
+"""Folders of the level below the last one read, listed to guess how much it holds."""
 CHUNK = 2000
 """Candidates per answer: each is taken in while the children go on."""
 LOOK_EVERY = 256
@@ -53,28 +56,41 @@ LOOK_EVERY = 256
 
 
 def spans_of(folder: Path, parts: int) -> list[Span]:
-    """*parts* spans that share the folder's paths out about evenly (by the names of its
-    first levels, read until there are enough of them), or one if it looks small. Each
-    span is walked by a process of its own."""
+    """*parts* spans that share the folder's paths out about evenly (cut between the names of
+    its first levels, read until there are enough of them), or one for a folder that looks
+    smaller than SPLIT_FILES: a second process costs about as much to start as it saves
+    walking 30,000 files."""
     keys: list[str] = []
-    level = [""]
+    level, seen = [""], 0
     for _depth in range(SPLIT_DEPTH):
-        below = []
+        below: list[str] = []
         for rel in level:
-            with contextlib.suppress(OSError), os.scandir(folder / rel) as entries:
-                for entry in entries:
-                    path = f"{rel}/{entry.name}" if rel else entry.name
-                    with contextlib.suppress(OSError):
-                        (below if entry.is_dir(follow_symlinks=False) else keys).append(path)
+            seen += _list(folder, rel, keys, below)
         level = below
         if len(below) >= SPLIT_KEYS:
             break
+    level.sort()  # (so that the sample is spread over the names)
+    sample = level[:: max(1, len(level) // SAMPLE)][:SAMPLE]  # a few of the next level
+    inside = sum(_list(folder, rel, [], []) for rel in sample)
+    guess = seen + (inside * len(level) // len(sample) if sample else 0)
     keys += [path + "/" for path in level]  # every path inside a folder sorts after this
-    if len(keys) < SPLIT_KEYS or parts < 2:
+    if guess < SPLIT_FILES or len(keys) < 2 * parts or parts < 2:
         return [EVERY_PATH]
     keys.sort()
     cuts = sorted({keys[len(keys) * i // parts] for i in range(1, parts)})
     return [Span(low, high) for low, high in zip(["", *cuts], [*cuts, None], strict=True)]
+
+
+def _list(folder: Path, rel: str, files: list[str], folders: list[str]) -> int:
+    """Add the paths in folder *rel* to *files* and *folders*; how many there were."""
+    count = 0
+    with contextlib.suppress(OSError), os.scandir(folder / rel) as entries:
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            count += 1
+            with contextlib.suppress(OSError):
+                (folders if entry.is_dir(follow_symlinks=False) else files).append(path)
+    return count
 
 
 class FolderSurvey:
