@@ -14,7 +14,7 @@ from fsclient import Client, durable
 from fsclient.sync.actions import DB_CHUNK, Actions
 from fsclient.sync.ignore import IgnoreRules
 from fsclient.sync.plan import RemoteState
-from fsclient.sync.reconcile import Reconcile
+from fsclient.sync.reconcile import DOWNLOAD_WINDOW, Reconcile
 from fsclient.sync.scan import Scanner
 from fsclient.sync.state import StateDB
 from fsclient.sync.survey import FolderSurvey
@@ -39,6 +39,14 @@ def test_a_first_pass_of_many_downloads_writes_its_rows_in_chunks(server, tmp_pa
         real_put(self, entries)
 
     monkeypatch.setattr(StateDB, "put", counted)
+    tasks: list[int] = []
+    real_apply = Reconcile.apply
+
+    async def apply(self: Reconcile, *item: object) -> None:
+        tasks.append(len(asyncio.all_tasks()))
+        await real_apply(self, *item)
+
+    monkeypatch.setattr(Reconcile, "apply", apply)
 
     async def main() -> dict:
         scanner = Scanner(folder, IgnoreRules.load(folder))
@@ -50,6 +58,8 @@ def test_a_first_pass_of_many_downloads_writes_its_rows_in_chunks(server, tmp_pa
             return await Reconcile(scanner, db, actions).run(remote, False, FolderSurvey(folder))
 
     assert run(main()) == {}
+    assert len(tasks) == FILES
+    assert max(tasks) <= 3 * DOWNLOAD_WINDOW < FILES  # a window of workers, not a task a file
     assert sum(puts) == FILES
     assert len(puts) == -(-FILES // DB_CHUNK)  # one commit per chunk, not one per file
     rows = {entry.path: entry for entry in db.all()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Iterator
 
 from fsclient.progress import SyncProgress
 from fsclient.resume import kept_temps
@@ -111,21 +112,26 @@ class Reconcile:
         return folder_of(mark) in self.incoming
 
     async def transfer(self, later: list[Later]) -> None:
-        gate = asyncio.Semaphore(DOWNLOAD_WINDOW)
-
-        async def apply(item: Later) -> None:
-            async with gate:
-                await self.apply(*item)
-
-        # downloads first: a file renamed on the server is copied from its old local name
-        # before that name's delete arrives; then the rest, in the same window (deletes wait
-        # for their folder's flush, which those in one folder share)
+        """Downloads first: a file renamed on the server is copied from its old local name
+        before that name's delete arrives; then the rest, in the same window (deletes wait
+        for their folder's flush, which those in one folder share)."""
         self.actions.defer_bases()
         try:
-            await asyncio.gather(*(apply(i) for i in later if i[1].do is Do.DOWNLOAD))
+            await self.in_window(i for i in later if i[1].do is Do.DOWNLOAD)
         finally:
             self.actions.write_deferred(stop=True)
-        await asyncio.gather(*(apply(i) for i in later if i[1].do is not Do.DOWNLOAD))
+        await self.in_window(i for i in later if i[1].do is not Do.DOWNLOAD)
+
+    async def in_window(self, items: Iterator[Later]) -> None:
+        """Apply *items*, DOWNLOAD_WINDOW at a time: as many tasks, each taking the next item
+        when it is done with one (a task per item held a task and a coroutine per file from
+        the start: 2 GB for a million downloads)."""
+
+        async def worker() -> None:
+            for item in items:  # shared: each worker takes the next one
+                await self.apply(*item)
+
+        await asyncio.gather(*(worker() for _ in range(DOWNLOAD_WINDOW)))
 
     async def apply(self, path: str, decision: Decision, local: LocalFile | None,
                     remote: RemoteState | None) -> None:  # fmt: skip
