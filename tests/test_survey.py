@@ -281,3 +281,54 @@ def test_a_survey_of_many_candidates_answers_in_lists(tmp_path, monkeypatch):
     assert [path for path, _, _ in found.candidates] == sorted(
         f"d{d:02}/f{f:03}" for d in range(50) for f in range(100)
     )
+
+
+def test_a_synced_folder_reached_through_a_link_is_walked(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    odd_tree(real)
+    StateDB(real, create=True).close()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    walked = Scanner(link, IgnoreRules.load(link)).walk_all()
+    assert walked == Scanner(real, IgnoreRules.load(real)).walk_all()
+    assert len(walked) == 5 * 20 + 2
+    survey = FolderSurvey(link)
+    try:
+        assert taken(survey, Ask()) == look_here(real, Ask())
+    finally:
+        survey.drop()
+
+
+def test_the_survey_child_loads_no_module_from_where_it_was_started(tmp_path, monkeypatch):
+    odd_tree(tmp_path)
+    StateDB(tmp_path, create=True).close()
+    trap = tmp_path / "d0"  # files of a synced folder: anyone of the share may put them there
+    for name in ("select", "pickle", "pathlib"):
+        (trap / f"{name}.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.chdir(trap)
+    survey = FolderSurvey(tmp_path)
+    try:
+        assert taken(survey, Ask()) == look_here(tmp_path, Ask())
+    finally:
+        survey.drop()
+
+
+def test_a_survey_given_up_neither_answers_nor_looks_again(tmp_path, caplog):
+    odd_tree(tmp_path)
+    StateDB(tmp_path, create=True).close()
+    survey = FolderSurvey(tmp_path)
+    answer = survey.take(Ask())
+    answer.close()  # the session ended: its children are stopped
+    assert answer.next() is None
+    assert "looking in this process" not in caplog.text
+    survey.drop()
+
+
+def test_a_warning_about_a_folder_at_a_cut_is_told_by_the_span_that_reads_it(tmp_path):
+    scanner = survey_module.c.NotingScanner(tmp_path, IgnoreRules.load(tmp_path))
+    scanner.warn("x", "cannot read folder: Permission denied")
+    after = Span("x/", None)  # "x/" is the cut: this span reads x (the one before does not)
+    assert after.meets("x") and not Span("", "x/").meets("x")
+    told = survey_module.c.ending(scanner, 0, after).warnings
+    assert told == [("x", "cannot read folder: Permission denied")]

@@ -140,9 +140,12 @@ def comparison(folder: Path, scanner: Scanner, ask: Ask, span: Span = EVERY_PATH
 
 def ending(scanner: NotingScanner, rows: int, span: Span = EVERY_PATH) -> Survey:
     """What a span's survey tells besides its candidates, once they are all out. A folder
-    the span's ends cut through is read by two processes: each tells its own paths only."""
+    the span's ends cut through is read by two processes: each tells its own paths only. A
+    note may be of a folder F, which the span holding "F/" reads (a note told twice is
+    logged once)."""
     stale = [path for path in scanner.stale if span.holds(path)]
-    return Survey([], rows, stale, [note for note in scanner.notes if span.holds(note[0])])
+    notes = [n for n in scanner.notes if span.holds(n[0]) or span.holds(n[0] + "/")]
+    return Survey([], rows, stale, notes)
 
 
 def look_here(folder: Path, ask: Ask) -> Survey:

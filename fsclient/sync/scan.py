@@ -10,6 +10,7 @@ files would otherwise hold about 57 MiB of stat objects while it is reconciled.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -55,7 +56,10 @@ def same_stat(st: Stat, known: BaseEntry | LocalFile | None) -> bool:
     return known is not None and st[:3] == (known.size, known.mtime_ns, known.inode)
 
 
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_SUBFOLDER_FLAGS = _FOLDER_FLAGS | os.O_NOFOLLOW
+"""A folder inside is never followed if it became a link; the top one may be a link (a synced
+folder can be reached through one, as ``os.scandir`` of it always did)."""
 
 
 @dataclass(frozen=True)
@@ -139,12 +143,17 @@ class Scanner:
         to sync (path, stat), or its mark if it holds nothing to sync, and its sub-folders
         (path, inode) to walk next."""
         try:  # by descriptor: each stat then looks up one name, not the whole path
-            fd = os.open(os.path.join(self.root, rel) if rel else self.root, _FOLDER_FLAGS)
+            fd = (os.open(os.path.join(self.root, rel), _SUBFOLDER_FLAGS) if rel
+                  else os.open(self.root, _FOLDER_FLAGS))  # fmt: skip
+        except (FileNotFoundError, NotADirectoryError):  # gone, or now a file
+            return [], []
         except PermissionError as exc:
             self.warn(rel or ".", f"cannot read folder: {exc.strerror}")
             return [], []
-        except OSError:  # gone, or replaced by a file or a link while we looked
-            return [], []
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and rel:  # replaced by a link while we looked
+                return [], []
+            raise  # (an error that a missing folder must not be mistaken for)
         try:  # (open while its entries are looked at: their stat goes through it)
             return self.entries(rel, inode, list(os.scandir(fd)))
         finally:

@@ -48,31 +48,37 @@ SPLIT_DEPTH = 3
 SPLIT_FILES = 30_000
 """Entries a folder must seem to hold to be walked by PARTS processes rather than one."""
 SAMPLE = 8
-"""Folders of the level below the last one read, listed to guess how much it holds."""
+"""Folders of a level listed to guess how much the whole level holds."""
+LIST_MAX = 50_000
+"""A level that looks bigger than this is not listed to find cuts (its folders are the cuts)."""
 CHUNK = 2000
 """Candidates per answer: each is taken in while the children go on."""
 LOOK_EVERY = 256
 """Files walked between two looks for the client's question."""
+AHEAD_MAX = 100_000
+"""Files walked before the question comes, at most (about 25 MB): then the walk waits."""
 
 
 def spans_of(folder: Path, parts: int) -> list[Span]:
-    """*parts* spans that share the folder's paths out about evenly (cut between the names of
-    its first levels, read until there are enough of them), or one for a folder that looks
-    smaller than SPLIT_FILES: a second process costs about as much to start as it saves
-    walking 30,000 files."""
+    """*parts* spans that share the folder's paths out about evenly, or one for a folder that
+    looks smaller than SPLIT_FILES (a second process costs about as much to start as it
+    saves walking 30,000 files). The cuts are between the names of its first levels, read a
+    level at a time while the next level looks small (a sample of it is listed first): a
+    look costs at most about LIST_MAX names, whatever the folder holds."""
     keys: list[str] = []
-    level, seen = [""], 0
-    for _depth in range(SPLIT_DEPTH):
+    level, seen, guess = [""], 0, 0
+    for depth in range(SPLIT_DEPTH + 1):
+        level.sort()  # (so that the sample is spread over the names)
+        sample = level[:: max(1, len(level) // SAMPLE)][:SAMPLE]
+        inside = sum(_list(folder, rel, [], []) for rel in sample)
+        next_level = inside * len(level) // max(1, len(sample))
+        guess = seen + next_level
+        if not level or len(level) >= SPLIT_KEYS or next_level > LIST_MAX or depth == SPLIT_DEPTH:
+            break
         below: list[str] = []
         for rel in level:
             seen += _list(folder, rel, keys, below)
         level = below
-        if len(below) >= SPLIT_KEYS:
-            break
-    level.sort()  # (so that the sample is spread over the names)
-    sample = level[:: max(1, len(level) // SAMPLE)][:SAMPLE]  # a few of the next level
-    inside = sum(_list(folder, rel, [], []) for rel in sample)
-    guess = seen + (inside * len(level) // len(sample) if sample else 0)
     keys += [path + "/" for path in level]  # every path inside a folder sorts after this
     if guess < SPLIT_FILES or len(keys) < 2 * parts or parts < 2:
         return [EVERY_PATH]
@@ -82,13 +88,16 @@ def spans_of(folder: Path, parts: int) -> list[Span]:
 
 
 def _list(folder: Path, rel: str, files: list[str], folders: list[str]) -> int:
-    """Add the paths in folder *rel* to *files* and *folders*; how many there were."""
+    """Add the paths in folder *rel* to *files* and *folders*; how many there were. A name
+    that is not valid UTF-8 is counted but not added: it cannot be a cut (SQLite could not
+    take it), and the walk skips it anyway."""
     count = 0
     with contextlib.suppress(OSError), os.scandir(folder / rel) as entries:
         for entry in entries:
-            path = f"{rel}/{entry.name}" if rel else entry.name
             count += 1
-            with contextlib.suppress(OSError):
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            with contextlib.suppress(OSError, UnicodeEncodeError):
+                path.encode()
                 (folders if entry.is_dir(follow_symlinks=False) else files).append(path)
     return count
 
@@ -135,7 +144,7 @@ class FolderSurvey:
         try:
             for span in spans_of(folder, parts or min(PARTS, os.cpu_count() or 1)):
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "fsclient.sync.survey", str(folder), span.low,
+                    [sys.executable, "-P", "-m", "fsclient.sync.survey", str(folder), span.low,
                      *([] if span.high is None else [span.high])],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     env=env,
@@ -203,6 +212,8 @@ class SurveyAnswer:
         """The last path handed out."""
         self.here = not procs
         """No child was started: the look is taken in this process."""
+        self.closed = False
+        """Given up (the session ends): no answer is read, nor a look taken, any more."""
 
     def next(self) -> list[Candidate] | None:
         """The next candidates; None when there are no more (blocks: run it in a thread)."""
@@ -224,6 +235,8 @@ class SurveyAnswer:
                 del self.procs[0]
             return None
         except SurveyFailed as exc:
+            if self.closed:  # its children were stopped: not a failure, nobody waits
+                return None
             stop(self.procs)
             self.procs = []
             log.warning("the folder survey failed (%s); looking in this process", exc)
@@ -236,6 +249,7 @@ class SurveyAnswer:
         return [one for one in rest if self.last is None or one[0] > self.last] or None
 
     def close(self) -> None:
+        self.closed = True
         stop(self.procs)
         self.procs = []
 
@@ -276,7 +290,7 @@ def walk_until_asked(walk: Iterator[tuple[str, Stat]], asks: IO[bytes]
     ahead: list[tuple[str, Stat]] = []
     poller = select.poll()
     poller.register(asks, select.POLLIN | select.POLLHUP)
-    while not poller.poll(0):
+    while len(ahead) < AHEAD_MAX and not poller.poll(0):
         more = list(itertools.islice(walk, LOOK_EVERY))
         ahead += more
         if len(more) < LOOK_EVERY:
