@@ -32,6 +32,17 @@ MAX_PATH_BYTES: Final = 4000
 """A valid path is at most this long, so that every packet naming one (FileSyncInit,
 StatResponse, DownloadResponse, ListResponse, ChangeNotification) fits the seed's 4096-byte
 packet whatever the negotiated size."""
+MAX_MTIME_NS: Final = (1 << 63) - 1
+MIN_MTIME_NS: Final = -(1 << 63)
+"""An mtime travels as a signed 64-bit count of nanoseconds (1677 to 2262)."""
+
+
+def wire_mtime(mtime_ns: int) -> int:
+    """*mtime_ns* inside what the protocol (and a state DB's integers) can hold: a file dated
+    after 2262 (a broken camera clock, a bad archive) is synced as of 2262, not refused."""
+    return MIN_MTIME_NS if mtime_ns < MIN_MTIME_NS else min(mtime_ns, MAX_MTIME_NS)
+
+
 MAX_SEGMENT_BYTES: Final = 255
 MAX_NAME_BYTES: Final = 64
 """Share names and client ids."""

@@ -20,7 +20,13 @@ from common import messages as m
 from common.batches import batch_packet_limit
 from common.codec import record_codec
 from common.errors import FSError, RemoteError
-from common.limits import HEADER_SIZE, MAX_BATCH_FILE_BYTES, MAX_BATCH_FILES, MAX_BATCHES_IN_FLIGHT
+from common.limits import (
+    HEADER_SIZE,
+    MAX_BATCH_FILE_BYTES,
+    MAX_BATCH_FILES,
+    MAX_BATCHES_IN_FLIGHT,
+    wire_mtime,
+)
 from fsclient.protocol import refusal
 
 if TYPE_CHECKING:
@@ -44,7 +50,7 @@ def read_small(local: str | os.PathLike[str], limit: int) -> tuple[bytes, int, i
         data = os.pread(fd, st.st_size + 1, 0)
         if len(data) != st.st_size:
             return os.fstat(fd).st_size  # its size now, not the one it had
-        return data, st.st_mtime_ns, stat.S_IMODE(st.st_mode)
+        return data, wire_mtime(st.st_mtime_ns), stat.S_IMODE(st.st_mode)
     finally:
         os.close(fd)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from common.digest import StreamingDigest, digest_of
+from common.limits import wire_mtime
 from common.messages import FileEntry
 from fsclient.durable import FolderSync, WriteBehind
 from fsclient.localfiles import CHUNK, SMALL_FILE, TEMP_MARK
@@ -153,13 +154,13 @@ class FileSource(UploadSource):
             if len(self.whole) != size:
                 raise FileChanged(f"{self.path} changed size while it was read")
             digest = digest_of(self.whole)
-        elif self.known is not None and self.known[:2] == (size, st.st_mtime_ns):
+        elif self.known is not None and self.known[:2] == (size, wire_mtime(st.st_mtime_ns)):
             digest = self.known[2]
         elif size <= PREHASH_MAX:
             digest = self._hash(size)
         self.known = None  # a refresh after a mismatch reads the file again
-        self.stamp = (st.st_size, st.st_mtime_ns)
-        self.meta = SourceMeta(size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), digest)
+        self.stamp = (st.st_size, wire_mtime(st.st_mtime_ns))
+        self.meta = SourceMeta(size, self.stamp[1], stat.S_IMODE(st.st_mode), digest)
 
     def add_digest(self) -> bool:
         if self.meta.digest is not None:
@@ -188,7 +189,7 @@ class FileSource(UploadSource):
         if self.whole is not None:  # sent from memory: what was hashed is what was sent
             return
         st = os.fstat(self.fd)
-        if (st.st_size, st.st_mtime_ns) != self.stamp:
+        if (st.st_size, wire_mtime(st.st_mtime_ns)) != self.stamp:
             raise FileChanged(f"{self.path} changed while it was being uploaded")
 
     def close(self) -> None:

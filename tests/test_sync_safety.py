@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 
 import pytest
@@ -12,7 +13,7 @@ import xxhash
 
 from common import messages as m
 from common.connection import FSConnection
-from common.limits import ANY_VERSION, NO_VERSION
+from common.limits import ANY_VERSION, MAX_MTIME_NS, NO_VERSION
 from common.state import Role
 from fsclient.sync.actions import conflict_name
 from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
@@ -190,3 +191,25 @@ def test_paths_from_the_server_that_escape_the_folder_are_refused(tmp_path):
     assert result.stderr.count("refused a path from the server") == len(EvilServer.BAD)
     for bad in EvilServer.BAD:
         assert "\x00" in bad or repr(bad) in result.stderr
+
+
+def test_a_file_dated_after_2262_is_synced_as_of_2262(server, tmp_path):
+    """Its mtime does not fit the protocol's signed 64-bit nanoseconds (nor the state's
+    integers): it is sent as of the last moment that does, once, and the next run finds
+    nothing to do (it crashed the session before)."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    (a / "plain.txt").write_bytes(b"today")
+    future = a / "future.txt"
+    future.write_bytes(b"from a broken camera clock")
+    os.utime(future, ns=(0, 3 * 10**19))  # the year 2920
+    first = once(a, server.address)
+    assert first.returncode == 0, first.stderr
+    assert "2 uploaded" in first.stdout
+    again = once(a, server.address)
+    assert again.returncode == 0 and "0 uploaded" in again.stdout, again.stdout
+    got = once(b, server.address)
+    assert got.returncode == 0, got.stderr
+    assert (b / "future.txt").read_bytes() == b"from a broken camera clock"
+    assert os.stat(b / "future.txt").st_mtime_ns == MAX_MTIME_NS

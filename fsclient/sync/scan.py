@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common.digest import StreamingDigest, digest_of
 from common.errors import InvalidPath
-from common.limits import MAX_PATH_BYTES, MAX_SEGMENT_BYTES
+from common.limits import MAX_MTIME_NS, MAX_PATH_BYTES, MAX_SEGMENT_BYTES, wire_mtime
 from common.paths import is_canonical
 from fsclient.localfiles import CHUNK, SMALL_FILE, TEMP_MARK
 from fsclient.sync.folders import MARK, MARK_MODE, folder_of, is_mark, mark_of, mark_stat
@@ -48,7 +48,7 @@ and at most MAX_SEGMENT_BYTES long (ASCII: one byte per character)."""
 
 
 def brief(st: os.stat_result) -> Stat:
-    return (st.st_size, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode))
+    return (st.st_size, wire_mtime(st.st_mtime_ns), st.st_ino, stat.S_IMODE(st.st_mode))
 
 
 def same_stat(st: Stat, known: BaseEntry | LocalFile | None) -> bool:
@@ -175,12 +175,10 @@ class Scanner:
                 try:
                     if entry.is_file(follow_symlinks=False):
                         st = entry.stat(follow_symlinks=False)
-                        files.append(
-                            (
-                                prefix + entry.name,
-                                (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777),
-                            )
-                        )
+                        mtime = st.st_mtime_ns  # (after 2262: as of 2262, see ``wire_mtime``)
+                        files.append((prefix + entry.name, (
+                            st.st_size, mtime if mtime <= MAX_MTIME_NS else MAX_MTIME_NS,
+                            st.st_ino, st.st_mode & 0o7777)))  # fmt: skip
                     else:
                         self.other(prefix, entry, files, folders)
                 except FileNotFoundError:  # gone while we looked
@@ -231,7 +229,7 @@ class Scanner:
             self.warn(path, f"{MARK} is the name of an empty folder's mark; skipped")
         elif entry.is_file(follow_symlinks=False):
             st = entry.stat(follow_symlinks=False)
-            files.append((path, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777)))
+            files.append((path, brief(st)))
         else:
             self.warn(path, "not a regular file, skipped")
 
