@@ -68,7 +68,13 @@ def test_the_walk_finds_files_and_empty_folders_and_skips_the_rest(tmp_path):
     assert len(walked) == 5 * 20 + 2
 
 
-def test_the_child_process_and_this_process_find_the_same(tmp_path):
+@pytest.fixture
+def children(monkeypatch):
+    """Even a small folder is looked at by child processes."""
+    monkeypatch.setattr(survey_module, "HERE_MAX", 0)
+
+
+def test_the_child_process_and_this_process_find_the_same(tmp_path, children):
     odd_tree(tmp_path)
     db = StateDB(tmp_path, create=True)
     db.put(base_of(tmp_path, [f"d0/f{f}.txt" for f in range(20)]))
@@ -122,7 +128,9 @@ def test_compare_names_each_kind_of_difference():
     assert nothing == []
 
 
-def test_a_child_that_fails_is_replaced_by_a_look_in_this_process(tmp_path, monkeypatch, caplog):
+def test_a_child_that_fails_is_replaced_by_a_look_in_this_process(
+    tmp_path, monkeypatch, caplog, children
+):
     odd_tree(tmp_path)
     StateDB(tmp_path, create=True).close()
     monkeypatch.setattr(sys, "executable", "/bin/false")  # the child exits 1, saying nothing
@@ -134,7 +142,7 @@ def test_a_child_that_fails_is_replaced_by_a_look_in_this_process(tmp_path, monk
     assert found == look_here(tmp_path, Ask())
 
 
-def test_a_dropped_survey_stops_its_children(tmp_path, monkeypatch):
+def test_a_dropped_survey_stops_its_children(tmp_path, monkeypatch, children):
     monkeypatch.setattr(survey_module, "SPLIT_KEYS", 64)
     monkeypatch.setattr(survey_module, "SPLIT_FILES", 100)
     odd_tree(tmp_path)
@@ -149,7 +157,7 @@ def test_a_dropped_survey_stops_its_children(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("everything", [False, True])
 def test_a_survey_of_an_unchanged_folder_hands_back_nothing_but_what_the_server_named(
-    tmp_path, everything
+    tmp_path, everything, children
 ):
     odd_tree(tmp_path)
     walked = Scanner(tmp_path, IgnoreRules.load(tmp_path)).walk_all()
@@ -190,7 +198,7 @@ def test_a_span_holds_a_path_exactly_when_the_folders_above_it_say_so(paths, low
 
 
 def test_spans_cut_a_big_folder_into_parts_that_together_find_what_one_look_does(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, children
 ):
     monkeypatch.setattr(survey_module, "SPLIT_KEYS", 64)  # a folder of 520 names is "big"
     monkeypatch.setattr(survey_module, "SPLIT_FILES", 100)
@@ -226,7 +234,16 @@ def test_spans_cut_a_big_folder_into_parts_that_together_find_what_one_look_does
 
 def test_a_folder_is_shared_out_only_if_it_looks_big(tmp_path):
     odd_tree(tmp_path)
-    assert spans_of(tmp_path, 2) == [EVERY_PATH]
+    assert spans_of(tmp_path, 2) == []  # 107 entries: looked at in the client itself
+    survey = FolderSurvey(tmp_path)
+    assert survey.procs == []
+    StateDB(tmp_path, create=True).close()
+    assert taken(survey, Ask()) == look_here(tmp_path, Ask())
+    for d in range(20):
+        (tmp_path / f"more{d}").mkdir()
+        for f in range(100):
+            (tmp_path / f"more{d}" / f"f{f}").write_bytes(b"")
+    assert spans_of(tmp_path, 2) == [EVERY_PATH]  # 2,127: one child
     big = tmp_path / "big"
     for d in range(1000):  # the root's 1,000 folders are enough names: 8 of them are sampled
         (big / f"d{d:04}").mkdir(parents=True)
@@ -237,7 +254,7 @@ def test_a_folder_is_shared_out_only_if_it_looks_big(tmp_path):
     for d in range(0, 1000, 125):
         for f in range(31):
             (big / f"d{d:04}" / f"f{f}").unlink()
-    assert spans_of(big, 2) == [EVERY_PATH]  # 1,000 empty folders
+    assert spans_of(big, 2) == []  # 1,000 empty folders: looked at in the client
 
 
 def test_a_mark_the_walk_did_not_meet_is_looked_at_before_it_counts_as_gone():
@@ -283,7 +300,7 @@ def test_a_survey_of_many_candidates_answers_in_lists(tmp_path, monkeypatch):
     )
 
 
-def test_a_synced_folder_reached_through_a_link_is_walked(tmp_path):
+def test_a_synced_folder_reached_through_a_link_is_walked(tmp_path, children):
     real = tmp_path / "real"
     real.mkdir()
     odd_tree(real)
@@ -300,7 +317,9 @@ def test_a_synced_folder_reached_through_a_link_is_walked(tmp_path):
         survey.drop()
 
 
-def test_the_survey_child_loads_no_module_from_where_it_was_started(tmp_path, monkeypatch):
+def test_the_survey_child_loads_no_module_from_where_it_was_started(
+    tmp_path, monkeypatch, children
+):
     odd_tree(tmp_path)
     StateDB(tmp_path, create=True).close()
     trap = tmp_path / "d0"  # files of a synced folder: anyone of the share may put them there
@@ -314,7 +333,7 @@ def test_the_survey_child_loads_no_module_from_where_it_was_started(tmp_path, mo
         survey.drop()
 
 
-def test_a_survey_given_up_neither_answers_nor_looks_again(tmp_path, caplog):
+def test_a_survey_given_up_neither_answers_nor_looks_again(tmp_path, caplog, children):
     odd_tree(tmp_path)
     StateDB(tmp_path, create=True).close()
     survey = FolderSurvey(tmp_path)
