@@ -34,15 +34,9 @@ def odd_tree(root: Path) -> None:
 
 def taken(survey: FolderSurvey, ask: Ask) -> Survey:
     """The whole answer of a survey's children, read as the client reads it."""
-    answer = survey.take(ask)
-    candidates = []
-    try:
-        while (part := answer.next()) is not None:
-            assert 0 < len(part) <= survey_module.CHUNK
-            candidates += part
-    finally:
-        answer.close()
-    return Survey(candidates, answer.end.rows, answer.end.stale, answer.end.warnings)
+    found = survey.whole(ask)
+    assert survey.procs == []  # every child was asked
+    return found
 
 
 def compare(walked: dict, rows: list, ask: Ask, stat_mark=lambda mark: None) -> tuple[list, int]:
@@ -290,12 +284,17 @@ def test_a_survey_of_many_candidates_answers_in_lists(tmp_path, monkeypatch):
     StateDB(tmp_path, create=True).close()
     survey = FolderSurvey(tmp_path, parts=2)
     assert len(survey.procs) == 2
+    answer = survey.take(Ask())
+    parts = []
     try:
-        found = taken(survey, Ask())  # (each list holds at most CHUNK)
+        while (part := answer.next()) is not None:
+            parts.append(part)
     finally:
-        survey.drop()
-    assert len(found.candidates) == 5000 > survey_module.CHUNK
-    assert [path for path, _, _ in found.candidates] == sorted(
+        answer.close()
+    assert all(0 < len(part) <= survey_module.CHUNK for part in parts)
+    found = [candidate for part in parts for candidate in part]
+    assert len(found) == 5000 > survey_module.CHUNK
+    assert [path for path, _, _ in found] == sorted(
         f"d{d:02}/f{f:03}" for d in range(50) for f in range(100)
     )
 

@@ -138,3 +138,21 @@ def test_one_conflict_is_one_conflict(server, tmp_path):
     assert (two / kept.group(1)).read_text() == "two's!"
     assert summary(two, server.address, "1 uploaded, 1 downloaded, 0 deleted, 1 conflict, "
                    "0 failed (11 bytes)").search(result.stdout), result.stdout  # fmt: skip
+
+
+def test_status_of_a_folder_of_thousands_of_files_counts_what_changed(server, tmp_path):
+    folder = tmp_path / "f"
+    for d in range(30):  # 3,000 files: looked at by a survey process, not in the command
+        (folder / f"d{d:02}").mkdir(parents=True)
+        for n in range(100):
+            (folder / f"d{d:02}" / f"{n:03}.txt").write_bytes(b"%d" % n)
+    copy = "d03/x.sync-conflict-20261207-010203-vm-abc123.txt"  # kept from a conflict
+    (folder / copy).write_bytes(b"the other side's version")
+    assert once(folder, server.address).returncode == 0
+    report = status(folder)
+    assert "files in sync:   3001\npending changes: 0\n" in report
+    assert f"conflicts:       1\n  {copy}\n" in report
+    (folder / "d07" / "001.txt").write_bytes(b"changed")
+    (folder / "d29" / "099.txt").unlink()
+    (folder / "d15" / "new.txt").write_bytes(b"new")
+    assert "files in sync:   3001\npending changes: 3\n" in status(folder)

@@ -202,10 +202,11 @@ def unsync(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from fsclient.sync.candidates import Ask, look_here
+    from fsclient.sync.candidates import Ask
     from fsclient.sync.ignore import IgnoreRules
     from fsclient.sync.scan import Scanner
     from fsclient.sync.state import StateDB
+    from fsclient.sync.survey import FolderSurvey
 
     folder = Path(args.dir).absolute()
     if not StateDB.exists(folder):
@@ -214,9 +215,13 @@ def status(args: argparse.Namespace) -> int:
     scanner = Scanner(folder, IgnoreRules.load(folder))
     failures = db.failures()  # why a change did not go through the last time it was tried
     # (a download that failed is no difference on the disk, but it is pending)
-    found = look_here(folder, Ask())
+    survey = FolderSurvey(folder)  # (a big folder is walked by two processes, as a sync does)
+    try:
+        found = survey.whole(Ask())
+    finally:
+        survey.drop()
     pending = set(failures) | {path for path, _, _ in found.candidates}
-    named = {e.path for e in db.all() if ".sync-conflict-" in e.path} | pending
+    named = set(db.paths_containing(".sync-conflict-")) | pending
     conflicts = sorted(
         path for path in named if ".sync-conflict-" in path.rsplit("/")[-1] and scanner.stat(path)
     )

@@ -108,6 +108,11 @@ class StateDB:
         rows = self.db.execute("SELECT path, size, mtime_ns, mode, inode, version FROM files")
         return {row[0]: row for row in rows}
 
+    def paths_containing(self, text: str) -> list[str]:
+        """The paths with *text* in them (a scan in SQLite: no row becomes an object)."""
+        rows = self.db.execute("SELECT path FROM files WHERE instr(path, ?) > 0", (text,))
+        return [path for (path,) in rows]
+
     def empty(self) -> bool:
         return self.db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
 

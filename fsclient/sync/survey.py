@@ -184,6 +184,18 @@ class FolderSurvey:
                 proc.stdin.close()
         return SurveyAnswer(self, procs, ask)
 
+    def whole(self, ask: Ask) -> Survey:
+        """The whole answer at once, in this thread (a command with nothing else to do)."""
+        answer = self.take(ask)
+        candidates: list[Candidate] = []
+        try:
+            while (part := answer.next()) is not None:
+                candidates += part
+        finally:
+            answer.close()
+        end = answer.end
+        return Survey(candidates, end.rows, end.stale, end.warnings)
+
     def drop(self) -> None:
         """Not taken (the connection failed, or the client stops): the children go."""
         procs, self.procs = self.procs, []
