@@ -55,7 +55,7 @@ def base_of(root: Path, paths: list[str], version: int = 1) -> list[BaseEntry]:
 
 def test_the_walk_finds_files_and_empty_folders_and_skips_the_rest(tmp_path):
     odd_tree(tmp_path)
-    walked = Scanner(tmp_path, IgnoreRules.load(tmp_path)).walk_all()
+    walked = dict(Scanner(tmp_path, IgnoreRules.load(tmp_path)).walk())
     assert "d1/caf\u00e9.txt" in walked and "d0/f19.txt" in walked
     assert "empty/deeper/.fsfolder" in walked  # the mark of the empty folder, not its parent's
     assert not {"d2/x.fs-tmp-1", "d3/.fsfolder", "d4/link", "empty/.fsfolder"} & walked.keys()
@@ -154,7 +154,7 @@ def test_a_survey_of_an_unchanged_folder_hands_back_nothing_but_what_the_server_
     tmp_path, everything, children
 ):
     odd_tree(tmp_path)
-    walked = Scanner(tmp_path, IgnoreRules.load(tmp_path)).walk_all()
+    walked = dict(Scanner(tmp_path, IgnoreRules.load(tmp_path)).walk())
     db = StateDB(tmp_path, create=True)
     db.put(
         BaseEntry(path, size, mtime_ns, mode, inode, b"d" * 16, 1)
@@ -202,7 +202,7 @@ def test_spans_cut_a_big_folder_into_parts_that_together_find_what_one_look_does
             for f in range(3):
                 (tmp_path / name / f"f{f}").write_text(f"{name} {f}")
         (tmp_path / f"n{d:02}0").write_text("a file between folders' paths")
-    walked = Scanner(tmp_path, IgnoreRules.load(tmp_path)).walk_all()
+    walked = dict(Scanner(tmp_path, IgnoreRules.load(tmp_path)).walk())
     db = StateDB(tmp_path, create=True)
     db.put(BaseEntry(path, size, mtime_ns, mode, inode, b"d" * 16, 1)
            for path, (size, mtime_ns, inode, mode) in walked.items())  # fmt: skip
@@ -270,8 +270,8 @@ def test_the_sorted_walk_comes_in_the_order_of_the_paths_bytes(tmp_path):
     (tmp_path / "a" / "empty").mkdir()
     scanner = Scanner(tmp_path, IgnoreRules.load(tmp_path))
     walked = list(scanner.walk_sorted())
-    assert [path for path, _ in walked] == sorted(scanner.walk_all())
-    assert dict(walked) == scanner.walk_all()
+    assert [path for path, _ in walked] == sorted(dict(scanner.walk()))
+    assert dict(walked) == dict(scanner.walk())
     assert "a/empty/.fsfolder" in dict(walked)
 
 
@@ -306,8 +306,8 @@ def test_a_synced_folder_reached_through_a_link_is_walked(tmp_path, children):
     StateDB(real, create=True).close()
     link = tmp_path / "link"
     link.symlink_to(real)
-    walked = Scanner(link, IgnoreRules.load(link)).walk_all()
-    assert walked == Scanner(real, IgnoreRules.load(real)).walk_all()
+    walked = dict(Scanner(link, IgnoreRules.load(link)).walk())
+    assert walked == dict(Scanner(real, IgnoreRules.load(real)).walk())
     assert len(walked) == 5 * 20 + 2
     survey = FolderSurvey(link)
     try:

@@ -40,20 +40,25 @@ class Survey:
     rows: int
     """Entries in the state."""
     stale: list[str] = field(default_factory=list)
-    """Temp files of downloads that never finished (``Scanner.stale``)."""
+    """Temp files of downloads that never finished (``Scanner.leftover``)."""
     warnings: list[tuple[str, str]] = field(default_factory=list)
     """(path, why) of what the walk skipped, for the client to log once."""
 
 
 class NotingScanner(Scanner):
-    """A scanner that keeps its warnings for the client to log (it logs each one once)."""
+    """A scanner that keeps its warnings for the client to log (it logs each one once), and
+    the temp files it meets, for the client to remove."""
 
     def __init__(self, folder: Path, rules: IgnoreRules) -> None:
         super().__init__(folder, rules)
         self.notes: list[tuple[str, str]] = []
+        self.stale: list[str] = []
 
     def warn(self, path: str, why: str) -> None:
         self.notes.append((path, why))
+
+    def leftover(self, path: str) -> None:
+        self.stale.append(path)
 
 
 def _joined(walk: Iterator[tuple[str, Stat]], rows: Iterator[Row]

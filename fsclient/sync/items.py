@@ -50,6 +50,11 @@ class UploadList:
     def expected(self, at: int) -> int:
         return self.numbers[4 * at + 3]
 
+    def known(self, at: int) -> tuple[int, int, bytes] | None:
+        """(size, mtime_ns, digest) if the scan read the file, else None."""
+        digest = self.digests.get(at)
+        return (self.numbers[4 * at], self.mtimes[at], digest) if digest else None
+
 
 class Paths(Sequence[tuple[str, int]]):
     """(path, expected version) of each of *files*, for ``send_marks``, made when read."""
@@ -95,7 +100,4 @@ class UploadItems(ItemSequence):
             return [self[i] for i in range(*at.indices(len(self)))]
         files, index = self.files, self.indexes[at]
         path = files.paths[index]
-        digest = files.digests.get(index)
-        known = (files.numbers[4 * index], files.mtimes[index], digest) if digest else None
-        expected = files.numbers[4 * index + 3]
-        return (self.top + path, path, expected, known)
+        return (self.top + path, path, files.expected(index), files.known(index))

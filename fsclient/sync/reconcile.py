@@ -41,6 +41,8 @@ class Reconcile:
         self.undone: dict[str, Outcome] = {}
         self.incoming: set[str] | None = None
         """Folders that files from the server are on their way into (made when needed)."""
+        self.remote: dict[str, RemoteState] = {}
+        self.reseed = False
         self.uploads = UploadList()
         self.later: list[Later] = []
         self.records: list[tuple[str, bytes, int]] = []
@@ -50,10 +52,10 @@ class Reconcile:
         """Bring folder and server together, path by path; the paths that were not DONE.
         The folder was walked meanwhile, by the survey's processes: they hand over only the
         paths that may need something (all of them if *reseed*), a list at a time."""
+        self.remote, self.reseed = remote, reseed
         async for part in survey.parts(Ask(reseed, list(remote))):
             for path, st, row in part:
-                self.consider(path, st, BaseEntry._make(row) if row else None,
-                              remote.get(path), remote, reseed)  # fmt: skip
+                self.consider(path, st, BaseEntry._make(row) if row else None)
         found = survey.end
         for path, why in found.warnings:
             self.scanner.warn(path, why)
@@ -83,21 +85,20 @@ class Reconcile:
             self.actions.progress = None
         return self.undone
 
-    def consider(self, path: str, st: Stat | None, here: BaseEntry | None,
-                 news: RemoteState | None, remote: dict[str, RemoteState], reseed: bool,
-                 ) -> None:  # fmt: skip
+    def consider(self, path: str, st: Stat | None, here: BaseEntry | None) -> None:
         """Decide on one path: an upload, a record, or something for later."""
         if self.scanner.rules.ignored(path):
             return
         if st is None and is_mark(path):  # the walk yields only marks of empty folders
             st = self.scanner.stat(path)
+        news = self.remote.get(path)
         try:
             current = self.scanner.local(path, st, here, lazy=news is None) if st else None
         except OSError as exc:  # unreadable: this path fails, not the session
             self.undone[path] = self.actions.fail(path, exc)
             return
-        decision = decide(here, current, news, reseed)
-        if decision.do is Do.UPLOAD and is_mark(path) and self.filling(path, remote):
+        decision = decide(here, current, news, self.reseed)
+        if decision.do is Do.UPLOAD and is_mark(path) and self.filling(path):
             return  # an empty folder that downloads fill (one cut short, say): no mark
         if decision.do is Do.UPLOAD and current is not None:
             self.uploads.append(current, decision.expected)
@@ -106,9 +107,9 @@ class Reconcile:
         elif decision.do is not Do.NOTHING:
             self.later.append((path, decision, current, news))
 
-    def filling(self, mark: str, remote: dict[str, RemoteState]) -> bool:
+    def filling(self, mark: str) -> bool:
         if self.incoming is None:
-            self.incoming = parents(p for p, news in remote.items() if not news.deleted)
+            self.incoming = parents(p for p, news in self.remote.items() if not news.deleted)
         return folder_of(mark) in self.incoming
 
     async def transfer(self, later: list[Later]) -> None:

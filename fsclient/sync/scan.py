@@ -93,8 +93,6 @@ class Scanner:
         self.root = str(folder)
         self.rules = rules
         self.warned: set[str] = set()
-        self.stale: list[str] = []
-        """Temp files of downloads that never finished (a killed client), seen by walk()."""
 
     def walk(self, under: str = "") -> Iterator[tuple[str, Stat]]:
         """Every regular file (path, stat) below *under* ("" for all), not ignored, and the
@@ -106,10 +104,6 @@ class Scanner:
             files, folders = self.folder(*stack.pop())
             yield from files
             stack += folders
-
-    def walk_all(self) -> dict[str, Stat]:
-        """``walk`` of the whole folder, into a dict."""
-        return dict(self.walk())
 
     def walk_sorted(self, span: Span = EVERY_PATH) -> Iterator[tuple[str, Stat]]:
         """``walk`` of *span*, in the order of the paths' bytes (the order of the state's
@@ -212,7 +206,7 @@ class Scanner:
         is_dir = entry.is_dir(follow_symlinks=False)
         if TEMP_MARK in name:  # always ignored; a file is a download's leftover
             if not is_dir:
-                self.stale.append(path)
+                self.leftover(path)
             return
         if self.rules.only_always:  # only the built-in rules: the marker folder at the top
             if not prefix and name == MARKER:
@@ -329,6 +323,11 @@ class Scanner:
             return False
         self.warn(path, "name is not in Unicode NFC form; skipped")
         return False
+
+    def leftover(self, path: str) -> None:
+        """The temp file of a download that never finished (a killed client), met by a walk:
+        only a session's first look removes them (``NotingScanner``), before any download of
+        its own runs."""
 
     def warn(self, path: str, why: str) -> None:
         if path not in self.warned:

@@ -100,14 +100,6 @@ class StateDB:
         for row in self.db.execute("SELECT * FROM files ORDER BY path"):
             yield make(row)
 
-    def stats(self) -> dict[str, tuple[str, int, int, int, int, int]]:
-        """Every entry's (path, size, mtime_ns, mode, inode, version), by path: what a
-        session's first pass compares the whole folder with (``get`` reads the whole entry
-        of a path that differs). Plain rows without the digest: a no-change run of 100,000
-        files needs neither a ``BaseEntry`` nor a digest for any of them."""
-        rows = self.db.execute("SELECT path, size, mtime_ns, mode, inode, version FROM files")
-        return {row[0]: row for row in rows}
-
     def paths_containing(self, text: str) -> list[str]:
         """The paths with *text* in them (a scan in SQLite: no row becomes an object)."""
         rows = self.db.execute("SELECT path FROM files WHERE instr(path, ?) > 0", (text,))
