@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 import stat
 
+from fsclient.sync.engine import SyncEngine
 from fsclient.sync.ignore import IgnoreRules
+from fsclient.sync.state import StateDB
+from tests.conftest import run
 from tests.served import listing
 from tests.serverproc import wait_for
 from tests.syncproc import files, once, started, status
@@ -54,6 +57,40 @@ def test_a_chmod_reaches_another_client_with_once(server, tmp_path):
     assert mode(two / "tool") == 0o755
     again = once(two, server.address, "-v")  # settled: nothing more to do either way
     assert again.stdout.startswith(f"synced {two} with ")
+
+
+def test_a_chmod_made_here_while_the_servers_chmod_is_flushed_is_sent(server, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """The server's chmod is applied (fchmod, then fsync), and the user chmods the file again
+    during the flush: the base keeps the server's mode, so the user's is seen and sent, not
+    taken for the server's (the live chmod test lost it so, now and then)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    (one / "tool").write_bytes(b"tool")
+    (one / "tool").chmod(0o644)
+    assert once(one, server.address).returncode == 0
+    assert once(two, server.address).returncode == 0
+    (one / "tool").chmod(0o755)
+    assert once(one, server.address).returncode == 0
+    flush = os.fsync
+    inode = os.stat(two / "tool").st_ino
+
+    def chmod_during_flush(fd: int) -> None:
+        if os.fstat(fd).st_ino == inode:
+            os.chmod(two / "tool", 0o700)  # the user, between the fchmod and the base
+        flush(fd)
+
+    monkeypatch.setattr(os, "fsync", chmod_during_flush)
+    engine = SyncEngine(two, StateDB(two), server.address, "default", "two", once=True)
+    try:
+        assert run(engine.run()) == 0
+    finally:
+        engine.db.close()
+    monkeypatch.undo()
+    assert mode(two / "tool") == 0o700
+    assert once(two, server.address).returncode == 0  # the user's chmod, sent
+    assert once(one, server.address).returncode == 0
+    assert mode(one / "tool") == 0o700
 
 
 def test_the_same_bytes_with_other_permissions_are_no_conflict(server, tmp_path):

@@ -230,15 +230,18 @@ class Actions:
 
     def _chmod(self, path: str, remote: RemoteState, check: Callable[[], None]) -> Outcome:
         """The bytes are here already: only the permissions change (and are flushed before
-        the base says so: a chmod lost to a power cut would look like one made here)."""
+        the base says so: a chmod lost to a power cut would look like one made here). The
+        base takes the mode the file had right after the chmod, not at the end: a chmod made
+        here during the flush would otherwise be taken for the server's, and never sent."""
         check()
         fd = os.open(self.abs(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             os.fchmod(fd, remote.mode & PERMISSIONS)
+            size, mtime_ns, inode, mode = brief(os.fstat(fd))
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.record(path, remote.digest, remote.version)
+        self.put_base(BaseEntry(path, size, mtime_ns, mode, inode, remote.digest, remote.version))
         self.succeeded(path)
         self.tally.downloaded(path, 0, f"set {path} to mode {remote.mode & PERMISSIONS:o}")
         return Outcome.DONE
