@@ -65,8 +65,8 @@ class LatencyOutcome:
 
 def _cpu_by_role(server: FsServer, groups: list[fanout.Subscribers]) -> dict[str, float]:
     roles: dict[str, float] = {}
-    procs = [(p.name(), p) for p in [psutil.Process(server.proc.pid),
-                                     *psutil.Process(server.proc.pid).children()]]  # fmt: skip
+    family = psutil.Process(server.proc.pid)
+    procs = [(p.name(), p) for p in [family, *family.children(recursive=True)]]
     procs += [("subscribers", psutil.Process(g.proc.pid)) for g in groups]
     for name, proc in procs:
         if name == "python":  # multiprocessing's resource tracker

@@ -1,8 +1,9 @@
 """Worker and hasher processes as the supervisor sees them: spawn, watch, stop.
 
-Children are started with multiprocessing's *spawn* method, so they share the supervisor's
-resource tracker (an attach to the arena then never unlinks it) and inherit only the sockets
-passed to them.
+Children are started with multiprocessing's *forkserver* method: forked from a process that
+imported their code once (``fsserver.forkbase``), they share its pages instead of each holding
+a copy. They share the supervisor's resource tracker (an attach to the arena then never unlinks
+it) and inherit only the sockets passed to them, as spawned children do.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from fsserver.channel import MessageChannel
 
 log = logging.getLogger(__name__)
 
-SPAWN = multiprocessing.get_context("spawn")
+CHILDREN = multiprocessing.get_context("forkserver")
+CHILDREN.set_forkserver_preload(["fsserver.forkbase"])
 QUICK_DEATH = 5.0
 """A child that dies sooner than this after starting counts as a failed boot."""
 MAX_QUICK_DEATHS = 5
@@ -70,7 +72,7 @@ def spawn(
     on_exit: Callable[[Child], None],
 ) -> Child:
     """Start a child and call *on_exit* on the loop when it ends."""
-    process = SPAWN.Process(target=target, args=args, name=f"{role.value}-{index}", daemon=False)
+    process = CHILDREN.Process(target=target, args=args, name=f"{role.value}-{index}", daemon=False)
     # A terminal's Ctrl-C reaches the whole process group: a child still loading Python would
     # die of it with a traceback. It starts with SIGINT blocked (kept across exec; a signal
     # meanwhile waits for the unblock here), and ignores it in setup_child.

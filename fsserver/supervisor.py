@@ -25,7 +25,7 @@ from fsserver.acceptor import Acceptor, ListenError
 from fsserver.auth import TokenFileError, check_tokens_file
 from fsserver.calls import StoreCalls
 from fsserver.channel import MessageChannel, channel_pair
-from fsserver.children import SPAWN, Child, RestartPolicy, Role, spawn, stop_all
+from fsserver.children import CHILDREN, Child, RestartPolicy, Role, spawn, stop_all
 from fsserver.config import ServerConfig
 from fsserver.durability import Durability
 from fsserver.hasher import serve_jobs
@@ -139,7 +139,7 @@ class Supervisor:
                                           reserve=not cfg.data_dir)  # fmt: skip
         except (OSError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
-        filled, self.arena_filled = SPAWN.Pipe(duplex=False)
+        filled, self.arena_filled = CHILDREN.Pipe(duplex=False)
         self.arena_ref = ArenaRef(self.arena.name, filled)
         self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota, cfg.resume_timeout)
         self.store.arena = self.arena.view

@@ -43,6 +43,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def server_children(pid: int) -> list[psutil.Process]:
+    """Every process a server started: the fork server, the workers, hashers and persister it
+    forked, and multiprocessing's resource tracker."""
+    return psutil.Process(pid).children(recursive=True)
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
     """Poll *predicate* until it returns something truthy, or fail after *timeout* seconds."""
     deadline = time.monotonic() + timeout
@@ -137,7 +143,7 @@ class ServerProcess:
 
     def child(self, name: str) -> psutil.Process:
         """The server's child process *name* (``worker-0``, ``hasher-1``...)."""
-        found = [p for p in psutil.Process(self.pid).children() if p.name() == f"fs-{name}"]
+        found = [p for p in server_children(self.pid) if p.name() == f"fs-{name}"]
         assert len(found) == 1, f"{len(found)} children named fs-{name}"
         return found[0]
 

@@ -7,18 +7,17 @@ import asyncio
 import os
 import signal
 
-import psutil
 import pytest
 
 from common.errors import FSError, HashMismatch
 from fsclient import Client
 from fsclient.protocol import ConnectionLost
 from tests.conftest import run
-from tests.serverproc import ServerProcess, eventually
+from tests.serverproc import ServerProcess, eventually, server_children
 
 
 def kill_workers(server, sig: int = signal.SIGKILL) -> None:
-    for child in psutil.Process(server.pid).children():
+    for child in server_children(server.pid):
         if child.name().startswith("fs-worker"):
             os.kill(child.pid, sig)
 

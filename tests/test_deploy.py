@@ -188,7 +188,7 @@ def test_the_container_command_runs_as_is(dockerfile, tmp_path):
 
 def children(pid: int) -> dict[str, int]:
     """How many workers and hashers the server runs (their process names say which)."""
-    names = [child.name() for child in psutil.Process(pid).children()]
+    names = [child.name() for child in psutil.Process(pid).children(recursive=True)]
     return {role: sum(name.startswith(f"fs-{role}-") for name in names)
             for role in ("worker", "hasher")}  # fmt: skip
 

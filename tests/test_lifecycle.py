@@ -18,7 +18,7 @@ from common.limits import ANY_VERSION
 from fsclient import Client
 from tests.conftest import run
 from tests.rawclient import RawClient
-from tests.serverproc import free_port, start_server, wait_for
+from tests.serverproc import free_port, server_children, start_server, wait_for
 
 
 def server_family(pid: int) -> list[psutil.Process]:
@@ -133,13 +133,13 @@ def test_crashed_worker_is_replaced_and_files_survive(server_factory):
     holder.send(m.FileSyncInit(1, 3 << 20, 0, 0o644, ANY_VERSION, None, "held.bin"))
     assert holder.expect(m.FileSyncInitResponse).status is m.InitStatus.ACCEPTED
     assert server.metric("fs_store_used_bytes") > 3 << 20
-    children = psutil.Process(server.pid).children()
+    children = server_children(server.pid)
     names = sorted(p.name() for p in children if p.name().startswith("fs-"))
-    assert names == ["fs-hasher-0", "fs-worker-0", "fs-worker-1"]
+    assert names == ["fs-forkserver", "fs-hasher-0", "fs-worker-0", "fs-worker-1"]
     victim = server.kill_child("worker-1")
 
     def replaced() -> bool:
-        current = psutil.Process(server.pid).children()
+        current = server_children(server.pid)
         return victim.pid not in [p.pid for p in current] and "fs-worker-1" in [
             p.name() for p in current
         ]

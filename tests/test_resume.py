@@ -24,7 +24,7 @@ from tests.cli import cli_env, fsclient, fsclient_command
 from tests.conftest import run
 from tests.rawclient import RawClient
 from tests.relay import Relay
-from tests.serverproc import ROOT, ServerProcess, eventually, wait_for
+from tests.serverproc import ROOT, ServerProcess, eventually, server_children, wait_for
 from tests.syncproc import SyncProcess
 
 MiB = 1 << 20
@@ -196,7 +196,7 @@ def started_at(pid: int) -> float:
 
 def worker_serving(server: ServerProcess, port: int) -> psutil.Process:
     """The worker process holding the server end of the connection from local *port*."""
-    for child in psutil.Process(server.pid).children():
+    for child in server_children(server.pid):
         if not child.name().startswith("fs-worker"):
             continue
         if any(c.raddr and c.raddr.port == port for c in child.net_connections("tcp")):
@@ -268,7 +268,7 @@ def test_kill_9_of_the_worker_serving_a_put(server_factory, tmp_path):
     assert relay.up[1] < 0.75 * size, "and resumed: it sent less than the whole file again"
 
     def replacement() -> psutil.Process | None:
-        found = [p for p in psutil.Process(server.pid).children()
+        found = [p for p in server_children(server.pid)
                  if p.name() == name and p.pid != victim.pid]  # fmt: skip
         return found[0] if found else None
 

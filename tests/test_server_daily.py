@@ -21,7 +21,7 @@ from fsserver.config import parse_size
 from tests.cli import fsclient, fsserver_tool
 from tests.conftest import run
 from tests.secured import add_token
-from tests.serverproc import ROOT, wait_for
+from tests.serverproc import ROOT, server_children, wait_for
 
 
 def one_line(text: str) -> str:
@@ -55,20 +55,21 @@ def test_ps_shows_each_server_process_role(server_factory, tmp_path):
     supervisor = title(server.pid)
     assert supervisor.startswith("fsserver: supervisor --host 127.0.0.1 --port 0"), supervisor
     expected = {"fsserver: worker 0", "fsserver: worker 1", "fsserver: hasher 0",
-                "fsserver: persister"}  # fmt: skip
+                "fsserver: persister", "fsserver: fork server"}  # fmt: skip
 
     def children() -> set[str]:
-        found = {title(p.pid) for p in psutil.Process(server.pid).children()}
+        found = {title(p.pid) for p in server_children(server.pid)}
         # multiprocessing's resource tracker runs no code of ours: it keeps its command line
         return {t for t in found if "multiprocessing.resource_tracker" not in t}
 
     wait_for(lambda: children() == expected, 30, f"children titled {expected}")
-    shown = subprocess.run(["ps", "-o", "args=", "--ppid", str(server.pid)], capture_output=True,
-                           text=True, check=True).stdout  # fmt: skip
+    family = ",".join(str(p.pid) for p in server_children(server.pid))
+    shown = subprocess.run(["ps", "-o", "args=", "-p", family], capture_output=True, text=True,
+                           check=True).stdout  # fmt: skip
     assert expected <= {line.strip() for line in shown.splitlines()}
-    assert "multiprocessing.spawn" not in shown
-    names = {p.name() for p in psutil.Process(server.pid).children()}  # top's names stay
-    assert {"fs-worker-0", "fs-worker-1", "fs-hasher-0", "fs-persister-0"} <= names
+    assert "multiprocessing.spawn" not in shown and "multiprocessing.forkserver" not in shown
+    names = {p.name() for p in server_children(server.pid)}  # top's names stay
+    assert {"fs-worker-0", "fs-worker-1", "fs-hasher-0", "fs-persister-0", "fs-forkserver"} <= names
     assert psutil.Process(server.pid).name() == "fsserver"
 
 

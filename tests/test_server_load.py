@@ -7,13 +7,12 @@ import asyncio
 import contextlib
 import time
 
-import psutil
-
 from common import messages as m
 from common.codec import HEADER, decode_body
 from fsclient import Client
 from tests.conftest import run
 from tests.rawclient import RawClient
+from tests.serverproc import server_children
 
 FLOOD = 4000
 """Requests in the flood: about 4 s of the store's time on a quiet 2-core machine, all of it
@@ -21,7 +20,7 @@ a margin for the other client to arrive in the middle."""
 
 
 def worker_pids(server) -> set[int]:
-    return {p.pid for p in psutil.Process(server.pid).children() if p.name().startswith("fs-w")}
+    return {p.pid for p in server_children(server.pid) if p.name().startswith("fs-w")}
 
 
 def test_huge_list_page_and_long_backlog_keep_the_worker(server_factory, tmp_path):
