@@ -136,6 +136,28 @@ def test_a_child_that_fails_is_replaced_by_a_look_in_this_process(
     assert found == look_here(tmp_path, Ask())
 
 
+def test_a_child_whose_answer_is_unreadable_is_ended_and_replaced(
+    tmp_path, monkeypatch, caplog, children
+):
+    """Its answer cannot be read, and it lives on (it could be blocked writing the rest): it
+    is ended, not waited for, and the look is taken in this process."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    odd_tree(folder)
+    StateDB(folder, create=True).close()
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nprintf 'not a pickle'\nexec sleep 600\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    monkeypatch.setattr(survey_module, "END_WAIT", 0.1)
+    survey = FolderSurvey(folder)
+    procs = list(survey.procs)
+    found = taken(survey, Ask())
+    assert "the folder survey failed (exit code -9)" in caplog.text
+    assert all(proc.returncode == -9 for proc in procs)  # killed, not left asleep
+    assert found == look_here(folder, Ask())
+
+
 def test_a_dropped_survey_stops_its_children(tmp_path, monkeypatch, children):
     monkeypatch.setattr(survey_module, "SPLIT_KEYS", 64)
     monkeypatch.setattr(survey_module, "SPLIT_FILES", 100)

@@ -60,6 +60,8 @@ LOOK_EVERY = 256
 """Files walked between two looks for the client's question."""
 AHEAD_MAX = 100_000
 """Files walked before the question comes, at most (about 25 MB): then the walk waits."""
+END_WAIT = 2.0
+"""Seconds a child whose answer failed is given to end on its own (its error told)."""
 
 
 def spans_of(folder: Path, parts: int) -> list[Span]:
@@ -279,11 +281,25 @@ def read_part(proc: subprocess.Popen[bytes]) -> list[Candidate] | Survey:
     try:
         return pickle.load(proc.stdout)  # type: ignore[no-any-return]
     except (OSError, ValueError, pickle.UnpicklingError, EOFError, AttributeError) as exc:
-        proc.wait()
+        ended(proc)
         lines = proc.stderr.read().decode(errors="replace").strip().splitlines()
         why = lines[-1] if lines else str(exc) if proc.returncode == 0 else (
             f"exit code {proc.returncode}")  # fmt: skip
         raise SurveyFailed(why) from exc
+
+
+def ended(proc: subprocess.Popen[bytes]) -> None:
+    """A child whose answer could not be read: it has ended, or is ended now. One that lives
+    on may be blocked writing the rest of its answer, which nobody reads any more: its pipe
+    is closed (it ends at its next write), and it is killed if it has not ended soon after.
+    (Waiting for it alone hung the client once, under py-spy, after an ``UnpicklingError``.)"""
+    assert proc.stdout is not None
+    proc.stdout.close()
+    try:
+        proc.wait(END_WAIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def answer(folder: Path, span: Span, ask: Ask, scanner: c.NotingScanner,
