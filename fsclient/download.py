@@ -13,7 +13,7 @@ from common import messages as m
 from common.errors import FSError, HashMismatch
 from fsclient.protocol import refusal
 from fsclient.resume import keep_partial, lost, take_partial
-from fsclient.transfer import DownloadTarget, Progress
+from fsclient.transfer import DownloadTarget, Progress, as_written
 
 if TYPE_CHECKING:
     from fsclient.client import Client
@@ -56,8 +56,8 @@ async def _session(client: Client, path: str, dest: Path, progress: Progress | N
         if not ok:
             raise HashMismatch(f"{path}: downloaded bytes have digest {actual.hex()}, "
                                f"expected {reply.entry.digest.hex()}")  # fmt: skip
-        await target.commit(before_replace, client.folders)
-        return reply.entry
+        kept = await target.commit(before_replace, client.folders)
+        return as_written(reply.entry, kept)
     except FSError as exc:
         kept = target.keep() if lost(exc) else None
         if kept is not None:

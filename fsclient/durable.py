@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,15 +41,19 @@ def in_thread(path: str | os.PathLike[str]) -> asyncio.Future[None]:
     return asyncio.get_running_loop().run_in_executor(None, fsync_path, path)
 
 
-def settle(path: str | os.PathLike[str], mode: int, mtime_ns: int) -> None:
-    """Give a written file its permissions and mtime, and flush it to the disk."""
+def settle(path: str | os.PathLike[str], mode: int, mtime_ns: int) -> int:
+    """Give a written file its permissions and mtime, and flush it to the disk. Returns the
+    permissions it has right after the chmod: what the file system keeps (one that cannot
+    hold them keeps its own), read before a chmod made meanwhile by someone else could be."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         os.fchmod(fd, mode)
+        kept = stat.S_IMODE(os.fstat(fd).st_mode)
         os.utime(fd, ns=(mtime_ns, mtime_ns))
         os.fsync(fd)
     finally:
         os.close(fd)
+    return kept
 
 
 _Settle = tuple[str | os.PathLike[str], int, int]
@@ -69,18 +74,19 @@ class FileFlush:
     on the flushes (on tmpfs, or a disk with a write cache)."""
 
     def __init__(self) -> None:
-        self.waiting: list[tuple[_Settle, asyncio.Future[None]]] = []
+        self.waiting: list[tuple[_Settle, asyncio.Future[int]]] = []
         self.jobs = 0
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    async def settle(self, path: str | os.PathLike[str], mode: int, mtime_ns: int) -> None:
+    async def settle(self, path: str | os.PathLike[str], mode: int, mtime_ns: int) -> int:
+        """``settle``, in a batch: the permissions the file kept."""
         loop = asyncio.get_running_loop()
         if self.loop is not loop:  # (left by a loop that ended: tests)
             self.loop, self.jobs, self.waiting = loop, 0, []
-        done = loop.create_future()
+        done: asyncio.Future[int] = loop.create_future()
         self.waiting.append(((path, mode, mtime_ns), done))
         self._start(loop)
-        await done
+        return await done
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         while self.waiting and self.jobs < FLUSH_JOBS:
@@ -90,27 +96,27 @@ class FileFlush:
             job.add_done_callback(lambda ended, batch=batch: self._ended(loop, batch, ended))
 
     def _ended(self, loop: asyncio.AbstractEventLoop, batch: list, job: asyncio.Future) -> None:
-        for (_, done), error in zip(batch, job.result(), strict=True):
+        for (_, done), outcome in zip(batch, job.result(), strict=True):
             if done.cancelled():
                 continue
-            if error is None:
-                done.set_result(None)
+            if isinstance(outcome, OSError):
+                done.set_exception(outcome)
             else:
-                done.set_exception(error)
+                done.set_result(outcome)
         if self.loop is loop:
             self.jobs -= 1
             self._start(loop)
 
 
-def _settle_all(files: list[_Settle]) -> list[OSError | None]:
-    errors: list[OSError | None] = []
+def _settle_all(files: list[_Settle]) -> list[OSError | int]:
+    """Each file's permissions as kept, or its error."""
+    outcomes: list[OSError | int] = []
     for args in files:
         try:
-            settle(*args)
-            errors.append(None)
+            outcomes.append(settle(*args))
         except OSError as exc:
-            errors.append(exc)
-    return errors
+            outcomes.append(exc)
+    return outcomes
 
 
 class FolderSync:

@@ -48,17 +48,29 @@ def temp_name(dest: Path) -> Path:
 
 async def install(temp: Path, dest: Path, mode: int, mtime_ns: int,
                   before_replace: Callable[[], None] | None = None,
-                  folders: FolderSync | None = None) -> None:  # fmt: skip
+                  folders: FolderSync | None = None) -> int:  # fmt: skip
     """Give *temp* its mode and mtime, flush it to the disk, rename it to *dest*, and flush
     the folder: after a power cut *dest* is the old file or the whole new one, and once this
     returns, the new one for good (``fsclient.durable``). *before_replace* runs just before
-    the rename and may raise to stop it. *folders*: folder flushes shared with other calls."""
+    the rename and may raise to stop it. *folders*: folder flushes shared with other calls.
+    Returns the permissions the file kept (``durable.settle``)."""
     folders = folders or FolderSync()
-    await folders.files.settle(temp, mode & 0o777, mtime_ns)
+    kept = await folders.files.settle(temp, mode & 0o777, mtime_ns)
     if before_replace is not None:
         before_replace()
     os.replace(temp, dest)
     await folders.sync(dest.parent)
+    return kept
+
+
+def as_written(entry: FileEntry, kept: int) -> FileEntry:
+    """*entry*, with the permissions its file kept here (``install``), which a file system
+    that cannot hold the server's makes its own."""
+    mode = entry.mode & ~0o7777 | kept
+    if mode == entry.mode:
+        return entry
+    return FileEntry(entry.size, entry.version, entry.mtime_ns, mode, entry.digest,
+                       entry.path)  # fmt: skip
 
 
 class Partial(NamedTuple):
@@ -351,14 +363,15 @@ class DownloadTarget:
             self.fd = -1
 
     async def commit(self, before_replace: Callable[[], None] | None = None,
-                     folders: FolderSync | None = None) -> None:  # fmt: skip
+                     folders: FolderSync | None = None) -> int:  # fmt: skip
         """Put the verified file in place, durably (``install``). *before_replace* runs just
         before the rename and may raise to stop it (the sync engine checks that nobody changed
-        the file meanwhile)."""
+        the file meanwhile). Returns the permissions the file kept."""
         assert self.temp is not None and self.entry is not None
-        await install(self.temp, self.dest, self.entry.mode, self.entry.mtime_ns,
-                      before_replace, folders)  # fmt: skip
+        kept = await install(self.temp, self.dest, self.entry.mode, self.entry.mtime_ns,
+                             before_replace, folders)  # fmt: skip
         self.temp = None
+        return kept
 
     def cut(self) -> None:
         """The connection ended: write out what arrived, for ``keep``."""

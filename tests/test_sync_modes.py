@@ -93,6 +93,38 @@ def test_a_chmod_made_here_while_the_servers_chmod_is_flushed_is_sent(server, tm
     assert mode(one / "tool") == 0o700
 
 
+def test_a_chmod_made_here_right_after_a_download_is_sent(server, tmp_path, monkeypatch):
+    """The user chmods a file just downloaded, while its folder is flushed (after the rename,
+    before the base is written): the base keeps the mode the download gave it, so the chmod
+    is seen and sent, not taken for the server's."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    assert once(two, server.address).returncode == 0
+    (one / "tool").write_bytes(b"tool")
+    (one / "tool").chmod(0o644)
+    assert once(one, server.address).returncode == 0
+    flush = os.fsync
+    folder = os.stat(two).st_ino
+
+    def chmod_during_flush(fd: int) -> None:
+        if os.fstat(fd).st_ino == folder and (two / "tool").exists():
+            os.chmod(two / "tool", 0o700)  # the user, between the rename and the base
+        flush(fd)
+
+    monkeypatch.setattr(os, "fsync", chmod_during_flush)
+    engine = SyncEngine(two, StateDB(two), server.address, "default", "two", once=True)
+    try:
+        assert run(engine.run()) == 0
+    finally:
+        engine.db.close()
+    monkeypatch.undo()
+    assert files(two) == {"tool": b"tool"}
+    assert mode(two / "tool") == 0o700
+    assert once(two, server.address).returncode == 0  # the user's chmod, sent
+    assert once(one, server.address).returncode == 0
+    assert mode(one / "tool") == 0o700
+
+
 def test_the_same_bytes_with_other_permissions_are_no_conflict(server, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()

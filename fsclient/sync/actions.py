@@ -29,7 +29,7 @@ from fsclient.sync.plan import PERMISSIONS, Decision, Do, LocalFile, RemoteState
 from fsclient.sync.report import Tally
 from fsclient.sync.scan import Scanner, brief, same_stat
 from fsclient.sync.state import BaseEntry, StateDB, folder_is_synced
-from fsclient.transfer import install, temp_name
+from fsclient.transfer import as_written, install, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +208,9 @@ class Actions:
             if expect is not None and expect.digest == remote.digest:  # a chmod on the server
                 return self._chmod(path, remote, check)
             made = self.made.make(dest.parent, self.folder)
-            if not (self.copyable and await self._copy_local(path, remote, check)):
-                # the server sends what it holds now, which may be newer than the news
-                entry = await self.client.get_file(path, dest, before_replace=check)
+            copied = await self._copy_local(path, entry, check) if self.copyable else None
+            # (else the server sends what it holds now, which may be newer than the news)
+            entry = copied or await self.client.get_file(path, dest, before_replace=check)
             await self.folders.sync_all({folder.parent for folder in made})  # hold new names
             self.made.flushed(made)
         except LocalChanged:
@@ -255,10 +255,11 @@ class Actions:
         self.tally.downloaded(path, 0, f"made folder {folder_of(path)}")
         return Outcome.DONE
 
-    async def _copy_local(self, path: str, remote: RemoteState, check: Callable[[], None]
-                          ) -> bool:  # fmt: skip
-        """A rename or copy elsewhere: the content is here already, under another name."""
-        for other in self.db.with_digest(remote.digest):
+    async def _copy_local(self, path: str, entry: m.FileEntry, check: Callable[[], None]
+                          ) -> m.FileEntry | None:  # fmt: skip
+        """A rename or copy elsewhere: the content is here already, under another name. The
+        entry as written, or None if no copy was found."""
+        for other in self.db.with_digest(entry.digest):
             if other.path == path or is_mark(other.path):  # (an empty folder has no bytes)
                 continue
             st = self.scanner.stat(other.path)
@@ -268,12 +269,12 @@ class Actions:
             temp = temp_name(dest)
             try:
                 shutil.copyfile(self.abs(other.path), temp)
-                await install(temp, dest, remote.mode, remote.mtime_ns, check, self.folders)
+                kept = await install(temp, dest, entry.mode, entry.mtime_ns, check, self.folders)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)
-            return True
-        return False
+            return as_written(entry, kept)
+        return None
 
     async def delete_local(self, path: str, expect: LocalFile) -> Outcome:
         try:
@@ -333,13 +334,15 @@ class Actions:
     def record(self, path: str, digest: bytes, version: int,
                written: m.FileEntry | None = None) -> bool:  # fmt: skip
         """The base of *path* as it is now, with *digest*. *written*: the file this client
-        just put there. False if it is no longer that file: deleted or written to since (say
-        between a download's rename and this). The base then still says what was put there,
-        with no inode, so that the next look sees a change made here, and the path is to be
-        settled again. (Without a base, a file deleted would look as if never there: the
-        server would keep it, and its change would count as applied.)"""
+        just put there, with the permissions it kept. False if it is no longer that file:
+        deleted, written to or chmodded since (say between a download's rename and this). The
+        base then still says what was put there, with no inode, so that the next look sees a
+        change made here, and the path is to be settled again. (Without a base, a file deleted
+        would look as if never there: the server would keep it, and its change would count as
+        applied; a chmod would be taken for the server's.)"""
         st = self.scanner.stat(path)
-        if written is not None and (st is None or st[:2] != (written.size, written.mtime_ns)):
+        if written is not None and (st is None or st[:2] != (written.size, written.mtime_ns)
+                                    or st[3] != written.mode & PERMISSIONS):  # fmt: skip
             self.put_base(BaseEntry(path, written.size, written.mtime_ns, written.mode, 0,
                                     digest, version))  # fmt: skip
             return False
