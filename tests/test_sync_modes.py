@@ -59,6 +59,32 @@ def test_a_chmod_reaches_another_client_with_once(server, tmp_path):
     assert again.stdout.startswith(f"synced {two} with ")
 
 
+def chmod_during_a_flush(server, folder, inode: int, monkeypatch) -> None:
+    """Sync *folder* once, in this process; when the client flushes the file or folder whose
+    inode is *inode*, the user chmods ``tool`` to 700 first. Then that chmod must reach the
+    server, and the other folder ``one`` beside it."""
+    flush = os.fsync
+
+    def chmod_first(fd: int) -> None:
+        if os.fstat(fd).st_ino == inode and (folder / "tool").exists():
+            os.chmod(folder / "tool", 0o700)  # the user
+        flush(fd)
+
+    monkeypatch.setattr(os, "fsync", chmod_first)
+    engine = SyncEngine(folder, StateDB(folder), server.address, "default", "two", once=True)
+    try:
+        assert run(engine.run()) == 0
+    finally:
+        engine.db.close()
+    monkeypatch.undo()
+    assert files(folder) == {"tool": b"tool"}
+    assert mode(folder / "tool") == 0o700
+    assert once(folder, server.address).returncode == 0  # the user's chmod, sent
+    one = folder.parent / "one"
+    assert once(one, server.address).returncode == 0
+    assert mode(one / "tool") == 0o700
+
+
 def test_a_chmod_made_here_while_the_servers_chmod_is_flushed_is_sent(server, tmp_path,
                                                                      monkeypatch):  # fmt: skip
     """The server's chmod is applied (fchmod, then fsync), and the user chmods the file again
@@ -72,25 +98,7 @@ def test_a_chmod_made_here_while_the_servers_chmod_is_flushed_is_sent(server, tm
     assert once(two, server.address).returncode == 0
     (one / "tool").chmod(0o755)
     assert once(one, server.address).returncode == 0
-    flush = os.fsync
-    inode = os.stat(two / "tool").st_ino
-
-    def chmod_during_flush(fd: int) -> None:
-        if os.fstat(fd).st_ino == inode:
-            os.chmod(two / "tool", 0o700)  # the user, between the fchmod and the base
-        flush(fd)
-
-    monkeypatch.setattr(os, "fsync", chmod_during_flush)
-    engine = SyncEngine(two, StateDB(two), server.address, "default", "two", once=True)
-    try:
-        assert run(engine.run()) == 0
-    finally:
-        engine.db.close()
-    monkeypatch.undo()
-    assert mode(two / "tool") == 0o700
-    assert once(two, server.address).returncode == 0  # the user's chmod, sent
-    assert once(one, server.address).returncode == 0
-    assert mode(one / "tool") == 0o700
+    chmod_during_a_flush(server, two, os.stat(two / "tool").st_ino, monkeypatch)
 
 
 def test_a_chmod_made_here_right_after_a_download_is_sent(server, tmp_path, monkeypatch):
@@ -103,26 +111,7 @@ def test_a_chmod_made_here_right_after_a_download_is_sent(server, tmp_path, monk
     (one / "tool").write_bytes(b"tool")
     (one / "tool").chmod(0o644)
     assert once(one, server.address).returncode == 0
-    flush = os.fsync
-    folder = os.stat(two).st_ino
-
-    def chmod_during_flush(fd: int) -> None:
-        if os.fstat(fd).st_ino == folder and (two / "tool").exists():
-            os.chmod(two / "tool", 0o700)  # the user, between the rename and the base
-        flush(fd)
-
-    monkeypatch.setattr(os, "fsync", chmod_during_flush)
-    engine = SyncEngine(two, StateDB(two), server.address, "default", "two", once=True)
-    try:
-        assert run(engine.run()) == 0
-    finally:
-        engine.db.close()
-    monkeypatch.undo()
-    assert files(two) == {"tool": b"tool"}
-    assert mode(two / "tool") == 0o700
-    assert once(two, server.address).returncode == 0  # the user's chmod, sent
-    assert once(one, server.address).returncode == 0
-    assert mode(one / "tool") == 0o700
+    chmod_during_a_flush(server, two, os.stat(two).st_ino, monkeypatch)
 
 
 def test_the_same_bytes_with_other_permissions_are_no_conflict(server, tmp_path):
