@@ -7,3 +7,6 @@ SMALL_FILE = 1 << 20
 """Files up to this size are read once into memory, hashed, and sent from there."""
 TEMP_MARK = ".fs-tmp-"
 """In the name of a download's temp file (always ignored by a synced folder)."""
+MARKER = ".fsync"
+"""The folder at the top of a synced folder that holds its sync state (``DB_NAME``)."""
+DB_NAME = "state.sqlite"

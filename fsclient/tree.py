@@ -29,6 +29,7 @@ from common import messages as m
 from common.errors import FSError, InvalidPath, NotFound
 from common.paths import is_canonical, normalize_path
 from fsclient.formats import Tally, describe
+from fsclient.localfiles import DB_NAME, MARKER, TEMP_MARK
 from fsclient.progress import SyncProgress
 
 if TYPE_CHECKING:
@@ -100,6 +101,9 @@ def walk(top: str) -> Iterator[tuple[str, str, int]]:
         for name in list(dirs):
             if os.path.islink(os.path.join(folder, name)):
                 warn(f"skipping a link to a folder: {os.path.join(folder, name)}")
+            elif name == MARKER and os.path.isfile(os.path.join(folder, name, DB_NAME)):
+                dirs.remove(name)  # a synced folder's state: this client's, not a file to share
+        files = [name for name in files if TEMP_MARK not in name]  # downloads not finished
         for name in sorted(files):
             path = os.path.join(folder, name)
             try:

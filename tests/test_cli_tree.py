@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from fsclient import Client
+from fsclient.localfiles import TEMP_MARK
 from tests.cli import CLI_TIMEOUT, cli_env, fsclient, fsclient_command
 from tests.conftest import run
 from tests.serverproc import ServerProcess, wait_for
+from tests.syncproc import once
 
 NAMES = ("é", "日本語", "naïve café", "ß", "plain")
 """Unicode names, in NFC (the form the server stores: a round trip gives the same bytes)."""
@@ -115,6 +117,24 @@ def test_where_files_go_without_a_target_or_into_a_folder(server, tmp_path):
     got = on_one_connection(server, "get", "many/notes.txt", cwd=tmp_path)
     assert got.stdout.startswith("downloaded many/notes.txt (5 bytes")
     assert (tmp_path / "notes.txt").read_text() == "notes"
+
+
+def test_put_r_of_a_synced_folder_sends_its_files_not_its_sync_state(server, tmp_path):
+    """The client's state (``.fsync/``) and a download's unfinished temp file are this
+    machine's own: a ``put -r`` of the folder leaves them out, as a sync does."""
+    folder = tmp_path / "synced"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "b.txt").write_text("b")
+    assert once(folder, server.address, "--share", "other", "--create-share").returncode == 0
+    assert (folder / ".fsync" / "state.sqlite").is_file()
+    (folder / "sub" / f"b.txt{TEMP_MARK}1").write_text("half a download")
+    (folder / "sub" / ".fsync").mkdir()  # not a client's state: no state DB in it
+    (folder / "sub" / ".fsync" / "kept.txt").write_text("kept")
+    on_one_connection(server, "put", "-r", "synced", cwd=tmp_path)
+    assert sorted(remote_paths(server)) == ["synced/a.txt", "synced/sub/.fsync/kept.txt",
+                                            "synced/sub/b.txt"]  # fmt: skip
 
 
 def test_get_dash_writes_the_file_to_stdout(server, tmp_path):

@@ -27,8 +27,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-MARKER = ".fsync"
-DB_NAME = "state.sqlite"
+from fsclient.localfiles import DB_NAME, MARKER
+
+__all__ = ["DB_NAME", "MARKER", "BaseEntry", "StateDB"]
 
 
 class BaseEntry(NamedTuple):
