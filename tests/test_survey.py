@@ -3,6 +3,7 @@ that walks and compares with the state, and hands back only the paths that may n
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from fsclient.sync.ignore import IgnoreRules
 from fsclient.sync.scan import EVERY_PATH, Scanner, Span
 from fsclient.sync.state import BaseEntry, StateDB
 from fsclient.sync.survey import FolderSurvey, spans_of
+from tests.conftest import run
+from tests.serverproc import eventually
 
 
 def odd_tree(root: Path) -> None:
@@ -169,6 +172,34 @@ def test_a_dropped_survey_stops_its_children(tmp_path, monkeypatch, children):
     survey.drop()
     assert all(proc.poll() is not None for proc in procs)
     assert survey.procs == []
+
+
+def test_a_survey_started_for_a_caller_gone_meanwhile_is_dropped(tmp_path, monkeypatch,
+                                                                 children):  # fmt: skip
+    """``started`` makes the survey in a thread; the live client that asked may be stopped
+    meanwhile: the survey is then dropped as soon as it exists (no child left waiting)."""
+    odd_tree(tmp_path)
+    StateDB(tmp_path, create=True).close()
+    dropped: list[list] = []
+    drop = FolderSurvey.drop
+
+    def noted(self: FolderSurvey) -> None:
+        dropped.append(list(self.procs))
+        drop(self)
+
+    monkeypatch.setattr(FolderSurvey, "drop", noted)
+
+    async def main() -> None:
+        task = asyncio.create_task(FolderSurvey.started(tmp_path))
+        await asyncio.sleep(0)  # (one turn of the loop: the task has handed the job over)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await eventually(lambda: dropped, 10, "the survey dropped")
+
+    run(main())
+    assert len(dropped) == 1 and dropped[0]  # it had started its child
+    assert all(proc.poll() is not None for proc in dropped[0])
 
 
 @pytest.mark.parametrize("everything", [False, True])

@@ -93,7 +93,7 @@ class SyncEngine:
         delay = BACKOFF_FIRST
         while True:
             self.actions.guard()
-            survey = survey or FolderSurvey(self.folder)  # walks while the connection is made
+            survey = survey or await FolderSurvey.started(self.folder)  # walks meanwhile
             try:
                 client = await Client.connect(
                     self.server, self.share, client_id=self.client_id, access=self.access,
@@ -274,7 +274,7 @@ class SyncEngine:
     async def rescans(self) -> None:
         while True:
             await asyncio.sleep(RESCAN_EVERY)
-            survey = FolderSurvey(self.folder)
+            survey = await FolderSurvey.started(self.folder)
             try:
                 async for part in survey.parts(Ask()):
                     for path, _, _ in part:
