@@ -5,12 +5,14 @@ contents by (share, digest, size) like the dict it replaced, digest collisions i
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsserver.store.blobtable import BlobTable
-from fsserver.store.records import Blob
+from fsserver.store.records import Blob, NamedBlob
 from fsserver.store.share import Entry
 from fsserver.store.versionlog import CHUNK, VersionLog
 
@@ -66,9 +68,9 @@ def test_the_version_log_refuses_a_version_it_does_not_hold():
 
 def test_the_blob_table_finds_contents_by_share_digest_and_size():
     table = BlobTable()
-    a = Blob("s", b"d" * 16, 10, 0)
-    twin = Blob("s", b"d" * 16, 11, 64)  # same digest, another size: a collision
-    other = Blob("t", b"d" * 16, 10, 128)  # same content, another share: never shared
+    a = NamedBlob(b"d" * 16, 10, 0, share="s")
+    twin = NamedBlob(b"d" * 16, 11, 64, share="s")  # same digest, another size: a collision
+    other = NamedBlob(b"d" * 16, 10, 128, share="t")  # same content, another share: never shared
     for blob in (a, twin, other):
         table[blob.key] = blob
     assert len(table) == 3
@@ -83,9 +85,18 @@ def test_the_blob_table_finds_contents_by_share_digest_and_size():
         del table[a.key]
 
 
+def test_a_memory_only_store_pays_four_slots_a_blob():
+    """Its share is the one the index finds it under, and it has no name on disk: a blob of
+    a memory-only store is 64 bytes, one with a data dir keeps both (80)."""
+    assert sys.getsizeof(Blob(b"d" * 16, 5, 0)) <= 64 < sys.getsizeof(NamedBlob(b"d" * 16, 5, 0))
+    assert Blob(b"d" * 16, 5, 0).id == 0 and NamedBlob(b"d" * 16, 5, 0, share="s", id=7).key == (
+        "s", b"d" * 16, 5,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("mtime_ns", [0, -1, 1_765_000_000 * 10**9, -(1 << 63), (1 << 63) - 1])
 def test_an_entry_packs_its_fields_without_loss(mtime_ns):
-    blob = Blob("s", b"d" * 16, 5, 0)
+    blob = Blob(b"d" * 16, 5, 0)
     entry = Entry((1 << 48) - 1, mtime_ns, 0o100755, blob)
     assert (entry.version, entry.mtime_ns, entry.mode, entry.blob) == (
         (1 << 48) - 1, mtime_ns, 0o100755, blob,

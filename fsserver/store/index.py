@@ -32,6 +32,7 @@ from fsserver.store.records import (
     Committed,
     Linked,
     ListPage,
+    NamedBlob,
     Opened,
     Refused,
     Reserved,
@@ -172,13 +173,13 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
             return Refused(LookupStatus.NOT_FOUND, 0, f"not found: {path}")
         entry.blob.refs += 1
         lease = next(self._ids)
-        self.holds[lease] = _Hold(owner, blob=entry.blob)
+        self.holds[lease] = _Hold(owner, blob=entry.blob, share=share)
         return Opened(entry.record(path), entry.blob.offset, lease)
 
     def release(self, owner: int, lease: int) -> None:
         hold = self._take_hold(owner, lease, lease=True)
         assert hold.blob is not None
-        self._unref(hold.blob)
+        self._unref(hold.share, hold.blob)
 
     def drop_owner(self, owner: int) -> int:
         """Free every reservation and lease of a worker that died; returns how many. A big
@@ -190,7 +191,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
                 self.park(owner, hold_id, self.reported(hold_id))
             else:
                 self._take_hold(owner, hold_id, lease=True)
-                self._unref(hold.blob)
+                self._unref(hold.share, hold.blob)
         return len(mine)
 
     # -- queries and deletes -----------------------------------------------------------------
@@ -237,7 +238,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         sh.live -= 1
         sh.bytes -= entry.blob.size
         self.logical_bytes -= entry.blob.size
-        self._unref(entry.blob)
+        self._unref(share, entry.blob)
         tombstone = Entry(sh.seq, entry.mtime_ns, entry.mode, None)
         sh.record(path, tombstone)
         now = time.time()
@@ -359,7 +360,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         if old is not None and old.blob is not None:
             self.logical_bytes -= old.blob.size
             sh.bytes -= old.blob.size
-            self._unref(old.blob)
+            self._unref(share, old.blob)
         else:
             sh.live += 1
         sh.seq += 1
@@ -375,8 +376,11 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         """Content just verified at *offset*, now owned by the index (no path refers to it
         yet); *ticket*: the upload it came from (the persister may have staged it)."""
         # its name on disk; none in a memory-only store (an int of 32 bytes per blob saved)
-        blob_id = next(self._blob_ids) if self.journal is not None else 0
-        blob = Blob(share, digest, shared_size(size), offset, id=blob_id)
+        if self.journal is None:
+            blob = Blob(digest, shared_size(size), offset)
+        else:
+            blob = NamedBlob(digest, shared_size(size), offset, share=share,
+                             id=next(self._blob_ids))  # fmt: skip
         self.blobs[(share, digest, size)] = blob
         self.blob_bytes += size
         if self.journal is not None:
@@ -386,10 +390,10 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
                 self.disk_room -= size
         return blob
 
-    def _unref(self, blob: Blob) -> None:
+    def _unref(self, share: str, blob: Blob) -> None:
         blob.refs -= 1
         if blob.refs == 0:
-            del self.blobs[blob.key]
+            del self.blobs[(share, blob.digest, blob.size)]
             self.blob_bytes -= blob.size
             self.allocator.free(blob.offset, blob.size)
             if self.journal is not None:

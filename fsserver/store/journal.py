@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsserver.store.records import Blob, BlobKey
+from fsserver.store.records import BlobKey, NamedBlob
 from fsserver.store.writebehind import NOTE_KINDS
 
 Record = tuple[Any, ...]
@@ -49,12 +49,12 @@ class Journal:
     """The highest LSN the persister has applied (durably, with ``--fsync always``)."""
     hold_answers: bool = True
     pending: deque[Entry] = field(default_factory=deque)
-    pins: deque[tuple[int, list[Blob]]] = field(default_factory=deque)
+    pins: deque[tuple[int, list[NamedBlob]]] = field(default_factory=deque)
     outbox: deque[tuple[int, Callable[[], None]]] = field(default_factory=deque)
     waiting_bytes: int = 0
     """Bytes of new blobs not yet applied (a metric: what a crash could cost with interval)."""
 
-    def add(self, records: list[Record], blobs: dict[BlobKey, Blob]) -> Entry | None:
+    def add(self, records: list[Record], blobs: dict[BlobKey, NamedBlob]) -> Entry | None:
         """The records of one call as the next entry (None if it changed nothing); *blobs*
         (the store's) finds the pinned blob of each new-blob record."""
         if not records:
@@ -70,13 +70,13 @@ class Journal:
             self.waiting_bytes += sum(b.size for b in new)
         return entry
 
-    def mark_applied(self, lsn: int) -> list[Blob]:
+    def mark_applied(self, lsn: int) -> list[NamedBlob]:
         """The persister applied everything up to *lsn*: the blobs to unpin now. The answers
         this lets go are sent (``flush``)."""
         self.applied = max(self.applied, lsn)
         while self.pending and self.pending[0][0] <= self.applied:
             self.pending.popleft()
-        done: list[Blob] = []
+        done: list[NamedBlob] = []
         while self.pins and self.pins[0][0] <= self.applied:
             done += self.pins.popleft()[1]
         self.waiting_bytes -= sum(b.size for b in done)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sortedcontainers import SortedDict
 
 from fsserver.store.blobtable import shared_size
-from fsserver.store.records import Blob
+from fsserver.store.records import NamedBlob
 from fsserver.store.versionlog import VersionLog
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class Persisted:
 
     if TYPE_CHECKING:  # Store's own, declared here for the type checker
 
-        def _unref(self, blob: Blob) -> None: ...
+        def _unref(self, share: str, blob: NamedBlob) -> None: ...
 
     def take_journal(self) -> list[tuple[Any, ...]]:
         """The journal records since the last call, oldest first."""
@@ -45,15 +45,15 @@ class Persisted:
         records, self.journal = self.journal, []
         return records
 
-    def unpin(self, blobs: Iterable[Blob]) -> None:
+    def unpin(self, blobs: Iterable[NamedBlob]) -> None:
         """These new blobs are on disk: their extents need not keep their bytes for it."""
         for blob in blobs:
-            self._unref(blob)
+            self._unref(blob.share, blob)
 
     def restore(
         self,
         shares: Iterable[tuple[str, int, int]],
-        blobs: dict[int, Blob],
+        blobs: dict[int, NamedBlob],
         entries: Iterable[EntryRow],
     ) -> None:
         """Rebuild the index from a data dir (``fsserver.store.recovery``), before any call;
@@ -76,7 +76,7 @@ class Persisted:
         self._blob_ids = count(max(blobs, default=0) + 1)
 
 
-def restore_share(share: Share, rows: Iterable[EntryRow], blobs: dict[int, Blob]) -> int:
+def restore_share(share: Share, rows: Iterable[EntryRow], blobs: dict[int, NamedBlob]) -> int:
     """One share's rows into *share* (its sorted containers built once, not row by row);
     the logical bytes of its live files. This loop is the restart's cost per file."""
     from fsserver.store.index import Entry

@@ -23,7 +23,7 @@ from pathlib import Path
 from fsserver import telemetry
 from fsserver.store.catalog import Catalog
 from fsserver.store.index import Store
-from fsserver.store.records import Blob
+from fsserver.store.records import NamedBlob
 from fsserver.store.segmentload import BlobRow, SegmentLoad
 from fsserver.store.segments import Placed, segment_name
 
@@ -112,7 +112,7 @@ def load(folder: Path, store: Store, arena_file: Path, repair: bool = False) -> 
 
 
 def read_blobs(folder: Path, rows: list[BlobRow], store: Store,
-               arena_file: Path) -> tuple[dict[int, Blob], list[tuple[int, str]]]:  # fmt: skip
+               arena_file: Path) -> tuple[dict[int, NamedBlob], list[tuple[int, str]]]:  # fmt: skip
     """Each blob into an extent of its own; (the good ones by id, [(id, why) of the bad]).
     A segment's blobs share one allocation (each frees its own part later), and segments
     load side by side, one thread per core (see ``segmentload``)."""
@@ -180,7 +180,7 @@ def sync_segments(folder: Path, first: int) -> None:
 
 
 def sort_damage(bad: list[tuple[int, str]], rows: list[BlobRow],
-                good: dict[int, Blob], repair: bool) -> list[str]:  # fmt: skip
+                good: dict[int, NamedBlob], repair: bool) -> list[str]:  # fmt: skip
     """Warn of a torn tail (or repaired damage); RecoveryError for damage in the middle."""
     position = {row[0]: (row[4], row[5]) for row in rows}
     last_good = max((position[blob_id] for blob_id in good), default=(-1, -1))

@@ -19,7 +19,7 @@ from pathlib import Path
 import xxhash
 
 from fsserver.store.allocator import ALIGN, aligned
-from fsserver.store.records import Blob
+from fsserver.store.records import NamedBlob
 from fsserver.store.segments import (
     HEADER,
     HEADER_SIZE,
@@ -45,7 +45,7 @@ class SegmentLoad:
     path: Path
     rows: list[BlobRow]
     at: int
-    good: list[Blob] = field(default_factory=list)
+    good: list[NamedBlob] = field(default_factory=list)
     bad: list[tuple[int, str, int, int]] = field(default_factory=list)
 
     @property
@@ -83,7 +83,7 @@ class SegmentLoad:
                 if len(run) >= IOV_MAX - 1:
                     _write(arena_fd, run, run_bytes, run_at)
                     run_at, run_bytes = at + room, 0
-                self.good.append(Blob(share, digest, size, at, id=blob_id))
+                self.good.append(NamedBlob(digest, size, at, share=share, id=blob_id))
             else:
                 self.bad.append(
                     (blob_id, self._why(view, offset, (blob_id, size, digest)), at, size)
