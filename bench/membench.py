@@ -130,7 +130,8 @@ def document(s: MemSettings, tables: list[str], quick: bool, client: str) -> str
         f"--store-size {s.store_mib}MiB` takes {s.files:,} distinct files of {s.size} bytes "
         "(mtimes of today's size: a packed index must pay for them) through full small-file "
         "batches on two raw connections. Memory is psutil's USS of every server process "
-        "(supervisor, workers, hashers, the resource tracker), which leaves the shared arena "
+        "(supervisor, fork server, workers, hashers, the resource tracker), which leaves the "
+        "shared arena "
         "out, plus the arena's bytes in use beyond the stored ones. See the sizing table in "
         "`docs/OPERATIONS.md`.",
         "",
