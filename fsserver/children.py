@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from multiprocessing import forkserver
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from fsserver.channel import MessageChannel
+from fsserver.process import SUPERVISOR_PID
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,21 @@ class Child:
 
 
 REAP_POLL = 0.005
-"""Seconds between checks for a child whose sentinel closed but that is not yet waitable."""
+"""Seconds between checks for a child that has ended but whose exit code is not known yet."""
+START_TRIES = 2
+"""A start that fails (the fork server died: the next try starts a new one) is tried again."""
+
+
+def start_fork_server() -> None:
+    """Start the fork server now, so that it loads the children's code while the supervisor
+    does the rest of its start (the first child's start would otherwise wait for that load).
+    It starts with SIGINT blocked, as a child does (``spawn``)."""
+    os.environ[SUPERVISOR_PID] = str(os.getpid())
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def spawn(
@@ -72,23 +88,18 @@ def spawn(
     on_exit: Callable[[Child], None],
 ) -> Child:
     """Start a child and call *on_exit* on the loop when it ends."""
-    process = CHILDREN.Process(target=target, args=args, name=f"{role.value}-{index}", daemon=False)
-    # A terminal's Ctrl-C reaches the whole process group: a child still loading Python would
-    # die of it with a traceback. It starts with SIGINT blocked (kept across exec; a signal
-    # meanwhile waits for the unblock here), and ignores it in setup_child.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        process.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    process = started(role, index, target, args)
     loop = asyncio.get_running_loop()
     child = Child(role, index, process, exited=loop.create_future())
-    sentinel = process.sentinel
+    try:  # readable once the child has ended (not when the fork server has: see forkbase)
+        watched: int | None = os.pidfd_open(process.pid)
+    except (OSError, AttributeError):  # (Linux before 5.3) the fork server's word
+        watched = None
+    ended = process.sentinel if watched is None else watched
 
     def reaped() -> None:
-        """The sentinel reads as closed once the child's descriptors are closed, which is a
-        moment before the kernel lets it be waited for: poll until it is, so that it is
-        reaped (no zombie left) and its real exit code is known."""
+        """The fork server reaps the child and then sends its exit code, a moment after the
+        child has ended: poll until it has, so that its real exit code is known."""
         process.join(0)
         if process.exitcode is None:
             loop.call_later(REAP_POLL, reaped)
@@ -98,12 +109,37 @@ def spawn(
         on_exit(child)
 
     def closed() -> None:
-        loop.remove_reader(sentinel)
+        loop.remove_reader(ended)
+        if watched is not None:
+            os.close(watched)
         reaped()
 
-    loop.add_reader(sentinel, closed)
+    loop.add_reader(ended, closed)
     log.debug("started %s (pid %s)", child.name, process.pid)
     return child
+
+
+def started(role: Role, index: int, target: Callable[..., None], args: tuple[Any, ...]
+            ) -> BaseProcess:  # fmt: skip
+    """A child started. A terminal's Ctrl-C reaches the whole process group: a child still
+    starting would die of it with a traceback. It starts with SIGINT blocked (the fork
+    server's mask, inherited; a signal meanwhile waits for the unblock here), and ignores it
+    in ``setup_child``."""
+    tries = 1
+    while True:
+        process = CHILDREN.Process(target=target, args=args, name=f"{role.value}-{index}",
+                                   daemon=False)  # fmt: skip
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+            return process
+        except (OSError, EOFError) as exc:  # the fork server died (the next try starts one)
+            if tries >= START_TRIES:
+                raise
+            tries += 1
+            log.warning("cannot start %s-%d (%s); trying again", role.value, index, exc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class RestartPolicy:

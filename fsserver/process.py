@@ -18,6 +18,9 @@ T = TypeVar("T")
 
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
+SUPERVISOR_PID = "FS_SUPERVISOR_PID"
+"""Environment variable: the supervisor's pid, for the fork server to check it is its parent
+still (``forkbase``; set by ``children.start_fork_server``)."""
 SINGLE = {"persister"}
 """Roles with one process only: their title has no number."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
@@ -44,24 +47,39 @@ def set_comm(name: str) -> None:
         logging.getLogger(__name__).debug("prctl(PR_SET_NAME) not available")
 
 
+def die_with_parent(sig: int, parent: str | None = None) -> None:
+    """Have the kernel send *sig* when this process's parent dies; if *parent* (a pid) is
+    given and is no longer the parent, it died before the call: exit now."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        logging.getLogger(__name__).debug("prctl(PR_SET_PDEATHSIG) not available")
+    if parent is not None and str(os.getppid()) != parent:
+        os._exit(0)
+
+
 def setup_child(name: str, log_level: str) -> None:
-    """Called first in a worker or hasher. Ctrl-C goes to the supervisor, which stops the
-    children in order (they start with SIGINT blocked, see ``children.spawn``); if the
-    supervisor dies without that, the kernel sends SIGTERM. Its title (ps -o args) says its
-    role, and its name (ps -o comm, top) is ``fs-<name>``, set last (setproctitle sets it too)."""
+    """Called first in a worker, hasher or the persister. Ctrl-C goes to the supervisor, which
+    stops the children in order: they start with SIGINT blocked (see ``children.spawn``) and
+    then ignore it. SIGTERM, which the fork server ignores, is theirs again. If the supervisor
+    dies without stopping them, the kernel kills the fork server and sends them SIGTERM. Its
+    title (ps -o args) says its role, and its name (ps -o comm, top) is ``fs-<name>``, set
+    last (setproctitle sets it too)."""
     import multiprocessing
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (ignored in the fork server)
     multiprocessing.current_process().name = name
     role, _, index = name.rpartition("-")
     name_process(role if role in SINGLE else f"{role} {index}")
     setup_logging(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since spawn()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        logging.getLogger(__name__).debug("prctl(PR_SET_PDEATHSIG) not available")
+    die_with_parent(signal.SIGTERM)
+    if "fsserver.forkbase" not in sys.modules:  # (the fork server skips a preload that fails)
+        logging.getLogger(__name__).warning(
+            "%s was not forked from a fork server that loaded the server's code: it loaded "
+            "its own (about 15 MiB more)", name)  # fmt: skip
     set_comm(f"fs-{name}")
     tune_gc()
 

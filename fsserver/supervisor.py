@@ -25,7 +25,15 @@ from fsserver.acceptor import Acceptor, ListenError
 from fsserver.auth import TokenFileError, check_tokens_file
 from fsserver.calls import StoreCalls
 from fsserver.channel import MessageChannel, channel_pair
-from fsserver.children import CHILDREN, Child, RestartPolicy, Role, spawn, stop_all
+from fsserver.children import (
+    CHILDREN,
+    Child,
+    RestartPolicy,
+    Role,
+    spawn,
+    start_fork_server,
+    stop_all,
+)
 from fsserver.config import ServerConfig
 from fsserver.durability import Durability
 from fsserver.hasher import serve_jobs
@@ -133,6 +141,7 @@ class Supervisor:
         cfg = self.config
         raise_fd_limit()
         self.check_tokens()
+        start_fork_server()  # it loads the children's code meanwhile
         clean_stale_segments()
         try:
             self.arena = BlobArena.create(arena_size(cfg.store_size, cfg.workers),

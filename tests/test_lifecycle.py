@@ -18,7 +18,13 @@ from common.limits import ANY_VERSION
 from fsclient import Client
 from tests.conftest import run
 from tests.rawclient import RawClient
-from tests.serverproc import free_port, server_children, start_server, wait_for
+from tests.serverproc import (
+    ServerProcess,
+    free_port,
+    server_children,
+    start_server,
+    wait_for,
+)
 
 
 def server_family(pid: int) -> list[psutil.Process]:
@@ -94,6 +100,61 @@ def test_killed_supervisor_takes_its_children_and_segment_with_it():
         wait_for(lambda: not segment.exists(), 10.0, "the arena to be unlinked")
     finally:
         server.kill_group()
+
+
+def round_trips(server: ServerProcess, folder: Path, names: list[str]) -> list[bytes]:
+    """Each name put and got back, a connection each (round robin: every worker)."""
+
+    async def round_trip(name: str) -> bytes:
+        async with await Client.connect(server.address) as client:
+            await client.put_bytes(name.encode(), name)
+            await client.get(name, folder / name)
+        return (folder / name).read_bytes()
+
+    return [run(round_trip(name)) for name in names]
+
+
+def worker_pids(server: ServerProcess) -> set[int]:
+    return {p.pid for p in server_children(server.pid) if p.name().startswith("fs-worker")}
+
+
+def test_a_sigterm_to_every_process_leaves_the_fork_server_be(server_factory, tmp_path):
+    """systemd's default stop sends SIGTERM to every process of the service. The fork server
+    ignores it: were it gone, its children would have to go too. (Its pipe was also the
+    supervisor's word of a child's end: every child would have looked dead at once.)"""
+    server = server_factory("--workers", "2", "--store-size", "16MiB")
+    workers = worker_pids(server)
+    fork_server = server.child("forkserver")
+    fork_server.send_signal(signal.SIGTERM)
+    names = [f"f{n}" for n in range(4)]
+    assert round_trips(server, tmp_path, names) == [name.encode() for name in names]
+    assert fork_server.is_running() and fork_server.status() != psutil.STATUS_ZOMBIE
+    assert worker_pids(server) == workers
+    assert "exited with code" not in server.log.text()
+
+
+def test_a_fork_server_killed_takes_its_children_and_all_are_started_again(server_factory,
+                                                                          tmp_path):  # fmt: skip
+    """The OOM killer, say, kills the fork server: its children get SIGTERM (their parent's
+    death), end, and are started again, by a new fork server; the server serves again."""
+    server = server_factory("--workers", "2", "--store-size", "16MiB")
+    names = [f"f{n}" for n in range(4)]
+    assert round_trips(server, tmp_path, names) == [name.encode() for name in names]
+    workers = worker_pids(server)
+    fork_server = server.child("forkserver")
+    fork_server.kill()
+    fork_server.wait(5)
+
+    def started_again() -> bool:
+        now = worker_pids(server)
+        return len(now) == 2 and not now & workers and len(server_children(server.pid)) >= 5
+
+    wait_for(started_again, 20, "two new workers, from a new fork server")
+    wait_for(lambda: server.http_get("/readyz")[0] == 200, 10, "readiness")
+    assert server.child("forkserver").pid != fork_server.pid
+    more = [f"g{n}" for n in range(4)]
+    assert round_trips(server, tmp_path, more) == [name.encode() for name in more]
+    assert round_trips(server, tmp_path, names) == [name.encode() for name in names]  # kept
 
 
 def test_restarted_server_binds_the_same_port_at_once(server_factory):

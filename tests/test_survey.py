@@ -156,7 +156,8 @@ def test_a_child_whose_answer_is_unreadable_is_ended_and_replaced(
     survey = FolderSurvey(folder)
     procs = list(survey.procs)
     found = taken(survey, Ask())
-    assert "the folder survey failed (exit code -9)" in caplog.text
+    assert "the folder survey failed (invalid load key" in caplog.text
+    assert "the child was ended" in caplog.text
     assert all(proc.returncode == -9 for proc in procs)  # killed, not left asleep
     assert found == look_here(folder, Ask())
 

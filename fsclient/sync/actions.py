@@ -342,7 +342,7 @@ class Actions:
         applied; a chmod would be taken for the server's.)"""
         st = self.scanner.stat(path)
         if written is not None and (st is None or st[:2] != (written.size, written.mtime_ns)
-                                    or st[3] != written.mode & PERMISSIONS):  # fmt: skip
+                                    or (st[3] ^ written.mode) & PERMISSIONS):  # fmt: skip
             self.put_base(BaseEntry(path, written.size, written.mtime_ns, written.mode, 0,
                                     digest, version))  # fmt: skip
             return False

@@ -304,25 +304,30 @@ def read_part(proc: subprocess.Popen[bytes]) -> list[Candidate] | Survey:
     try:
         return pickle.load(proc.stdout)  # type: ignore[no-any-return]
     except (OSError, ValueError, pickle.UnpicklingError, EOFError, AttributeError) as exc:
-        ended(proc)
+        if not ended(proc):  # (its last words would be of the pipe closed under it)
+            raise SurveyFailed(f"{exc}; the child was ended") from exc
         lines = proc.stderr.read().decode(errors="replace").strip().splitlines()
         why = lines[-1] if lines else str(exc) if proc.returncode == 0 else (
             f"exit code {proc.returncode}")  # fmt: skip
         raise SurveyFailed(why) from exc
 
 
-def ended(proc: subprocess.Popen[bytes]) -> None:
-    """A child whose answer could not be read: it has ended, or is ended now. One that lives
-    on may be blocked writing the rest of its answer, which nobody reads any more: its pipe
-    is closed (it ends at its next write), and it is killed if it has not ended soon after.
-    (Waiting for it alone hung the client once, under py-spy, after an ``UnpicklingError``.)"""
+def ended(proc: subprocess.Popen[bytes]) -> bool:
+    """A child whose answer could not be read: it has ended, or is ended now; True if it
+    ended by itself. One that lives on may be blocked writing the rest of its answer, which
+    nobody reads any more: its pipe is closed (it ends at its next write), and it is killed
+    if it has not ended soon after. (Waiting for it alone hung the client once, under
+    py-spy, after an ``UnpicklingError``.)"""
     assert proc.stdout is not None
+    if proc.poll() is not None:
+        return True
     proc.stdout.close()
     try:
         proc.wait(END_WAIT)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    return False
 
 
 def answer(folder: Path, span: Span, ask: Ask, scanner: c.NotingScanner,
