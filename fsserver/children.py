@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from multiprocessing import forkserver
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -68,18 +67,6 @@ START_TRIES = 2
 """A start that fails (the fork server died: the next try starts a new one) is tried again."""
 
 
-def start_fork_server() -> None:
-    """Start the fork server now, so that it loads the children's code while the supervisor
-    does the rest of its start (the first child's start would otherwise wait for that load).
-    It starts with SIGINT blocked, as a child does (``spawn``)."""
-    os.environ[SUPERVISOR_PID] = str(os.getpid())
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        forkserver.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 def spawn(
     role: Role,
     index: int,
@@ -124,7 +111,10 @@ def started(role: Role, index: int, target: Callable[..., None], args: tuple[Any
     """A child started. A terminal's Ctrl-C reaches the whole process group: a child still
     starting would die of it with a traceback. It starts with SIGINT blocked (the fork
     server's mask, inherited; a signal meanwhile waits for the unblock here), and ignores it
-    in ``setup_child``."""
+    in ``setup_child``. The first start starts the fork server, which waits for it to have
+    loaded the children's code: the supervisor's cleanup (its metrics folder, say) never
+    comes while the fork server still loads."""
+    os.environ[SUPERVISOR_PID] = str(os.getpid())  # (for the fork server: see forkbase)
     tries = 1
     while True:
         process = CHILDREN.Process(target=target, args=args, name=f"{role.value}-{index}",

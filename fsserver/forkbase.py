@@ -19,14 +19,16 @@ import gc
 import os
 import signal
 
-import fsserver.durability
-import fsserver.store.persister
-import fsserver.supervisor  # noqa: F401  (the workers' and hashers' code)
 from fsserver.process import SUPERVISOR_PID, die_with_parent, name_process, set_comm
 
-name_process("fork server")
-set_comm("fs-forkserver")  # (not "fsserver": that is the supervisor's, which pgrep finds)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-die_with_parent(signal.SIGKILL, os.environ.get(SUPERVISOR_PID))
+die_with_parent(signal.SIGKILL, os.environ.get(SUPERVISOR_PID))  # (before the long imports)
+name_process("fork server")
+set_comm("fs-forkserver")  # (not "fsserver": that is the supervisor's, which pgrep finds)
+
+import fsserver.durability  # noqa: E402
+import fsserver.store.persister  # noqa: E402
+import fsserver.supervisor  # noqa: E402, F401  (the workers' and hashers' code)
+
 gc.freeze()  # a child's collections never walk (and so never copy) what was imported here

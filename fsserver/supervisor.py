@@ -31,7 +31,6 @@ from fsserver.children import (
     RestartPolicy,
     Role,
     spawn,
-    start_fork_server,
     stop_all,
 )
 from fsserver.config import ServerConfig
@@ -141,7 +140,6 @@ class Supervisor:
         cfg = self.config
         raise_fd_limit()
         self.check_tokens()
-        start_fork_server()  # it loads the children's code meanwhile
         clean_stale_segments()
         try:
             self.arena = BlobArena.create(arena_size(cfg.store_size, cfg.workers),
