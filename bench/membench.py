@@ -57,16 +57,20 @@ class MemOutcome:
         return (self.uss_after + self.overhead) / self.files
 
 
-def uss_by_process(server: FsServer) -> dict[int, int]:
+def server_processes(server: FsServer) -> list[psutil.Process]:
+    """The supervisor and every process below it (the fork server's children too)."""
     root = psutil.Process(server.proc.pid)
-    return {p.pid: p.memory_full_info().uss for p in [root, *root.children(recursive=True)]}
+    return [root, *root.children(recursive=True)]
+
+
+def uss_by_process(server: FsServer) -> dict[int, int]:
+    return {p.pid: p.memory_full_info().uss for p in server_processes(server)}
 
 
 def pss_beside_the_arena(server: FsServer) -> int:
     """The server's memory with shared pages counted once: PSS of every mapping but the
     arena's (``/dev/shm``), summed over its processes."""
-    root = psutil.Process(server.proc.pid)
-    return sum(m.pss for p in [root, *root.children(recursive=True)]
+    return sum(m.pss for p in server_processes(server)
                for m in p.memory_maps() if not m.path.startswith("/dev/shm/"))  # fmt: skip
 
 

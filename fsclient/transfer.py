@@ -67,10 +67,7 @@ def as_written(entry: FileEntry, kept: int) -> FileEntry:
     """*entry*, with the permissions its file kept here (``install``), which a file system
     that cannot hold the server's makes its own."""
     mode = entry.mode & ~0o7777 | kept
-    if mode == entry.mode:
-        return entry
-    return FileEntry(entry.size, entry.version, entry.mtime_ns, mode, entry.digest,
-                       entry.path)  # fmt: skip
+    return entry if mode == entry.mode else replace(entry, mode=mode)
 
 
 class Partial(NamedTuple):

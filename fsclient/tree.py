@@ -103,11 +103,11 @@ def walk(top: str) -> Iterator[tuple[str, str, int]]:
                 warn(f"skipping a link to a folder: {os.path.join(folder, name)}")
             elif name == MARKER and os.path.isfile(os.path.join(folder, name, DB_NAME)):
                 dirs.remove(name)  # a synced folder's state: this client's, not a file to share
-        for name in [name for name in files if name.startswith(".") and TEMP_MARK in name]:
-            warn(f"skipping a download's unfinished temp file: {os.path.join(folder, name)}")
-            files.remove(name)
         for name in sorted(files):
             path = os.path.join(folder, name)
+            if name.startswith(".") and TEMP_MARK in name:
+                warn(f"skipping a download's unfinished temp file: {path}")
+                continue
             try:
                 st = os.stat(path)
             except OSError as exc:

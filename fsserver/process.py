@@ -20,7 +20,7 @@ PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 SUPERVISOR_PID = "FS_SUPERVISOR_PID"
 """Environment variable: the supervisor's pid, for the fork server to check it is its parent
-still (``forkbase``; set by ``children.start_fork_server``)."""
+still (``forkbase``; set by ``children.started``)."""
 SINGLE = {"persister"}
 """Roles with one process only: their title has no number."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
@@ -39,22 +39,22 @@ def name_process(role: str, args: list[str] | None = None) -> None:
     set_comm("fsserver")  # (setproctitle cut the title to 15 bytes for it: "fsserver: super")
 
 
+def _prctl(option: int, value: int | bytes, what: str) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):
+        logging.getLogger(__name__).debug("prctl(%s) not available", what)
+
+
 def set_comm(name: str) -> None:
     """The name that top, ``ps -o comm`` and pgrep see (15 bytes at most)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-    except (OSError, AttributeError):
-        logging.getLogger(__name__).debug("prctl(PR_SET_NAME) not available")
+    _prctl(PR_SET_NAME, name.encode()[:15], "PR_SET_NAME")
 
 
 def die_with_parent(sig: int, parent: str | None = None) -> None:
     """Have the kernel send *sig* when this process's parent dies; if *parent* (a pid) is
     given and is no longer the parent, it died before the call: exit now."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):
-        logging.getLogger(__name__).debug("prctl(PR_SET_PDEATHSIG) not available")
+    _prctl(PR_SET_PDEATHSIG, sig, "PR_SET_PDEATHSIG")
     if parent is not None and str(os.getppid()) != parent:
         os._exit(0)
 

@@ -49,6 +49,11 @@ def server_children(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
+def worker_pids(pid: int) -> set[int]:
+    """The pids of a server's workers."""
+    return {p.pid for p in server_children(pid) if p.name().startswith("fs-worker-")}
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
     """Poll *predicate* until it returns something truthy, or fail after *timeout* seconds."""
     deadline = time.monotonic() + timeout

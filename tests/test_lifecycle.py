@@ -24,6 +24,7 @@ from tests.serverproc import (
     server_children,
     start_server,
     wait_for,
+    worker_pids,
 )
 
 
@@ -121,22 +122,18 @@ def fork_server_of(server: ServerProcess) -> psutil.Process:
     return found[0]
 
 
-def worker_pids(server: ServerProcess) -> set[int]:
-    return {p.pid for p in server_children(server.pid) if p.name().startswith("fs-worker")}
-
-
 def test_a_sigterm_to_every_process_leaves_the_fork_server_be(server_factory, tmp_path):
     """systemd's default stop sends SIGTERM to every process of the service. The fork server
     ignores it: were it gone, its children would have to go too. (Its pipe was also the
     supervisor's word of a child's end: every child would have looked dead at once.)"""
     server = server_factory("--workers", "2", "--store-size", "16MiB")
-    workers = worker_pids(server)
+    workers = worker_pids(server.pid)
     fork_server = fork_server_of(server)
     fork_server.send_signal(signal.SIGTERM)
     names = [f"f{n}" for n in range(4)]
     assert round_trips(server, tmp_path, names) == [name.encode() for name in names]
     assert fork_server.is_running() and fork_server.status() != psutil.STATUS_ZOMBIE
-    assert worker_pids(server) == workers
+    assert worker_pids(server.pid) == workers
     assert "exited with code" not in server.log.text()
 
 
@@ -147,13 +144,13 @@ def test_a_fork_server_killed_takes_its_children_and_all_are_started_again(serve
     server = server_factory("--workers", "2", "--store-size", "16MiB")
     names = [f"f{n}" for n in range(4)]
     assert round_trips(server, tmp_path, names) == [name.encode() for name in names]
-    workers = worker_pids(server)
+    workers = worker_pids(server.pid)
     fork_server = fork_server_of(server)
     fork_server.kill()
     fork_server.wait(5)
 
     def started_again() -> bool:
-        now = worker_pids(server)
+        now = worker_pids(server.pid)
         return len(now) == 2 and not now & workers and len(server_children(server.pid)) >= 5
 
     wait_for(started_again, 20, "two new workers, from a new fork server")

@@ -12,20 +12,16 @@ from common.codec import HEADER, decode_body
 from fsclient import Client
 from tests.conftest import run
 from tests.rawclient import RawClient
-from tests.serverproc import server_children
+from tests.serverproc import worker_pids
 
 FLOOD = 4000
 """Requests in the flood: about 4 s of the store's time on a quiet 2-core machine, all of it
 a margin for the other client to arrive in the middle."""
 
 
-def worker_pids(server) -> set[int]:
-    return {p.pid for p in server_children(server.pid) if p.name().startswith("fs-w")}
-
-
 def test_huge_list_page_and_long_backlog_keep_the_worker(server_factory, tmp_path):
     server = server_factory("--workers", "1", "--store-size", "16MiB")
-    before = worker_pids(server)
+    before = worker_pids(server.pid)
     long = "d" * 200
     pairs = []
     for n in range(3000):
@@ -48,7 +44,7 @@ def test_huge_list_page_and_long_backlog_keep_the_worker(server_factory, tmp_pat
     page = raw.expect(m.ListResponse)
     assert page.status is m.LookupStatus.OK and page.more and 0 < len(page.entries) < 3000
     raw.close()
-    assert worker_pids(server) == before
+    assert worker_pids(server.pid) == before
 
 
 def last_of(raw: RawClient, count: int, timeout: float = 120.0) -> m.Message:

@@ -6,19 +6,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 import xxhash
 
 from common import messages as m
 from common.connection import FSConnection
-from common.limits import ANY_VERSION, MAX_MTIME_NS, NO_VERSION
+from common.limits import ANY_VERSION, MAX_MTIME_NS, MIN_MTIME_NS, NO_VERSION
 from common.state import Role
 from fsclient.sync.actions import conflict_name
 from fsclient.sync.plan import Decision, Do, LocalFile, RemoteState, decide
 from fsclient.sync.state import BaseEntry
-from tests.syncproc import once
+from tests.syncproc import once, status
 
 D1, D2, D3 = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
 
@@ -213,3 +216,25 @@ def test_a_file_dated_after_2262_is_synced_as_of_2262(server, tmp_path):
     assert got.returncode == 0, got.stderr
     assert (b / "future.txt").read_bytes() == b"from a broken camera clock"
     assert os.stat(b / "future.txt").st_mtime_ns == MAX_MTIME_NS
+
+
+def test_a_file_dated_before_1677_is_synced_as_of_1677_and_then_left_alone(server):
+    """The other end of the protocol's signed 64-bit nanoseconds: the file is sent as of the
+    first moment that fits, once, and is in sync after. (A disk's file system may not hold
+    such a date: tmpfs does.)"""
+    root = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        a = root / "A"
+        a.mkdir()
+        past = a / "past.txt"
+        past.write_bytes(b"from a broken archive")
+        os.utime(past, ns=(0, MIN_MTIME_NS - 10**12))
+        if os.stat(past).st_mtime_ns >= MIN_MTIME_NS:
+            pytest.skip("this file system cannot date a file before 1677")
+        first = once(a, server.address)
+        assert first.returncode == 0 and "1 uploaded" in first.stdout, first.stderr
+        assert "files in sync:   1\n" in status(a)  # (a changed file would be pending)
+        again = once(a, server.address)
+        assert again.returncode == 0 and "0 uploaded" in again.stdout, again.stdout
+    finally:
+        shutil.rmtree(root)

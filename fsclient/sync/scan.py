@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common.digest import StreamingDigest, digest_of
 from common.errors import InvalidPath
-from common.limits import MAX_MTIME_NS, MAX_PATH_BYTES, MAX_SEGMENT_BYTES, wire_mtime
+from common.limits import MAX_PATH_BYTES, MAX_SEGMENT_BYTES, wire_mtime
 from common.paths import is_canonical
 from fsclient.localfiles import CHUNK, SMALL_FILE, TEMP_MARK
 from fsclient.sync.folders import MARK, MARK_MODE, folder_of, is_mark, mark_of, mark_stat
@@ -169,10 +169,7 @@ class Scanner:
                 try:
                     if entry.is_file(follow_symlinks=False):
                         st = entry.stat(follow_symlinks=False)
-                        mtime = st.st_mtime_ns  # (after 2262: as of 2262, see ``wire_mtime``)
-                        files.append((prefix + entry.name, (
-                            st.st_size, mtime if mtime <= MAX_MTIME_NS else MAX_MTIME_NS,
-                            st.st_ino, st.st_mode & 0o7777)))  # fmt: skip
+                        files.append((prefix + entry.name, brief(st)))
                     else:
                         self.other(prefix, entry, files, folders)
                 except FileNotFoundError:  # gone while we looked
