@@ -314,20 +314,19 @@ def read_part(proc: subprocess.Popen[bytes]) -> list[Candidate] | Survey:
 
 def ended(proc: subprocess.Popen[bytes]) -> bool:
     """A child whose answer could not be read: it has ended, or is ended now; True if it
-    ended by itself. One that lives on may be blocked writing the rest of its answer, which
-    nobody reads any more: its pipe is closed (it ends at its next write), and it is killed
-    if it has not ended soon after. (Waiting for it alone hung the client once, under
-    py-spy, after an ``UnpicklingError``.)"""
+    ended by itself (an answer cut short: it is ending, its status a moment behind its
+    pipe's end). One that lives on may be blocked writing the rest of its answer, which
+    nobody reads any more: after END_WAIT its pipe is closed and it is killed. (Waiting for
+    it alone hung the client once, under py-spy, after an ``UnpicklingError``.)"""
     assert proc.stdout is not None
-    if proc.poll() is not None:
-        return True
-    proc.stdout.close()
     try:
         proc.wait(END_WAIT)
+        return True
     except subprocess.TimeoutExpired:
+        proc.stdout.close()
         proc.kill()
         proc.wait()
-    return False
+        return False
 
 
 def answer(folder: Path, span: Span, ask: Ask, scanner: c.NotingScanner,
