@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import threading
 import time
 from collections import Counter
@@ -68,10 +69,10 @@ class DiskModel:
         self.volatile.setdefault(os.path.dirname(path), {})[os.path.basename(path)] = next(self.ids)
         self.volatile[path], self.durable[path] = {}, {}
 
-    def flushing(self, path: str) -> tuple[str, object]:
+    def flushing(self, path: str, is_folder: bool) -> tuple[str, object]:
         """At an fsync's start: what it will have made durable once it returns."""
-        if path in self.volatile and os.path.isdir(path):
-            return "folder", dict(self.volatile[path])
+        if is_folder:
+            return "folder", dict(self.volatile.get(path, {}))
         folder, name = os.path.split(path)
         inode = self.volatile.get(folder, {}).get(name)
         if inode is None:
@@ -132,11 +133,13 @@ def hook(monkeypatch, model: DiskModel) -> None:
                                                    "mkdir", "rmdir")}  # fmt: skip
 
     def fsync(fd: int) -> None:
-        path = os.readlink(f"/proc/self/fd/{fd}")
+        # A folder removed since it was opened (a prune racing a flush) reads "... (deleted)";
+        # its flush still makes its entries' removal durable.
+        path = os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
         if not model.mine(path):
             return real["fsync"](fd)
         with model.lock:
-            what = model.flushing(path)
+            what = model.flushing(path, stat.S_ISDIR(os.fstat(fd).st_mode))
         real["fsync"](fd)
         with model.lock:
             model.flushed(path, what)
