@@ -18,6 +18,7 @@ from common.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from common.fields import Digest, FixedKind, VarKind, check_digest
 from common.limits import HEADER_SIZE
 from common.messages import PACKET_CLASSES, Message, PacketType
+from common.recordruns import RecordRun
 
 HEADER = struct.Struct(">IB")
 DATA_HEADER = struct.Struct(">IBI")
@@ -57,6 +58,8 @@ class RecordCodec:
             index for index, (_, kind) in enumerate(self.fixed) if type(kind).put is Digest.put
         ]
         self.plain_take = one and all(type(kind).take is FixedKind.take for _, kind in self.fixed)
+        self.run = RecordRun(self) if RecordRun.fits(self.fixed, self.var) else None
+        """Many records of this type in one loop (a ``Records`` field), if their shape allows."""
 
     def encode_into(self, parts: list[bytes], msg: Any) -> None:
         if self.get_fixed is not None:

@@ -267,6 +267,9 @@ class Records(_RecordKind):
             raise ValueError(f"{len(value)} records exceed {self.max_count}")
         parts.append(_U16.pack(len(value)))
         codec = self.codec
+        if codec.run is not None:
+            codec.run.encode(parts, value)
+            return
         for item in value:
             codec.encode_into(parts, item)
 
@@ -277,8 +280,11 @@ class Records(_RecordKind):
         if count > self.max_count:
             raise RemoteProtocolError(f"{count} records exceed {self.max_count}")
         codec = self.codec
-        items = []
         pos += 2
+        if codec.run is not None:
+            records, pos = codec.run.decode(body, pos, count)
+            return tuple(records), pos
+        items = []
         for _ in range(count):
             item, pos = codec.decode_from(body, pos)
             items.append(item)

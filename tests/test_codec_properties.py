@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from common import messages as m
-from common.codec import HEADER, decode_body, encode, encode_body, packet_type_of
+from common.codec import HEADER, decode_body, encode, encode_body, packet_type_of, record_codec
 from common.connection import CLIENT_SENDS, SERVER_SENDS, ConnPhase, DataChunk, FSConnection
 from common.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from common.fields import (
@@ -689,3 +689,67 @@ def test_streams_of_valid_packets_into_a_connection(make, role, data):
     stream = b"".join(encode(msg) for msg in msgs)
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=6))
     check_stream(make, role, stream, cuts)
+
+
+# -- runs of records (common.recordruns) ------------------------------------------------------
+
+RUN_CLASSES = sorted(
+    {kind.record for cls in PACKET_CLASSES.values() for _, kind in field_kinds(cls)
+     if isinstance(kind, Records) and record_codec(kind.record).run is not None},
+    key=lambda cls: cls.__name__,
+)  # fmt: skip
+
+
+DECODE_ERRORS = (RemoteProtocolError, struct.error, ValueError, TypeError)
+"""What a record's decoding may raise (``decode_body`` makes every one a protocol error)."""
+
+
+def general_decode(cls: type, body: bytes, count: int) -> tuple[list[Any], int] | str:
+    """What the general codec makes of *count* records of *cls* in *body*: the records and
+    where they end, or its error's message."""
+    codec, view, pos, items = record_codec(cls), memoryview(body), 0, []
+    try:
+        for _ in range(count):
+            item, pos = codec.decode_from(view, pos)
+            items.append(item)
+    except DECODE_ERRORS as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return items, pos
+
+
+def test_the_records_that_come_by_the_thousand_go_in_runs():
+    assert {m.SmallFile, m.FileResult, m.FileEntry} <= set(RUN_CLASSES)
+
+
+@pytest.mark.parametrize("cls", RUN_CLASSES, ids=lambda cls: cls.__name__)
+@FUZZ
+@given(data=st.data())
+def test_a_run_of_records_is_the_general_codec_in_one_loop(cls, data):
+    """The same bytes out, and the same records or the same error back from any input."""
+    records = data.draw(st.lists(strategy_for(cls, small=True), max_size=5))
+    codec = record_codec(cls)
+    general: list[bytes] = []
+    for record in records:
+        codec.encode_into(general, record)
+    fast: list[bytes] = []
+    codec.run.encode(fast, records)
+    assert b"".join(fast) == b"".join(general)
+    body = data.draw(st.one_of(st.just(b"".join(general)), mutations(b"".join(general))))
+    try:
+        got: tuple[list[Any], int] | str = codec.run.decode(memoryview(body), 0, len(records))
+    except DECODE_ERRORS as exc:
+        got = f"{type(exc).__name__}: {exc}"
+    assert got == general_decode(cls, body, len(records))
+
+
+def test_a_run_hands_what_it_cannot_encode_to_the_general_codec():
+    """An over-long message is clipped and a bad digest refused, as by the general codec."""
+    long = m.FileResult(m.FileStatus.CONFLICT, 3, "é" * 200)
+    parts: list[bytes] = []
+    record_codec(m.FileResult).run.encode(parts, [long])
+    expected: list[bytes] = []
+    record_codec(m.FileResult).encode_into(expected, long)
+    assert parts == expected and len(b"".join(parts)) < 200 + 12
+    bad = m.SmallFile(0, 0o644, 0, b"short", "a.txt", b"x")
+    with pytest.raises(ValueError, match="digest must be 16 bytes"):
+        record_codec(m.SmallFile).run.encode([], [bad])
