@@ -6,6 +6,7 @@ clear error, or ``--repair``). Real servers, real kills, real files on disk."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import signal
@@ -23,6 +24,9 @@ from tests.serverproc import ServerProcess, eventually, start_server, wait_for
 
 SMALL = (0, 64 * 1024)
 BIG = 3 * 1024 * 1024
+ROUND_BYTES = 20 * 1024 * 1024
+"""Uploaded in a round at most (then it goes on with reads until the kill): ten rounds fill no
+more than their store, however fast this machine stores them."""
 
 
 @dataclass
@@ -34,7 +38,7 @@ class Acked:
 
 
 def durable_server(data_dir: Path, *args: str) -> ServerProcess:
-    return start_server("--data-dir", str(data_dir), "--workers", "2", "--store-size", "256MiB",
+    return start_server("--data-dir", str(data_dir), "--workers", "2", "--store-size", "320MiB",
                         *args)  # fmt: skip
 
 
@@ -44,21 +48,27 @@ def kill_everything(server: ServerProcess) -> None:
     server.proc.wait(10)
 
 
-async def upload_until_killed(address: str, acked: Acked, rng: random.Random, tag: str) -> None:
-    """Files big and small, one by one and in pipelined batches, until the connection dies."""
-    count = 0
+async def upload_until_killed(address: str, acked: Acked, rng: random.Random, tag: str,
+                              limit: float = ROUND_BYTES) -> None:  # fmt: skip
+    """Files big and small, one by one and in pipelined batches, until the connection dies
+    (after *limit* bytes, reads only)."""
+    count = sent = 0
+    name = ""
     try:
         async with await Client.connect(address) as client:
             client.dial = None  # no reconnecting: the kill ends the round
             while True:
                 count += 1
-                if count % 3:
+                if sent > limit:  # the store holds every round: only reads from here on
+                    await client.stat(name)
+                elif count % 3:
                     name = f"{tag}/one-{count}.bin"
                     size = BIG if count % 7 == 0 else rng.randint(*SMALL)
                     data = rng.randbytes(size)
                     acked.tried.add(name)
                     entry = await client.put_bytes(data, name)
                     acked.files[name] = (entry.version, xxhash.xxh3_128_digest(data), time.time())
+                    sent += size
                 else:
                     await upload_batch(client, acked, rng, f"{tag}/batch-{count}")
     except (FSError, OSError):
@@ -177,7 +187,9 @@ def test_a_killed_persister_is_replaced_and_nothing_is_lost(tmp_path):
     try:
 
         async def work() -> None:
-            task = asyncio.ensure_future(upload_until_killed(server.address, acked, rng, "p"))
+            task = asyncio.ensure_future(
+                upload_until_killed(server.address, acked, rng, "p", limit=math.inf)
+            )
             await asyncio.sleep(0.5)
             await asyncio.get_running_loop().run_in_executor(
                 None, lambda: server.kill_child("persister-0")

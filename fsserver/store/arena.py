@@ -66,17 +66,19 @@ def clean_stale_segments() -> None:
             log.warning("removed stale shared memory segment %s of a dead server", path.name)
 
 
-def populate(mapped: mmap.mmap) -> None:
+def populate(mapped: mmap.mmap | memoryview, stop: threading.Event | None = None) -> None:
     """Map every page of *mapped* now, so that the data path takes no page fault later: one
     ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14), called through ctypes, which lets go of
     the GIL meanwhile (the mmap module's ``madvise`` keeps it). Mapping 1 GiB costs a process
     ~0.3 s of CPU here; four children doing it before they say ready made a start 0.7 s
     longer. In steps, so that the main thread never waits long. Without the call (an older
-    kernel), pages are mapped at first use."""
+    kernel), pages are mapped at first use. *stop* set: the rest is left to first use."""
     view = ctypes.c_char.from_buffer(mapped)
     address = ctypes.addressof(view)
     del view  # (an export that would keep the mmap from closing)
     for start in range(0, len(mapped), POPULATE_STEP):
+        if stop is not None and stop.is_set():
+            return
         length = min(POPULATE_STEP, len(mapped) - start)
         if _LIBC.madvise(ctypes.c_void_p(address + start), ctypes.c_size_t(length),
                          _MADV_POPULATE_WRITE) != 0:  # fmt: skip
@@ -98,6 +100,15 @@ class BlobArena:
         self.name = name
         self.view: memoryview | None = view
         self._closer = closer
+        self._filler: threading.Thread | None = None
+        self._stop_filling = threading.Event()
+
+    def fill(self) -> None:
+        """Map every page into this process, in a thread of its own (see ``populate``)."""
+        assert self.view is not None and self._filler is None
+        self._filler = threading.Thread(target=populate, args=(self.view, self._stop_filling),
+                                        name="arena-populate", daemon=True)  # fmt: skip
+        self._filler.start()
 
     @classmethod
     def create(cls, size: int, reserve: bool = True) -> BlobArena:
@@ -153,6 +164,7 @@ class BlobArena:
             raise
         finally:
             os.close(fd)
+        self.fill()  # the store copies each small file of a batch into its extent here
 
     @classmethod
     def attach(cls, name: str) -> BlobArena:
@@ -165,23 +177,24 @@ class BlobArena:
             mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         finally:
             os.close(fd)
-        filler = threading.Thread(target=populate, args=(mapped,), name="arena-populate",
-                                  daemon=True)  # fmt: skip
-        filler.start()
 
         def close() -> None:
-            filler.join()
             try:
                 mapped.close()
             except BufferError:
                 log.debug("arena %s still has exported views; left mapped until exit", name)
 
-        return cls(name, memoryview(mapped), close)
+        arena = cls(name, memoryview(mapped), close)
+        arena.fill()
+        return arena
 
     def close(self) -> None:
         """Detach (and, for the creator, unlink). Safe to call twice; tolerates live views."""
         if self.view is None:
             return
+        if self._filler is not None:  # (its pages must not be unmapped under it)
+            self._stop_filling.set()
+            self._filler.join()
         self.view.release()
         self.view = None
         self._closer()
