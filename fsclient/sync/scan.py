@@ -22,7 +22,13 @@ from pathlib import Path
 
 from common.digest import StreamingDigest, digest_of
 from common.errors import InvalidPath
-from common.limits import MAX_PATH_BYTES, MAX_SEGMENT_BYTES, wire_mtime
+from common.limits import (
+    MAX_MTIME_NS,
+    MAX_PATH_BYTES,
+    MAX_SEGMENT_BYTES,
+    MIN_MTIME_NS,
+    wire_mtime,
+)
 from common.paths import is_canonical
 from fsclient.localfiles import CHUNK, SMALL_FILE, TEMP_MARK
 from fsclient.sync.folders import MARK, MARK_MODE, folder_of, is_mark, mark_of, mark_stat
@@ -48,7 +54,14 @@ and at most MAX_SEGMENT_BYTES long (ASCII: one byte per character)."""
 
 
 def brief(st: os.stat_result) -> Stat:
-    return (st.st_size, wire_mtime(st.st_mtime_ns), st.st_ino, stat.S_IMODE(st.st_mode))
+    mtime_ns = st.st_mtime_ns
+    if not MIN_MTIME_NS <= mtime_ns <= MAX_MTIME_NS:  # (inline: a walk calls this per file)
+        mtime_ns = wire_mtime(mtime_ns)
+    return (st.st_size, mtime_ns, st.st_ino, st.st_mode & _PERMISSION_BITS)
+
+
+_PERMISSION_BITS = 0o7777
+"""What ``stat.S_IMODE`` keeps."""
 
 
 def same_stat(st: Stat, known: BaseEntry | LocalFile | None) -> bool:
