@@ -8,10 +8,10 @@ plain struct items (or enumerations) and whose variable fields are all length-pr
 bytes has a simpler shape: one struct call reads its fixed fields together with its first
 length prefix, a slice takes each variable field, and the next prefix follows. A run writes
 that loop out for its record type once (``exec``, as ``dataclasses`` writes ``__init__``):
-0.65 / 1.0 µs for a file, 0.26 / 0.48 µs for a result. Anything out of the ordinary (a length over its limit,
-a short body, text that is not UTF-8, an unknown enumeration value, a value that does not fit)
-is handed to the general codec from the record where it was met, so the errors, and the bytes,
-are exactly the general codec's.
+0.65 / 1.0 µs for a file, 0.26 / 0.48 µs for a result. Anything out of the ordinary (a
+length over its limit, a short body, text that is not UTF-8, an unknown enumeration value, a
+value that does not fit) is handed to the general codec from the record where it was met, so
+the errors, and the bytes, are exactly the general codec's.
 """
 
 from __future__ import annotations
