@@ -28,12 +28,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import fsclient
 from fsclient.sync import candidates as c
 from fsclient.sync.candidates import Ask, Candidate, Survey
+from fsclient.sync.forked import ForkedChild, can_fork
 from fsclient.sync.ignore import IgnoreRules
 from fsclient.sync.scan import EVERY_PATH, Span, Stat
 
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
     import asyncio
 
 log = logging.getLogger(__name__)
+
+Child = subprocess.Popen[bytes] | ForkedChild
+"""A survey child: a new interpreter, or a fork of this process (``fsclient.sync.forked``)."""
 
 PARTS = 2
 """Processes that walk a big folder, each a span of it (at most one per CPU)."""
@@ -124,9 +129,10 @@ class FolderSurvey:
     @classmethod
     def start_early(cls, folder: str) -> None:
         """``fsclient sync`` starts its survey before it loads the rest of the client: the
-        walk is most of a no-change run, and the imports are a tenth of a second."""
+        walk is most of a no-change run, and the imports are a tenth of a second. Its
+        children are forked (``fsclient.sync.forked``) if this process has no thread yet."""
         if os.path.isdir(folder):
-            cls.early = cls(Path(folder).absolute())
+            cls.early = cls(Path(folder).absolute(), fork=can_fork())
 
     @classmethod
     def for_folder(cls, folder: Path) -> FolderSurvey:
@@ -159,16 +165,20 @@ class FolderSurvey:
         if early is not None:
             early.drop()
 
-    def __init__(self, folder: Path, parts: int | None = None) -> None:
+    def __init__(self, folder: Path, parts: int | None = None, fork: bool = False) -> None:
         self.folder = folder
         env = dict(os.environ)
         root = str(Path(fsclient.__file__).resolve().parent.parent)  # as this process sees it
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[Child] = []
         self.end = Survey([], 0)
         """After ``parts``: the rows' count, stale temp files and warnings."""
         try:
             for span in spans_of(folder, parts or min(PARTS, os.cpu_count() or 1)):
+                if fork:
+                    self.procs.append(ForkedChild(partial(serve, folder, span),
+                                                  [str(folder), span.low]))  # fmt: skip
+                    continue
                 self.procs.append(subprocess.Popen(
                     [sys.executable, "-P", "-m", "fsclient.sync.survey", str(folder), span.low,
                      *([] if span.high is None else [span.high])],
@@ -227,7 +237,7 @@ def _drop_unwanted(job: asyncio.Future[FolderSurvey]) -> None:
         job.result().drop()
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def stop(procs: list[Child]) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
@@ -246,7 +256,7 @@ class SurveyAnswer:
     then tells the rest. If a child fails, the look is taken again in this process, and
     only what came after the last candidate already handed out is handed out."""
 
-    def __init__(self, survey: FolderSurvey, procs: list[subprocess.Popen[bytes]],
+    def __init__(self, survey: FolderSurvey, procs: list[Child],
                  ask: Ask) -> None:  # fmt: skip
         self.survey = survey
         self.procs = procs
@@ -298,7 +308,7 @@ class SurveyAnswer:
         self.procs = []
 
 
-def read_part(proc: subprocess.Popen[bytes]) -> list[Candidate] | Survey:
+def read_part(proc: Child) -> list[Candidate] | Survey:
     """One answer of a child: a list of candidates, or its ``Survey`` (the end)."""
     assert proc.stdout is not None and proc.stderr is not None
     try:
@@ -312,7 +322,7 @@ def read_part(proc: subprocess.Popen[bytes]) -> list[Candidate] | Survey:
         raise SurveyFailed(why) from exc
 
 
-def ended(proc: subprocess.Popen[bytes]) -> bool:
+def ended(proc: Child) -> bool:
     """A child whose answer could not be read: it has ended, or is ended now; True if it
     ended by itself (an answer cut short: it is ending, its status a moment behind its
     pipe's end). One that lives on may be blocked writing the rest of its answer, which
@@ -360,23 +370,27 @@ def walk_until_asked(walk: Iterator[tuple[str, Stat]], asks: IO[bytes]
     return ahead
 
 
-def main(argv: list[str]) -> int:
-    """The child: ``FOLDER LOW [HIGH]``, the span it walks and compares."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the client's to handle
-    folder = Path(argv[0])
-    span = Span(argv[1], argv[2] if len(argv) > 2 else None)
+def serve(folder: Path, span: Span, asks: IO[bytes], out: IO[bytes]) -> int:
+    """A child's work, in a new interpreter (``main``) or forked (``ForkedChild``)."""
     scanner = c.NotingScanner(folder, IgnoreRules.load(folder))
     walk = scanner.walk_sorted(span)
-    ahead = walk_until_asked(walk, sys.stdin.buffer)
+    ahead = walk_until_asked(walk, asks)
     try:
-        ask = pickle.load(sys.stdin.buffer)
+        ask = pickle.load(asks)
     except EOFError:  # the client went away, or dropped the survey
         return 0
     try:
-        answer(folder, span, ask, scanner, itertools.chain(ahead, walk), sys.stdout.buffer)
+        answer(folder, span, ask, scanner, itertools.chain(ahead, walk), out)
     except BrokenPipeError:  # the client stopped reading: it is gone, or has dropped us
         return 0
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """The child: ``FOLDER LOW [HIGH]``, the span it walks and compares."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the client's to handle
+    span = Span(argv[1], argv[2] if len(argv) > 2 else None)
+    return serve(Path(argv[0]), span, sys.stdin.buffer, sys.stdout.buffer)
 
 
 if __name__ == "__main__":
