@@ -74,6 +74,15 @@ class RecordCodec:
         for name, kind in self.var:
             kind.encode(parts, getattr(msg, name))
 
+    def decode_all(self, body: memoryview, pos: int, count: int, items: list[Any] | None = None
+                   ) -> tuple[list[Any], int]:  # fmt: skip
+        """*count* records from *pos*, one at a time (added to *items*); where they end."""
+        items = [] if items is None else items
+        for _ in range(count):
+            item, pos = self.decode_from(body, pos)
+            items.append(item)
+        return items, pos
+
     def decode_from(self, body: memoryview, pos: int) -> tuple[Any, int]:
         end = pos + self.struct.size
         if end > len(body):

@@ -280,15 +280,9 @@ class Records(_RecordKind):
         if count > self.max_count:
             raise RemoteProtocolError(f"{count} records exceed {self.max_count}")
         codec = self.codec
-        pos += 2
-        if codec.run is not None:
-            records, pos = codec.run.decode(body, pos, count)
-            return tuple(records), pos
-        items = []
-        for _ in range(count):
-            item, pos = codec.decode_from(body, pos)
-            items.append(item)
-        return tuple(items), pos
+        decode = codec.decode_all if codec.run is None else codec.run.decode
+        records, pos = decode(body, pos + 2, count)
+        return tuple(records), pos
 
 
 @kind

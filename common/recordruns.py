@@ -68,12 +68,10 @@ class RecordRun:
         )
         return plain and bool(var) and all(type(kind) in _PREFIX for _, kind in var)
 
-    def decode(self, body: memoryview, pos: int, count: int) -> tuple[list[Any], int]:
-        return self._decode(body, pos, count)
-
     @cached_property
-    def _decode(self) -> Callable[[memoryview, int, int], tuple[list[Any], int]]:
-        """The loop, written out for this record type."""
+    def decode(self) -> Callable[[memoryview, int, int], tuple[list[Any], int]]:
+        """``decode(body, pos, count)``: the records and where they end; the loop, written
+        out for this record type."""
         fixed = [f"f{i}" for i in range(self.fixed_count)]
         lines = [f"{', '.join([*fixed, 'length'])}, = head(body, pos)", f"pos += {self.head.size}"]
         for at, (_name, limit, text, prefix) in enumerate(self.fields):
@@ -96,34 +94,19 @@ class RecordRun:
             "            start = pos\n"
             f"{body}\n"
             "    except (Unusual, struct.error, UnicodeDecodeError, KeyError):\n"
-            "        return decode_rest(items, body, start, count - len(items))\n"
+            "        return decode_rest(body, start, count - len(items), items)\n"
             "    return items, pos\n"
         )
-        scope: dict[str, Any] = {
-            "Unusual": _Unusual, "struct": struct, "head": self.head.unpack_from,
-            "cls": self.cls, "decode_rest": self._decode_rest,
+        return self._written("decode", source, {
+            "head": self.head.unpack_from, "cls": self.cls, "decode_rest": self.codec.decode_all,
             **{f"members{i}": members for i, _, members in self.enums},
             **{f"prefix{at + 1}": p.unpack_from for at, p in enumerate(self.prefixes)},
-        }  # fmt: skip
-        exec(compile(source, f"<RecordRun.decode of {self.cls.__name__}>", "exec"), scope)
-        return scope["decode"]  # type: ignore[no-any-return]
-
-    def _decode_rest(self, items: list[Any], body: memoryview, pos: int, count: int
-                     ) -> tuple[list[Any], int]:  # fmt: skip
-        """The general codec from the record the run could not take (it raises its error)."""
-        decode = self.codec.decode_from
-        for _ in range(count):
-            item, pos = decode(body, pos)
-            items.append(item)
-        return items, pos
-
-    def encode(self, parts: list[bytes], records: Sequence[Any]) -> None:
-        self._encode(parts, records)
+        })  # fmt: skip
 
     @cached_property
-    def _encode(self) -> Callable[[list[bytes], Sequence[Any]], None]:
-        """The loop, written out for this record type (a loop over its fields costs more
-        than the fields themselves: ~1 µs a record)."""
+    def encode(self) -> Callable[[list[bytes], Sequence[Any]], None]:
+        """``encode(parts, records)``: the loop, written out for this record type (a loop
+        over its fields costs more than the fields themselves: ~1 µs a record)."""
         names = [f"r.{name}" for name in self.names]
         checks = [f"if len({names[i]}) != {DIGEST_SIZE}: raise Unusual" for i in self.digests]
         checks += [f"if type({names[i]}) is not enum{i}: raise Unusual" for i, *_ in self.enums]
@@ -146,11 +129,15 @@ class RecordRun:
             "            continue\n"
             f"        parts += ({', '.join(out)})\n"
         )
-        scope: dict[str, Any] = {
-            "Unusual": _Unusual, "struct": struct, "pack": self.head.pack,
-            "encode_one": self.codec.encode_into,
+        return self._written("encode", source, {
+            "pack": self.head.pack, "encode_one": self.codec.encode_into,
             **{f"enum{i}": enum for i, enum, _ in self.enums},
             **{f"prefix{at + 1}": p.pack for at, p in enumerate(self.prefixes)},
-        }  # fmt: skip
-        exec(compile(source, f"<RecordRun.encode of {self.cls.__name__}>", "exec"), scope)
-        return scope["encode"]  # type: ignore[no-any-return]
+        })  # fmt: skip
+
+    def _written(self, name: str, source: str, scope: dict[str, Any]) -> Any:
+        """The function *name* that *source* defines, with *scope* (and the run's
+        exceptions) as its globals."""
+        scope = {"Unusual": _Unusual, "struct": struct, **scope}
+        exec(compile(source, f"<RecordRun.{name} of {self.cls.__name__}>", "exec"), scope)
+        return scope[name]

@@ -707,14 +707,10 @@ DECODE_ERRORS = (RemoteProtocolError, struct.error, ValueError, TypeError)
 def general_decode(cls: type, body: bytes, count: int) -> tuple[list[Any], int] | str:
     """What the general codec makes of *count* records of *cls* in *body*: the records and
     where they end, or its error's message."""
-    codec, view, pos, items = record_codec(cls), memoryview(body), 0, []
     try:
-        for _ in range(count):
-            item, pos = codec.decode_from(view, pos)
-            items.append(item)
+        return record_codec(cls).decode_all(memoryview(body), 0, count)
     except DECODE_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}"
-    return items, pos
 
 
 def test_the_records_that_come_by_the_thousand_go_in_runs():

@@ -53,15 +53,15 @@ _PLAIN_NAMES = re.compile(
 and at most MAX_SEGMENT_BYTES long (ASCII: one byte per character)."""
 
 
+_PERMISSION_BITS = 0o7777
+"""What ``stat.S_IMODE`` keeps."""
+
+
 def brief(st: os.stat_result) -> Stat:
     mtime_ns = st.st_mtime_ns
     if not MIN_MTIME_NS <= mtime_ns <= MAX_MTIME_NS:  # (inline: a walk calls this per file)
         mtime_ns = wire_mtime(mtime_ns)
     return (st.st_size, mtime_ns, st.st_ino, st.st_mode & _PERMISSION_BITS)
-
-
-_PERMISSION_BITS = 0o7777
-"""What ``stat.S_IMODE`` keeps."""
 
 
 def same_stat(st: Stat, known: BaseEntry | LocalFile | None) -> bool:

@@ -167,24 +167,12 @@ class FolderSurvey:
 
     def __init__(self, folder: Path, parts: int | None = None, fork: bool = False) -> None:
         self.folder = folder
-        env = dict(os.environ)
-        root = str(Path(fsclient.__file__).resolve().parent.parent)  # as this process sees it
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.procs: list[Child] = []
         self.end = Survey([], 0)
         """After ``parts``: the rows' count, stale temp files and warnings."""
         try:
             for span in spans_of(folder, parts or min(PARTS, os.cpu_count() or 1)):
-                if fork:
-                    self.procs.append(ForkedChild(partial(serve, folder, span),
-                                                  [str(folder), span.low]))  # fmt: skip
-                    continue
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-P", "-m", "fsclient.sync.survey", str(folder), span.low,
-                     *([] if span.high is None else [span.high])],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env=env,
-                ))  # fmt: skip
+                self.procs.append(forked(folder, span) if fork else spawned(folder, span))
         except OSError as exc:
             self.drop()
             log.warning("cannot start the folder survey (%s); looking in this process", exc)
@@ -229,6 +217,23 @@ class FolderSurvey:
         """Not taken (the connection failed, or the client stops): the children go."""
         procs, self.procs = self.procs, []
         stop(procs)
+
+
+def forked(folder: Path, span: Span) -> ForkedChild:
+    """A child forked from this process (which must have no other thread)."""
+    return ForkedChild(partial(serve, folder, span), [str(folder), span.low])
+
+
+def spawned(folder: Path, span: Span) -> subprocess.Popen[bytes]:
+    """A child in a new interpreter, which finds this package where this process does."""
+    env = dict(os.environ)
+    root = str(Path(fsclient.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-P", "-m", "fsclient.sync.survey", str(folder), span.low,
+         *([] if span.high is None else [span.high])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
 
 
 def _drop_unwanted(job: asyncio.Future[FolderSurvey]) -> None:
