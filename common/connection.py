@@ -9,6 +9,10 @@ Payloads are the hot path. A caller may attach a *sink* to a file id; payload by
 are then copied straight into it instead of surfacing as ``DataChunk`` events, and while a large
 payload is in flight ``direct_target()`` hands out the sink's memory so the caller can read from
 the socket directly into it (zero-copy).
+
+A compressed payload (agreed in the handshake, flagged per session; ``common.payloadcoding``)
+takes the general path instead: its wire bytes are decompressed here, counted as the original
+bytes they become, and those reach the sink or the events like any other payload.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from enum import Enum, auto
 from common import messages as m
 from common.batches import BatchTable, batch_packet_limit
 from common.codec import DATA_HEADER, HEADER, decode_body, encode, packet_type_of
+from common.compression import wire_limit
 from common.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from common.limits import (
     ABSOLUTE_MAX_PACKET,
@@ -32,14 +37,17 @@ from common.limits import (
     SERVER_MAX_PACKET,
 )
 from common.messages import PacketType as T
+from common.payloadcoding import PayloadCoding
 from common.rules import CLIENT_SENDS, RESPONSE_OF, RESPONSES, SERVER_SENDS, session_step
 from common.sinks import DataChunk, Event, PayloadSink, ViewSink
-from common.state import RequestTable, Role, SessionTable, Step
+from common.state import RequestTable, Role, Session, SessionTable, Step
 
 __all__ = ["ConnPhase", "DataChunk", "Event", "FSConnection", "PayloadSink", "ViewSink"]
 
 _U32 = struct.Struct(">I")
 _TYPES = 256
+_FLAGGED = frozenset({Step.INIT, Step.DOWNLOAD_REQUEST, Step.DOWNLOAD_OK})
+"""Session steps whose packet carries ``PayloadFlags``."""
 
 
 class ConnPhase(Enum):
@@ -80,6 +88,10 @@ class FSConnection:
         self._payload_file = 0
         self._payload_sink: PayloadSink | None = None
         self._evented: set[int] = set()
+        self._zstd_session: Session | None = None
+        """The session of the payload arriving, if it is compressed."""
+        self._events: list[Event] = []
+        self.coding = PayloadCoding()
         # plain counters, indexed by packet type: metrics read them now and then
         self.rx_packets, self.rx_bytes = [0] * _TYPES, [0] * _TYPES
         self.tx_packets, self.tx_bytes = [0] * _TYPES, [0] * _TYPES
@@ -180,7 +192,7 @@ class FSConnection:
                 continue
             if length < HEADER_SIZE:
                 raise LocalProtocolError(f"packet length {length} is shorter than its header")
-            if ptype == T.SMALL_FILE_BATCH:
+            if ptype == T.SMALL_FILE_BATCH or ptype == T.SMALL_FILE_BATCH_ZSTD:
                 if length > self._batch_limit:
                     raise LocalProtocolError(
                         f"SmallFileBatch of {length} bytes exceeds {self._batch_limit}",
@@ -197,6 +209,10 @@ class FSConnection:
             pos += length
             self.rx_packets[ptype] += 1
             self.rx_bytes[ptype] += length
+            if ptype == T.SMALL_FILE_BATCH_ZSTD:
+                msg = self._inflated_batch(msg)
+            if ptype == T.SMALL_FILE_BATCH or ptype == T.SMALL_FILE_BATCH_ZSTD:
+                self.coding.payload[0] += length - HEADER_SIZE
             if self._apply(msg, self.peer):
                 events.append(msg)
         return pos
@@ -207,10 +223,18 @@ class FSConnection:
         self._payload_left = nbytes
         self._payload_file = file_id
         self._skip_payload = self._stale(file_id)
+        self._zstd_session = None
         if self._skip_payload:  # sent before the peer saw our Error: drop it
             self._payload_sink = None
             return
+        session = self.sessions.open_for_data(file_id, self.peer)
+        if session.zstd:
+            self.sessions.count_wire(session, file_id, nbytes, wire_limit(session.size))
+            self._zstd_session = session
+            self._payload_sink = None
+            return
         self.sessions.count_data(file_id, nbytes, self.peer)
+        self.coding.payload[0] += nbytes
         # Bytes of this file already handed out as DataChunk events in this call must not be
         # overtaken by later bytes copied straight into a sink: keep to events until next call.
         sink = self._sinks.get(file_id)
@@ -265,6 +289,7 @@ class FSConnection:
         session.transferred = transferred
         self.rx_packets[T.FILE_SYNC_DATA] += packets
         self.rx_bytes[T.FILE_SYNC_DATA] += wire
+        self.coding.payload[0] += wire - packets * DATA_HEADER_SIZE
         sink.advance(filled)
         self._payload_left = left
         return pos
@@ -276,20 +301,40 @@ class FSConnection:
             return pos + take
         chunk = buf[pos : pos + take]
         sink = self._payload_sink
-        if sink is None:
+        if self._zstd_session is not None:
+            self._events = events
+            self.coding.inflate(self._zstd_session, chunk, self._deliver)
+        elif sink is None:
             events.append(DataChunk(self._payload_file, chunk))
             self._evented.add(self._payload_file)
         else:
-            while chunk:
-                target = sink.target()
-                if not target:
-                    raise LocalProtocolError("sink is full", ErrorCode.INTERNAL)
-                n = min(len(target), len(chunk))
-                target[:n] = chunk[:n]
-                sink.advance(n)
-                chunk = chunk[n:]
+            self._copy(sink, chunk)
         self._payload_left -= take
         return pos + take
+
+    @staticmethod
+    def _copy(sink: PayloadSink, chunk: memoryview | bytes) -> None:
+        while chunk:
+            target = sink.target()
+            if not target:
+                raise LocalProtocolError("sink is full", ErrorCode.INTERNAL)
+            n = min(len(target), len(chunk))
+            target[:n] = chunk[:n]
+            sink.advance(n)
+            chunk = chunk[n:]
+
+    def _deliver(self, data: bytes) -> None:
+        """Original bytes out of a compressed payload: to the file's sink, or an event."""
+        fid = self._payload_file
+        sink = self._sinks.get(fid)
+        if sink is None:
+            self._events.append(DataChunk(fid, data))
+        else:
+            self._copy(sink, data)
+
+    def _inflated_batch(self, msg: m.SmallFileBatchZstd) -> m.SmallFileBatch:
+        body = self.coding.inflate_batch(msg, self._batch_limit)
+        return decode_body(T.SMALL_FILE_BATCH, body)  # type: ignore[return-value]
 
     # -- outbound ----------------------------------------------------------------------------
 
@@ -298,7 +343,7 @@ class FSConnection:
         if self.phase is ConnPhase.ERROR:
             raise LocalProtocolError("connection already failed")
         if isinstance(msg, m.FileSyncData):
-            return self.data_header(msg.file_id, len(msg.payload)) + msg.payload
+            return self.frame_data(msg.file_id, memoryview(msg.payload))
         packet = encode(msg)
         limit = self._batch_limit if isinstance(msg, m.SmallFileBatch) else self.max_packet
         if len(packet) > limit:
@@ -307,33 +352,63 @@ class FSConnection:
                 f"{limit}",
                 ErrorCode.PACKET_TOO_LARGE,
             )
+        tail = b""
+        if isinstance(msg, m.SmallFileBatch):
+            self.coding.payload[1] += len(packet) - HEADER_SIZE
+            if self.coding.agreed and self.coding.batches:
+                packed = self.coding.deflate_batch(packet)
+                packet = packet if packed is None else encode(packed)
+        elif isinstance(msg, m.FileSyncCheckHash):
+            tail = self._stream_end(msg.file_id)
         self._apply(msg, self.role)
         ptype = packet[4]
         self.tx_packets[ptype] += 1
         self.tx_bytes[ptype] += len(packet)
-        return packet
+        return tail + packet if tail else packet
+
+    def _stream_end(self, file_id: int) -> bytes:
+        """The last packets of a compressed session's stream, due before its CheckHash."""
+        session = self.sessions.sessions.get(file_id)
+        if session is None or not session.zstd:
+            return b""
+        return self._pack_data(file_id, self.coding.finish(session))
 
     def data_header(self, file_id: int, nbytes: int) -> bytes:
-        """Header of a FileSyncData packet whose *nbytes* payload the caller sends after it."""
+        """Header of a FileSyncData packet whose *nbytes* payload the caller sends after it
+        (not in a compressed session: see ``compressed``)."""
         if nbytes + DATA_HEADER_SIZE > self.max_packet:
             raise LocalProtocolError(
                 f"{nbytes} payload bytes exceed the maximum packet size {self.max_packet}",
                 ErrorCode.PACKET_TOO_LARGE,
             )
         self._require_ready(T.FILE_SYNC_DATA, self.role)
-        self.sessions.count_data(file_id, nbytes, self.role)
+        if self.sessions.count_data(file_id, nbytes, self.role).zstd:
+            raise LocalProtocolError(f"file {file_id} is compressed: its bytes go by frame_data")
+        self.coding.payload[1] += nbytes
         self.tx_packets[T.FILE_SYNC_DATA] += 1
         self.tx_bytes[T.FILE_SYNC_DATA] += nbytes + DATA_HEADER_SIZE
         return DATA_HEADER.pack(nbytes + DATA_HEADER_SIZE, T.FILE_SYNC_DATA, file_id)
 
+    def compressed(self, file_id: int) -> bool:
+        """Whether *file_id*'s payload is sent compressed (then only by ``frame_data``)."""
+        session = self.sessions.sessions.get(file_id)
+        return session is not None and session.zstd
+
     def frame_data(self, file_id: int, data: memoryview) -> bytes:
-        """*data* as FileSyncData packets of the largest allowed size, in one bytes object.
+        """*data* as FileSyncData packets of the largest allowed size, in one bytes object
+        (compressed first, in a compressed session: then maybe none until more comes).
 
         One accounting step for the whole chunk and one join keep small packets cheap; the
         result is immutable, so a transport may hold on to it without copying.
         """
         self._require_ready(T.FILE_SYNC_DATA, self.role)
-        self.sessions.count_data(file_id, len(data), self.role)
+        session = self.sessions.count_data(file_id, len(data), self.role)
+        if session.zstd:
+            return self._pack_data(file_id, self.coding.deflate(session, data))
+        self.coding.payload[1] += len(data)
+        return self._pack_data(file_id, data)
+
+    def _pack_data(self, file_id: int, data: memoryview | bytes) -> bytes:
         step = self.max_payload
         full = DATA_HEADER.pack(self.max_packet, T.FILE_SYNC_DATA, file_id)
         total = len(data)
@@ -411,6 +486,10 @@ class FSConnection:
                 elif self._stale(file_id):
                     return False
             self.sessions.apply(file_id, what, sender, size, offset)
+            if what in _FLAGGED:
+                session = self.sessions.sessions.get(file_id)
+                if session is not None:
+                    self.coding.flag_session(session, what, msg.flags)  # type: ignore[union-attr]
             if what in (Step.CHECK_HASH, Step.CANCEL) and sender is not self.role:
                 self.detach_sink(file_id)
         elif type(msg) in RESPONSE_OF:
@@ -466,6 +545,7 @@ class FSConnection:
             if msg.max_packet < MIN_MAX_PACKET:
                 raise LocalProtocolError(f"proposed packet size {msg.max_packet} too small")
             self._proposed = msg.max_packet
+            self.coding.handshake(msg)
             self.phase = waiting
             return
         assert isinstance(msg, m.VersionHandshakeResponse)
@@ -485,6 +565,7 @@ class FSConnection:
         if msg.max_in_flight < 1:
             raise LocalProtocolError("an in-flight limit of 0 allows nothing")
         self._set_max_packet(msg.max_packet)
+        self.coding.handshake(msg)
         # Both ends count by the server's limit from here on: a client that would open one
         # session or request too many fails on its own side, before the server ends it all.
         self.sessions.max_in_flight = self.requests.max_in_flight = msg.max_in_flight

@@ -8,7 +8,7 @@ through ``object.__setattr__`` and costs four times as much, which was 2-3 µs p
 Field order is wire order. ``Annotated`` metadata names the wire kind (see ``common.fields``);
 ``docs/PROTOCOL.md`` spells out the same layouts in bytes. Packet type numbers 0-11 are the seed
 protocol's and never change; new packets take new numbers (24-25: small-file batches, 26-27:
-the share list).
+the share list, 28: a compressed batch).
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ class PacketType(IntEnum):
     SMALL_FILE_BATCH_RESPONSE = 25
     SHARE_LIST_REQUEST = 26
     SHARE_LIST_RESPONSE = 27
+    SMALL_FILE_BATCH_ZSTD = 28
 
 
 class HandshakeStatus(IntEnum):
@@ -135,6 +136,17 @@ class HandshakeFlags(IntFlag):
     EXISTING_SHARE = 0x01
     """Attach only to a share that exists (else NO_SUCH_SHARE); without it, as in the seed
     protocol, a share is made by the first upload to it."""
+    ZSTD = 0x02
+    """In a VersionHandshake: the client can send and take zstd payloads. In the response:
+    the server agrees, so either side may send a payload compressed (``PayloadFlags``)."""
+
+
+class PayloadFlags(IntFlag):
+    """Bits of the ``flags`` of FileSyncInit, DownloadRequest and DownloadResponse."""
+
+    ZSTD = 0x01
+    """FileSyncInit, DownloadResponse: this session's payload is one zstd stream of the
+    file's bytes. DownloadRequest: the server may send it so."""
 
 
 class InitStatus(IntEnum):
@@ -231,6 +243,8 @@ class FileSyncInit(_Packet):
     base_version: Annotated[int, U64]
     digest: Annotated[bytes | None, OPT_DIGEST]
     path: Annotated[str, PATH]
+    flags: Annotated[int, TrailingFlags()] = 0
+    """``PayloadFlags``: ZSTD if the payload comes compressed (only once agreed)."""
 
 
 @packet
@@ -321,6 +335,8 @@ class VersionHandshakeResponse(_Packet):
     """The server's limit of open sessions, and apart from them of outstanding requests, on
     this connection: a client keeps its windows within it."""
     message: Annotated[str, MESSAGE]
+    flags: Annotated[int, TrailingFlags()] = 0
+    """``HandshakeFlags`` the server agrees to, of those the client offered."""
 
 
 @packet
@@ -372,6 +388,8 @@ class DownloadRequest(_Packet):
     (a download cut short). Honoured only if the stored content still has that digest."""
     digest: Annotated[bytes | None, OPT_DIGEST]
     path: Annotated[str, PATH]
+    flags: Annotated[int, TrailingFlags()] = 0
+    """``PayloadFlags``: ZSTD if the payload may come compressed."""
 
 
 @packet
@@ -384,6 +402,8 @@ class DownloadResponse(_Packet):
     """OK: the offset of the first payload byte, the request's when it resumes, else 0."""
     message: Annotated[str, MESSAGE]
     entry: Annotated[FileEntry | None, OptionalRecord(FileEntry)]
+    flags: Annotated[int, TrailingFlags()] = 0
+    """``PayloadFlags``: ZSTD if the payload comes compressed (only if asked for)."""
 
 
 @packet
@@ -450,6 +470,16 @@ class SmallFileBatch(_Packet):
 
     request_id: Annotated[int, U32]
     files: Annotated[tuple[SmallFile, ...], Records(SmallFile, MAX_BATCH_FILES)]
+
+
+@packet
+class SmallFileBatchZstd(_Packet):
+    """A SmallFileBatch whose ``files`` field travels as one zstd frame: *size* bytes once
+    decompressed. The receiver handles it as the SmallFileBatch it decompresses to."""
+
+    request_id: Annotated[int, U32]
+    size: Annotated[int, U32]
+    frame: Annotated[bytes, Rest()]
 
 
 @record
@@ -526,6 +556,7 @@ Message = (
     | SmallFileBatchResponse
     | ShareListRequest
     | ShareListResponse
+    | SmallFileBatchZstd
 )
 
 PACKET_CLASSES: dict[PacketType, type] = {
@@ -557,4 +588,5 @@ PACKET_CLASSES: dict[PacketType, type] = {
     PacketType.SMALL_FILE_BATCH_RESPONSE: SmallFileBatchResponse,
     PacketType.SHARE_LIST_REQUEST: ShareListRequest,
     PacketType.SHARE_LIST_RESPONSE: ShareListResponse,
+    PacketType.SMALL_FILE_BATCH_ZSTD: SmallFileBatchZstd,
 }

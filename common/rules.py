@@ -24,6 +24,7 @@ CLIENT_SENDS = frozenset(
         T.DELETE_REQUEST,
         T.SUBSCRIBE_REQUEST,
         T.SMALL_FILE_BATCH,
+        T.SMALL_FILE_BATCH_ZSTD,
         T.SHARE_LIST_REQUEST,
     }
 )

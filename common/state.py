@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum, auto
+from typing import Any
 
 from common.errors import ErrorCode, LocalProtocolError
 from common.limits import MAX_IN_FLIGHT, NO_FILE
@@ -99,6 +100,15 @@ class Session:
     transferred: int = 0
     asked: int = 0
     """A download's requested offset: the response starts there or at 0."""
+    zstd: bool = False
+    """The payload is a zstd stream: ``transferred`` counts the original bytes, ``wire`` the
+    compressed ones."""
+    zstd_asked: bool = False
+    """A download whose payload may come compressed."""
+    wire: int = 0
+    coder: Any = None
+    """The session's ``Deflater`` or ``Inflater`` (``common.compression``), made when its
+    first payload is sent or arrives, and again for a retry."""
 
 
 class SessionTable:
@@ -149,7 +159,8 @@ class SessionTable:
         if size is not None:
             session.size = size
         if step is Step.RETRY:
-            session.transferred = 0
+            session.transferred = session.wire = 0
+            session.coder = None
         elif step is Step.DOWNLOAD_REQUEST:
             session.asked = offset
         elif offset:
@@ -172,8 +183,22 @@ class SessionTable:
                 f"file {file_id}: offset {offset} of {size} bytes (asked {asked})"
             )
 
-    def count_data(self, file_id: int, nbytes: int, sender: Role) -> None:
-        """Account *nbytes* of payload for *file_id*, refusing more than its size."""
+    def count_data(self, file_id: int, nbytes: int, sender: Role) -> Session:
+        """Account *nbytes* of payload for *file_id*, refusing more than its size. A sender
+        counts a compressed session's original bytes here too; its receiver counts them as
+        they come out of the decompressor (``count_wire`` for the packets)."""
+        session = self.open_for_data(file_id, sender)
+        if session.transferred + nbytes > session.size:
+            raise LocalProtocolError(
+                f"file {file_id}: {session.transferred + nbytes} bytes exceed its size "
+                f"{session.size}",
+                ErrorCode.LIMIT_EXCEEDED,
+            )
+        session.transferred += nbytes
+        return session
+
+    def open_for_data(self, file_id: int, sender: Role) -> Session:
+        """The session *file_id* if *sender* may send its payload now."""
         session = self.sessions.get(file_id)
         wanted = Phase.UPLOADING if sender is Role.CLIENT else Phase.DOWNLOADING
         if session is None or session.phase is not wanted:
@@ -182,13 +207,17 @@ class SessionTable:
                 f"FileSyncData from {sender.name.lower()} for file {file_id} ({where})",
                 ErrorCode.UNEXPECTED_PACKET if session else ErrorCode.UNKNOWN_FILE,
             )
-        if session.transferred + nbytes > session.size:
+        return session
+
+    def count_wire(self, session: Session, file_id: int, nbytes: int, limit: int) -> None:
+        """Account *nbytes* of a compressed session's packets, refusing more than *limit*."""
+        session.wire += nbytes
+        if session.wire > limit:
             raise LocalProtocolError(
-                f"file {file_id}: {session.transferred + nbytes} bytes exceed its size "
-                f"{session.size}",
+                f"file {file_id}: {session.wire} compressed bytes exceed the {limit} its size "
+                "allows",
                 ErrorCode.LIMIT_EXCEEDED,
             )
-        session.transferred += nbytes
 
     def end(self, file_id: int) -> bool:
         """Forget a session ended by an Error packet; False if there was none."""

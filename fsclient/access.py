@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from common.errors import ErrorCode, FSError
 from fsclient.options import (
     DEFAULT_SERVER,
+    ENV_COMPRESS,
     ENV_TLS,
     ENV_TLS_CA,
     ENV_TLS_FINGERPRINT,
@@ -40,8 +41,14 @@ class Access:
     tls: bool = False
     tls_ca: str = ""
     tls_fingerprint: str = ""
+    compress: str = ""
+    """``--compress`` or ``$FS_COMPRESS`` (``fsclient.compress``); empty: auto."""
 
     def __post_init__(self) -> None:
+        if self.compress:
+            from fsclient.compress import CompressSetting
+
+            CompressSetting.parse(self.compress)  # a typo fails before anything connects
         if self.tls_fingerprint:
             from common.tls import normalize_fingerprint
 
@@ -63,6 +70,7 @@ class Access:
             tls_ca=getattr(args, "tls_ca", None) or env.get(ENV_TLS_CA, ""),
             tls_fingerprint=getattr(args, "tls_fingerprint", None)
             or env.get(ENV_TLS_FINGERPRINT, ""),
+            compress=getattr(args, "compress", None) or env.get(ENV_COMPRESS, ""),
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:

@@ -43,6 +43,7 @@ from common.paths import check_name, normalize_path, normalize_prefix
 from common.state import Phase
 from fsclient.access import DEFAULT_SERVER, Access
 from fsclient.batch import BatchUpload, Item, OnResult
+from fsclient.compress import OFF, CompressSetting, PayloadPolicy, local_peer
 from fsclient.connect import (
     closed_at_handshake,
     looks_like_http,
@@ -77,6 +78,8 @@ class Client:
         self.dial: Callable[[], Awaitable[Client]] | None = None
         """Connects again the way this client was connected (``reconnect``)."""
         self._reconnecting = asyncio.Lock()
+        self.payloads = PayloadPolicy(CompressSetting(OFF), proto.conn, local=True)
+        """Whether uploads and downloads go compressed (``connect`` sets it)."""
 
     @classmethod
     async def connect(
@@ -97,6 +100,7 @@ class Client:
         check_name(share)
         client_id = check_name(client_id or f"fsclient-{os.urandom(4).hex()}", "client id")
         access = access or Access()
+        compress = CompressSetting.given(access.compress)
         proposal = max_packet or ABSOLUTE_MAX_PACKET
         if proposal < DEFAULT_MAX_PACKET:
             raise ValueError(f"--max-packet must be at least {DEFAULT_MAX_PACKET}")
@@ -104,6 +108,8 @@ class Client:
         auth = access.token.encode()
         try:  # (the server may have closed the connection before this is sent)
             flags = 0 if create_share else m.HandshakeFlags.EXISTING_SHARE
+            if compress.offers:
+                flags |= m.HandshakeFlags.ZSTD
             proto.send(m.VersionHandshake(MAGIC, PROTOCOL_VERSION, proposal, client_id, share,
                                           auth, flags))  # fmt: skip
             hello = await asyncio.wait_for(proto.handshake, timeout)
@@ -119,6 +125,9 @@ class Client:
             proto.abort(RemoteError(hello.message), send_error=False)
             raise refusal(hello.status, hello.message)
         client = cls(proto, hello)
+        extra = proto.transport.get_extra_info
+        local = local_peer(extra("peername"), extra("sockname"))
+        client.payloads = PayloadPolicy(compress, proto.conn, local)
         client.dial = functools.partial(cls.connect, server, share, client_id=client_id,
                                         max_packet=max_packet, access=access,
                                         timeout=timeout, create_share=True)  # fmt: skip
@@ -140,6 +149,7 @@ class Client:
             fresh = await self.dial()
             self.proto, self.worker_id, self.store_id = fresh.proto, fresh.worker_id, fresh.store_id
             self.max_packet, self.max_in_flight = fresh.max_packet, fresh.max_in_flight
+            self.payloads = fresh.payloads
 
     async def __aenter__(self) -> Client:
         return self

@@ -44,7 +44,8 @@ async def _session(client: Client, path: str, dest: Path, progress: Progress | N
         partial = take_partial(dest) if resume else None
         offset, digest = target.open(partial)
         proto.start_download(fid, target)
-        proto.send(m.DownloadRequest(fid, offset, digest, path))
+        flags = client.payloads.download_flags()
+        proto.send(m.DownloadRequest(fid, offset, digest, path, flags))
         reply: m.DownloadResponse = await box.next()
         if reply.status is not m.LookupStatus.OK or reply.entry is None:
             raise refusal(reply.status, reply.message)

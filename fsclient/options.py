@@ -16,6 +16,7 @@ ENV_TOKEN = "FS_TOKEN"
 ENV_TLS = "FS_TLS"
 ENV_TLS_CA = "FS_TLS_CA"
 ENV_TLS_FINGERPRINT = "FS_TLS_FINGERPRINT"
+ENV_COMPRESS = "FS_COMPRESS"
 
 
 def add_access_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -46,6 +47,22 @@ def add_access_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         help="use TLS, trusting only the certificate with this SHA-256"
         f" (env {ENV_TLS_FINGERPRINT})",
     )
+    parser.add_argument(
+        "--compress",
+        type=compress_mode,
+        default=default(None),
+        metavar="MODE",
+        help="zstd for file bytes: auto (unless the server is on this machine), off, or a "
+        f"level 1-19 (env {ENV_COMPRESS}, default auto)",
+    )
+
+
+def compress_mode(text: str) -> str:
+    """``--compress``: auto, off or a level (checked here without importing zstd)."""
+    word = text.strip().lower()
+    if word in ("auto", "off") or (word.isdigit() and 1 <= int(word) <= 19):
+        return word
+    raise argparse.ArgumentTypeError(f"{text!r}: use auto, off or a zstd level from 1 to 19")
 
 
 def add_create_share(parser: argparse.ArgumentParser) -> None:

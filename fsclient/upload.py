@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from common import messages as m
+from common.compression import PROBE_BYTES
 from common.digest import EMPTY_DIGEST, StreamingDigest
 from fsclient.localfiles import CHUNK
 from fsclient.protocol import ClientProtocol, refusal
@@ -31,8 +32,9 @@ async def upload(client: Client, source: UploadSource, path: str, base_version: 
     proto = client.proto  # (a lost one stays lost: another transfer may replace it meanwhile)
     try:
         meta = source.meta
+        flags = client.payloads.upload_flags(path, meta.size, first_bytes(source))
         proto.send(m.FileSyncInit(fid, meta.size, meta.mtime_ns, meta.mode,
-                                         base_version, meta.digest, path))  # fmt: skip
+                                  base_version, meta.digest, path, flags))  # fmt: skip
         reply: m.FileSyncInitResponse = await box.next()
         if reply.status is m.InitStatus.ALREADY_HAVE_CONTENT:
             assert meta.digest is not None
@@ -70,7 +72,7 @@ async def send_payload(proto: ClientProtocol, fid: int, source: UploadSource,
     size, known = source.meta.size, source.meta.digest
     hasher = None if known else StreamingDigest()
     conn = proto.conn
-    zero_copy = conn.max_payload >= ZERO_COPY_MIN
+    zero_copy = conn.max_payload >= ZERO_COPY_MIN and not conn.compressed(fid)
     step = min(conn.max_payload, CHUNK) if zero_copy else SEND_CHUNK
     ring: BufferRing | None = None
     if hasher is not None and start:
@@ -101,6 +103,18 @@ async def send_payload(proto: ClientProtocol, fid: int, source: UploadSource,
         if progress is not None:
             progress(pos, size)
     return hasher.digest() if hasher else known or EMPTY_DIGEST
+
+
+def first_bytes(source: UploadSource) -> memoryview | None:
+    """The bytes that decide whether *source* is worth compressing (None if unreadable)."""
+    n = min(source.meta.size, PROBE_BYTES)
+    first = source.view(0, n)
+    if first is None:
+        try:
+            first = source.read_into(0, memoryview(bytearray(n)))
+        except (OSError, FileChanged):
+            return None  # (the upload itself says what is wrong)
+    return first
 
 
 def entry_of(meta: SourceMeta, digest: bytes, path: str, finish: m.FileSyncFinish) -> m.FileEntry:

@@ -67,6 +67,8 @@ OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
      "folder that keeps the store on disk (without it, memory only: a restart loses all)"),
     ("--tombstone-days", "tombstone_days", "FS_TOMBSTONE_DAYS", float,
      "days a deleted file's tombstone is kept; a client away longer does a full rescan"),
+    ("--compress", "compress", "FS_SERVER_COMPRESS", str.lower,
+     "zstd payloads with the clients that offer it: on or off"),
     ("--fsync", "fsync", "FS_FSYNC", str.lower,
      "when an upload is acknowledged: always (on disk), interval (may lose the last 100 ms), "
      "never (the OS decides)"),

@@ -17,6 +17,7 @@ _DECIMAL = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:([KMGT])(IB|I|B)?|B)?\s*$", re.IGNORECASE)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FSYNC_MODES = ("always", "interval", "never")
+COMPRESS_MODES = ("on", "off")
 
 
 def parse_size(text: str) -> int:
@@ -100,6 +101,8 @@ class ServerConfig:
     data_dir: str = ""
     """Where the store is kept on disk; empty: memory only (nothing survives a restart)."""
     fsync: str = "always"
+    compress: str = "on"
+    """Agree to zstd payloads with a client that offers them (``common.compression``)."""
     repair: bool = False
     """Start even if the data dir is damaged in the middle, keeping what checks out."""
     tombstone_days: float = 30.0
@@ -128,6 +131,7 @@ class ServerConfig:
             (self.resume_timeout >= 0, "--resume-timeout must not be negative"),
             (self.log_level in LOG_LEVELS, f"--log-level must be one of {', '.join(LOG_LEVELS)}"),
             (self.fsync in FSYNC_MODES, f"--fsync must be one of {', '.join(FSYNC_MODES)}"),
+            (self.compress in COMPRESS_MODES, "--compress must be on or off"),
             (self.tombstone_days > 0, "--tombstone-days must be positive"),
             (self.shutdown_grace >= 0, "shutdown grace must not be negative"),
         ]

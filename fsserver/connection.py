@@ -296,7 +296,7 @@ class ClientConnection(
             self.written += sum(len(chunk) for chunk in chunks)
 
     def publish_traffic(self) -> None:
-        self.traffic.publish(self.conn.traffic())
+        self.traffic.publish(self.conn)
 
     def sent(self) -> int:
         """Bytes that have left the transport (its buffer no longer references them)."""
@@ -408,8 +408,10 @@ class ClientConnection(
                          text: str) -> None:  # fmt: skip
         agreed = self.conn.negotiate(msg.max_packet)
         in_flight = self.conn.sessions.max_in_flight
-        self.send(m.VersionHandshakeResponse(status, PROTOCOL_VERSION, agreed, self.ctx.worker_id,
-                                             self.ctx.store_id, in_flight, text))  # fmt: skip
+        flags = msg.flags & m.HandshakeFlags.ZSTD if self.ctx.compress else 0
+        self.send(m.VersionHandshakeResponse(status, PROTOCOL_VERSION, agreed,
+                                             self.ctx.worker_id, self.ctx.store_id, in_flight,
+                                             text, flags))  # fmt: skip
         if status is not m.HandshakeStatus.OK:
             telemetry.refused(status.name.lower())
             self.flush()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from common import compression
 from common.errors import InvalidPath
 from common.paths import normalize_path
 from fsserver.auth import TokenStore
@@ -35,6 +37,11 @@ class WorkerContext:
     staging: Staging
     """This worker's area of the arena for small-file batches on their way into the store."""
     connections: set[ClientConnection] = field(default_factory=set)
+
+    @cached_property
+    def compress(self) -> bool:
+        """Whether this worker agrees to zstd payloads: ``--compress on`` and zstandard."""
+        return self.config.compress == "on" and compression.available()
 
     def too_large(self, size: int) -> str | None:
         """Why a file of *size* bytes is refused (over ``--max-file-size``), or None."""

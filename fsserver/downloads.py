@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from common import compression
 from common import messages as m
 from common.connection import FSConnection
 from fsserver import telemetry
@@ -30,6 +31,8 @@ ZERO_COPY_MIN = 64 * 1024
 BATCH_BYTES = 256 * 1024
 """Smaller packets are joined into writes of about this size."""
 DRAIN_POLL = 0.02
+COMPRESS_MIN = 256
+"""A download smaller than this is sent as it is: a frame's own bytes would eat the gain."""
 
 
 def resume_from(msg: m.DownloadRequest, entry: m.FileEntry) -> int:
@@ -87,12 +90,13 @@ class DownloadStream:
         arena = owner.ctx.arena
         start, size = self.offset, self.entry.size
         payload = conn.max_payload
+        compressed = conn.compressed(fid)
         pos = self.first
         while pos < size:
             await owner.writable.wait()
             if owner.closing:
                 return
-            if payload >= ZERO_COPY_MIN:
+            if payload >= ZERO_COPY_MIN and not compressed:
                 n = min(payload, size - pos)
                 data = arena[start + pos : start + pos + n]
                 owner.write_now([conn.data_header(fid, n), data])
@@ -181,10 +185,27 @@ class DownloadHandlers:
             self.activity.transfer_failed("download", msg.path, result.message or status.name)
             return
         start = resume_from(msg, result.entry)
-        self.send(m.DownloadResponse(fid, m.LookupStatus.OK, start, "", result.entry))
+        flags = self.download_flags(msg, result, start)
+        self.send(m.DownloadResponse(fid, m.LookupStatus.OK, start, "", result.entry, flags))
         stream = DownloadStream(self, fid, result, start)
         self.downloads[fid] = stream
         stream.start()
+
+    def download_flags(self, msg: m.DownloadRequest, opened: Opened, start: int) -> int:
+        """ZSTD if the client may take the file compressed and its first bytes shrink."""
+        entry = opened.entry
+        if (
+            not msg.flags & m.PayloadFlags.ZSTD
+            or not self.conn.coding.agreed
+            or entry.size - start < COMPRESS_MIN
+            or compression.skipped(entry.path)
+        ):
+            return 0
+        first = opened.offset + start
+        sample = self.ctx.arena[first : first + min(entry.size - start, compression.PROBE_BYTES)]
+        coding = self.conn.coding
+        worth = compression.worth_compressing(sample, coding.level, coding.stats)
+        return m.PayloadFlags.ZSTD if worth else 0
 
     def on_download_verdict(self, msg: m.FileSyncCheckHashResponse) -> None:
         stream = self.downloads.pop(msg.file_id)

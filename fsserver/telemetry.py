@@ -21,11 +21,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import TYPE_CHECKING
 
 import psutil
 from prometheus_client import Counter, Gauge, Histogram
 
 from common.messages import PacketType
+
+if TYPE_CHECKING:
+    from common.connection import FSConnection
 
 ROLE_LABELS = ("role", "index")
 PACKET_NAMES = {int(t): t.name.lower() for t in PacketType}
@@ -236,6 +240,25 @@ class ProcessSampler:
             LOOP_LAG.labels(*self.labels).set(max(0.0, loop.time() - expected))
 
 
+PAYLOAD_BYTES = Counter(
+    "fs_payload_bytes", "File bytes carried by data packets and batches, counted before "
+    "compression, by direction (received from / sent to clients).", ["direction"],
+)  # fmt: skip
+WIRE_BYTES = Counter(
+    "fs_payload_wire_bytes", "Bytes of the data packets and batches that carried "
+    "fs_payload_bytes, as on the wire, by direction: the ratio is what compression saves.",
+    ["direction"],
+)  # fmt: skip
+COMPRESSION_SECONDS = Counter(
+    "fs_compression_cpu_seconds", "CPU seconds spent compressing and decompressing payloads, by "
+    "role and operation.", ["role", "operation"],
+)  # fmt: skip
+DATA_PACKETS = (
+    PacketType.FILE_SYNC_DATA, PacketType.SMALL_FILE_BATCH, PacketType.SMALL_FILE_BATCH_ZSTD,
+)  # fmt: skip
+_CODING = ("payload_in", "payload_out", "wire_in", "wire_out", "compress", "decompress")
+
+
 class TrafficCounts:
     """Adds a connection's packet counts to the counters, as deltas since the last time.
     ``add`` only sums them up per process; ``flush_traffic`` adds the sums to the counters:
@@ -244,8 +267,11 @@ class TrafficCounts:
 
     def __init__(self) -> None:
         self.seen: list[list[int]] = [[0] * 256 for _ in range(4)]
+        self.coding_seen: list[float] = [0] * len(_CODING)
 
-    def add(self, counts: list[list[int]]) -> None:
+    def add(self, conn: FSConnection) -> None:
+        counts = conn.traffic()
+        self.add_coding(conn, counts)
         for now, seen, pending in zip(counts, self.seen, _PENDING, strict=True):
             if now == seen:  # (one comparison in C: most connections are quiet most seconds)
                 continue
@@ -256,19 +282,49 @@ class TrafficCounts:
                     pending[ptype] += delta
                     seen[ptype] = value
 
-    def publish(self, counts: list[list[int]]) -> None:
+    def add_coding(self, conn: FSConnection, counts: list[list[int]]) -> None:
+        """Payload bytes next to their wire bytes, and compression's CPU time."""
+        rx, tx = counts[1], counts[3]
+        stats = conn.coding.stats
+        now = (*conn.coding.payload, sum(rx[t] for t in DATA_PACKETS),
+               sum(tx[t] for t in DATA_PACKETS), stats.compress_seconds,
+               stats.decompress_seconds)  # fmt: skip
+        for i, value in enumerate(now):
+            _CODING_PENDING[i] += value - self.coding_seen[i]
+            self.coding_seen[i] = value
+
+    def publish(self, conn: FSConnection) -> None:
         """``add``, then the counters now (a connection that ends)."""
-        self.add(counts)
+        self.add(conn)
         flush_traffic()
 
 
 _PENDING: list[list[int]] = [[0] * 256 for _ in range(4)]
+_CODING_PENDING: list[float] = [0] * len(_CODING)
 
 
 def flush_traffic() -> None:
+    flush_coding()
     metrics = (RECEIVED_PACKETS, RECEIVED_BYTES, SENT_PACKETS, SENT_BYTES)
     for metric, pending in zip(metrics, _PENDING, strict=True):
         for ptype, name in PACKET_NAMES.items():
             if pending[ptype]:
                 metric.labels(name).inc(pending[ptype])
                 pending[ptype] = 0
+
+
+def flush_coding() -> None:
+    payload_in, payload_out, wire_in, wire_out, compress, decompress = _CODING_PENDING
+    if not any(_CODING_PENDING):
+        return
+    for metric, label, value in (
+        (PAYLOAD_BYTES, "received", payload_in), (PAYLOAD_BYTES, "sent", payload_out),
+        (WIRE_BYTES, "received", wire_in), (WIRE_BYTES, "sent", wire_out),
+    ):  # fmt: skip
+        if value:
+            metric.labels(label).inc(value)
+    if compress:
+        COMPRESSION_SECONDS.labels("worker", "compress").inc(compress)
+    if decompress:
+        COMPRESSION_SECONDS.labels("worker", "decompress").inc(decompress)
+    _CODING_PENDING[:] = [0] * len(_CODING)

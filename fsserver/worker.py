@@ -140,7 +140,7 @@ class Worker:
             for conn in list(self.ctx.connections):
                 conn.check_deadlines(now)
                 conn.check_token()
-                conn.traffic.add(conn.conn.traffic())
+                conn.traffic.add(conn.conn)
             telemetry.flush_traffic()
             telemetry.HASH_QUEUE.set(self.ctx.hashes.in_flight)
             subscribers = sum(map(len, self.ctx.feed.subscribers.values()))

@@ -38,7 +38,7 @@ TYPES = {
     "StatResponse": 15, "DownloadRequest": 16, "DownloadResponse": 17, "DeleteRequest": 18,
     "DeleteResponse": 19, "FileSyncCancel": 20, "SubscribeRequest": 21, "SubscribeResponse": 22,
     "ChangeNotification": 23, "SmallFileBatch": 24, "SmallFileBatchResponse": 25,
-    "ShareListRequest": 26, "ShareListResponse": 27,
+    "ShareListRequest": 26, "ShareListResponse": 27, "SmallFileBatchZstd": 28,
 }  # fmt: skip
 """Section 3.1."""
 
@@ -55,7 +55,8 @@ LAYOUTS: dict[str, list[tuple[str, str]]] = {
     "Ping": [("nonce", "u64"), ("reply", "bool")],
     "Data": [("payload", "rest")],
     "FileSyncInit": [("file_id", "u32"), ("size", "u64"), ("mtime_ns", "i64"), ("mode", "u32"),
-                     ("base_version", "u64"), ("digest", "opt_digest"), ("path", "text")],
+                     ("base_version", "u64"), ("digest", "opt_digest"), ("path", "text"),
+                     ("flags", "flags")],
     "FileSyncInitResponse": [("file_id", "u32"), ("status", "enum8"), ("version", "u64"),
                              ("offset", "u64"), ("message", "text")],
     "FileSyncData": [("file_id", "u32"), ("payload", "rest")],
@@ -68,7 +69,8 @@ LAYOUTS: dict[str, list[tuple[str, str]]] = {
                          ("flags", "flags")],
     "VersionHandshakeResponse": [("status", "enum8"), ("version", "u16"), ("max_packet", "u32"),
                                  ("worker_id", "u16"), ("store_id", "bytes16"),
-                                 ("max_in_flight", "u32"), ("message", "text")],
+                                 ("max_in_flight", "u32"), ("message", "text"),
+                                 ("flags", "flags")],
     "ListRequest": [("request_id", "u32"), ("limit", "u32"), ("prefix", "text"),
                     ("after", "text")],
     "ListResponse": [("request_id", "u32"), ("status", "enum8"), ("more", "bool"),
@@ -77,9 +79,10 @@ LAYOUTS: dict[str, list[tuple[str, str]]] = {
     "StatResponse": [("request_id", "u32"), ("status", "enum8"), ("message", "text"),
                      ("entry", "opt_record FileEntry")],
     "DownloadRequest": [("file_id", "u32"), ("offset", "u64"), ("digest", "opt_digest"),
-                        ("path", "text")],
+                        ("path", "text"), ("flags", "flags")],
     "DownloadResponse": [("file_id", "u32"), ("status", "enum8"), ("offset", "u64"),
-                         ("message", "text"), ("entry", "opt_record FileEntry")],
+                         ("message", "text"), ("entry", "opt_record FileEntry"),
+                         ("flags", "flags")],
     "DeleteRequest": [("request_id", "u32"), ("base_version", "u64"), ("path", "text")],
     "DeleteResponse": [("request_id", "u32"), ("status", "enum8"), ("version", "u64"),
                        ("message", "text")],
@@ -90,6 +93,7 @@ LAYOUTS: dict[str, list[tuple[str, str]]] = {
     "ChangeNotification": [("deleted", "bool"), ("entry", "record FileEntry")],
     "SmallFileBatch": [("request_id", "u32"), ("files", "records SmallFile")],
     "SmallFileBatchResponse": [("request_id", "u32"), ("results", "records FileResult")],
+    "SmallFileBatchZstd": [("request_id", "u32"), ("size", "u32"), ("frame", "rest")],
     "ShareListRequest": [("request_id", "u32"), ("after", "text")],
     "ShareListResponse": [("request_id", "u32"), ("more", "bool"),
                           ("shares", "records ShareInfo")],
@@ -160,6 +164,15 @@ S, L = m.FileStatus, m.LookupStatus
 TAIL = "17979cfe3d85cd15000001a4b5e9c1ad071b3e7fc779cfaa5e523818000e646f63732f68656c6c6f2e747874"
 """ENTRY from its mtime on: mtime_ns, mode, digest, path."""
 
+BATCH_FRAME = (
+    "28b52ffd0458f50200e404000217979cfe3d85cd15000001a4ffb5e9c1ad071b3e7fc779cfaa5e523818000e"
+    "646f63732f68656c6c6f2e747874000000050001800099aa06d3014798d86001c324468d497f000662000000"
+    "000500802002c80e578230ef93813a49db2997"
+)
+"""The zstd frame of section 3.4's SmallFileBatchZstd: the files of the SmallFileBatch above."""
+ZSTD = m.HandshakeFlags.ZSTD
+PZSTD = m.PayloadFlags.ZSTD
+
 VECTORS: list[tuple[m.Message, str]] = [
     (m.Ping(42, False), "0000000e01000000000000002a00"),
     (m.Ping(42, True), "0000000e01000000000000002a01"),
@@ -188,6 +201,22 @@ VECTORS: list[tuple[m.Message, str]] = [
                                   m.FileResult(S.CONFLICT, 9, "conflict"))),
      "0000002919000000090002" "00" "0000000000000007" "0000"
      "04" "0000000000000009" "0008636f6e666c696374"),
+    (m.SmallFileBatchZstd(9, 111, bytes.fromhex(BATCH_FRAME)),
+     "000000781c000000090000006f" + BATCH_FRAME),
+    # compression agreed (section 5.14): the flags byte ends each packet
+    (m.VersionHandshake(MAGIC, 1, 1 << 20, "laptop", "default", b"", ZSTD),
+     "000000250a4653594e00010010000000066c6170746f70000764656661756c740000000002"),
+    (m.VersionHandshakeResponse(m.HandshakeStatus.OK, 1, 1 << 20, 0, STORE_ID, 4096, "", ZSTD),
+     "000000250b000001001000000000000102030405060708090a0b0c0d0e0f00001000000002"),
+    (m.FileSyncInit(1, 5, MTIME, 0o644, ANY_VERSION, HELLO, "docs/hello.txt", PZSTD),
+     "000000470300000001000000000000000517979cfe3d85cd15000001a4ffffffffffffffff01"
+     "b5e9c1ad071b3e7fc779cfaa5e523818000e646f63732f68656c6c6f2e74787401"),
+    (m.DownloadRequest(3, 0, None, "docs/hello.txt", PZSTD),
+     "00000033100000000300000000000000000000000000000000000000000000000000000e646f63732f"
+     "68656c6c6f2e74787401"),
+    (m.DownloadResponse(3, L.OK, 0, "", ENTRY, PZSTD),
+     "000000521100000003000000000000000000000001000000000000000500000000000000" "07" + TAIL
+     + "01"),
     (m.DeleteRequest(3, ANY_VERSION, "a"), "000000141200000003ffffffffffffffff000161"),
     (m.DeleteResponse(3, L.DENIED, 0, ""), "0000001413000000030400000000000000000000"),
     (m.Error(ErrorCode.HASH_MISMATCH, 1, ""), "0000000d000010000000010000"),
@@ -336,3 +365,13 @@ def test_every_documented_example_is_a_vector_and_the_reverse():
     vectors = {wire for _, wire in VECTORS}
     assert documented - vectors == set(), "documented, but not checked here"
     assert vectors - documented == set(), "checked here, but not documented"
+
+
+def test_the_compressed_batch_stands_for_the_documented_batch():
+    """Section 3.4: the frame of the SmallFileBatchZstd example decompresses to the files of
+    the SmallFileBatch example, and a receiver that agreed on zstd reads it as that batch."""
+    from common.compression import CodecStats, inflate_whole
+
+    batch = next(msg for msg, _ in VECTORS if isinstance(msg, m.SmallFileBatch))
+    files = inflate_whole(bytes.fromhex(BATCH_FRAME), 111, CodecStats())
+    assert files == encode(batch)[HEADER_SIZE + 4 :]

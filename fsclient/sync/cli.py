@@ -92,6 +92,7 @@ def folder_access(args: argparse.Namespace, db: StateDB) -> Access:
         tls=given.tls or db.meta("tls") == "1",
         tls_ca=given.tls_ca or db.meta("tls_ca", ""),
         tls_fingerprint=given.tls_fingerprint or db.meta("tls_fingerprint", ""),
+        compress=given.compress,
     )
 
 
