@@ -48,7 +48,7 @@ class Access:
         if self.compress:
             from fsclient.compress import CompressSetting
 
-            CompressSetting.parse(self.compress)  # a typo fails before anything connects
+            CompressSetting.parse(self.compress, "--compress or FS_COMPRESS")  # fails early
         if self.tls_fingerprint:
             from common.tls import normalize_fingerprint
 

@@ -30,8 +30,8 @@ class CompressSetting:
     level: int = compression.DEFAULT_LEVEL
 
     @classmethod
-    def parse(cls, text: str) -> CompressSetting:
-        """``auto``, ``off`` or a zstd level (1-19); ValueError with the reason otherwise."""
+    def parse(cls, text: str, source: str = "--compress") -> CompressSetting:
+        """``auto``, ``off`` or a zstd level (1-19); ValueError naming *source* otherwise."""
         word = text.strip().lower()
         if word in (AUTO, OFF):
             return cls(word)
@@ -39,7 +39,7 @@ class CompressSetting:
             return cls(LEVEL, compression.parse_level(word))
         except ValueError:
             raise ValueError(
-                f"--compress {text!r}: use auto, off or a zstd level from 1 to "
+                f"{source} {text!r}: use auto, off or a zstd level from 1 to "
                 f"{compression.MAX_LEVEL}"
             ) from None
 
