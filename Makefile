@@ -5,10 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages (installed only if missing): `python3 -m venv` needs ensurepip, which Debian
-# ships apart; real-program tests and benchmarks need the others.
+# ships apart; real-program tests and benchmarks need the others (iproute2: `ip netns` and `tc`
+# for the shaped link of tests/test_shaped_link.py and `python -m bench --suite link`).
 VENV_DEBS := python3-venv
-TEST_DEBS := prometheus
-BENCH_DEBS := rsync
+TEST_DEBS := prometheus iproute2
+BENCH_DEBS := rsync iproute2
 ARGS ?=
 PYTEST_ARGS ?=
 

@@ -1,10 +1,12 @@
 """``python -m bench``: FS against raw TCP and rsync on loopback; see ``bench/__init__.py``.
 
-Five suites, all by default: ``--suite core`` (transfers through ``fsclient.Client``,
+Six suites, all by default: ``--suite core`` (transfers through ``fsclient.Client``,
 ``bench.run``), ``--suite sync`` (whole ``fsclient sync`` commands and live clients,
 ``bench.syncrun``), ``--suite durable`` (what ``--data-dir`` costs, ``bench.durabench``),
-``--suite latency`` (fan-out to 200 subscribers and CLI start-up, ``bench.latency``) and
-``--suite memory`` (the server's RAM per file, ``bench.membench``).
+``--suite latency`` (fan-out to 200 subscribers and CLI start-up, ``bench.latency``),
+``--suite memory`` (the server's RAM per file, ``bench.membench``) and ``--suite link`` (FS
+and rsync over a shaped 100 Mbit/s and 1 Gbit/s link between network namespaces, root only,
+``bench.linkbench``).
 Each writes its own section of docs/PERFORMANCE.md.
 """
 
@@ -28,10 +30,11 @@ from bench.report import (
     write_section,
 )
 from bench.run import MiB, Outcome, Settings, run_suite, say
+from bench.shapedlink import LinkError
 
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 SECTION = "core"
-SUITES = ("core", "sync", "durable", "latency", "memory", "all")
+SUITES = ("core", "sync", "durable", "latency", "memory", "link", "all")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--suite", choices=SUITES, default="all",
                    help="which suite to run (default all: core, sync, durable, "
-                   "latency, memory)")  # fmt: skip
+                   "latency, memory, link)")  # fmt: skip
     p.add_argument(
         "--quick", action="store_true", help="small sizes, 1 round, no doc update (smoke test)"
     )
@@ -48,9 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--repeats",
         type=int,
-        help="timed rounds (default 7 core / 5 sync, or 1 with --quick)",
+        help="timed rounds (default 7 core / 5 sync / 3 link, or 1 with --quick)",
     )
-    p.add_argument("--big-mib", type=int, help="big file size in MiB (default 256, quick 32)")
+    p.add_argument("--big-mib", type=int, help="big file size in MiB (default 256, quick 32; "
+                   "link: the log file, random bytes a quarter of it)")  # fmt: skip
     p.add_argument("--small-count", type=int, help="small files (default 2000, quick 200)")
     p.add_argument("--doc", type=Path, default=DOC, help="document to update")
     p.add_argument(
@@ -204,6 +208,24 @@ def run_memory(args: argparse.Namespace) -> None:
            lambda t: mem.document(s, t, args.quick, cm.method(c)))  # fmt: skip
 
 
+def run_link(args: argparse.Namespace) -> None:
+    from bench import linkbench as lb
+    from bench import linkreport
+
+    s = lb.LinkSettings.quick() if args.quick else lb.LinkSettings()
+    if args.repeats:
+        s.rounds = max(1, args.repeats)
+    if args.big_mib:
+        s.log_size, s.random_size = args.big_mib * MiB, max(1, args.big_mib // 4) * MiB
+    outcome = lb.run_link_suite(s)
+    tables = linkreport.tables(s, outcome)
+    print("\n".join(tables), flush=True)
+    if not (args.no_write or args.quick):
+        section = linkreport.SECTION
+        write_section(args.doc, section, linkreport.document(s, outcome, tables, args.quick))
+        say(f"bench: wrote the '{section}' section of {args.doc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.profile:
@@ -222,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
             run_latency(args)
         if args.suite in ("memory", "all"):
             run_memory(args)
+        if args.suite in ("link", "all"):
+            run_link(args)
     except KeyboardInterrupt:
         say("bench: interrupted, everything stopped")
         return 130
-    except NoRoom as e:
+    except (NoRoom, LinkError) as e:
         say(f"bench: {e}")
         return 1
     return 0

@@ -195,8 +195,8 @@ def test_the_cli_takes_a_level_and_syncs_compressed(servers, tmp_path):
     folder.mkdir()
     (folder / "app.log").write_bytes(LOG + b"sync")
     (folder / "photo.jpg").write_bytes(os.urandom(50_000))
-    done = fsclient("--compress", "7", "sync", "--once", str(folder), "--share", "cli", "--create-share",
-                    server=server)  # fmt: skip
+    done = fsclient("--compress", "7", "sync", "--once", str(folder), "--share", "cli",
+                    "--create-share", server=server)  # fmt: skip
     assert done.returncode == 0, done.stderr
     back = tmp_path / "back"
     back.mkdir()
