@@ -239,6 +239,8 @@ class TrailingFlags(VarKind):
     def decode(self, body: memoryview, pos: int) -> tuple[Any, int]:
         if pos >= len(body):
             return 0, pos
+        if not body[pos]:  # (one encoding per packet: 0 is the byte left out)
+            raise RemoteProtocolError("a flags byte of 0 must be left out")
         return body[pos], pos + 1
 
 

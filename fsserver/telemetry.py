@@ -313,6 +313,16 @@ def flush_traffic() -> None:
                 pending[ptype] = 0
 
 
+def show_coding() -> None:
+    """Export the compression counters at 0 from a worker's start (a dashboard's ratio is
+    then 0/0 = no data, not a missing series, until the first payload)."""
+    for direction in ("received", "sent"):
+        PAYLOAD_BYTES.labels(direction)
+        WIRE_BYTES.labels(direction)
+    for operation in ("compress", "decompress"):
+        COMPRESSION_SECONDS.labels("worker", operation)
+
+
 def flush_coding() -> None:
     payload_in, payload_out, wire_in, wire_out, compress, decompress = _CODING_PENDING
     if not any(_CODING_PENDING):

@@ -133,6 +133,7 @@ class Worker:
         the hash queue, as metrics."""
         assert self.ctx is not None
         loop = asyncio.get_running_loop()
+        telemetry.show_coding()
         while True:
             now = loop.time()
             if self.ctx.tokens is not None:

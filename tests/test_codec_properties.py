@@ -405,6 +405,11 @@ def test_decode_refuses_bad_flags_and_enums():
     body[flag_at] = 2
     with pytest.raises(RemoteProtocolError):
         decode_body(m.PacketType.FILE_SYNC_INIT, memoryview(body))
+    # a flags byte of 0 is the byte left out: written out, it is a second encoding, refused
+    plain = encode_body(m.FileSyncInit(1, 0, 0, 0, 0, None, "a"))
+    assert decode_body(m.PacketType.FILE_SYNC_INIT, memoryview(plain + b"\x01")).flags == 1
+    with pytest.raises(RemoteProtocolError, match="flags byte of 0"):
+        decode_body(m.PacketType.FILE_SYNC_INIT, memoryview(plain + b"\x00"))
     status = bytearray(encode_body(m.FileSyncInitResponse(1, m.InitStatus.ACCEPTED, 0, 0, "")))
     status[4] = max(m.InitStatus) + 1
     with pytest.raises(RemoteProtocolError):
