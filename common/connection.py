@@ -210,6 +210,7 @@ class FSConnection:
             self.rx_packets[ptype] += 1
             self.rx_bytes[ptype] += length
             if ptype == T.SMALL_FILE_BATCH_ZSTD:
+                self._require_ready(T.SMALL_FILE_BATCH_ZSTD, self.peer)
                 msg = self._inflated_batch(msg)
             if ptype == T.SMALL_FILE_BATCH or ptype == T.SMALL_FILE_BATCH_ZSTD:
                 self.coding.payload[0] += length - HEADER_SIZE
@@ -343,7 +344,15 @@ class FSConnection:
         if self.phase is ConnPhase.ERROR:
             raise LocalProtocolError("connection already failed")
         if isinstance(msg, m.FileSyncData):
-            return self.frame_data(msg.file_id, memoryview(msg.payload))
+            if self.compressed(msg.file_id):
+                return self.frame_data(msg.file_id, memoryview(msg.payload))
+            return self.data_header(msg.file_id, len(msg.payload)) + msg.payload
+        if isinstance(msg, m.SmallFileBatchZstd):
+            self._require_ready(T.SMALL_FILE_BATCH_ZSTD, self.role)
+            raise LocalProtocolError(
+                "send the SmallFileBatch: the connection compresses it when agreed",
+                ErrorCode.UNEXPECTED_PACKET,
+            )
         packet = encode(msg)
         limit = self._batch_limit if isinstance(msg, m.SmallFileBatch) else self.max_packet
         if len(packet) > limit:
@@ -367,11 +376,17 @@ class FSConnection:
         return tail + packet if tail else packet
 
     def _stream_end(self, file_id: int) -> bytes:
-        """The last packets of a compressed session's stream, due before its CheckHash."""
+        """The last packets of a compressed session's frame: due before its CheckHash, or
+        before a new frame at another level (``new_frame``)."""
         session = self.sessions.sessions.get(file_id)
         if session is None or not session.zstd:
             return b""
         return self._pack_data(file_id, self.coding.finish(session))
+
+    def new_frame(self, file_id: int) -> bytes:
+        """End a compressed session's frame, so that its next bytes start one at the current
+        ``coding.level`` (the stream may hold several frames)."""
+        return self._stream_end(file_id)
 
     def data_header(self, file_id: int, nbytes: int) -> bytes:
         """Header of a FileSyncData packet whose *nbytes* payload the caller sends after it

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from common import messages as m
 from common.compression import PROBE_BYTES
 from common.digest import EMPTY_DIGEST, StreamingDigest
+from fsclient.compress import LevelTuner
 from fsclient.localfiles import CHUNK
 from fsclient.protocol import ClientProtocol, refusal
 from fsclient.transfer import BufferRing, FileChanged, Progress, SourceMeta, UploadSource
@@ -49,7 +50,8 @@ async def upload(client: Client, source: UploadSource, path: str, base_version: 
         if start:
             log.info("%s: resuming the upload at byte %d of %d", path, start, meta.size)
         while True:
-            digest = await send_payload(proto, fid, source, progress, start)
+            tuner = client.payloads.tuner(fid)
+            digest = await send_payload(proto, fid, source, progress, start, tuner)
             start = 0  # a retry sends every byte
             source.check_unchanged()
             proto.send(m.FileSyncCheckHash(fid, digest))
@@ -66,9 +68,11 @@ async def upload(client: Client, source: UploadSource, path: str, base_version: 
 
 
 async def send_payload(proto: ClientProtocol, fid: int, source: UploadSource,
-                       progress: Progress | None = None, start: int = 0) -> bytes:  # fmt: skip
+                       progress: Progress | None = None, start: int = 0,
+                       tuner: LevelTuner | None = None) -> bytes:  # fmt: skip
     """Send the bytes of *source* from *start* on; returns the digest of the whole file (the
-    bytes before *start* are read and hashed, not sent)."""
+    bytes before *start* are read and hashed, not sent). *tuner*: a compressed upload's
+    level follows the link."""
     size, known = source.meta.size, source.meta.digest
     hasher = None if known else StreamingDigest()
     conn = proto.conn
@@ -81,7 +85,12 @@ async def send_payload(proto: ClientProtocol, fid: int, source: UploadSource,
             hasher.update(source.read_into(pos, buffer[: min(CHUNK, start - pos)]))
     pos = start
     while pos < size:
-        await proto.ready_to_send()
+        if tuner is None:
+            await proto.ready_to_send()
+        else:
+            waiting = tuner.wait_started()
+            await proto.ready_to_send()
+            tuner.wait_ended(waiting)
         n = min(step, size - pos)
         lent = None
         chunk = source.view(pos, n)
@@ -100,6 +109,8 @@ async def send_payload(proto: ClientProtocol, fid: int, source: UploadSource,
         if ring and lent:
             ring.lend(lent, proto.written if zero_copy else 0)
         pos += n
+        if tuner is not None and tuner.retune(pos - start):
+            proto.write([conn.new_frame(fid)])
         if progress is not None:
             progress(pos, size)
     return hasher.digest() if hasher else known or EMPTY_DIGEST

@@ -270,3 +270,46 @@ def test_a_bad_compressed_batch_is_refused(case, code, text):
     error = refused(server, batch_packet(size, frame))
     assert error.code is code
     assert text in error.message
+
+
+def tuned(level: int, *, waited: float, busy: float) -> tuple[int, bool, bool]:
+    """A ``LevelTuner`` after one step in which the sender waited for the socket *waited*
+    of the time and compressed *busy* of it: (level, new frame due, still compressing)."""
+    from fsclient.compress import TUNE_STEP, CompressSetting, LevelTuner, PayloadPolicy
+
+    client, _server = pair()
+    policy = PayloadPolicy(CompressSetting("auto", level), client, local=False)
+    tuner = LevelTuner(policy)
+    tuner.started -= 1.0  # a step that took a second
+    tuner.waited = waited
+    client.coding.stats.compress_seconds += busy
+    changed = tuner.retune(TUNE_STEP)
+    return client.coding.level, changed, policy.active
+
+
+def test_auto_climbs_while_the_link_holds_it_back():
+    assert tuned(3, waited=0.5, busy=0.2) == (4, True, True)
+    assert tuned(9, waited=0.5, busy=0.2) == (9, False, True)  # (the top auto climbs to)
+
+
+def test_auto_comes_down_while_compression_holds_it_back():
+    assert tuned(5, waited=0.0, busy=0.9) == (4, True, True)
+    assert tuned(5, waited=0.1, busy=0.5) == (5, False, True)  # neither: stays
+
+
+def test_auto_backs_off_when_the_link_is_faster_than_level_1():
+    assert tuned(1, waited=0.0, busy=0.95) == (1, False, False)
+
+
+def test_several_frames_make_one_stream():
+    """A level change ends the frame and starts another: the receiver reads them as one."""
+    client, server = pair()
+    open_upload(client, server, 2 * len(LOG_TEXT))
+    wire = client.frame_data(1, memoryview(LOG_TEXT)) + client.new_frame(1)
+    client.coding.level = 9
+    wire += client.frame_data(1, memoryview(LOG_TEXT)) + client.send(
+        m.FileSyncCheckHash(1, bytes(16))
+    )
+    events = server.feed(wire)
+    assert received(events) == LOG_TEXT * 2
+    assert isinstance(events[-1], m.FileSyncCheckHash)
