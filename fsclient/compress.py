@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 AUTO, OFF, LEVEL = "auto", "off", "level"
 TUNE_STEP = 8 << 20
-"""``auto`` looks at its level again after this many bytes of a file."""
+"""``auto`` looks at its level again after this many bytes of a file (and watches only files
+at least this big)."""
 TOP_LEVEL = 9
 """The highest level ``auto`` climbs to: past it zstd slows down far more than it gains."""
 COMPRESS_MIN = 256
@@ -75,31 +76,26 @@ def local_peer(peer: object, own: object) -> bool:
 
 class PayloadPolicy:
     """Whether one connection's uploads and downloads go compressed (see the module), and in
-    ``auto`` at which level (``LevelTuner``)."""
+    ``auto`` at which level: ``LinkGauge`` watches each big upload."""
 
-    __slots__ = ("active", "conn", "tunes")
+    __slots__ = ("active", "conn", "probe", "rate_compressed", "tunes")
 
     def __init__(self, setting: CompressSetting, conn: FSConnection, local: bool) -> None:
         self.conn = conn
         self.active = conn.coding.agreed and (setting.mode == LEVEL or not local)
         self.tunes = self.active and setting.mode == AUTO
+        self.probe = False
+        """The next big upload goes uncompressed, to measure the link (see ``LinkGauge``)."""
+        self.rate_compressed = 0.0
+        """File bytes a second that compressing at level 1 made, when it held the link up."""
         conn.coding.level = setting.level
         conn.coding.batches = self.active
-
-    def tuner(self, file_id: int) -> LevelTuner | None:
-        """A ``LevelTuner`` for the upload *file_id*, if it is compressed and ``auto``."""
-        return LevelTuner(self) if self.tunes and self.conn.compressed(file_id) else None
-
-    def back_off(self) -> None:
-        """The link moves bytes faster than zstd's fastest level makes them fewer: the files
-        that follow go as they are."""
-        log.info("the link is faster than compression: sending the next files uncompressed")
-        self.active = self.tunes = False
-        self.conn.coding.batches = False
 
     def upload_flags(self, path: str, size: int, first: bytes | memoryview | None) -> int:
         """``PayloadFlags`` of an upload of *size* bytes whose first bytes are *first*."""
         if not self.active or size < COMPRESS_MIN or first is None or compression.skipped(path):
+            return 0
+        if self.probe and size >= TUNE_STEP:
             return 0
         coding = self.conn.coding
         worth = compression.worth_compressing(first, coding.level, coding.stats)
@@ -108,48 +104,82 @@ class PayloadPolicy:
     def download_flags(self) -> int:
         return m.PayloadFlags.ZSTD if self.active else 0
 
+    def gauge(self, file_id: int, size: int) -> LinkGauge | None:
+        """A ``LinkGauge`` for an upload of *size* bytes in ``auto`` (None otherwise)."""
+        if not self.tunes or size < TUNE_STEP:
+            return None
+        return LinkGauge(self, self.conn.compressed(file_id))
 
-class LevelTuner:
-    """zstd's level for a big upload in ``auto``, from what held the last ``TUNE_STEP`` bytes
-    back (as ``zstd --adapt`` does): while the sender waits for the socket, the link is the
-    bottleneck and a higher level sends fewer bytes in the same time; while it never waits
-    and compressing takes most of the time, compression is, and the level goes down. At
-    level 1 and still the bottleneck, compression is not worth it on this link at all
-    (``PayloadPolicy.back_off``)."""
+    def measured(self, rate_plain: float) -> None:
+        """A probe sent a big file uncompressed at *rate_plain* bytes a second: keep the
+        faster way."""
+        self.probe = False
+        if rate_plain > self.rate_compressed:
+            log.info("the link is faster than compression: sending files uncompressed")
+            self.active = self.tunes = False
+            self.conn.coding.batches = False
 
-    __slots__ = ("cpu", "next", "policy", "started", "waited")
 
-    def __init__(self, policy: PayloadPolicy) -> None:
+class LinkGauge:
+    """What held the last ``TUNE_STEP`` bytes of a big upload back, for ``auto`` (as
+    ``zstd --adapt`` does). While the sender waits for the socket or its buffer grows, the
+    link is the bottleneck, and a higher level sends fewer bytes in the same time. While the
+    buffer stays empty and compressing takes most of the time, compression is, and the level
+    goes down. At level 1 and still the bottleneck, the next big file goes uncompressed, as a
+    probe of the link: if it goes faster, compression is not worth it on this link
+    (``PayloadPolicy.measured``). A gauge of an uncompressed upload only times it."""
+
+    __slots__ = ("buffered", "busy", "compressed", "first", "policy", "sent", "slow", "started",
+                 "waited", "window")  # fmt: skip
+
+    def __init__(self, policy: PayloadPolicy, compressed: bool) -> None:
         self.policy = policy
-        self.next = TUNE_STEP
+        self.compressed = compressed
+        self.first = time.perf_counter()
+        self.sent = 0
+        self.slow = 0
+        self.buffered = 0
         self._window()
 
     def _window(self) -> None:
         self.started = time.perf_counter()
-        self.waited = 0.0
-        self.cpu = self.policy.conn.coding.stats.compress_seconds
+        self.waited = self.busy = 0.0
+        self.window = 0
 
-    def wait_started(self) -> float:
+    def timed(self) -> float:
         return time.perf_counter()
 
-    def wait_ended(self, started: float) -> None:
+    def waited_since(self, started: float) -> None:
         self.waited += time.perf_counter() - started
 
-    def retune(self, sent: int) -> bool:
-        """After *sent* bytes of the file: True if the level changed (a new frame is due)."""
-        if sent < self.next:
+    def busy_since(self, started: float) -> None:
+        self.busy += time.perf_counter() - started
+
+    def retune(self, nbytes: int, buffered: int) -> bool:
+        """After *nbytes* more of the file, with *buffered* bytes in the transport: True if
+        the level changed (then a new frame is due)."""
+        self.sent += nbytes
+        self.window += nbytes
+        if self.window < TUNE_STEP or not self.compressed:
             return False
-        self.next = sent + TUNE_STEP
         coding = self.policy.conn.coding
-        wall, waited = time.perf_counter() - self.started, self.waited
-        busy = coding.stats.compress_seconds - self.cpu
+        wall = time.perf_counter() - self.started
+        link_bound = self.waited > 0.25 * wall or buffered > self.buffered + (1 << 20)
+        zstd_bound = not link_bound and buffered == 0 and self.busy > 0.5 * wall
+        rate, self.buffered = self.window / wall, buffered
         self._window()
         level = coding.level
-        if waited > 0.25 * wall and level < TOP_LEVEL:
+        self.slow = self.slow + 1 if zstd_bound else 0
+        if link_bound and level < TOP_LEVEL:
             coding.level = level + 1
-        elif waited < 0.05 * wall and busy > 0.5 * wall:
-            if level > 1:
-                coding.level = level - 1
-            else:
-                self.policy.back_off()
+        elif self.slow >= 2 and level > 1:
+            coding.level, self.slow = level - 1, 0
+        elif self.slow >= 2:
+            self.policy.rate_compressed = rate
+            self.policy.probe = True
         return coding.level != level
+
+    def done(self) -> None:
+        """The upload's bytes are all sent: a probe reports the link's rate."""
+        if not self.compressed and self.policy.probe:
+            self.policy.measured(self.sent / (time.perf_counter() - self.first))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from common import messages as m
 from common.compression import PROBE_BYTES
 from common.digest import EMPTY_DIGEST, StreamingDigest
-from fsclient.compress import LevelTuner
+from fsclient.compress import LinkGauge
 from fsclient.localfiles import CHUNK
 from fsclient.protocol import ClientProtocol, refusal
 from fsclient.transfer import BufferRing, FileChanged, Progress, SourceMeta, UploadSource
@@ -50,8 +50,8 @@ async def upload(client: Client, source: UploadSource, path: str, base_version: 
         if start:
             log.info("%s: resuming the upload at byte %d of %d", path, start, meta.size)
         while True:
-            tuner = client.payloads.tuner(fid)
-            digest = await send_payload(proto, fid, source, progress, start, tuner)
+            gauge = client.payloads.gauge(fid, meta.size - start)
+            digest = await send_payload(proto, fid, source, progress, start, gauge)
             start = 0  # a retry sends every byte
             source.check_unchanged()
             proto.send(m.FileSyncCheckHash(fid, digest))
@@ -69,10 +69,10 @@ async def upload(client: Client, source: UploadSource, path: str, base_version: 
 
 async def send_payload(proto: ClientProtocol, fid: int, source: UploadSource,
                        progress: Progress | None = None, start: int = 0,
-                       tuner: LevelTuner | None = None) -> bytes:  # fmt: skip
+                       gauge: LinkGauge | None = None) -> bytes:  # fmt: skip
     """Send the bytes of *source* from *start* on; returns the digest of the whole file (the
-    bytes before *start* are read and hashed, not sent). *tuner*: a compressed upload's
-    level follows the link."""
+    bytes before *start* are read and hashed, not sent). *gauge*: ``auto`` watches the link
+    (a compressed upload's level follows it)."""
     size, known = source.meta.size, source.meta.digest
     hasher = None if known else StreamingDigest()
     conn = proto.conn
@@ -85,12 +85,12 @@ async def send_payload(proto: ClientProtocol, fid: int, source: UploadSource,
             hasher.update(source.read_into(pos, buffer[: min(CHUNK, start - pos)]))
     pos = start
     while pos < size:
-        if tuner is None:
+        if gauge is None:
             await proto.ready_to_send()
         else:
-            waiting = tuner.wait_started()
+            waiting = gauge.timed()
             await proto.ready_to_send()
-            tuner.wait_ended(waiting)
+            gauge.waited_since(waiting)
         n = min(step, size - pos)
         lent = None
         chunk = source.view(pos, n)
@@ -104,15 +104,21 @@ async def send_payload(proto: ClientProtocol, fid: int, source: UploadSource,
             proto.write([conn.data_header(fid, n), chunk])
         elif n == size:  # a small file: its packets leave with those around them
             proto.queue(conn.frame_data(fid, chunk))
-        else:  # written now, so that the transport's flow control applies
+        elif gauge is None:  # written now, so that the transport's flow control applies
             proto.write([conn.frame_data(fid, chunk)])
+        else:
+            compressing = gauge.timed()
+            proto.write([conn.frame_data(fid, chunk)])
+            gauge.busy_since(compressing)
         if ring and lent:
             ring.lend(lent, proto.written if zero_copy else 0)
         pos += n
-        if tuner is not None and tuner.retune(pos - start):
+        if gauge is not None and gauge.retune(n, proto.buffered()):
             proto.write([conn.new_frame(fid)])
         if progress is not None:
             progress(pos, size)
+    if gauge is not None:
+        gauge.done()
     return hasher.digest() if hasher else known or EMPTY_DIGEST
 
 

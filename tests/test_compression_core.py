@@ -272,33 +272,52 @@ def test_a_bad_compressed_batch_is_refused(case, code, text):
     assert text in error.message
 
 
-def tuned(level: int, *, waited: float, busy: float) -> tuple[int, bool, bool]:
-    """A ``LevelTuner`` after one step in which the sender waited for the socket *waited*
-    of the time and compressed *busy* of it: (level, new frame due, still compressing)."""
-    from fsclient.compress import TUNE_STEP, CompressSetting, LevelTuner, PayloadPolicy
+def gauged(
+    level: int, *, waited: float, busy: float, steps: int = 1, buffered: int = 0
+) -> tuple[int, bool, bool, bool]:
+    """A ``LinkGauge`` after *steps* steps in each of which the sender waited for the socket
+    *waited* of the time and compressed *busy* of it, *buffered* bytes left in the
+    transport: (level, a new frame due, still compressing, probing the link next)."""
+    from fsclient.compress import TUNE_STEP, CompressSetting, LinkGauge, PayloadPolicy
 
     client, _server = pair()
     policy = PayloadPolicy(CompressSetting("auto", level), client, local=False)
-    tuner = LevelTuner(policy)
-    tuner.started -= 1.0  # a step that took a second
-    tuner.waited = waited
-    client.coding.stats.compress_seconds += busy
-    changed = tuner.retune(TUNE_STEP)
-    return client.coding.level, changed, policy.active
+    gauge = LinkGauge(policy, compressed=True)
+    changed = False
+    for _ in range(steps):
+        gauge.started -= 1.0  # a step that took a second
+        gauge.waited, gauge.busy = waited, busy
+        changed = gauge.retune(TUNE_STEP, buffered)
+    return client.coding.level, changed, policy.active, policy.probe
 
 
 def test_auto_climbs_while_the_link_holds_it_back():
-    assert tuned(3, waited=0.5, busy=0.2) == (4, True, True)
-    assert tuned(9, waited=0.5, busy=0.2) == (9, False, True)  # (the top auto climbs to)
+    assert gauged(3, waited=0.5, busy=0.2) == (4, True, True, False)
+    assert gauged(3, waited=0.0, busy=0.2, buffered=4 << 20) == (4, True, True, False)
+    assert gauged(9, waited=0.5, busy=0.2) == (9, False, True, False)  # (the top auto climbs to)
 
 
-def test_auto_comes_down_while_compression_holds_it_back():
-    assert tuned(5, waited=0.0, busy=0.9) == (4, True, True)
-    assert tuned(5, waited=0.1, busy=0.5) == (5, False, True)  # neither: stays
+def test_auto_comes_down_while_compression_holds_it_back_twice():
+    assert gauged(5, waited=0.0, busy=0.9) == (5, False, True, False)  # once: buffers fill
+    assert gauged(5, waited=0.0, busy=0.9, steps=2) == (4, True, True, False)
+    assert gauged(5, waited=0.1, busy=0.5, steps=3) == (5, False, True, False)  # neither
 
 
-def test_auto_backs_off_when_the_link_is_faster_than_level_1():
-    assert tuned(1, waited=0.0, busy=0.95) == (1, False, False)
+def test_auto_probes_the_link_at_level_1_and_keeps_the_faster_way():
+    from fsclient.compress import TUNE_STEP
+
+    assert gauged(1, waited=0.0, busy=0.95, steps=2) == (1, False, True, True)
+    client, _server = pair()
+    from fsclient.compress import CompressSetting, PayloadPolicy
+
+    policy = PayloadPolicy(CompressSetting("auto"), client, local=False)
+    policy.probe, policy.rate_compressed = True, 500e6
+    assert policy.upload_flags("big.log", TUNE_STEP, LOG_TEXT) == 0  # the probe goes plain
+    policy.measured(100e6)  # slower than compressing: keep compressing
+    assert policy.active and not policy.probe
+    policy.probe = True
+    policy.measured(900e6)  # faster: stop
+    assert not policy.active and not client.coding.batches
 
 
 def test_several_frames_make_one_stream():
