@@ -292,9 +292,9 @@ def gauged(
 
 
 def test_auto_climbs_while_the_link_holds_it_back():
-    assert gauged(3, waited=0.5, busy=0.2) == (4, True, True, False)
-    assert gauged(3, waited=0.0, busy=0.2, buffered=4 << 20) == (4, True, True, False)
-    assert gauged(9, waited=0.5, busy=0.2) == (9, False, True, False)  # (the top auto climbs to)
+    assert gauged(2, waited=0.5, busy=0.2) == (3, True, True, False)
+    assert gauged(2, waited=0.0, busy=0.2, buffered=4 << 20) == (2, False, True, False)
+    assert gauged(3, waited=0.5, busy=0.2) == (3, False, True, False)  # (the top auto climbs to)
 
 
 def test_auto_comes_down_while_compression_holds_it_back_twice():
