@@ -1,7 +1,7 @@
 """FS benchmark harness: ``python -m bench`` (``make bench``).
 
-Two suites, both run by default (core, then sync); each prints its results and the targets,
-and rewrites its own section of ``docs/PERFORMANCE.md``.
+Six suites, all run by default (see ``bench.__main__``); each prints its results and the
+targets, and rewrites its own section of ``docs/PERFORMANCE.md``.
 
 - core: on loopback, on the same bytes, FS (a real ``fsserver`` subprocess and
   ``fsclient.Client``) against two baselines: raw TCP with uvloop (``bench.rawtcp``) and a real
@@ -13,11 +13,15 @@ and rewrites its own section of ``docs/PERFORMANCE.md``.
 - latency (``--suite latency``): fan-out (200 subscribed connections fetch each new 4 KiB file;
   writer's hash OK to the last holder, p99) and CLI start-up (whole ``fsclient --help`` and
   ``fsclient ls`` of an empty share, best of 15).
+- link (``--suite link``, root only): FS (``FS_COMPRESS`` off and auto) against ``rsync -a``
+  and ``rsync -az`` over a link shaped to 100 Mbit/s and 1 Gbit/s between two network
+  namespaces (``bench.shapedlink``): a 256 MiB log, the stdlib's source tree, random bytes.
 
     python -m bench                      # both suites, full runs
     python -m bench --suite core         # core only (256 MiB, 2000 small files, 7 rounds)
     python -m bench --suite sync         # sync only (5 rounds, ~2-3 minutes)
     python -m bench --suite latency      # fan-out and CLI start-up (~1 minute)
+    python -m bench --suite link         # shaped links, compression (~7 minutes)
     python -m bench --quick              # smoke test: small sizes, 1 round, no doc update
     python -m bench --no-write           # full run, leave the document alone
     python -m bench --profile upload4k   # cProfile one 4096-byte-packet upload in the client
@@ -26,5 +30,6 @@ Modules: ``run`` (the core rounds), ``fsbench``, ``rawtcp``, ``rsyncbench`` (the
 ``data`` (the workload), ``procs`` (child processes), ``report`` (tables and the document),
 ``profiling``; ``syncrun`` (the sync suite), ``syncbench`` (its measurements), ``synctree``
 (its folders), ``ramdir`` (their place on tmpfs), ``syncreport`` (its tables and section);
-``latency`` (the latency suite), ``fanout`` (its subscribers), ``startup`` (CLI timings).
+``latency`` (the latency suite), ``fanout`` (its subscribers), ``startup`` (CLI timings);
+``linkbench`` (the link suite), ``shapedlink`` (its namespaces), ``linkdata``, ``linkreport``.
 """
