@@ -19,7 +19,7 @@ from common.errors import ErrorCode
 from common.limits import ANY_VERSION, MAGIC, PROTOCOL_VERSION
 from fsclient import Client
 from fsclient.access import Access
-from tests.cli import cli_env, fsclient
+from tests.cli import cli_env, fsclient, fsserver_tool
 from tests.conftest import run
 from tests.rawclient import RawClient
 from tests.served import listing
@@ -262,3 +262,11 @@ def test_a_corrupt_compressed_payload_is_refused_and_nothing_is_stored(servers, 
     assert error is not None and error.code is code
     assert path not in listing(server, "bad")
     assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize(("given", "env"), [(["--compress", "maybe"], {}),
+                                            ([], {"FS_SERVER_COMPRESS": "yes"})])  # fmt: skip
+def test_the_server_refuses_a_compress_setting_it_does_not_know(given, env):
+    done = fsserver_tool("--port", "0", "--metrics-port", "0", *given, env=env)
+    assert done.returncode == 2
+    assert "--compress must be on or off" in done.stderr
