@@ -24,6 +24,9 @@ from common.errors import ErrorCode, LocalProtocolError
 
 WRITE_SIZE = 128 * 1024
 """Most bytes a decompressor hands over at once: what a bomb can make before it is stopped."""
+MAX_WINDOW = 8 << 20
+"""The largest window a frame may ask its receiver to hold (zstd level 19's): a frame header
+may claim 128 MiB or more, which a decompressor would allocate for every such upload."""
 PROBE_BYTES = 64 * 1024
 """A file's first bytes, compressed to decide whether the rest is worth it."""
 WORTH = 0.9
@@ -88,25 +91,26 @@ class Deflater:
     enough to hold a 100 Mbit/s link up on one core; CPU time is counted for the process, so
     theirs counts too)."""
 
-    __slots__ = ("_obj", "stats")
+    __slots__ = ("_clock", "_obj", "stats")
 
     def __init__(self, level: int, stats: CodecStats) -> None:
         available()
         threads = 2 if level >= THREADED_LEVEL else 0
         compressor = _zstd.ZstdCompressor(level=level, write_checksum=True, threads=threads)
         self._obj = compressor.compressobj()
+        self._clock = time.process_time if threads else time.thread_time
         self.stats = stats
 
     def compress(self, data: bytes | memoryview) -> bytes:
-        started = time.process_time()
+        started = self._clock()
         out = self._obj.compress(data)
-        self.stats.compress_seconds += time.process_time() - started
+        self.stats.compress_seconds += self._clock() - started
         return out
 
     def finish(self) -> bytes:
-        started = time.process_time()
+        started = self._clock()
         out = self._obj.flush()
-        self.stats.compress_seconds += time.process_time() - started
+        self.stats.compress_seconds += self._clock() - started
         return out
 
 
@@ -138,19 +142,20 @@ class Inflater:
     def __init__(self, size: int, emit: Callable[[bytes], None], stats: CodecStats) -> None:
         available()
         self._out = _BoundedOutput(size, emit)
-        self._writer = _zstd.ZstdDecompressor().stream_writer(
+        decompressor = _zstd.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        self._writer = decompressor.stream_writer(
             self._out, write_size=WRITE_SIZE, write_return_read=True
         )
         self.stats = stats
 
     def feed(self, data: bytes | memoryview) -> None:
-        started = time.process_time()
+        started = time.thread_time()
         try:
             self._writer.write(data)
         except _zstd.ZstdError as exc:
             raise LocalProtocolError(f"corrupt compressed payload: {exc}") from None
         finally:
-            self.stats.decompress_seconds += time.process_time() - started
+            self.stats.decompress_seconds += time.thread_time() - started
 
     @property
     def left(self) -> int:

@@ -47,7 +47,9 @@ __all__ = ["ConnPhase", "DataChunk", "Event", "FSConnection", "PayloadSink", "Vi
 _U32 = struct.Struct(">I")
 _TYPES = 256
 _FLAGGED = frozenset({Step.INIT, Step.DOWNLOAD_REQUEST, Step.DOWNLOAD_OK})
-"""Session steps whose packet carries ``PayloadFlags``."""
+"""Session steps whose packet carries ``PayloadFlags`` that change the session."""
+_WITH_FLAGS = (m.FileSyncInit, m.DownloadRequest, m.DownloadResponse)
+"""Packets with ``PayloadFlags`` (a refusal's too must not say ZSTD unless it was agreed)."""
 
 
 class ConnPhase(Enum):
@@ -211,8 +213,9 @@ class FSConnection:
             self.rx_bytes[ptype] += length
             if ptype == T.SMALL_FILE_BATCH_ZSTD:
                 self._require_ready(T.SMALL_FILE_BATCH_ZSTD, self.peer)
+                self.coding.payload[0] += msg.size + 4  # (as sent: the request id, the files)
                 msg = self._inflated_batch(msg)
-            if ptype == T.SMALL_FILE_BATCH or ptype == T.SMALL_FILE_BATCH_ZSTD:
+            elif ptype == T.SMALL_FILE_BATCH:
                 self.coding.payload[0] += length - HEADER_SIZE
             if self._apply(msg, self.peer):
                 events.append(msg)
@@ -495,6 +498,8 @@ class FSConnection:
         step = session_step(msg)
         if step is not None:
             file_id, what, size, offset = step
+            if isinstance(msg, _WITH_FLAGS) and msg.flags:
+                self.coding.check_agreed()
             if sender is not self.role and file_id in self._ended:
                 if what in (Step.INIT, Step.DOWNLOAD_REQUEST):
                     del self._ended[file_id]  # the peer saw our Error and reuses the id

@@ -45,12 +45,16 @@ class PayloadCoding:
             raise LocalProtocolError("the server agreed to zstd, which the client did not offer")
         self.agreed = wants
 
+    def check_agreed(self) -> None:
+        """A packet says ZSTD: only on a connection that agreed on it."""
+        if not self.agreed:
+            raise LocalProtocolError("a compressed payload on a connection without zstd")
+
     def flag_session(self, session: Session, step: Step, flags: int) -> None:
         """Apply the ``PayloadFlags`` of the packet that made *step* on *session*."""
         if not flags & _ZSTD:
             return
-        if not self.agreed:
-            raise LocalProtocolError("a compressed payload on a connection without zstd")
+        self.check_agreed()
         if step is Step.DOWNLOAD_REQUEST:
             session.zstd_asked = True
         elif step is Step.DOWNLOAD_OK and not session.zstd_asked:

@@ -161,6 +161,8 @@ class SessionTable:
         if step is Step.RETRY:
             session.transferred = session.wire = 0
             session.coder = None
+        elif step is Step.CHECK_HASH:
+            session.coder = None  # (a decompressor's window is freed once its bytes are in)
         elif step is Step.DOWNLOAD_REQUEST:
             session.asked = offset
         elif offset:

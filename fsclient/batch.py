@@ -71,7 +71,7 @@ class SmallUpload:
     def start(self) -> None:
         meta = self.source.meta
         payloads = self.batch.client.payloads
-        flags = payloads.upload_flags(self.path, meta.size, self.source.view(0, meta.size))
+        flags = payloads.upload_flags(self.path, meta.size, lambda: self.source.view(0, meta.size))
         init = m.FileSyncInit(self.fid, meta.size, meta.mtime_ns, meta.mode, self.base_version,
                               meta.digest, self.path, flags)  # fmt: skip
         self.batch.proto.send(init)

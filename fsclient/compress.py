@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from common import compression
@@ -94,14 +95,19 @@ class PayloadPolicy:
         conn.coding.level = setting.level
         conn.coding.batches = self.active
 
-    def upload_flags(self, path: str, size: int, first: bytes | memoryview | None) -> int:
-        """``PayloadFlags`` of an upload of *size* bytes whose first bytes are *first*."""
-        if not self.active or size < COMPRESS_MIN or first is None or compression.skipped(path):
+    def upload_flags(self, path: str, size: int,
+                     first: Callable[[], bytes | memoryview | None]) -> int:  # fmt: skip
+        """``PayloadFlags`` of an upload of *size* bytes; *first* gives its first bytes (read
+        only if the file may be compressed at all)."""
+        if not self.active or size < COMPRESS_MIN or compression.skipped(path):
             return 0
         if self.probe and size >= TUNE_STEP:
             return 0
+        sample = first()
+        if sample is None:
+            return 0
         coding = self.conn.coding
-        worth = compression.worth_compressing(first, coding.level, coding.stats)
+        worth = compression.worth_compressing(sample, coding.level, coding.stats)
         return m.PayloadFlags.ZSTD if worth else 0
 
     def download_flags(self) -> int:

@@ -33,7 +33,7 @@ async def upload(client: Client, source: UploadSource, path: str, base_version: 
     proto = client.proto  # (a lost one stays lost: another transfer may replace it meanwhile)
     try:
         meta = source.meta
-        flags = client.payloads.upload_flags(path, meta.size, first_bytes(source))
+        flags = client.payloads.upload_flags(path, meta.size, lambda: first_bytes(source))
         proto.send(m.FileSyncInit(fid, meta.size, meta.mtime_ns, meta.mode,
                                   base_version, meta.digest, path, flags))  # fmt: skip
         reply: m.FileSyncInitResponse = await box.next()

@@ -312,7 +312,7 @@ def test_auto_probes_the_link_at_level_1_and_keeps_the_faster_way():
 
     policy = PayloadPolicy(CompressSetting("auto"), client, local=False)
     policy.probe, policy.rate_compressed = True, 500e6
-    assert policy.upload_flags("big.log", TUNE_STEP, LOG_TEXT) == 0  # the probe goes plain
+    assert policy.upload_flags("big.log", TUNE_STEP, lambda: LOG_TEXT) == 0  # the probe: plain
     policy.measured(100e6)  # slower than compressing: keep compressing
     assert policy.active and not policy.probe
     policy.probe = True
@@ -332,3 +332,42 @@ def test_several_frames_make_one_stream():
     events = server.feed(wire)
     assert received(events) == LOG_TEXT * 2
     assert isinstance(events[-1], m.FileSyncCheckHash)
+
+
+def test_a_frame_that_asks_for_a_huge_window_is_refused():
+    """A frame may not make its receiver hold more than 8 MiB of window (zstd level 19's):
+    a header claiming 128 MiB would cost the server that much for every such upload."""
+    client, server = pair()
+    open_upload(client, server, 1 << 20)
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=27)
+    packer = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    frame = packer.compress(LOG_TEXT) + packer.flush()
+    error = refused(server, data_packets(1, frame))
+    assert error.code is ErrorCode.MALFORMED
+    assert "corrupt compressed payload" in error.message
+
+
+def test_a_compressed_batch_counts_its_files_once_decompressed():
+    client, server = pair()
+    client.coding.batches = True
+    wire = client.send(a_batch())
+    assert wire[4] == m.PacketType.SMALL_FILE_BATCH_ZSTD
+    server.feed(wire)
+    assert server.coding.payload[0] == client.coding.payload[1] > len(wire)
+
+
+def test_a_refusal_may_not_say_zstd_without_the_agreement():
+    client, _server = pair(agree=False)
+    client.send(m.DownloadRequest(3, 0, None, "f"))
+    refusal = m.DownloadResponse(3, m.LookupStatus.NOT_FOUND, 0, "", None, PZ)
+    assert refused(client, encode(refusal)).code is ErrorCode.MALFORMED
+
+
+def test_a_checked_session_lets_its_decompressor_go():
+    client, server = pair()
+    open_upload(client, server, len(LOG_TEXT))
+    wire = client.frame_data(1, memoryview(LOG_TEXT))
+    server.feed(wire)
+    assert server.sessions.sessions[1].coder is not None
+    server.feed(client.send(m.FileSyncCheckHash(1, digest_of(LOG_TEXT))))
+    assert server.sessions.sessions[1].coder is None
