@@ -444,6 +444,13 @@ class FSConnection:
         self.tx_bytes[T.FILE_SYNC_DATA] += total + packets * DATA_HEADER_SIZE
         return b"".join(parts)
 
+    def sent_data(self) -> tuple[int, int]:
+        """File bytes sent so far (before compression), and the bytes of the data packets and
+        batches that carried them."""
+        tx = self.tx_bytes
+        wire = tx[T.FILE_SYNC_DATA] + tx[T.SMALL_FILE_BATCH] + tx[T.SMALL_FILE_BATCH_ZSTD]
+        return self.coding.payload[1], wire
+
     def traffic(self) -> list[list[int]]:
         """Packets and bytes received and sent so far, each a list indexed by packet type."""
         return [self.rx_packets, self.rx_bytes, self.tx_packets, self.tx_bytes]

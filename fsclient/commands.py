@@ -107,14 +107,18 @@ def _plan_put(args: argparse.Namespace) -> PutPlan:
 
 
 async def _put(client: Client, plan: PutPlan) -> int:
+    from fsclient.formats import wire_note
     from fsclient.progress import TerminalProgress
     from fsclient.tree import put_tree
 
     if plan.one_file:
         local, remote = plan.pairs[0]
+        conn = client.proto.conn
+        before = conn.sent_data()
         with TerminalProgress(f"put {remote}") as progress:
             entry = await client.put(local, remote, progress=progress)
-        print(f"uploaded {entry.path} ({entry.size} bytes, version {entry.version})")
+        note = wire_note(before, conn.sent_data()) if client.proto.conn is conn else ""
+        print(f"uploaded {entry.path} ({entry.size} bytes, version {entry.version}{note})")
         return 0
     return await put_tree(client, plan)
 

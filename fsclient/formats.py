@@ -104,6 +104,15 @@ class Tally:
         return line + (f"; {self.failed} failed" if self.failed else "")
 
 
+def wire_note(before: tuple[int, int], after: tuple[int, int]) -> str:
+    """``; 38.5 MiB on the wire (zstd, 14%)`` for what a command sent compressed (the
+    ``FSConnection.sent_data`` counts around it), or nothing if compression saved little."""
+    payload, wire = after[0] - before[0], after[1] - before[1]
+    if payload <= 0 or wire > payload * 0.9:
+        return ""
+    return f"; {human_bytes(wire)} on the wire (zstd, {wire / payload:.0%})"
+
+
 def describe(exc: BaseException) -> str:
     """An error in words: ``no such file: x`` rather than ``[Errno 2] No such file or
     directory: 'x'``."""

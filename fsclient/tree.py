@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from common import messages as m
 from common.errors import FSError, InvalidPath, NotFound
 from common.paths import is_canonical, normalize_path
-from fsclient.formats import Tally, describe
+from fsclient.formats import Tally, describe, wire_note
 from fsclient.localfiles import DB_NAME, MARKER, TEMP_MARK
 from fsclient.progress import SyncProgress
 
@@ -153,10 +153,11 @@ class Run:
         elif self.lost is None:
             failed(what, exc)
 
-    def end(self, verb: str) -> int:
-        """Print the summary line; 1 if a file failed (each was reported as it did)."""
+    def end(self, verb: str, note: str = "") -> int:
+        """Print the summary line (and *note* after it); 1 if a file failed (each was
+        reported as it did)."""
         self.progress.close()
-        print(self.tally.summary(verb, time.monotonic() - self.start))
+        print(self.tally.summary(verb, time.monotonic() - self.start) + note)
         if self.lost is not None:
             raise self.lost
         return 1 if self.tally.failed else 0
@@ -171,8 +172,11 @@ async def put_tree(client: Client, plan: PutPlan) -> int:
         else:
             run.failed(plan.pairs[index][0], result, plan.sizes[index])
 
+    conn = client.proto.conn
+    before = conn.sent_data()
     await client.put_many(plan.pairs, on_result=on_result, keep=False)
-    return run.end("uploaded")
+    note = wire_note(before, conn.sent_data()) if client.proto.conn is conn else ""
+    return run.end("uploaded", note)
 
 
 @dataclass

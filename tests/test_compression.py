@@ -270,3 +270,27 @@ def test_the_server_refuses_a_compress_setting_it_does_not_know(given, env):
     done = fsserver_tool("--port", "0", "--metrics-port", "0", *given, env=env)
     assert done.returncode == 2
     assert "--compress must be on or off" in done.stderr
+
+
+def test_put_says_what_compression_sent(servers, tmp_path):
+    """``put`` of a log with a level ends saying how many bytes went on the wire; with
+    compression off, or for data that does not shrink, it says nothing of it."""
+    server = servers["on"]
+    (tmp_path / "app.log").write_bytes(LOG + b"said")
+    (tmp_path / "noise.bin").write_bytes(os.urandom(200_000))
+    tree = tmp_path / "logs"
+    tree.mkdir()
+    for i in range(30):
+        (tree / f"{i}.log").write_bytes(LOG[i * 3000 : i * 3000 + 20_000])
+
+    def put(*args: str, mode: str) -> str:
+        done = fsclient("--compress", mode, "put", *args, server=server)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    said = put(str(tmp_path / "app.log"), "said/app.log", mode="3")
+    assert "on the wire (zstd, " in said and said.startswith("uploaded said/app.log (")
+    assert "on the wire" not in put(str(tmp_path / "app.log"), "said/off.log", mode="off")
+    assert "on the wire" not in put(str(tmp_path / "noise.bin"), "said/noise.bin", mode="3")
+    summary = put("-r", str(tree), "said/logs", mode="3")
+    assert summary.startswith("uploaded 30 files") and "on the wire (zstd, " in summary
