@@ -31,6 +31,8 @@ PROBE_BYTES = 64 * 1024
 """A file's first bytes, compressed to decide whether the rest is worth it."""
 WORTH = 0.9
 """Compress only what this tries to at most this share of its size."""
+COMPRESS_MIN = 256
+"""A file smaller than this goes as it is: a frame's own bytes would eat the gain."""
 DEFAULT_LEVEL = 3
 MAX_LEVEL = 19
 THREADED_LEVEL = 5
@@ -181,12 +183,24 @@ def deflate_whole(data: bytes | memoryview, level: int, stats: CodecStats) -> by
     return deflater.compress(data) + deflater.finish()
 
 
-def worth_compressing(first: bytes | memoryview, level: int, stats: CodecStats) -> bool:
-    """Whether a file whose first bytes are *first* shrinks enough to be sent compressed."""
+def worth_compressing(first: bytes | memoryview, stats: CodecStats) -> bool:
+    """Whether a file whose first bytes are *first* shrinks enough at level 1 to be sent
+    compressed."""
     if not first:
         return False
     sample = first[:PROBE_BYTES]
-    return len(deflate_whole(sample, min(level, 1), stats)) <= len(sample) * WORTH
+    return len(deflate_whole(sample, 1, stats)) <= len(sample) * WORTH
+
+
+def choose(path: str, size: int, first: Callable[[], bytes | memoryview | None],
+           stats: CodecStats) -> bool:  # fmt: skip
+    """The sender's choice for one file of *size* bytes (uploads and downloads alike): not
+    a small one, nor one named as a compressed format, nor one whose first bytes (*first*,
+    read only if it comes to that) do not shrink."""
+    if size < COMPRESS_MIN or skipped(path):
+        return False
+    sample = first()
+    return sample is not None and worth_compressing(sample, stats)
 
 
 def parse_level(text: str) -> int:

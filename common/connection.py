@@ -48,6 +48,12 @@ _U32 = struct.Struct(">I")
 _TYPES = 256
 _FLAGGED = frozenset({Step.INIT, Step.DOWNLOAD_REQUEST, Step.DOWNLOAD_OK})
 """Session steps whose packet carries ``PayloadFlags`` that change the session."""
+
+
+def _data_bytes(counts: list[int]) -> int:
+    return counts[T.FILE_SYNC_DATA] + counts[T.SMALL_FILE_BATCH] + counts[T.SMALL_FILE_BATCH_ZSTD]
+
+
 _WITH_FLAGS = (m.FileSyncInit, m.DownloadRequest, m.DownloadResponse)
 """Packets with ``PayloadFlags`` (a refusal's too must not say ZSTD unless it was agreed)."""
 
@@ -237,7 +243,7 @@ class FSConnection:
             self._zstd_session = session
             self._payload_sink = None
             return
-        self.sessions.count_data(file_id, nbytes, self.peer)
+        self.sessions.add_data(session, file_id, nbytes)
         self.coding.payload[0] += nbytes
         # Bytes of this file already handed out as DataChunk events in this call must not be
         # overtaken by later bytes copied straight into a sink: keep to events until next call.
@@ -371,25 +377,21 @@ class FSConnection:
                 packed = self.coding.deflate_batch(packet)
                 packet = packet if packed is None else encode(packed)
         elif isinstance(msg, m.FileSyncCheckHash):
-            tail = self._stream_end(msg.file_id)
+            tail = self.new_frame(msg.file_id)
         self._apply(msg, self.role)
         ptype = packet[4]
         self.tx_packets[ptype] += 1
         self.tx_bytes[ptype] += len(packet)
         return tail + packet if tail else packet
 
-    def _stream_end(self, file_id: int) -> bytes:
-        """The last packets of a compressed session's frame: due before its CheckHash, or
-        before a new frame at another level (``new_frame``)."""
+    def new_frame(self, file_id: int) -> bytes:
+        """The last packets of a compressed session's frame (nothing for a plain session):
+        due before its CheckHash, or before its next bytes start a frame at the current
+        ``coding.level`` (the stream may hold several frames)."""
         session = self.sessions.sessions.get(file_id)
         if session is None or not session.zstd:
             return b""
         return self._pack_data(file_id, self.coding.finish(session))
-
-    def new_frame(self, file_id: int) -> bytes:
-        """End a compressed session's frame, so that its next bytes start one at the current
-        ``coding.level`` (the stream may hold several frames)."""
-        return self._stream_end(file_id)
 
     def data_header(self, file_id: int, nbytes: int) -> bytes:
         """Header of a FileSyncData packet whose *nbytes* payload the caller sends after it
@@ -444,12 +446,12 @@ class FSConnection:
         self.tx_bytes[T.FILE_SYNC_DATA] += total + packets * DATA_HEADER_SIZE
         return b"".join(parts)
 
-    def sent_data(self) -> tuple[int, int]:
-        """File bytes sent so far (before compression), and the bytes of the data packets and
-        batches that carried them."""
-        tx = self.tx_bytes
-        wire = tx[T.FILE_SYNC_DATA] + tx[T.SMALL_FILE_BATCH] + tx[T.SMALL_FILE_BATCH_ZSTD]
-        return self.coding.payload[1], wire
+    def data_traffic(self) -> tuple[int, int, int, int]:
+        """File bytes received and sent so far (counted before compression), each next to the
+        bytes of the data packets and batches that carried them: (payload in, wire in,
+        payload out, wire out)."""
+        return (self.coding.payload[0], _data_bytes(self.rx_bytes),
+                self.coding.payload[1], _data_bytes(self.tx_bytes))  # fmt: skip
 
     def traffic(self) -> list[list[int]]:
         """Packets and bytes received and sent so far, each a list indexed by packet type."""

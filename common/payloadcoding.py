@@ -51,10 +51,10 @@ class PayloadCoding:
             raise LocalProtocolError("a compressed payload on a connection without zstd")
 
     def flag_session(self, session: Session, step: Step, flags: int) -> None:
-        """Apply the ``PayloadFlags`` of the packet that made *step* on *session*."""
+        """Apply the ``PayloadFlags`` of the packet that made *step* on *session* (the
+        connection checked ``check_agreed`` already)."""
         if not flags & _ZSTD:
             return
-        self.check_agreed()
         if step is Step.DOWNLOAD_REQUEST:
             session.zstd_asked = True
         elif step is Step.DOWNLOAD_OK and not session.zstd_asked:

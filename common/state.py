@@ -189,7 +189,11 @@ class SessionTable:
         """Account *nbytes* of payload for *file_id*, refusing more than its size. A sender
         counts a compressed session's original bytes here too; its receiver counts them as
         they come out of the decompressor (``count_wire`` for the packets)."""
-        session = self.open_for_data(file_id, sender)
+        return self.add_data(self.open_for_data(file_id, sender), file_id, nbytes)
+
+    @staticmethod
+    def add_data(session: Session, file_id: int, nbytes: int) -> Session:
+        """``count_data`` for a session ``open_for_data`` returned already."""
         if session.transferred + nbytes > session.size:
             raise LocalProtocolError(
                 f"file {file_id}: {session.transferred + nbytes} bytes exceed its size "

@@ -114,10 +114,10 @@ async def _put(client: Client, plan: PutPlan) -> int:
     if plan.one_file:
         local, remote = plan.pairs[0]
         conn = client.proto.conn
-        before = conn.sent_data()
+        before = conn.data_traffic()
         with TerminalProgress(f"put {remote}") as progress:
             entry = await client.put(local, remote, progress=progress)
-        note = wire_note(before, conn.sent_data()) if client.proto.conn is conn else ""
+        note = wire_note(before, conn.data_traffic()) if client.proto.conn is conn else ""
         print(f"uploaded {entry.path} ({entry.size} bytes, version {entry.version}{note})")
         return 0
     return await put_tree(client, plan)

@@ -5,7 +5,7 @@ per connection whether to send and ask for zstd payloads (``PayloadPolicy``).
 host's own addresses) the link moves bytes faster than zstd can make them fewer, so
 compressing would only cost CPU. A level compresses wherever the server agrees. Either way
 a file goes compressed only if its name is not that of a compressed format and its first
-bytes shrink (``common.compression.worth_compressing``); the rest go as they are.
+bytes shrink (``common.compression.choose``); the rest go as they are.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ TOP_LEVEL = compression.DEFAULT_LEVEL
 bench link although they sent fewer bytes (level 6 makes 8.2x of log text at 130 MB/s a
 core, level 3 7.0x at 370 MB/s; a climb to 6 took 3.73 s against 3.45 s at a steady 3), so
 ``auto`` moves between 1 and 3: down on a link faster than that, then maybe off."""
-COMPRESS_MIN = 256
-"""A file smaller than this goes as it is: a frame's own bytes would eat the gain."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +97,9 @@ class PayloadPolicy:
                      first: Callable[[], bytes | memoryview | None]) -> int:  # fmt: skip
         """``PayloadFlags`` of an upload of *size* bytes; *first* gives its first bytes (read
         only if the file may be compressed at all)."""
-        if not self.active or size < COMPRESS_MIN or compression.skipped(path):
+        if not self.active or (self.probe and size >= TUNE_STEP):
             return 0
-        if self.probe and size >= TUNE_STEP:
-            return 0
-        sample = first()
-        if sample is None:
-            return 0
-        coding = self.conn.coding
-        worth = compression.worth_compressing(sample, coding.level, coding.stats)
+        worth = compression.choose(path, size, first, self.conn.coding.stats)
         return m.PayloadFlags.ZSTD if worth else 0
 
     def download_flags(self) -> int:

@@ -104,10 +104,10 @@ class Tally:
         return line + (f"; {self.failed} failed" if self.failed else "")
 
 
-def wire_note(before: tuple[int, int], after: tuple[int, int]) -> str:
+def wire_note(before: tuple[int, ...], after: tuple[int, ...]) -> str:
     """``; 38.5 MiB on the wire (zstd, 14%)`` for what a command sent compressed (the
-    ``FSConnection.sent_data`` counts around it), or nothing if compression saved little."""
-    payload, wire = after[0] - before[0], after[1] - before[1]
+    ``FSConnection.data_traffic`` counts around it), or nothing if compression saved little."""
+    payload, wire = after[2] - before[2], after[3] - before[3]
     if payload <= 0 or wire > payload * 0.9:
         return ""
     return f"; {human_bytes(wire)} on the wire (zstd, {wire / payload:.0%})"

@@ -173,9 +173,9 @@ async def put_tree(client: Client, plan: PutPlan) -> int:
             run.failed(plan.pairs[index][0], result, plan.sizes[index])
 
     conn = client.proto.conn
-    before = conn.sent_data()
+    before = conn.data_traffic()
     await client.put_many(plan.pairs, on_result=on_result, keep=False)
-    note = wire_note(before, conn.sent_data()) if client.proto.conn is conn else ""
+    note = wire_note(before, conn.data_traffic()) if client.proto.conn is conn else ""
     return run.end("uploaded", note)
 
 

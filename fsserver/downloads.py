@@ -31,8 +31,6 @@ ZERO_COPY_MIN = 64 * 1024
 BATCH_BYTES = 256 * 1024
 """Smaller packets are joined into writes of about this size."""
 DRAIN_POLL = 0.02
-COMPRESS_MIN = 256
-"""A download smaller than this is sent as it is: a frame's own bytes would eat the gain."""
 
 
 def resume_from(msg: m.DownloadRequest, entry: m.FileEntry) -> int:
@@ -193,18 +191,15 @@ class DownloadHandlers:
 
     def download_flags(self, msg: m.DownloadRequest, opened: Opened, start: int) -> int:
         """ZSTD if the client may take the file compressed and its first bytes shrink."""
-        entry = opened.entry
-        if (
-            not msg.flags & m.PayloadFlags.ZSTD
-            or not self.conn.coding.agreed
-            or entry.size - start < COMPRESS_MIN
-            or compression.skipped(entry.path)
-        ):
+        entry, coding = opened.entry, self.conn.coding
+        if not msg.flags & m.PayloadFlags.ZSTD or not coding.agreed:
             return 0
-        first = opened.offset + start
-        sample = self.ctx.arena[first : first + min(entry.size - start, compression.PROBE_BYTES)]
-        coding = self.conn.coding
-        worth = compression.worth_compressing(sample, coding.level, coding.stats)
+        first, left = opened.offset + start, entry.size - start
+
+        def sample() -> memoryview:
+            return self.ctx.arena[first : first + min(left, compression.PROBE_BYTES)]
+
+        worth = compression.choose(entry.path, left, sample, coding.stats)
         return m.PayloadFlags.ZSTD if worth else 0
 
     def on_download_verdict(self, msg: m.FileSyncCheckHashResponse) -> None:

@@ -253,10 +253,7 @@ COMPRESSION_SECONDS = Counter(
     "fs_compression_cpu_seconds", "CPU seconds spent compressing and decompressing payloads, by "
     "role and operation.", ["role", "operation"],
 )  # fmt: skip
-DATA_PACKETS = (
-    PacketType.FILE_SYNC_DATA, PacketType.SMALL_FILE_BATCH, PacketType.SMALL_FILE_BATCH_ZSTD,
-)  # fmt: skip
-_CODING = ("payload_in", "payload_out", "wire_in", "wire_out", "compress", "decompress")
+_CODING = ("payload_in", "wire_in", "payload_out", "wire_out", "compress", "decompress")
 
 
 class TrafficCounts:
@@ -271,7 +268,7 @@ class TrafficCounts:
 
     def add(self, conn: FSConnection) -> None:
         counts = conn.traffic()
-        self.add_coding(conn, counts)
+        self.add_coding(conn)
         for now, seen, pending in zip(counts, self.seen, _PENDING, strict=True):
             if now == seen:  # (one comparison in C: most connections are quiet most seconds)
                 continue
@@ -282,13 +279,10 @@ class TrafficCounts:
                     pending[ptype] += delta
                     seen[ptype] = value
 
-    def add_coding(self, conn: FSConnection, counts: list[list[int]]) -> None:
+    def add_coding(self, conn: FSConnection) -> None:
         """Payload bytes next to their wire bytes, and compression's CPU time."""
-        rx, tx = counts[1], counts[3]
         stats = conn.coding.stats
-        now = (*conn.coding.payload, sum(rx[t] for t in DATA_PACKETS),
-               sum(tx[t] for t in DATA_PACKETS), stats.compress_seconds,
-               stats.decompress_seconds)  # fmt: skip
+        now = (*conn.data_traffic(), stats.compress_seconds, stats.decompress_seconds)
         for i, value in enumerate(now):
             _CODING_PENDING[i] += value - self.coding_seen[i]
             self.coding_seen[i] = value
@@ -324,7 +318,7 @@ def show_coding() -> None:
 
 
 def flush_coding() -> None:
-    payload_in, payload_out, wire_in, wire_out, compress, decompress = _CODING_PENDING
+    payload_in, wire_in, payload_out, wire_out, compress, decompress = _CODING_PENDING
     if not any(_CODING_PENDING):
         return
     for metric, label, value in (
