@@ -189,6 +189,13 @@ class BatchUpload:
                 self.exhausted = True
                 break
             self.begin(index)
+            if batcher is not None and batcher.sent:
+                batcher.sent = False
+                if self.proto.buffered():
+                    # what the socket did not take leaves only when the loop runs: read on
+                    # after it has (on a slow link the first batch would wait for the window)
+                    self.proto.loop.call_soon(self.refill)
+                    break
         if batcher is not None:
             batcher.pump(final=self.exhausted)
         idle = batcher is None or batcher.idle

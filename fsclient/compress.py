@@ -28,11 +28,17 @@ AUTO, OFF, LEVEL = "auto", "off", "level"
 TUNE_STEP = 8 << 20
 """``auto`` looks at its level again after this many bytes of a file (and watches only files
 at least this big)."""
-TOP_LEVEL = compression.DEFAULT_LEVEL
-"""The highest level ``auto`` climbs (back) to. Higher ones measured slower on the 100 Mbit/s
-bench link although they sent fewer bytes (level 6 makes 8.2x of log text at 130 MB/s a
-core, level 3 7.0x at 370 MB/s; a climb to 6 took 3.73 s against 3.45 s at a steady 3), so
-``auto`` moves between 1 and 3: down on a link faster than that, then maybe off."""
+GROWTH = 64 << 10
+"""More bytes in the transport than a window before, by this much: the link is the slower."""
+BATCH_STEP = 2
+"""``auto`` looks at the level again after this many small-file batches."""
+TOP_LEVEL = 6
+"""The highest level ``auto`` climbs to while the link holds the sender back. Level 6 makes
+8.2x of the bench's log text at 150 MB/s a core, level 3 7.1x at 440 MB/s, level 9 8.8x at
+90 MB/s; over the 100 Mbit/s bench link a steady 6 or 7 took 2.87 s, 3 took 3.41 s and 9
+(compression-bound on two cores) 3.40 s. (An earlier measurement found 6 slower than 3: the
+sender then never let the loop write while it compressed, so the link idled; see
+``upload.send_payload``.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +86,7 @@ class PayloadPolicy:
     """Whether one connection's uploads and downloads go compressed (see the module), and in
     ``auto`` at which level: ``LinkGauge`` watches each big upload."""
 
-    __slots__ = ("active", "conn", "probe", "rate_compressed", "tunes")
+    __slots__ = ("active", "batches", "conn", "probe", "rate_compressed", "tunes")
 
     def __init__(self, setting: CompressSetting, conn: FSConnection, local: bool) -> None:
         self.conn = conn
@@ -92,6 +98,7 @@ class PayloadPolicy:
         """File bytes a second that compressing at level 1 made, when it held the link up."""
         conn.coding.level = setting.level
         conn.coding.batches = self.active
+        self.batches = 0
 
     def upload_flags(self, path: str, size: int,
                      first: Callable[[], bytes | memoryview | None]) -> int:  # fmt: skip
@@ -110,6 +117,21 @@ class PayloadPolicy:
         if not self.tunes or size < TUNE_STEP:
             return None
         return LinkGauge(self, self.conn.compressed(file_id))
+
+    def batch_sent(self, backlog: int, wire: int) -> None:
+        """A small-file batch of *wire* bytes went out; *backlog* bytes wait for the link in
+        all (``ClientProtocol.backlog``). In ``auto``, every ``BATCH_STEP`` batches: more than
+        two batches waiting means the link is the slower, and the level goes up (a stdlib
+        tree: 4.7x at level 3, 5.3x at 6); less than one, that it keeps up, and the level
+        goes back down."""
+        self.batches += 1
+        if not self.tunes or self.batches % BATCH_STEP:
+            return
+        coding = self.conn.coding
+        if backlog > 2 * wire and coding.level < TOP_LEVEL:
+            coding.level += 1
+        elif backlog < wire and coding.level > compression.DEFAULT_LEVEL:
+            coding.level -= 1
 
     def measured(self, rate_plain: float) -> None:
         """A probe sent a big file uncompressed at *rate_plain* bytes a second: keep the
@@ -130,8 +152,8 @@ class LinkGauge:
     probe of the link: if it goes faster, compression is not worth it on this link
     (``PayloadPolicy.measured``). A gauge of an uncompressed upload only times it."""
 
-    __slots__ = ("busy", "compressed", "first", "policy", "sent", "slow", "started", "waited",
-                 "window")  # fmt: skip
+    __slots__ = ("backlog", "busy", "compressed", "first", "policy", "sent", "slow", "started",
+                 "waited", "window")  # fmt: skip
 
     def __init__(self, policy: PayloadPolicy, compressed: bool) -> None:
         self.policy = policy
@@ -139,6 +161,8 @@ class LinkGauge:
         self.first = time.perf_counter()
         self.sent = 0
         self.slow = 0
+        self.backlog = 0
+        """Bytes in the transport at the end of the last window."""
         self._window()
 
     def _window(self) -> None:
@@ -164,7 +188,11 @@ class LinkGauge:
             return False
         coding = self.policy.conn.coding
         wall = time.perf_counter() - self.started
-        link_bound = self.waited > 0.25 * wall
+        # The link holds the sender back if it waited for the socket, or if the bytes queued
+        # for it grew: they come faster than they leave (the queue is 8 MiB deep, so it takes
+        # many windows to fill before the sender waits).
+        link_bound = self.waited > 0.25 * wall or buffered > self.backlog + GROWTH
+        self.backlog = buffered
         zstd_bound = not link_bound and buffered == 0 and self.busy > 0.5 * wall
         rate = self.window / wall
         self._window()

@@ -8,7 +8,10 @@ payloads into the download's sink (straight from the socket when packets are lar
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import sys
+import termios
 from collections import deque
 from enum import IntEnum
 from typing import Any, cast
@@ -154,6 +157,16 @@ class Leftover:
         self.proto.mailboxes.pop(self.fid, None)
 
 
+def unsent(fd: int) -> int:
+    """Bytes in the TCP socket *fd*'s send queue not yet acknowledged (0 if unknown)."""
+    if fd < 0:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder)
+    except OSError:
+        return 0
+
+
 class ClientProtocol(asyncio.BufferedProtocol):
     def __init__(self, max_packet_limit: int) -> None:
         self.loop = asyncio.get_running_loop()
@@ -179,12 +192,15 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.closed = self.loop.create_future()
         self.writable = asyncio.Event()
         self.writable.set()
+        self.sock_fd = -1
 
     # -- asyncio protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        self.sock_fd = sock.fileno() if sock is not None else -1
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.fill == 0:
@@ -297,6 +313,11 @@ class ClientProtocol(asyncio.BufferedProtocol):
 
     def buffered(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport else 0
+
+    def backlog(self) -> int:
+        """Bytes written and not yet taken by the link: the transport's buffer and the
+        socket's own queue (which holds a few batches before the transport holds any)."""
+        return self.buffered() + unsent(self.sock_fd)
 
     # -- receiving ---------------------------------------------------------------------------
 

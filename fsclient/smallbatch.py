@@ -81,6 +81,8 @@ class Batcher:
         self.size = 0
         self.full: deque[tuple[list[int], list[m.SmallFile]]] = deque()
         self.in_flight = 0
+        self.sent = False
+        """A batch went out since ``BatchUpload.refill`` last looked."""
 
     @property
     def blocked(self) -> bool:
@@ -131,8 +133,11 @@ class Batcher:
             if proto.failure is not None:
                 raise proto.failure
             proto.requests[rid] = fut
+            written = proto.written
             proto.send(m.SmallFileBatch(rid, tuple(files)))
             proto.flush()  # at once: the server starts on it while the next batch is read
+            self.upload.client.payloads.batch_sent(proto.backlog(), proto.written - written)
+            self.sent = True
         except (FSError, OSError) as exc:
             proto.requests.pop(rid, None)
             self.upload.settle(indices, [exc] * len(indices), refill=False)
