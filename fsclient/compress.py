@@ -32,13 +32,15 @@ GROWTH = 64 << 10
 """More bytes in the transport than a window before, by this much: the link is the slower."""
 BATCH_STEP = 2
 """``auto`` looks at the level again after this many small-file batches."""
-TOP_LEVEL = 6
-"""The highest level ``auto`` climbs to while the link holds the sender back. Level 6 makes
-8.2x of the bench's log text at 150 MB/s a core, level 3 7.1x at 440 MB/s, level 9 8.8x at
-90 MB/s; over the 100 Mbit/s bench link a steady 6 or 7 took 2.87 s, 3 took 3.41 s and 9
-(compression-bound on two cores) 3.40 s. (An earlier measurement found 6 slower than 3: the
-sender then never let the loop write while it compressed, so the link idled; see
-``upload.send_payload``.)"""
+TOP_LEVEL = 9
+"""The highest level ``auto`` climbs to while the link holds the sender back. On the bench's
+log text level 3 makes 7.1x at 440 MB/s a core, 6 8.2x at 150 MB/s, 9 8.8x at 90 MB/s (155
+MB/s in zstd's two threads), 10 and up are several times slower. Over the 100 Mbit/s bench
+link a steady 9 took 2.71 s, 6 2.85 s, 10 3.45 s, 12 4.48 s (compression-bound on two
+cores), and ``rsync -az`` 3.29 s. Where compressing cannot keep up, the gauge steps down
+again. (An earlier measurement found 6 slower than 3: the sender then did not let the loop
+write while it compressed, and zstd's threads emitted 32 MiB jobs; see
+``upload.send_payload`` and ``compression.JOB_SIZE``.)"""
 
 
 @dataclass(frozen=True, slots=True)

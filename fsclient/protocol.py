@@ -11,7 +11,6 @@ import asyncio
 import fcntl
 import logging
 import sys
-import termios
 from collections import deque
 from enum import IntEnum
 from typing import Any, cast
@@ -157,12 +156,17 @@ class Leftover:
         self.proto.mailboxes.pop(self.fid, None)
 
 
+SIOCOUTQNSD = 0x894B
+"""Linux's ioctl for the bytes a TCP socket holds not yet sent (``linux/sockios.h``): unlike
+``TIOCOUTQ`` it leaves out those in flight, which any fast link with a queue has too."""
+
+
 def unsent(fd: int) -> int:
-    """Bytes in the TCP socket *fd*'s send queue not yet acknowledged (0 if unknown)."""
+    """Bytes in the TCP socket *fd*'s queue that have not left yet (0 if unknown)."""
     if fd < 0:
         return 0
     try:
-        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder)
+        return int.from_bytes(fcntl.ioctl(fd, SIOCOUTQNSD, bytes(4)), sys.byteorder)
     except OSError:
         return 0
 

@@ -5,6 +5,7 @@ bytes than the size allows) with a protocol error before a wrong byte reaches it
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -292,9 +293,53 @@ def gauged(
 
 
 def test_auto_climbs_while_the_link_holds_it_back():
+    from fsclient.compress import TOP_LEVEL
+
     assert gauged(2, waited=0.5, busy=0.2) == (3, True, True, False)
-    assert gauged(2, waited=0.0, busy=0.2, buffered=4 << 20) == (2, False, True, False)
-    assert gauged(3, waited=0.5, busy=0.2) == (3, False, True, False)  # (the top auto climbs to)
+    # no wait yet, but the queue for the link grew: it fills before the sender ever waits
+    assert gauged(2, waited=0.0, busy=0.2, buffered=4 << 20) == (3, True, True, False)
+    # a queue that stays as it was: the link keeps up with this level
+    assert gauged(2, waited=0.0, busy=0.2, buffered=4 << 20, steps=2) == (3, False, True, False)
+    assert gauged(TOP_LEVEL, waited=0.5, busy=0.2) == (TOP_LEVEL, False, True, False)
+
+
+def test_auto_sets_the_level_of_batches_by_what_waits_for_the_link():
+    """Small-file batches: more than two batches' bytes waiting for the link raise the level,
+    less than one lowers it again (never below the default); ``BATCH_STEP`` batches apart."""
+    from common.compression import DEFAULT_LEVEL
+    from fsclient.compress import BATCH_STEP, TOP_LEVEL, CompressSetting, PayloadPolicy
+
+    client, _server = pair()
+    policy = PayloadPolicy(CompressSetting("auto"), client, local=False)
+    levels = []
+    for backlog in [900_000] * (2 * BATCH_STEP * TOP_LEVEL) + [0] * (2 * BATCH_STEP * TOP_LEVEL):
+        policy.batch_sent(backlog, 100_000)
+        levels.append(client.coding.level)
+    assert max(levels) == TOP_LEVEL and levels[-1] == DEFAULT_LEVEL
+    assert levels[BATCH_STEP - 2] == DEFAULT_LEVEL and levels[BATCH_STEP - 1] == DEFAULT_LEVEL + 1
+    fixed = PayloadPolicy(CompressSetting.parse("4"), pair()[0], local=False)
+    for _ in range(4 * BATCH_STEP):
+        fixed.batch_sent(900_000, 100_000)
+    assert fixed.conn.coding.level == 4  # a level given by hand stays
+
+
+def test_the_backlog_counts_what_the_socket_still_holds():
+    """``unsent``: bytes the kernel holds for a peer that does not read (a stuck link)."""
+    import socket
+
+    from fsclient.protocol import unsent
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        sender = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+        with sender, peer:
+            assert unsent(sender.fileno()) == 0
+            sender.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    sender.send(bytes(1 << 16))
+            assert unsent(sender.fileno()) > 0
+    assert unsent(-1) == 0
 
 
 def test_auto_comes_down_while_compression_holds_it_back_twice():
