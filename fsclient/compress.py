@@ -163,8 +163,9 @@ class LinkGauge:
         self.first = time.perf_counter()
         self.sent = 0
         self.slow = 0
-        self.backlog = 0
-        """Bytes in the transport at the end of the last window."""
+        self.backlog = -1
+        """Bytes in the transport at the end of the last window (-1: none ended yet; what
+        the first found there may be another file's)."""
         self._window()
 
     def _window(self) -> None:
@@ -193,7 +194,8 @@ class LinkGauge:
         # The link holds the sender back if it waited for the socket, or if the bytes queued
         # for it grew: they come faster than they leave (the queue is 8 MiB deep, so it takes
         # many windows to fill before the sender waits).
-        link_bound = self.waited > 0.25 * wall or buffered > self.backlog + GROWTH
+        grew = self.backlog >= 0 and buffered > self.backlog + GROWTH
+        link_bound = self.waited > 0.25 * wall or grew
         self.backlog = buffered
         zstd_bound = not link_bound and buffered == 0 and self.busy > 0.5 * wall
         rate = self.window / wall

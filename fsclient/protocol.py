@@ -8,9 +8,7 @@ payloads into the download's sink (straight from the socket when packets are lar
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import sys
 from collections import deque
 from enum import IntEnum
 from typing import Any, cast
@@ -36,6 +34,7 @@ from common.errors import (
 )
 from common.limits import NO_FILE
 from common.rules import RESPONSES
+from common.sockqueues import RecvWater, unsent
 from common.state import Phase, Role
 from fsclient.slots import Slots
 from fsclient.transfer import DownloadTarget
@@ -156,21 +155,6 @@ class Leftover:
         self.proto.mailboxes.pop(self.fid, None)
 
 
-SIOCOUTQNSD = 0x894B
-"""Linux's ioctl for the bytes a TCP socket holds not yet sent (``linux/sockios.h``): unlike
-``TIOCOUTQ`` it leaves out those in flight, which any fast link with a queue has too."""
-
-
-def unsent(fd: int) -> int:
-    """Bytes in the TCP socket *fd*'s queue that have not left yet (0 if unknown)."""
-    if fd < 0:
-        return 0
-    try:
-        return int.from_bytes(fcntl.ioctl(fd, SIOCOUTQNSD, bytes(4)), sys.byteorder)
-    except OSError:
-        return 0
-
-
 class ClientProtocol(asyncio.BufferedProtocol):
     def __init__(self, max_packet_limit: int) -> None:
         self.loop = asyncio.get_running_loop()
@@ -197,6 +181,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.sock_fd = -1
+        self.water = RecvWater(None)
 
     # -- asyncio protocol --------------------------------------------------------------------
 
@@ -205,6 +190,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         sock = transport.get_extra_info("socket")
         self.sock_fd = sock.fileno() if sock is not None else -1
+        self.water = RecvWater.of(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.fill == 0:
@@ -221,6 +207,8 @@ class ClientProtocol(asyncio.BufferedProtocol):
                 self.conn.direct_received(nbytes)
             except OSError as exc:
                 self.abort(exc, send_error=False)
+                return
+            self.water.expect(self.payload_due())
             return
         self.fill += nbytes
         if not self.head:
@@ -239,8 +227,14 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.staging[:rest] = self.view[used : self.fill]
         self.fill = rest
         self._grow_staging()
+        self.water.expect(self.payload_due())
         if self.slots.waiters and events:
             self.slots.wake()
+
+    def payload_due(self) -> int:
+        """Bytes sure to come next and to go straight into a sink (``RecvWater``)."""
+        target = self.conn.direct_target() if self.fill == 0 else None
+        return len(target) if target is not None else 0
 
     def _grow_staging(self) -> None:
         """After the handshake a whole packet may be larger than the initial buffer."""
@@ -257,6 +251,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.sock_fd = -1  # (the number may soon name another file)
         if self.failure is None:  # first, so that nothing started from here on waits
             self.failure = ConnectionLost(
                 f"connection to server lost{': ' + str(exc) if exc else ''}"

@@ -22,6 +22,7 @@ from common.connection import ConnPhase, DataChunk, FSConnection
 from common.errors import ErrorCode, InvalidName, LocalProtocolError, RemoteProtocolError
 from common.limits import MAX_CLIENT_CONTROL_PACKET, NO_FILE, PROTOCOL_VERSION
 from common.paths import check_name
+from common.sockqueues import RecvWater
 from common.state import Role
 from fsserver import telemetry
 from fsserver.connlog import ConnectionLog
@@ -124,6 +125,7 @@ class ClientConnection(
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        self.water = RecvWater.of(self.transport)
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.activity.accepted(self.peer)
@@ -161,6 +163,7 @@ class ClientConnection(
                 self.partial_since = None
             elif self.partial_since is None:
                 self.mark_partial()
+            self.water.expect(self.payload_due())
             return
         self.fill += nbytes
         try:
@@ -174,12 +177,19 @@ class ClientConnection(
                     break
                 self.dispatch(event)
             self.mark_partial()
+            self.water.expect(self.payload_due())
         except RemoteProtocolError as exc:
             telemetry.refused(exc.code.name.lower())  # limit_exceeded, packet_too_large...
             self.fail(exc.code, exc.message)
         except Exception:
             log.exception("internal error on connection from %s", self.peer)
             self.fail(ErrorCode.INTERNAL, "internal server error")
+
+    def payload_due(self) -> int:
+        """Bytes sure to come next and to go straight into a sink (``RecvWater``): set after
+        each read, as libuv may go back to waiting without asking for another buffer."""
+        target = self.conn.direct_target() if self.fill == 0 and not self.closing else None
+        return len(target) if target is not None else 0
 
     def mark_partial(self) -> None:
         """Remember since when the packet now partly here has been arriving (see

@@ -274,21 +274,23 @@ def test_a_bad_compressed_batch_is_refused(case, code, text):
 
 
 def gauged(
-    level: int, *, waited: float, busy: float, steps: int = 1, buffered: int = 0
+    level: int, *, waited: float, busy: float, steps: int = 1, buffered: int | list[int] = 0
 ) -> tuple[int, bool, bool, bool]:
     """A ``LinkGauge`` after *steps* steps in each of which the sender waited for the socket
     *waited* of the time and compressed *busy* of it, *buffered* bytes left in the
-    transport: (level, a new frame due, still compressing, probing the link next)."""
+    transport (one figure for every step, or a list: one step each): (level, a new frame
+    due, still compressing, probing the link next)."""
     from fsclient.compress import TUNE_STEP, CompressSetting, LinkGauge, PayloadPolicy
 
     client, _server = pair()
     policy = PayloadPolicy(CompressSetting("auto", level), client, local=False)
     gauge = LinkGauge(policy, compressed=True)
     changed = False
-    for _ in range(steps):
+    queued = buffered if isinstance(buffered, list) else [buffered] * steps
+    for left in queued:
         gauge.started -= 1.0  # a step that took a second
         gauge.waited, gauge.busy = waited, busy
-        changed = gauge.retune(TUNE_STEP, buffered)
+        changed = gauge.retune(TUNE_STEP, left)
     return client.coding.level, changed, policy.active, policy.probe
 
 
@@ -296,10 +298,12 @@ def test_auto_climbs_while_the_link_holds_it_back():
     from fsclient.compress import TOP_LEVEL
 
     assert gauged(2, waited=0.5, busy=0.2) == (3, True, True, False)
-    # no wait yet, but the queue for the link grew: it fills before the sender ever waits
-    assert gauged(2, waited=0.0, busy=0.2, buffered=4 << 20) == (3, True, True, False)
+    # no wait yet, but the queue for the link grew from one window to the next: it fills
+    # long before the sender ever waits (the first window only takes its measure)
+    assert gauged(2, waited=0.0, busy=0.2, buffered=4 << 20) == (2, False, True, False)
+    assert gauged(2, waited=0.0, busy=0.2, buffered=[1 << 20, 4 << 20]) == (3, True, True, False)
     # a queue that stays as it was: the link keeps up with this level
-    assert gauged(2, waited=0.0, busy=0.2, buffered=4 << 20, steps=2) == (3, False, True, False)
+    assert gauged(2, waited=0.0, busy=0.2, buffered=[4 << 20] * 3) == (2, False, True, False)
     assert gauged(TOP_LEVEL, waited=0.5, busy=0.2) == (TOP_LEVEL, False, True, False)
 
 
@@ -327,7 +331,7 @@ def test_the_backlog_counts_what_the_socket_still_holds():
     """``unsent``: bytes the kernel holds for a peer that does not read (a stuck link)."""
     import socket
 
-    from fsclient.protocol import unsent
+    from common.sockqueues import unsent
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
         sender = socket.create_connection(listener.getsockname())
