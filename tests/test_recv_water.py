@@ -8,10 +8,15 @@ another buffer), and the server waited for bytes the client had no reason to sen
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
+import os
 import socket
+import struct
 import sys
 import termios
+import threading
 import time
 
 import pytest
@@ -20,6 +25,8 @@ from common import messages as m
 from common.digest import digest_of
 from common.limits import ANY_VERSION
 from common.sockqueues import CAP, MIN, RecvWater
+from fsclient import Client
+from tests.conftest import run
 from tests.rawclient import RawClient
 from tests.serverproc import wait_for
 
@@ -95,3 +102,91 @@ def test_a_payload_that_pauses_short_of_the_mark_still_completes(server, first, 
     raw.expect(m.FileSyncFinish)
     assert time.monotonic() - started < 10.0
     raw.close()
+
+
+class PausingRelay:
+    """Passes one connection's bytes both ways; from the server, it stops *first* bytes into
+    the payload of the first data packet, until the client's kernel holds all it was sent,
+    then passes the rest."""
+
+    def __init__(self, server: str, first: int) -> None:
+        host, port = server.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.first = first
+        self.paused = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            client, _ = self.listener.accept()
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            self._down(upstream, client)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+
+    def _down(self, src: socket.socket, dst: socket.socket) -> None:
+        stream = bytearray()  # what came and is not passed on yet, from a packet's start
+        cut = None
+        with contextlib.suppress(OSError):
+            while cut is None and (data := src.recv(1 << 16)):
+                stream += data
+                whole, cut = self._scan(stream)
+                dst.sendall(stream[:whole])
+                del stream[:whole]
+                if cut is not None:
+                    cut -= whole
+            if cut is None:
+                return
+            dst.sendall(stream[:cut])
+            wait_for(lambda: in_flight(dst) == 0, 10.0, "the first part to reach the client")
+            self.paused.set()
+            dst.sendall(stream[cut:])
+            self._pipe(src, dst)
+
+    def _scan(self, stream: bytearray) -> tuple[int, int | None]:
+        """(bytes of whole packets before the first data packet, where to pause once the
+        stream holds that far) in *stream* (packets: u32 length, u8 type)."""
+        pos = 0
+        while pos + 5 <= len(stream):
+            length, ptype = struct.unpack_from(">IB", stream, pos)
+            if ptype == m.PacketType.FILE_SYNC_DATA:
+                cut = pos + 9 + self.first
+                return pos, cut if cut <= len(stream) else None
+            if pos + length > len(stream):
+                break
+            pos += length
+        return pos, None
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.mark.parametrize("first, size", [(250 * KiB, 300 * KiB), (CAP + 1, 2 * CAP)])
+def test_a_download_that_pauses_short_of_the_mark_still_completes(server, tmp_path, first, size):
+    """The client's side: the server's bytes stop partway through a data packet until the
+    client's kernel holds them, then the rest comes; the download must not wait for more."""
+    data = os.urandom(size)
+
+    async def main() -> None:
+        async with await Client.connect(server.address) as client:
+            await client.put_bytes(data, "paused.bin")
+        relay = PausingRelay(server.address, first)
+        try:
+            async with await Client.connect(relay.address) as client:
+                await asyncio.wait_for(client.get("paused.bin", tmp_path / "back.bin"), 10.0)
+        finally:
+            relay.close()
+        assert relay.paused.is_set()
+
+    run(main())
+    assert (tmp_path / "back.bin").read_bytes() == data
