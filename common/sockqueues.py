@@ -29,7 +29,10 @@ from __future__ import annotations
 import fcntl
 import socket
 import sys
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from common.connection import FSConnection
 
 SIOCOUTQNSD = 0x894B
 """Linux's ioctl for the bytes a TCP socket holds not yet sent (``linux/sockios.h``): unlike
@@ -71,6 +74,12 @@ class RecvWater:
         if transport.get_extra_info("ssl_object") is not None:
             return cls(None)
         return cls(transport.get_extra_info("socket"))
+
+    def after_read(self, conn: FSConnection, staged: bool) -> None:
+        """A read was handled: the mark for the next, which goes straight into *conn*'s
+        sink only if no bytes wait in the staging buffer (*staged*)."""
+        target = None if staged else conn.direct_target()
+        self.expect(len(target) if target is not None else 0)
 
     def expect(self, payload_left: int) -> None:
         """The next read goes straight into a payload of which *payload_left* bytes are due

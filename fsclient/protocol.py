@@ -208,7 +208,7 @@ class ClientProtocol(asyncio.BufferedProtocol):
             except OSError as exc:
                 self.abort(exc, send_error=False)
                 return
-            self.water.expect(self.payload_due())
+            self.water.after_read(self.conn, staged=False)
             return
         self.fill += nbytes
         if not self.head:
@@ -227,14 +227,9 @@ class ClientProtocol(asyncio.BufferedProtocol):
         self.staging[:rest] = self.view[used : self.fill]
         self.fill = rest
         self._grow_staging()
-        self.water.expect(self.payload_due())
+        self.water.after_read(self.conn, staged=self.fill > 0)
         if self.slots.waiters and events:
             self.slots.wake()
-
-    def payload_due(self) -> int:
-        """Bytes sure to come next and to go straight into a sink (``RecvWater``)."""
-        target = self.conn.direct_target() if self.fill == 0 else None
-        return len(target) if target is not None else 0
 
     def _grow_staging(self) -> None:
         """After the handshake a whole packet may be larger than the initial buffer."""
@@ -303,7 +298,14 @@ class ClientProtocol(asyncio.BufferedProtocol):
         """Wait until the transport takes more; raise why the connection ended, if it has.
         A sender must stop there: a closed connection's state machine refuses to frame its
         data (with a complaint of its own, not the server's reason), and a transport that
-        failed drops what it is given, with a warning per write."""
+        failed drops what it is given, with a warning per write.
+
+        It always gives the loop a turn while the transport holds bytes: uvloop hands queued
+        bytes to the socket only when the loop runs, and ``writable`` is set until 8 MiB are
+        queued, so a sender that compresses between writes would otherwise queue all of them
+        before the first leaves, and the link would idle (see ``docs/ARCHITECTURE.md``)."""
+        if self.buffered():
+            await asyncio.sleep(0)
         await self.writable.wait()
         if self.failure is None and self.transport is not None and self.transport.is_closing():
             await self.closed  # a failed write: connection_lost says why, at its turn

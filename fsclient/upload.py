@@ -4,7 +4,6 @@ mismatch sends the whole file again."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -113,8 +112,6 @@ async def send_payload(proto: ClientProtocol, fid: int, source: UploadSource,
             gauge.busy_since(compressing)
         if ring and lent:
             ring.lend(lent, proto.written if zero_copy else 0)
-        if proto.buffered():  # what the socket did not take leaves only when the loop runs
-            await asyncio.sleep(0)
         pos += n
         if gauge is not None and gauge.retune(n, proto.buffered()):
             proto.write([conn.new_frame(fid)])

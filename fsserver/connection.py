@@ -163,7 +163,7 @@ class ClientConnection(
                 self.partial_since = None
             elif self.partial_since is None:
                 self.mark_partial()
-            self.water.expect(self.payload_due())
+            self.water.after_read(self.conn, staged=False)
             return
         self.fill += nbytes
         try:
@@ -177,19 +177,13 @@ class ClientConnection(
                     break
                 self.dispatch(event)
             self.mark_partial()
-            self.water.expect(self.payload_due())
+            self.water.after_read(self.conn, staged=self.fill > 0 or self.closing)
         except RemoteProtocolError as exc:
             telemetry.refused(exc.code.name.lower())  # limit_exceeded, packet_too_large...
             self.fail(exc.code, exc.message)
         except Exception:
             log.exception("internal error on connection from %s", self.peer)
             self.fail(ErrorCode.INTERNAL, "internal server error")
-
-    def payload_due(self) -> int:
-        """Bytes sure to come next and to go straight into a sink (``RecvWater``): set after
-        each read, as libuv may go back to waiting without asking for another buffer."""
-        target = self.conn.direct_target() if self.fill == 0 and not self.closing else None
-        return len(target) if target is not None else 0
 
     def mark_partial(self) -> None:
         """Remember since when the packet now partly here has been arriving (see
