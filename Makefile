@@ -6,10 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages (installed only if missing): `python3 -m venv` needs ensurepip, which Debian
 # ships apart; real-program tests and benchmarks need the others (iproute2: `ip netns` and `tc`
-# for the shaped link of tests/test_shaped_link.py and `python -m bench --suite link`).
+# for the shaped link of tests/test_shaped_link.py and `python -m bench --suite link`; chromium:
+# the web page in a real browser, tests/test_web_page.py; nginx: the HTTP bench's baseline).
 VENV_DEBS := python3-venv
-TEST_DEBS := prometheus iproute2
-BENCH_DEBS := rsync iproute2
+TEST_DEBS := prometheus iproute2 chromium
+BENCH_DEBS := rsync iproute2 nginx
 ARGS ?=
 PYTEST_ARGS ?=
 

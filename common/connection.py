@@ -54,7 +54,7 @@ def _data_bytes(counts: list[int]) -> int:
     return counts[T.FILE_SYNC_DATA] + counts[T.SMALL_FILE_BATCH] + counts[T.SMALL_FILE_BATCH_ZSTD]
 
 
-_WITH_FLAGS = (m.FileSyncInit, m.DownloadRequest, m.DownloadResponse)
+_WITH_FLAGS = (m.FileSyncInit, m.DownloadRequest, m.DownloadVersionRequest, m.DownloadResponse)
 """Packets with ``PayloadFlags`` (a refusal's too must not say ZSTD unless it was agreed)."""
 
 

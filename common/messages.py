@@ -8,7 +8,7 @@ through ``object.__setattr__`` and costs four times as much, which was 2-3 µs p
 Field order is wire order. ``Annotated`` metadata names the wire kind (see ``common.fields``);
 ``docs/PROTOCOL.md`` spells out the same layouts in bytes. Packet type numbers 0-11 are the seed
 protocol's and never change; new packets take new numbers (24-25: small-file batches, 26-27:
-the share list, 28: a compressed batch).
+the share list, 28: a compressed batch, 29-34: earlier versions).
 """
 
 from __future__ import annotations
@@ -119,6 +119,12 @@ class PacketType(IntEnum):
     SHARE_LIST_REQUEST = 26
     SHARE_LIST_RESPONSE = 27
     SMALL_FILE_BATCH_ZSTD = 28
+    DOWNLOAD_VERSION_REQUEST = 29
+    VERSIONS_REQUEST = 30
+    VERSIONS_RESPONSE = 31
+    RESTORE_REQUEST = 32
+    RESTORE_RESPONSE = 33
+    DELETED_LIST_REQUEST = 34
 
 
 class HandshakeStatus(IntEnum):
@@ -188,6 +194,8 @@ class LookupStatus(IntEnum):
     DENIED = 4
     EXPIRED = 5
     """A subscription from a version older than the share's oldest kept tombstone."""
+    NO_SPACE = 6
+    """A restore refused for room: the share's quota or the index's limit."""
 
 
 @record
@@ -505,7 +513,7 @@ class ShareInfo(_Record):
 
     files: Annotated[int, U64]
     bytes: Annotated[int, U64]
-    """Logical bytes of the share's live files (what its quota counts)."""
+    """Logical bytes of the share's live files (its quota counts kept versions too)."""
     name: Annotated[str, NAME]
 
 
@@ -525,6 +533,97 @@ class ShareListResponse(_Packet):
     request_id: Annotated[int, U32]
     more: Annotated[bool, BOOL]
     shares: Annotated[tuple[ShareInfo, ...], Records(ShareInfo, MAX_SHARES_LISTED)]
+
+
+@packet
+class DownloadVersionRequest(_Packet):
+    """A DownloadRequest for one of the path's versions (see VersionsRequest), which may be
+    an earlier one or one of a deleted path; the same session follows."""
+
+    file_id: Annotated[int, U32]
+    offset: Annotated[int, U64]
+    digest: Annotated[bytes | None, OPT_DIGEST]
+    version: Annotated[int, U64]
+    path: Annotated[str, PATH]
+    flags: Annotated[int, TrailingFlags()] = 0
+
+
+class VersionFlags(IntFlag):
+    """Bits of ``VersionEntry.flags``."""
+
+    CURRENT = 0x01
+    """The path's current state (its live version, or its deletion)."""
+    DELETED = 0x02
+    """A deletion: no content (size 0, a zero digest)."""
+
+
+@record
+class VersionEntry(_Record):
+    """One version of a path in a VersionsResponse."""
+
+    version: Annotated[int, U64]
+    size: Annotated[int, U64]
+    mtime_ns: Annotated[int, I64]
+    written: Annotated[int, I64]
+    """When the server made this version, in unix seconds (0: not known)."""
+    mode: Annotated[int, U32]
+    flags: Annotated[int, U8]
+    digest: Annotated[bytes, DIGEST]
+    writer: Annotated[str, NAME]
+    """The name of the token that wrote it (empty: a server without tokens)."""
+
+
+@packet
+class VersionsRequest(_Packet):
+    """A path's versions, newest first: those older than ``before`` (0: from the newest)."""
+
+    request_id: Annotated[int, U32]
+    before: Annotated[int, U64]
+    limit: Annotated[int, U32]
+    path: Annotated[str, PATH]
+
+
+@packet
+class VersionsResponse(_Packet):
+    """A page of a path's versions, newest first; ``more`` when older ones follow."""
+
+    request_id: Annotated[int, U32]
+    status: Annotated[LookupStatus, Enum(LookupStatus)]
+    more: Annotated[bool, BOOL]
+    message: Annotated[str, MESSAGE]
+    versions: Annotated[tuple[VersionEntry, ...], Records(VersionEntry, MAX_LIST_ENTRIES)]
+
+
+@packet
+class RestoreRequest(_Packet):
+    """Make a kept ``version`` of a path its new current version, if the path is at
+    ``base_version`` (or any version)."""
+
+    request_id: Annotated[int, U32]
+    version: Annotated[int, U64]
+    base_version: Annotated[int, U64]
+    path: Annotated[str, PATH]
+
+
+@packet
+class RestoreResponse(_Packet):
+    """The new version the restore made, or why there is none."""
+
+    request_id: Annotated[int, U32]
+    status: Annotated[LookupStatus, Enum(LookupStatus)]
+    version: Annotated[int, U64]
+    message: Annotated[str, MESSAGE]
+
+
+@packet
+class DeletedListRequest(_Packet):
+    """A page of the deleted paths that still have kept versions, answered by a ListResponse
+    whose entries are each path's newest kept version."""
+
+    request_id: Annotated[int, U32]
+    limit: Annotated[int, U32]
+    prefix: Annotated[str, PATH]
+    after: Annotated[str, PATH]
 
 
 Message = (
@@ -557,6 +656,12 @@ Message = (
     | ShareListRequest
     | ShareListResponse
     | SmallFileBatchZstd
+    | DownloadVersionRequest
+    | VersionsRequest
+    | VersionsResponse
+    | RestoreRequest
+    | RestoreResponse
+    | DeletedListRequest
 )
 
 PACKET_CLASSES: dict[PacketType, type] = {
@@ -589,4 +694,10 @@ PACKET_CLASSES: dict[PacketType, type] = {
     PacketType.SHARE_LIST_REQUEST: ShareListRequest,
     PacketType.SHARE_LIST_RESPONSE: ShareListResponse,
     PacketType.SMALL_FILE_BATCH_ZSTD: SmallFileBatchZstd,
+    PacketType.DOWNLOAD_VERSION_REQUEST: DownloadVersionRequest,
+    PacketType.VERSIONS_REQUEST: VersionsRequest,
+    PacketType.VERSIONS_RESPONSE: VersionsResponse,
+    PacketType.RESTORE_REQUEST: RestoreRequest,
+    PacketType.RESTORE_RESPONSE: RestoreResponse,
+    PacketType.DELETED_LIST_REQUEST: DeletedListRequest,
 }

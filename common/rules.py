@@ -26,6 +26,10 @@ CLIENT_SENDS = frozenset(
         T.SMALL_FILE_BATCH,
         T.SMALL_FILE_BATCH_ZSTD,
         T.SHARE_LIST_REQUEST,
+        T.DOWNLOAD_VERSION_REQUEST,
+        T.VERSIONS_REQUEST,
+        T.RESTORE_REQUEST,
+        T.DELETED_LIST_REQUEST,
     }
 )
 SERVER_SENDS = frozenset(
@@ -47,6 +51,8 @@ SERVER_SENDS = frozenset(
         T.CHANGE_NOTIFICATION,
         T.SMALL_FILE_BATCH_RESPONSE,
         T.SHARE_LIST_RESPONSE,
+        T.VERSIONS_RESPONSE,
+        T.RESTORE_RESPONSE,
     }
 )
 RESPONSE_OF: dict[type, type] = {
@@ -56,6 +62,9 @@ RESPONSE_OF: dict[type, type] = {
     m.SubscribeRequest: m.SubscribeResponse,
     m.SmallFileBatch: m.SmallFileBatchResponse,
     m.ShareListRequest: m.ShareListResponse,
+    m.VersionsRequest: m.VersionsResponse,
+    m.RestoreRequest: m.RestoreResponse,
+    m.DeletedListRequest: m.ListResponse,
 }
 RESPONSES = frozenset(RESPONSE_OF.values())
 INIT_STEPS = {
@@ -86,7 +95,10 @@ def session_step(msg: m.Message) -> tuple[int, Step, int | None, int] | None:
             return fid, Step.FINISH, None, 0
         case m.FileSyncCancel(file_id=fid):
             return fid, Step.CANCEL, None, 0
-        case m.DownloadRequest(file_id=fid, offset=offset):
+        case (
+            m.DownloadRequest(file_id=fid, offset=offset)
+            | m.DownloadVersionRequest(file_id=fid, offset=offset)
+        ):
             return fid, Step.DOWNLOAD_REQUEST, None, offset
         case m.DownloadResponse(file_id=fid, status=status, entry=entry, offset=offset):
             if status is not m.LookupStatus.OK:

@@ -38,6 +38,12 @@ def _packet_size(text: str) -> int:
     return value
 
 
+def _version(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a version number: {text!r} (see history)")
+    return int(text)
+
+
 def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
@@ -99,11 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("-l", "--long", action="store_true",
                     help="for people: a header, sizes in KiB/MiB, local times")  # fmt: skip
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.add_argument("--deleted", action="store_true",
+                    help="list deleted files whose versions are kept (see restore)")  # fmt: skip
     rm = command("rm", "delete files (and folders, with -r)")
     rm.add_argument("remote", nargs="+", metavar="REMOTE",
                     help="a remote file (or folder, with -r); several are allowed")  # fmt: skip
     rm.add_argument("-r", "--recursive", action="store_true",
                     help="delete the folder and every file in it")  # fmt: skip
+    history = command("history", "list a file's versions: version, size, digest, time, writer")
+    history.add_argument("remote", metavar="REMOTE", help="a remote file (or a deleted one)")
+    history.add_argument("--json", action="store_true", help="one JSON object per line")
+    restore = command("restore", "bring back an earlier version of a file, as a new version "
+                      "every synced client gets (or, with --to, into a local file)")  # fmt: skip
+    restore.add_argument("remote", metavar="REMOTE", help="a remote file (or a deleted one)")
+    restore.add_argument("--version", type=_version, metavar="V",
+                         help="the version to bring back (see history; default: the "
+                         "newest one before the current state)")  # fmt: skip
+    restore.add_argument("--to", metavar="LOCAL",
+                         help="download that version to this local file or folder instead; "
+                         "the server is left as it is")  # fmt: skip
     add_commands(command)
     add_share_commands(command)
     add_help_command(command)

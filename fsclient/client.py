@@ -57,13 +57,14 @@ from fsclient.protocol import ClientProtocol, ConnectionLost, Leftover, Mailbox,
 from fsclient.resume import drop_partial, retrying
 from fsclient.transfer import BytesSource, FileChanged, FileSource, Known, Progress
 from fsclient.upload import upload
+from fsclient.versions import VersionCalls
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 4
 
 
-class Client:
+class Client(VersionCalls):
     def __init__(self, proto: ClientProtocol, hello: m.VersionHandshakeResponse) -> None:
         self.proto = proto
         self.folders = FolderSync()
@@ -232,8 +233,10 @@ class Client:
         *,
         progress: Progress | None = None,
         before_replace: Callable[[], None] | None = None,
+        version: int = 0,
     ) -> m.FileEntry:
-        """Download to *local* (a file, or an existing folder to put it in), atomically.
+        """Download to *local* (a file, or an existing folder to put it in), atomically;
+        *version*: one of the path's kept versions (``history``), 0: the current one.
         *before_replace* may raise to keep the file in place from being replaced. A download
         cut short goes on from where it stopped (on a new connection, unless the client is
         subscribed: then at the next ``get`` of the file)."""
@@ -243,7 +246,8 @@ class Client:
             dest = dest / path.rsplit("/", 1)[-1]
         elif not dest.parent.is_dir():  # (else the error would name the temp file)
             raise FileNotFoundError(f"folder does not exist: {dest.parent}")
-        return await self.get_file(path, dest, progress=progress, before_replace=before_replace)
+        return await self.get_file(path, dest, progress=progress, before_replace=before_replace,
+                                   version=version)  # fmt: skip
 
     async def get_file(
         self,
@@ -252,11 +256,13 @@ class Client:
         *,
         progress: Progress | None = None,
         before_replace: Callable[[], None] | None = None,
+        version: int = 0,
     ) -> m.FileEntry:
         """``get`` of a normalized *path* to the file *dest* in a folder that exists, with no
         look at the disk first (the sync client made the folder: two stats a file were a tenth
         of its CPU in a download of many small files)."""
-        attempt = functools.partial(download, self, path, dest, progress, before_replace)
+        attempt = functools.partial(download, self, path, dest, progress, before_replace,
+                                    version)  # fmt: skip
         try:
             return await retrying(self, attempt, f"get {path}")
         except BaseException:

@@ -90,6 +90,10 @@ async def _command(args: argparse.Namespace) -> int:
     async with client:
         if plan is not None:
             return await _put(client, plan)
+        if args.command in ("history", "restore") or (args.command == "ls" and args.deleted):
+            from fsclient import versioncmd
+
+            return await versioncmd.run(client, args)
         actions: dict[str, Callable[[Client, argparse.Namespace], Awaitable[int]]] = {
             "get": _get, "ls": _ls, "rm": _rm,
         }  # fmt: skip

@@ -22,19 +22,21 @@ log = logging.getLogger(__name__)
 
 
 async def download(client: Client, path: str, dest: Path, progress: Progress | None = None,
-                   before_replace: Callable[[], None] | None = None) -> m.FileEntry:  # fmt: skip
-    """Download *path* to *dest* in one file session (two if a resumed download does not
-    check out: the bytes kept were not what they seemed, so they all come again)."""
-    entry = await _session(client, path, dest, progress, before_replace, resume=True)
+                   before_replace: Callable[[], None] | None = None,
+                   version: int = 0) -> m.FileEntry:  # fmt: skip
+    """Download *path* (its *version*, if not 0) to *dest* in one file session (two if a
+    resumed download does not check out: the bytes kept were not what they seemed, so they
+    all come again)."""
+    entry = await _session(client, path, dest, progress, before_replace, True, version)
     if entry is None:
         log.warning("%s: the resumed download does not check out; starting over", path)
-        entry = await _session(client, path, dest, progress, before_replace, resume=False)
+        entry = await _session(client, path, dest, progress, before_replace, False, version)
     assert entry is not None
     return entry
 
 
 async def _session(client: Client, path: str, dest: Path, progress: Progress | None,
-                   before_replace: Callable[[], None] | None, resume: bool
+                   before_replace: Callable[[], None] | None, resume: bool, version: int
                    ) -> m.FileEntry | None:  # fmt: skip
     """The entry downloaded; None if the download resumed and the whole did not check out."""
     target = DownloadTarget(dest, progress)
@@ -45,7 +47,10 @@ async def _session(client: Client, path: str, dest: Path, progress: Progress | N
         offset, digest = target.open(partial)
         proto.start_download(fid, target)
         flags = client.payloads.download_flags()
-        proto.send(m.DownloadRequest(fid, offset, digest, path, flags))
+        if version:
+            proto.send(m.DownloadVersionRequest(fid, offset, digest, version, path, flags))
+        else:
+            proto.send(m.DownloadRequest(fid, offset, digest, path, flags))
         reply: m.DownloadResponse = await box.next()
         if reply.status is not m.LookupStatus.OK or reply.entry is None:
             raise refusal(reply.status, reply.message)

@@ -76,6 +76,7 @@ _REFUSALS: dict[tuple[type, int], type[FSError]] = {
         (m.LookupStatus.CONFLICT, Conflict),
         (m.LookupStatus.DENIED, PermissionDenied),
         (m.LookupStatus.EXPIRED, HistoryExpired),
+        (m.LookupStatus.NO_SPACE, StoreFull),
         (m.HandshakeStatus.AUTH_FAILED, AuthError),
         (m.HandshakeStatus.INVALID_SHARE, InvalidName),
         (m.HandshakeStatus.NO_SUCH_SHARE, NoSuchShare),

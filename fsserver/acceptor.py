@@ -41,8 +41,11 @@ def bind_listener(host: str, port: int) -> socket.socket:
 
 
 class Acceptor:
-    def __init__(self, host: str, port: int, workers: dict[int, Child]) -> None:
+    def __init__(self, host: str, port: int, workers: dict[int, Child],
+                 kind: str = "conn") -> None:  # fmt: skip
         self.listener = bind_listener(host, port)
+        self.kind = kind
+        """What the worker serves on the sockets: ``conn`` (the FS protocol) or ``http``."""
         self.port: int = self.listener.getsockname()[1]
         self.workers = workers
         self.throttle = Throttle()
@@ -79,7 +82,7 @@ class Acceptor:
             if worker is None or worker.channel is None:
                 sock.close()
                 continue
-            worker.channel.send(("conn",), [sock])
+            worker.channel.send((self.kind,), [sock])
             telemetry.CONNECTIONS.labels("worker", str(worker.index)).inc()
 
     def pause(self) -> None:

@@ -95,6 +95,15 @@ class TokenStore:
         self.reload()
         return self.grant_of(token_hash(token), share)
 
+    def grant(self, token: bytes) -> Grant | None:
+        """The grant of *token*, whatever share it is for (the share list), or None."""
+        self.reload()
+        digest, found = token_hash(token), None
+        for stored, grant in self.entries:
+            if hmac.compare_digest(stored, digest) and found is None:
+                found = grant
+        return found
+
     def grant_of(self, digest: bytes, share: str) -> Grant | None:
         """``check`` for a token known by its hash (an open connection's, checked again)."""
         found = None

@@ -21,6 +21,7 @@ from fsserver.config import (
     describe_size,
     format_size,
     parse_size,
+    port_or_off,
 )
 
 # flag, config field, environment variable, parser, help
@@ -28,6 +29,8 @@ from fsserver.config import (
 OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
     ("--host", "host", "FS_HOST", str, "address to listen on"),
     ("--port", "port", "FS_PORT", int, "FS protocol port (0 picks a free one)"),
+    ("--http-port", "http_port", "FS_HTTP_PORT", port_or_off,
+     "port of the HTTP API and the web page, on --host (0 picks a free one)"),
     ("--workers", "workers", "FS_WORKERS", int, "connection worker processes"),
     ("--hash-workers", "hash_workers", "FS_HASH_WORKERS", int, "hashing processes"),
     ("--store-size", "store_size", "FS_STORE_SIZE", parse_size,
@@ -67,6 +70,11 @@ OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
      "folder that keeps the store on disk (without it, memory only: a restart loses all)"),
     ("--tombstone-days", "tombstone_days", "FS_TOMBSTONE_DAYS", float,
      "days a deleted file's tombstone is kept; a client away longer does a full rescan"),
+    ("--keep-versions", "keep_versions", "FS_KEEP_VERSIONS", int,
+     "earlier versions kept of each file, deleted files too (0: none); they count against "
+     "--share-quota and give way to new files when the store is full"),
+    ("--keep-days", "keep_days", "FS_KEEP_DAYS", float,
+     "days an earlier version is kept after it was replaced or deleted"),
     ("--compress", "compress", "FS_SERVER_COMPRESS", str.lower,
      "zstd payloads with the clients that offer it: on or off"),
     ("--fsync", "fsync", "FS_FSYNC", str.lower,
@@ -81,9 +89,10 @@ FLAGS: list[tuple[str, str, str, str]] = [
 ]
 # fmt: on
 TRUE = {"1", "true", "yes", "on"}
-METAVARS = {"--port": "PORT", "--metrics-port": "PORT", "--log-level": "LEVEL", "--fsync": "MODE",
-            "--tokens": "FILE", "--tls-cert": "FILE", "--tls-key": "FILE", "--data-dir": "DIR",
-            "--tombstone-days": "DAYS"}  # fmt: skip
+METAVARS = {"--port": "PORT", "--metrics-port": "PORT", "--http-port": "PORT",
+            "--log-level": "LEVEL", "--fsync": "MODE", "--tokens": "FILE", "--tls-cert": "FILE",
+            "--tls-key": "FILE", "--data-dir": "DIR",
+            "--tombstone-days": "DAYS", "--keep-days": "DAYS"}  # fmt: skip
 """What ``--help`` shows as an option's value; others go by their parser, then by name."""
 TYPE_METAVARS: dict[object, str] = {parse_size: "SIZE", float: "SECONDS", int: "N"}
 USAGE = """fsserver [OPTION VALUE]...
@@ -109,6 +118,8 @@ def shown(value: Any, parse: Callable[[str], Any]) -> str:
     """A default as a person writes it: 256MiB, not 268435456; 10, not 10.0; none, not ''."""
     if parse is parse_size:
         return format_size(value)
+    if parse is port_or_off and value < 0:
+        return "off"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value) if value != "" else "none"

@@ -59,6 +59,18 @@ def describe_size(size: int) -> str:
     return f"{human_size(size)} ({size} bytes)" if size >= 1024 else f"{size} bytes"
 
 
+HTTP_OFF = -1
+
+
+def port_or_off(text: str) -> int:
+    """``--http-port``: a port, or ``off``."""
+    if text.strip().lower() == "off":
+        return HTTP_OFF
+    if not text.strip().isdigit():
+        raise ValueError(f"not a port: {text!r} (a number 0..65535, or off)")
+    return int(text)
+
+
 class ConfigError(ValueError):
     """A setting is out of range; the message names the flag."""
 
@@ -71,6 +83,8 @@ class ServerConfig:
     hash_workers: int = 1
     store_size: int = 256 << 20
     metrics_port: int = 9478
+    http_port: int = HTTP_OFF
+    """The HTTP API and web page's port (``fsserver.web``); HTTP_OFF: not served."""
     metrics_host: str = ""
     """Address of /metrics, /healthz and /readyz; empty: the same as ``host``."""
     metrics_token_file: str = ""
@@ -107,12 +121,17 @@ class ServerConfig:
     """Start even if the data dir is damaged in the middle, keeping what checks out."""
     tombstone_days: float = 30.0
     """A deleted path's tombstone is kept this long, then forgotten."""
+    keep_versions: int = 10
+    """Earlier versions kept of each path (``fsserver.store.versions``)."""
+    keep_days: float = 30.0
+    """A kept version is given up this long after it was replaced."""
     shutdown_grace: float = 2.0
 
     def __post_init__(self) -> None:
         checks = [
             (0 <= self.port <= 65535, "--port must be 0..65535"),
             (0 <= self.metrics_port <= 65535, "--metrics-port must be 0..65535"),
+            (HTTP_OFF <= self.http_port <= 65535, "--http-port must be 0..65535 or off"),
             (1 <= self.workers <= 256, "--workers must be 1..256"),
             (1 <= self.hash_workers <= 256, "--hash-workers must be 1..256"),
             (self.store_size >= 1 << 20, "--store-size must be at least 1MiB"),
@@ -133,6 +152,8 @@ class ServerConfig:
             (self.fsync in FSYNC_MODES, f"--fsync must be one of {', '.join(FSYNC_MODES)}"),
             (self.compress in COMPRESS_MODES, "--compress must be on or off"),
             (self.tombstone_days > 0, "--tombstone-days must be positive"),
+            (0 <= self.keep_versions <= 100_000, "--keep-versions must be 0..100000"),
+            (self.keep_days > 0, "--keep-days must be positive"),
             (self.shutdown_grace >= 0, "shutdown grace must not be negative"),
         ]
         checks += [

@@ -10,7 +10,6 @@ complete through callbacks, so many small files are in flight at once on one con
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from fsserver.handshake import HandshakeHandlers
 from fsserver.requests import RequestHandlers
 from fsserver.smallfiles import BatchHandlers, PendingBatch
 from fsserver.uploads import Upload, UploadHandlers
+from fsserver.versionrequests import VersionHandlers
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ DIRECT_READ_MIN = 64 * 1024
 """A payload with at least this much left is read straight into its extent."""
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 WRITE_LOW_WATER = 2 * 1024 * 1024
-_ORIGINS = itertools.count(1)
 ABORT_AFTER = 2.0
 """A connection that failed is torn down this long after its Error, read or not."""
 MAX_LAG_BYTES = 64 * 1024 * 1024
@@ -57,6 +56,7 @@ class ClientConnection(
     DownloadHandlers,
     RequestHandlers,
     HandshakeHandlers,
+    VersionHandlers,
 ):
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
@@ -90,6 +90,8 @@ class ClientConnection(
         self.writable.set()
         self.opened_at = self.last_heard = 0.0
         self.read_only = False
+        self.writer = ""
+        """The name of this connection's token: who wrote a version (empty: no tokens)."""
         self.token: tuple[bytes, int] | None = None
         """The hash of the token this connection shook hands with, and the tokens file
         generation it was last checked against."""
@@ -100,7 +102,7 @@ class ClientConnection(
         self.opening: dict[int, m.FileSyncInit | m.DownloadRequest] = {}
         """Sessions whose first store call is under way, by file id."""
         self.requests_busy = 0
-        self.origin = ctx.worker_id << 40 | next(_ORIGINS)
+        self.origin = ctx.new_origin()
         """Names this connection in the changes it makes (see ``feed.Subscription``)."""
         self.requests_waiting: deque[tuple[Callable[[Any], None], str, tuple[Any, ...]]] = deque()
         self.handlers: dict[type, Callable[[Any], None]] = {
@@ -111,6 +113,10 @@ class ClientConnection(
             m.SmallFileBatch: self.on_batch,
             m.FileSyncCheckHashResponse: self.on_download_verdict,
             m.DownloadRequest: self.on_download,
+            m.DownloadVersionRequest: self.on_download,
+            m.VersionsRequest: self.on_versions,
+            m.RestoreRequest: self.on_restore,
+            m.DeletedListRequest: self.on_deleted_list,
             m.ListRequest: self.on_list,
             m.StatRequest: self.on_stat,
             m.DeleteRequest: self.on_delete,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import count
 from typing import TYPE_CHECKING, Any
 
 from common import compression
@@ -20,6 +21,10 @@ from fsserver.store.staging import Staging
 
 if TYPE_CHECKING:
     from fsserver.connection import ClientConnection
+    from fsserver.web.httpconn import HttpConnection
+
+
+_ORIGINS = count(1)
 
 
 @dataclass
@@ -37,11 +42,20 @@ class WorkerContext:
     staging: Staging
     """This worker's area of the arena for small-file batches on their way into the store."""
     connections: set[ClientConnection] = field(default_factory=set)
+    http: set[HttpConnection] = field(default_factory=set)
+    """Connections to the HTTP API (``fsserver.web``)."""
+    known_shares: set[str] = field(default_factory=set)
+    """Shares the store said exist: a share is never removed, so an HTTP request to one of
+    these needs no store call to check it."""
 
     @cached_property
     def compress(self) -> bool:
         """Whether this worker agrees to zstd payloads: ``--compress on`` and zstandard."""
         return self.config.compress == "on" and compression.available()
+
+    def new_origin(self) -> int:
+        """A number naming a new connection in the changes it makes (``feed.Subscription``)."""
+        return self.worker_id << 40 | next(_ORIGINS)
 
     def too_large(self, size: int) -> str | None:
         """Why a file of *size* bytes is refused (over ``--max-file-size``), or None."""

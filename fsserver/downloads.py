@@ -160,7 +160,7 @@ class DownloadHandlers:
         self.downloads.clear()
         self.draining.clear()
 
-    def on_download(self, msg: m.DownloadRequest) -> None:
+    def on_download(self, msg: m.DownloadRequest | m.DownloadVersionRequest) -> None:
         fid = msg.file_id
         path = self.session_path(msg)
         if path is None:
@@ -168,9 +168,14 @@ class DownloadHandlers:
             self.activity.transfer_failed("download", msg.path, "invalid path")
         else:
             self.opening[fid] = msg
-            self.call_store(lambda result: self.on_opened(msg, result), "open", self.share, path)
+            if isinstance(msg, m.DownloadVersionRequest):
+                self.call_store(lambda result: self.on_opened(msg, result), "open_version",
+                                self.share, path, msg.version)  # fmt: skip
+            else:
+                self.call_store(lambda result: self.on_opened(msg, result), "open", self.share,
+                                path)  # fmt: skip
 
-    def on_opened(self, msg: m.DownloadRequest, result: Any) -> None:
+    def on_opened(self, msg: m.DownloadRequest | m.DownloadVersionRequest, result: Any) -> None:
         fid = msg.file_id
         if not self.claim(msg):
             if not isinstance(result, Refused):
@@ -189,7 +194,8 @@ class DownloadHandlers:
         self.downloads[fid] = stream
         stream.start()
 
-    def download_flags(self, msg: m.DownloadRequest, opened: Opened, start: int) -> int:
+    def download_flags(self, msg: m.DownloadRequest | m.DownloadVersionRequest, opened: Opened,
+                       start: int) -> int:  # fmt: skip
         """ZSTD if the client may take the file compressed and its first bytes shrink."""
         entry, coding = opened.entry, self.conn.coding
         if not msg.flags & m.PayloadFlags.ZSTD or not coding.agreed:

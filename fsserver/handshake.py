@@ -29,6 +29,7 @@ class HandshakeHandlers:
     share: str
     closing: bool
     read_only: bool
+    writer: str
     token: tuple[bytes, int] | None
     activity: ConnectionLog
     send: Callable[..., bool]
@@ -51,7 +52,7 @@ class HandshakeHandlers:
             return m.HandshakeStatus.AUTH_FAILED, text
         self.read_only = grant.read_only
         self.token = (token_hash(msg.auth), self.ctx.tokens.generation)
-        self.activity.token = grant.name
+        self.activity.token = self.writer = grant.name
         log.debug("%s: token %s on share %s", self.peer, grant.name, msg.share)
         return m.HandshakeStatus.OK, ""
 

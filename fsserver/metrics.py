@@ -55,11 +55,20 @@ class StoreCollector(Collector):
             "fs_share_bytes", "Logical bytes of each share's files (what its quota counts).",
             labels=["share"],
         )  # fmt: skip
-        for share, count, nbytes in s.per_share:
+        kept = GaugeMetricFamily(
+            "fs_share_kept_versions", "Earlier versions kept in each share (--keep-versions).",
+            labels=["share"],
+        )  # fmt: skip
+        kept_size = GaugeMetricFamily(
+            "fs_share_kept_bytes", "Logical bytes of each share's kept versions (they count "
+            "against its quota too).", labels=["share"],
+        )  # fmt: skip
+        for share, count, nbytes, versions, versions_bytes in s.per_share:
             files.add_metric([share], count)
             size.add_metric([share], nbytes)
-        yield files
-        yield size
+            kept.add_metric([share], versions)
+            kept_size.add_metric([share], versions_bytes)
+        yield from (files, size, kept, kept_size)
 
 
 class PersistCollector(Collector):

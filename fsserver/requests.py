@@ -30,6 +30,7 @@ class RequestHandlers:
     send: Callable[..., bool]
     call_store: Callable[..., None]
     origin: int
+    writer: str
     read_only: bool
     requests_busy: int
     requests_waiting: deque[tuple[Callable[[Any], None], str, tuple[Any, ...]]]
@@ -50,6 +51,10 @@ class RequestHandlers:
         self.call_store(done, op, *args)
 
     def on_list(self, msg: m.ListRequest) -> None:
+        self.list_page(msg, "list")
+
+    def list_page(self, msg: m.ListRequest | m.DeletedListRequest, op: str) -> None:
+        """A page of a listing: the files (``list``) or the deleted ones (``deleted``)."""
         rid = msg.request_id
         try:
             prefix = normalize_prefix(msg.prefix)
@@ -58,7 +63,7 @@ class RequestHandlers:
             return
         limit = max(1, min(msg.limit or DEFAULT_PAGE, MAX_LIST_ENTRIES))
         started = time.monotonic()
-        self.request_store(lambda page: self.on_page(rid, page, started), "list", self.share,
+        self.request_store(lambda page: self.on_page(rid, page, started), op, self.share,
                            prefix, msg.after, limit)  # fmt: skip
 
     def on_page(self, request_id: int, page: ListPage, started: float) -> None:
@@ -104,6 +109,7 @@ class RequestHandlers:
                 path,
                 msg.base_version,
                 self.origin,
+                self.writer,
             )
 
     def on_deleted(self, request_id: int, result: Any) -> None:

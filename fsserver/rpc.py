@@ -19,10 +19,12 @@ from fsserver.store import Store
 log = logging.getLogger(__name__)
 
 OWNED_OPS = frozenset(
-    {"reserve", "commit", "abort", "park", "progress", "open", "release", "store_many"}
-)
+    {"reserve", "commit", "abort", "park", "progress", "open", "open_version", "release",
+     "store_many"}
+)  # fmt: skip
 """Calls that take the calling worker's slot as their first argument."""
-SHARED_OPS = frozenset({"stat", "list", "delete", "changes_since", "attach", "share_list"})
+SHARED_OPS = frozenset({"stat", "list", "delete", "changes_since", "attach", "share_list",
+                        "history", "restore_version", "deleted"})  # fmt: skip
 
 
 class RpcFailed(RuntimeError):

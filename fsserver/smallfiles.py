@@ -67,6 +67,7 @@ class BatchHandlers:
     share: str
     closing: bool
     origin: int
+    writer: str
     read_only: bool
     batches: dict[int, PendingBatch]
     batch_order: deque[PendingBatch]
@@ -172,7 +173,9 @@ class BatchHandlers:
                 return
             self.on_batch_stored(batch, stored, fut.result())
 
-        self.ctx.rpc.call("store_many", self.share, items, self.origin).add_done_callback(deliver)
+        self.ctx.rpc.call(
+            "store_many", self.share, items, self.origin, self.writer
+        ).add_done_callback(deliver)
 
     def on_batch_stored(self, batch: PendingBatch, stored: list[int], done: BatchStored
                         ) -> None:  # fmt: skip

@@ -33,7 +33,7 @@ from fsserver.children import (
     spawn,
     stop_all,
 )
-from fsserver.config import ServerConfig
+from fsserver.config import HTTP_OFF, ServerConfig
 from fsserver.durability import Durability
 from fsserver.hasher import serve_jobs
 from fsserver.health import BearerToken, HealthServer, MetricsTokenError, Response
@@ -87,6 +87,7 @@ class Supervisor:
         self.store: Store | None = None
         self.durability: Durability | None = None
         self.acceptor: Acceptor | None = None
+        self.http_acceptor: Acceptor | None = None
         self.jobs_worker_end: socket.socket | None = None
         self.jobs_hasher_end: socket.socket | None = None
         self.workers: dict[int, Child] = {}
@@ -148,12 +149,16 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         filled, self.arena_filled = CHILDREN.Pipe(duplex=False)
         self.arena_ref = ArenaRef(self.arena.name, filled)
-        self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota, cfg.resume_timeout)
+        self.store = Store(cfg.store_size, cfg.max_files, cfg.share_quota, cfg.resume_timeout,
+                           cfg.keep_versions)  # fmt: skip
         self.store.arena = self.arena.view
         self.open_data_dir()
         self.calls = StoreCalls(self.store, self.workers, self.durability)
         try:
             self.acceptor = Acceptor(cfg.host, cfg.port, self.workers)
+            if cfg.http_port != HTTP_OFF:
+                self.http_acceptor = Acceptor(cfg.host, cfg.http_port, self.workers, "http")
+                self.http_acceptor.throttle = self.acceptor.throttle  # one count of failures
         except ListenError as exc:
             raise StartupError(str(exc)) from None
         self.port = self.acceptor.port
@@ -181,6 +186,9 @@ class Supervisor:
             raise StartupError("stopped before the workers were ready")
         assert self.loop is not None
         self.acceptor.start()
+        if self.http_acceptor is not None:
+            self.http_acceptor.start()
+            log.info("fsserver http on %s:%d", cfg.host, self.http_acceptor.port)
         self.sampler = self.loop.create_task(telemetry.ProcessSampler("acceptor").run())
         self.prune_tombstones()
         self.loop.call_later(EXPIRE_EVERY, self.expire_parked)
@@ -223,15 +231,22 @@ class Supervisor:
                  cfg.fsync)  # fmt: skip
 
     def prune_tombstones(self) -> None:
-        """Forget tombstones past --tombstone-days; again every hour (or half the period)."""
+        """Forget tombstones past --tombstone-days and versions past --keep-days; again every
+        hour (or half the shorter period)."""
         assert self.store is not None and self.loop is not None
-        keep = self.config.tombstone_days * 86400
+        cfg = self.config
+        keep, keep_versions = cfg.tombstone_days * 86400, cfg.keep_days * 86400
         gone = self.store.prune_tombstones(time.time() - keep)
         if gone:
-            log.info("forgot %d tombstones older than %g days", gone, self.config.tombstone_days)
+            log.info("forgot %d tombstones older than %g days", gone, cfg.tombstone_days)
+        dropped = self.store.prune_versions(time.time() - keep_versions)
+        if dropped:
+            log.info("gave up %d versions replaced over %g days ago", dropped, cfg.keep_days)
+        if gone or dropped:
             self.log_changes()
         if not self.stopping:
-            self.loop.call_later(min(PRUNE_EVERY, keep / 2), self.prune_tombstones)
+            every = min(PRUNE_EVERY, keep / 2, keep_versions / 2)
+            self.loop.call_later(every, self.prune_tombstones)
 
     def check_tokens(self) -> None:
         """A broken tokens file stops the start (the CLI refused a missing one already; only
@@ -267,6 +282,8 @@ class Supervisor:
             self.sampler.cancel()
         if self.acceptor is not None:
             self.acceptor.close()
+        if self.http_acceptor is not None:
+            self.http_acceptor.close()
         for worker in self.workers.values():
             if worker.channel is not None:
                 worker.channel.send(("stop",))

@@ -89,6 +89,7 @@ class UploadHandlers:
     share: str
     closing: bool
     origin: int
+    writer: str
     read_only: bool
     uploads: dict[int, Upload]
     opening: dict[int, m.FileSyncInit | m.DownloadRequest]
@@ -132,7 +133,7 @@ class UploadHandlers:
         self.call_store(
             lambda result: self.on_reserved(msg, path, result, patience),
             "reserve", self.share, path, msg.size, msg.mtime_ns, msg.mode, msg.digest,
-            msg.base_version, self.origin, patience > 0,
+            msg.base_version, self.origin, patience > 0, self.writer,
         )  # fmt: skip
 
     def session_path(self, msg: m.FileSyncInit | m.DownloadRequest) -> str | None:
@@ -260,6 +261,7 @@ class UploadHandlers:
                 actual,
                 upload.base_version,
                 self.origin,
+                self.writer,
             )
             return
         self.send(m.FileSyncCheckHashResponse(fid, m.HashStatus.MISMATCH, actual))

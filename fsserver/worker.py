@@ -26,6 +26,7 @@ from fsserver.process import profiled, setup_child
 from fsserver.rpc import RpcClient
 from fsserver.store.arena import ArenaRef
 from fsserver.store.staging import Staging, staging_base
+from fsserver.web.httpconn import HttpConnection
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,14 @@ class Worker:
     def on_control(self, msg: Any, fds: list[int]) -> None:
         assert self.ctx is not None and self.stopped is not None
         kind = msg[0]
-        if kind == "conn":
+        if kind in ("conn", "http"):
             if not fds:  # lost on the way (descriptor limit): the client sees a reset
                 log.warning("a passed connection arrived without its socket")
                 return
             for extra in fds[1:]:
                 os.close(extra)
             sock = socket.socket(fileno=fds[0])
-            asyncio.get_running_loop().create_task(self.adopt(sock))
+            asyncio.get_running_loop().create_task(self.adopt(sock, kind == "http"))
             return
         for fd in fds:
             os.close(fd)
@@ -115,13 +116,14 @@ class Worker:
         elif kind == "stop":
             self.stopped.set()
 
-    async def adopt(self, sock: socket.socket) -> None:
+    async def adopt(self, sock: socket.socket, http: bool = False) -> None:
         """Take over an accepted socket; from here its transport owns and closes it."""
         assert self.ctx is not None
         ctx = self.ctx
+        serve: Any = (lambda: HttpConnection(ctx)) if http else (lambda: ClientConnection(ctx))
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: ClientConnection(ctx), sock=sock, ssl=self.tls,
+                serve, sock=sock, ssl=self.tls,
                 ssl_handshake_timeout=self.config.handshake_timeout if self.tls else None,
             )  # fmt: skip
         except (OSError, TimeoutError) as exc:  # a failed TLS handshake, a vanished client
@@ -150,8 +152,10 @@ class Worker:
 
     async def close_connections(self) -> None:
         assert self.ctx is not None
+        for http in list(self.ctx.http):
+            http.shutdown()
         for conn in list(self.ctx.connections):
             conn.shutdown()
         deadline = time.monotonic() + self.config.shutdown_grace
-        while self.ctx.connections and time.monotonic() < deadline:
+        while (self.ctx.connections or self.ctx.http) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

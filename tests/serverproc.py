@@ -22,6 +22,7 @@ import psutil
 
 READY = re.compile(r"fsserver ready on (\S+):(\d+)")
 METRICS = re.compile(r"fsserver metrics on (\S+):(\d+)")
+HTTP = re.compile(r"fsserver http on (\S+):(\d+)")
 PR_SET_PDEATHSIG = 1
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +93,8 @@ class ServerProcess:
     port: int = 0
     metrics_port: int = 0
     metrics_host: str = ""
+    http_port: int = 0
+    """The HTTP API's port (``--http-port``), 0 if it is not served."""
 
     @property
     def address(self) -> str:
@@ -209,4 +212,6 @@ def start_server(*args: str, env: dict[str, str] | None = None,
     assert ready_match and metrics_match
     server.host, server.port = ready_match.group(1), int(ready_match.group(2))
     server.metrics_host, server.metrics_port = metrics_match.group(1), int(metrics_match.group(2))
+    http_match = log.find(HTTP)
+    server.http_port = int(http_match.group(2)) if http_match else 0
     return server

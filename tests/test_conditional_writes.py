@@ -27,6 +27,14 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
+@pytest.fixture
+def server(server_factory):
+    """The usual test server, without kept versions: these tests read the store's use of
+    the arena, which an earlier version kept would change."""
+    return server_factory("--workers", "2", "--hash-workers", "1", "--store-size", "64MiB",
+                          "--keep-versions", "0")  # fmt: skip
+
+
 def stored(server: ServerProcess, *writes: tuple[bytes, str]) -> list[int]:
     """Upload each (content, path) in order; the versions they got."""
 

@@ -397,7 +397,7 @@ def test_space_of_deleted_and_overwritten_files_is_given_back(tmp_path):
     compacted in the background (a restart starts a new segment, so the first one is closed)."""
     data_dir = tmp_path / "data"
     contents = {f"f{n}.bin": os.urandom(1 << 20) for n in range(20)}
-    server = durable_server(data_dir)
+    server = durable_server(data_dir, "--keep-versions", "0")
     try:
 
         async def put(names: list[str]) -> None:
@@ -410,7 +410,7 @@ def test_space_of_deleted_and_overwritten_files_is_given_back(tmp_path):
         server.stop()
     first = sorted((data_dir / "segments").glob("*.seg"))
     assert len(first) == 1 and segment_bytes(data_dir) >= 20 << 20
-    server = durable_server(data_dir)
+    server = durable_server(data_dir, "--keep-versions", "0")
     try:
 
         async def churn() -> None:
@@ -432,7 +432,7 @@ def test_space_of_deleted_and_overwritten_files_is_given_back(tmp_path):
         }
     finally:
         server.stop()
-    server = durable_server(data_dir)  # and the compacted store loads
+    server = durable_server(data_dir, "--keep-versions", "0")  # and the compacted store loads
     try:
         assert sorted(server_state(server)) == sorted(state)
     finally:
@@ -455,6 +455,6 @@ def test_an_entry_applied_again_by_a_restarted_persister_changes_nothing(tmp_pat
     assert catalog.blobs() == [(1, "s", digest, 10, 2, 0)]
     live = dict(catalog.db.execute("SELECT id, live_bytes FROM segments"))
     assert live == {1: 0, 2: 58}  # the first copy is dead bytes, for compaction
-    assert list(catalog.entries()) == [("s", "a.txt", 1, 0, 0o644, 1, None)]
+    assert list(catalog.entries()) == [("s", "a.txt", 1, 0, 0o644, 1, None, None, "")]
     assert catalog.lsn == 1
     catalog.close()

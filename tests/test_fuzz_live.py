@@ -862,7 +862,7 @@ def test_live_fuzzing_keeps_the_server_up_and_leaks_nothing(server_factory, tmp_
     seed = fuzz_seed()
     print(f"live fuzzing with FS_FUZZ_SEED={seed}")
     server = server_factory("--workers", "2", "--hash-workers", "1", "--store-size", "64MiB",
-                            "--max-file-size", "10MiB")  # fmt: skip
+                            "--max-file-size", "10MiB", "--keep-versions", "0")  # fmt: skip
     stats: Counter[str] = Counter()
     try:
         fuzz_and_check(server, seed, tmp_path, stats)

@@ -197,7 +197,7 @@ def test_an_overwrite_and_a_delete_during_a_slow_download_neither_change_nor_fre
     version (two copies are held now: a third does not fit), then is deleted (the new version
     goes; the one being read stays, so 48 MiB in one piece do not fit). The client reads the
     first version, whole; then its space comes back, and the 48 MiB fit where it was."""
-    server = server_factory("--workers", "1", "--store-size", "64MiB")
+    server = server_factory("--workers", "1", "--store-size", "64MiB", "--keep-versions", "0")
     first = random.Random(1).randbytes(24 * MiB)
     put(server, first, "x.bin")
     reader = SlowReader(server.address)

@@ -4,6 +4,7 @@ cases that once broke them."""
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -34,6 +35,12 @@ def check_invariants(store: Store) -> None:
         for entry in share.entries.values():
             if entry.blob is not None:
                 refs[id(entry.blob)] = refs.get(id(entry.blob), 0) + 1
+        for kept in share.history.values():
+            for old in kept:
+                refs[id(old.entry.blob)] = refs.get(id(old.entry.blob), 0) + 1
+        assert share.kept_bytes == sum(k.entry.blob.size for ks in share.history.values()
+                                       for k in ks)  # fmt: skip
+        assert share.kept_count == sum(map(len, share.history.values()))
     for hold in store.holds.values():
         if hold.blob is not None:
             refs[id(hold.blob)] = refs.get(id(hold.blob), 0) + 1
@@ -108,10 +115,11 @@ def test_uploads_in_progress_to_new_paths_count_against_the_index_limit():
     check_invariants(store)
 
 
+@pytest.mark.parametrize("keep", [0, 2], ids=["no-versions", "2-versions-and-a-quota"])
 @pytest.mark.parametrize("seed", range(20))
-def test_invariants_hold_under_random_operations(seed):
+def test_invariants_hold_under_random_operations(seed, keep):
     rng = random.Random(seed)
-    store = Store(64 * 64 * 8)
+    store = Store(64 * 64 * 8, quota=1600 if keep else 0, keep_versions=keep)
     tickets: list[tuple[int, int, str, str, bytes]] = []
     leases: list[tuple[int, int]] = []
     for _ in range(400):
@@ -138,6 +146,14 @@ def test_invariants_hold_under_random_operations(seed):
                 leases.append((owner, result.lease))
         elif op < 0.8 and leases:
             store.release(*leases.pop(rng.randrange(len(leases))))
+        elif op < 0.84 and keep:
+            found = store.history(share, path, 0, 100)
+            if not isinstance(found, Refused):
+                versions = [v.version for v in found[0] if v.size]
+                if versions:
+                    store.restore_version(share, path, rng.choice(versions), ANY_VERSION)
+        elif op < 0.85 and keep:
+            store.prune_versions(rng.choice([0.0, time.time() + 1]))
         elif op < 0.9:
             store.delete(share, path, rng.choice([ANY_VERSION, 1, 2, 3]))
         else:

@@ -85,7 +85,7 @@ def test_a_session_the_client_gives_up_frees_its_space(server_factory):
     8 MiB store fits. A Cancel or an Error frees it while the connection stays open. A closed
     connection parks the upload, to be resumed: its space counts as used (and parked) until
     another upload needs it."""
-    server = server_factory("--store-size", "8MiB")
+    server = server_factory("--store-size", "8MiB", "--keep-versions", "0")
     data = os.urandom(5 * MiB)
     for how in ["cancel", "error", "disconnect"]:
         with contextlib.closing(RawClient(server.address)) as raw:

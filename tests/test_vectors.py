@@ -39,17 +39,22 @@ TYPES = {
     "DeleteResponse": 19, "FileSyncCancel": 20, "SubscribeRequest": 21, "SubscribeResponse": 22,
     "ChangeNotification": 23, "SmallFileBatch": 24, "SmallFileBatchResponse": 25,
     "ShareListRequest": 26, "ShareListResponse": 27, "SmallFileBatchZstd": 28,
+    "DownloadVersionRequest": 29, "VersionsRequest": 30, "VersionsResponse": 31,
+    "RestoreRequest": 32, "RestoreResponse": 33, "DeletedListRequest": 34,
 }  # fmt: skip
 """Section 3.1."""
 
 LAYOUTS: dict[str, list[tuple[str, str]]] = {
-    # records: section 3.2 (FileEntry), 3.3 #24 (SmallFile) and #25 (FileResult)
+    # records: section 3.2 (FileEntry), 3.3 #24 (SmallFile), #25 (FileResult), #27 (ShareInfo)
+    # and #31 (VersionEntry)
     "FileEntry": [("size", "u64"), ("version", "u64"), ("mtime_ns", "i64"), ("mode", "u32"),
                   ("digest", "digest"), ("path", "text")],
     "SmallFile": [("mtime_ns", "i64"), ("mode", "u32"), ("base_version", "u64"),
                   ("digest", "digest"), ("path", "text"), ("data", "blob")],
     "FileResult": [("status", "enum8"), ("version", "u64"), ("message", "text")],
     "ShareInfo": [("files", "u64"), ("bytes", "u64"), ("name", "text")],
+    "VersionEntry": [("version", "u64"), ("size", "u64"), ("mtime_ns", "i64"), ("written", "i64"),
+                     ("mode", "u32"), ("flags", "u8"), ("digest", "digest"), ("writer", "text")],
     # packets: section 3.3
     "Error": [("code", "enum16"), ("file_id", "u32"), ("message", "text")],
     "Ping": [("nonce", "u64"), ("reply", "bool")],
@@ -97,6 +102,18 @@ LAYOUTS: dict[str, list[tuple[str, str]]] = {
     "ShareListRequest": [("request_id", "u32"), ("after", "text")],
     "ShareListResponse": [("request_id", "u32"), ("more", "bool"),
                           ("shares", "records ShareInfo")],
+    "DownloadVersionRequest": [("file_id", "u32"), ("offset", "u64"), ("digest", "opt_digest"),
+                               ("version", "u64"), ("path", "text"), ("flags", "flags")],
+    "VersionsRequest": [("request_id", "u32"), ("before", "u64"), ("limit", "u32"),
+                        ("path", "text")],
+    "VersionsResponse": [("request_id", "u32"), ("status", "enum8"), ("more", "bool"),
+                         ("message", "text"), ("versions", "records VersionEntry")],
+    "RestoreRequest": [("request_id", "u32"), ("version", "u64"), ("base_version", "u64"),
+                       ("path", "text")],
+    "RestoreResponse": [("request_id", "u32"), ("status", "enum8"), ("version", "u64"),
+                        ("message", "text")],
+    "DeletedListRequest": [("request_id", "u32"), ("limit", "u32"), ("prefix", "text"),
+                           ("after", "text")],
 }  # fmt: skip
 
 INTS = {"u8": ">B", "u16": ">H", "u32": ">I", "u64": ">Q", "i64": ">q", "enum8": ">B",
@@ -172,6 +189,14 @@ BATCH_FRAME = (
 """The zstd frame of section 3.4's SmallFileBatchZstd: the files of the SmallFileBatch above."""
 ZSTD = m.HandshakeFlags.ZSTD
 PZSTD = m.PayloadFlags.ZSTD
+V = m.VersionFlags
+DELETED_14 = m.VersionEntry(
+    14, 0, MTIME, 1_700_003_600, 0o644, V.CURRENT | V.DELETED, bytes(16), "bob"
+)
+"""Section 3.4's kept versions: docs/hello.txt deleted at version 14 (TOMBSTONE) by bob..."""
+KEPT_13 = m.VersionEntry(13, 5, MTIME, 1_700_000_100, 0o644, 0, HELLO, "alice")
+"""...and its version 13 (``hello``), written by alice, kept."""
+HELLO_PATH = "000e" + b"docs/hello.txt".hex()
 
 VECTORS: list[tuple[m.Message, str]] = [
     (m.Ping(42, False), "0000000e01000000000000002a00"),
@@ -286,6 +311,36 @@ VECTORS: list[tuple[m.Message, str]] = [
     (m.ChangeNotification(True, TOMBSTONE),
      "0000004217010000000000000000000000000000000e17979cfe3d85cd15000001a4"
      "00000000000000000000000000000000000e646f63732f68656c6c6f2e747874"),
+    # kept versions (section 3.4): the history, download and restore of docs/hello.txt
+    (m.DeletedListRequest(10, 0, "docs/", ""), "00000016220000000a000000000005646f63732f0000"),
+    (m.ListResponse(10, L.OK, False, "", (m.FileEntry(5, 13, MTIME, 0o644, HELLO, ENTRY.path),)),
+     "0000004b0d0000000a000000000001" "0000000000000005" "000000000000000d" + TAIL),
+    (m.VersionsRequest(8, 0, 0, "docs/hello.txt"),
+     "000000251e00000008" "0000000000000000" "00000000" + HELLO_PATH),
+    (m.VersionsResponse(8, L.OK, False, "", (DELETED_14, KEPT_13)),
+     "000000851f00000008" "00" "00" "0000" "0002"
+     "000000000000000e" "0000000000000000" "17979cfe3d85cd15" "000000006553ff10" "000001a4" "03"
+     "00000000000000000000000000000000" "0003626f62"
+     "000000000000000d" "0000000000000005" "17979cfe3d85cd15" "000000006553f164" "000001a4" "00"
+     "b5e9c1ad071b3e7fc779cfaa5e523818" "0005616c696365"),
+    (m.DownloadVersionRequest(5, 0, None, 13, "docs/hello.txt"),
+     "0000003a1d00000005" "0000000000000000" "00" "00000000000000000000000000000000"
+     "000000000000000d" + HELLO_PATH),
+    (m.RestoreRequest(9, 13, 0, "docs/hello.txt"),
+     "000000292000000009" "000000000000000d" "0000000000000000" + HELLO_PATH),
+    (m.RestoreResponse(9, L.OK, 15, ""), "00000014210000000900000000000000000f0000"),
+    # kept versions (section 10)
+    (m.VersionsRequest(1, 0, 0, "a"), "000000181e00000001000000000000000000000000000161"),
+    (m.VersionsRequest(2, 13, 1, "a"), "000000181e00000002000000000000000d00000001000161"),
+    (m.VersionsResponse(1, L.NOT_FOUND, False, "", ()), "0000000f1f00000001010000000000"),
+    (m.DownloadVersionRequest(3, 0, None, 7, "a"),
+     "0000002d1d00000003000000000000000000000000000000000000000000000000000000000000000007000161"),
+    (m.RestoreRequest(2, 7, ANY_VERSION, "a"),
+     "0000001c20000000020000000000000007ffffffffffffffff000161"),
+    (m.RestoreResponse(2, L.CONFLICT, 9, ""), "0000001421000000020300000000000000090000"),
+    (m.RestoreResponse(2, L.DENIED, 0, ""), "0000001421000000020400000000000000000000"),
+    (m.RestoreResponse(2, L.NO_SPACE, 0, ""), "0000001421000000020600000000000000000000"),
+    (m.DeletedListRequest(1, 0, "", ""), "0000001122000000010000000000000000"),
 ]  # fmt: skip
 
 

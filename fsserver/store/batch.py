@@ -31,14 +31,14 @@ class BatchStoring:
                    ) -> Refused | None: ...  # fmt: skip
 
         def _put(self, share: str, path: str, blob: Blob, mtime_ns: int, mode: int,
-                 origin: int) -> int: ...  # fmt: skip
+                 origin: int, writer: str = "") -> int: ...  # fmt: skip
 
         def _new_blob(self, share: str, digest: bytes, size: int, offset: int) -> Blob: ...
 
         def _allocate(self, size: int) -> int: ...
 
     def store_many(self, owner: int, share: str, items: list[tuple[Any, ...]],
-                   origin: int = 0) -> BatchStored:  # fmt: skip
+                   origin: int = 0, writer: str = "") -> BatchStored:  # fmt: skip
         """Store each verified (source, path, size, mtime_ns, mode, digest, base_version) of a
         small-file batch, in order, in one call. Its bytes wait at *source*, in the calling
         worker's staging area (outside the allocator), and are copied into a new extent here,
@@ -58,13 +58,13 @@ class BatchStoring:
         done = BatchStored([0] * len(items), set(), {})
         try:
             for at, item in enumerate(items):
-                bump = self._store_one(share, item, origin, at, done, bump)
+                bump = self._store_one(share, item, (origin, writer), at, done, bump)
         finally:
             if start >= 0:  # what dedup and refusals left of the batch's room
                 self.allocator.free(bump, start + room - bump)
         return done
 
-    def _store_one(self, share: str, item: tuple[Any, ...], origin: int, at: int,
+    def _store_one(self, share: str, item: tuple[Any, ...], author: tuple[int, str], at: int,
                    done: BatchStored, bump: int) -> int:  # fmt: skip
         """One file of ``store_many``, its outcome in *done*; a new extent is taken at
         *bump* (-1: allocated on its own). Returns where the next one goes."""
@@ -89,5 +89,5 @@ class BatchStoring:
             assert self.arena is not None, "store_many needs the arena"
             self.arena[offset : offset + size] = self.arena[source : source + size]
             blob = self._new_blob(share, digest, size, offset)
-        done.versions[at] = self._put(share, path, blob, mtime_ns, mode, origin)
+        done.versions[at] = self._put(share, path, blob, mtime_ns, mode, *author)
         return bump

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS blobs (
 );
 CREATE TABLE IF NOT EXISTS entries (
     share TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    mode INTEGER NOT NULL, blob INTEGER, deleted_at REAL,
+    mode INTEGER NOT NULL, blob INTEGER, deleted_at REAL, written_at REAL,
+    writer TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (share, path)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS segments (
@@ -40,18 +41,28 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 CREATE TABLE IF NOT EXISTS undo_entries (
     share TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    mode INTEGER NOT NULL, blob INTEGER, deleted_at REAL,
+    mode INTEGER NOT NULL, blob INTEGER, deleted_at REAL, written_at REAL,
+    writer TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (share, path)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS freeing (id INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS versions (
+    share TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL, blob INTEGER NOT NULL, written_at REAL,
+    writer TEXT NOT NULL DEFAULT '', replaced_at REAL NOT NULL,
+    PRIMARY KEY (share, path, version)
+) WITHOUT ROWID;
 """
+ADDED_COLUMNS = ("written_at REAL", "writer TEXT NOT NULL DEFAULT ''")
+"""Columns of ``entries`` and ``undo_entries`` added since format 1's first release (kept
+versions): a data dir made before them gets them at start, empty."""
 KEEP_REPLACED = """
 PRAGMA recursive_triggers = ON;
 CREATE TEMP TABLE undo_on (on_ INTEGER);
 CREATE TEMP TRIGGER keep_replaced BEFORE DELETE ON main.entries
 WHEN EXISTS (SELECT 1 FROM temp.undo_on) BEGIN
     INSERT OR IGNORE INTO undo_entries VALUES (old.share, old.path, old.version,
-        old.mtime_ns, old.mode, old.blob, old.deleted_at);
+        old.mtime_ns, old.mode, old.blob, old.deleted_at, old.written_at, old.writer);
 END;
 """
 """While an overlapped group commits (a row in ``undo_on``), each entry row it replaces or
@@ -93,10 +104,10 @@ class Catalog:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.executescript(
-                f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SYNCHRONOUS[fsync]};"
-                + SCHEMA
-                + KEEP_REPLACED
+                f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SYNCHRONOUS[fsync]};" + SCHEMA
             )
+            self._add_columns()
+            self.db.executescript(KEEP_REPLACED)
             found = self.meta("format")
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"{self.path}: {exc}") from None
@@ -109,6 +120,13 @@ class Catalog:
 
     def close(self) -> None:
         self.db.close()
+
+    def _add_columns(self) -> None:
+        for table in ("entries", "undo_entries"):
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for column in ADDED_COLUMNS:
+                if column.split()[0] not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     # -- meta --------------------------------------------------------------------------------
 
@@ -141,6 +159,8 @@ class Catalog:
         replaces are kept in ``undo_entries`` and the blobs it frees stay until the next group
         (``freeing``), so that ``roll_back`` can give the paths their earlier versions."""
         entries: list[tuple[Any, ...]] = []
+        kept: list[tuple[Any, ...]] = []
+        dropped: list[tuple[Any, ...]] = []
         blobs: list[tuple[Any, ...]] = []
         freed: list[int] = []
         gone: list[tuple[Any, ...]] = []
@@ -149,10 +169,18 @@ class Catalog:
         for record in records:
             kind = record[0]
             if kind == "put" or kind == "del":
-                _, share, path, version, mtime_ns, mode, last = record
-                blob_id, at = (last, None) if kind == "put" else (None, last)
-                entries.append((share, path, version, mtime_ns, mode, blob_id, at))
+                _, share, path, version, mtime_ns, mode, last, *stamp = record
+                if kind == "put":  # (stamp: written at, writer; not in tests' older records)
+                    blob_id, at, (written, writer) = last, None, stamp or (None, "")
+                else:  # (stamp: writer)
+                    blob_id, at, written, writer = None, last, last, (stamp or [""])[0]
+                entries.append((share, path, version, mtime_ns, mode, blob_id, at, written,
+                                writer))  # fmt: skip
                 seqs[share] = max(seqs.get(share, 0), version)
+            elif kind == "keep":
+                kept.append(record[1:])
+            elif kind == "drop":
+                dropped.append(record[1:])
             elif kind == "blob":
                 _, blob_id, share, digest, size = record[:5]
                 where = placed[blob_id]
@@ -174,7 +202,12 @@ class Catalog:
                 db.execute("INSERT INTO undo_on VALUES (1)")
             self._forget_earlier_copies([row[0] for row in blobs if row[0] <= self.known_blobs])
             db.executemany("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?)", blobs)
-            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", entries)
+            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           entries)  # fmt: skip
+            db.executemany("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           kept)  # fmt: skip
+            db.executemany("DELETE FROM versions WHERE share = ? AND path = ? AND version = ?",
+                           dropped)  # fmt: skip
             db.executemany(
                 "INSERT INTO shares (name, seq) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
                 "SET seq = max(seq, excluded.seq)", seqs.items(),
@@ -246,6 +279,7 @@ class Catalog:
         db = self.db
         db.execute("BEGIN")
         gone = db.execute("DELETE FROM entries WHERE blob IN (SELECT id FROM marked)").rowcount
+        db.execute("DELETE FROM versions WHERE blob IN (SELECT id FROM marked)")
         for blob_id in ids:
             self._free(blob_id)
         db.execute("DELETE FROM freeing WHERE id IN (SELECT id FROM marked)")
@@ -317,13 +351,18 @@ class Catalog:
             f"WHERE {where} ORDER BY segment, offset"
         ).fetchall()
 
-    def entries(self) -> Iterator[tuple[str, str, int, int, int, int | None, float | None]]:
-        """(share, path, version, mtime_ns, mode, blob id or None, deleted at), streamed
-        share by share, in path order."""
+    def entries(self) -> Iterator[tuple[Any, ...]]:
+        """(share, path, version, mtime_ns, mode, blob id or None, deleted at, written at,
+        writer), streamed share by share, in path order."""
         return self.db.execute(
-            "SELECT share, path, version, mtime_ns, mode, blob, deleted_at FROM entries "
-            "ORDER BY share, path"
+            "SELECT share, path, version, mtime_ns, mode, blob, deleted_at, written_at, writer "
+            "FROM entries ORDER BY share, path"
         )
+
+    def versions(self) -> Iterator[tuple[Any, ...]]:
+        """Kept versions: (share, path, version, mtime_ns, mode, blob id, written at, writer,
+        replaced at), oldest first."""
+        return self.db.execute("SELECT * FROM versions ORDER BY replaced_at, version")
 
     def segment_numbers(self) -> list[int]:
         return [row[0] for row in self.db.execute("SELECT id FROM segments ORDER BY id")]

@@ -25,6 +25,8 @@ from fsserver.store.blobtable import BlobTable, shared_size
 from fsserver.store.parking import PARK_SECONDS, ParkedUploads, resume_key
 from fsserver.store.persisted import Persisted
 from fsserver.store.records import (
+    ENTRY_BYTES,
+    PAGE_BYTES,
     Blob,
     Busy,
     Change,
@@ -41,12 +43,8 @@ from fsserver.store.records import (
 from fsserver.store.retention import Retention
 from fsserver.store.share import Entry, Share
 from fsserver.store.shares import ShareTable
+from fsserver.store.versions import KeptVersions, Writers
 from fsserver.store.writebehind import STAGE_MIN
-
-PAGE_BYTES = 32 * 1024
-"""A list or change page stops after about this many bytes (paths plus a fixed share per
-entry), so that one store reply always fits one control message."""
-ENTRY_BYTES = 128
 
 
 @dataclass(slots=True)
@@ -62,14 +60,18 @@ class _Hold:
     """An upload to a path the index does not hold yet: it will take an entry."""
 
 
-class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
+class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable, KeptVersions):
     def __init__(self, capacity: int, max_entries: int = 1_000_000, quota: int = 0,
-                 park_seconds: float = PARK_SECONDS) -> None:  # fmt: skip
+                 park_seconds: float = PARK_SECONDS,
+                 keep_versions: int = 0) -> None:  # fmt: skip
         self.store_id = os.urandom(16)
         self.size = capacity
         self.allocator = ExtentAllocator(capacity)
         self.max_entries = max_entries
         self.quota = quota
+        self.keep_versions = keep_versions
+        """Earlier versions kept of each path (see ``versions.KeptVersions``)."""
+        self.writers = Writers()
         self.entries = 0
         self.blobs = BlobTable()
         self.shares: dict[str, Share] = {}
@@ -110,6 +112,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         base_version: int,
         origin: int = 0,
         resume: bool = True,
+        writer: str = "",
     ) -> Reserved | Linked | Refused | Busy:
         """Room for an upload (a big one's parked extent, if it was cut short and *resume*),
         or, if its content is already stored, the finished commit."""
@@ -121,7 +124,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         blob = self.blobs.get((share, digest, size)) if digest is not None else None
         if blob is not None:
             self._discard_parked(key)
-            return Linked(self._put(share, path, blob, mtime_ns, mode, origin))
+            return Linked(self._put(share, path, blob, mtime_ns, mode, origin, writer))
         room = self._room(key, size, digest, resume)
         if isinstance(room, Busy | Refused):  # (Refused: no space)
             return room
@@ -145,6 +148,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         digest: bytes,
         base_version: int,
         origin: int = 0,
+        writer: str = "",
     ) -> Committed | Refused:
         """Make a verified upload visible; identical content already stored is reused."""
         hold = self._take_hold(owner, ticket, lease=False)
@@ -158,7 +162,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         reused = blob is not None
         if blob is None:
             blob = self._new_blob(share, digest, hold.size, hold.offset, ticket)
-        return Committed(self._put(share, path, blob, mtime_ns, mode, origin), reused)
+        return Committed(self._put(share, path, blob, mtime_ns, mode, origin, writer), reused)
 
     def abort(self, owner: int, ticket: int) -> None:
         hold = self._take_hold(owner, ticket, lease=False)
@@ -171,6 +175,15 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         entry = self._live(share, path)
         if entry is None or entry.blob is None:
             return Refused(LookupStatus.NOT_FOUND, 0, f"not found: {path}")
+        return self._lease(owner, share, path, entry)
+
+    def open_version(self, owner: int, share: str, path: str, version: int) -> Opened | Refused:
+        """``open`` for one version of a path: its current one or a kept one."""
+        entry = self.version_of(share, path, version)
+        return entry if isinstance(entry, Refused) else self._lease(owner, share, path, entry)
+
+    def _lease(self, owner: int, share: str, path: str, entry: Entry) -> Opened:
+        assert entry.blob is not None
         entry.blob.refs += 1
         lease = next(self._ids)
         self.holds[lease] = _Hold(owner, blob=entry.blob, share=share)
@@ -225,7 +238,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         return ListPage(tuple(found), False)
 
     def delete(
-        self, share: str, path: str, base_version: int, origin: int = 0
+        self, share: str, path: str, base_version: int, origin: int = 0, writer: str = ""
     ) -> Committed | Refused:
         entry = self._live(share, path)
         if entry is None or entry.blob is None:
@@ -238,14 +251,16 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         sh.live -= 1
         sh.bytes -= entry.blob.size
         self.logical_bytes -= entry.blob.size
-        self._unref(share, entry.blob)
-        tombstone = Entry(sh.seq, entry.mtime_ns, entry.mode, None)
-        sh.record(path, tombstone)
         now = time.time()
+        self._retire(share, sh, path, entry, now)
+        tombstone = Entry(sh.seq, entry.mtime_ns, entry.mode, None, int(now),
+                          self.writers.number(writer))  # fmt: skip
+        sh.record(path, tombstone)
         sh.tombstones.append((now, sh.seq, path))
         self.changes.append((share, path, tombstone, origin))
         if self.journal is not None:
-            self.journal.append(("del", share, path, sh.seq, entry.mtime_ns, entry.mode, now))
+            self.journal.append(("del", share, path, sh.seq, entry.mtime_ns, entry.mode, now,
+                                 writer))  # fmt: skip
         return Committed(sh.seq)
 
     def changes_since(self, share: str, since: int, limit: int) -> ChangePage:
@@ -276,7 +291,9 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
             largest_free_bytes=self.allocator.largest_free,
             share_quota=self.quota,
             per_share=tuple(
-                (name, sh.live, sh.bytes) for name, sh in self.shares.items() if sh.live
+                (name, sh.live, sh.bytes, sh.kept_count, sh.kept_bytes)
+                for name, sh in self.shares.items()
+                if sh.live or sh.kept_count
             ),
         )
 
@@ -331,12 +348,18 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         )
 
     def _over_quota(self, share: str, path: str, size: int) -> Refused | None:
+        """Why *size* more bytes would pass the share's quota, or None. The live files must
+        fit; kept versions count too, but the oldest give way (the version this write
+        replaces is kept only as far as it fits, see ``_retire``)."""
         if not self.quota:
             return None
         sh = self.shares.get(share)
         old = self._live(share, path)
         after = (sh.bytes if sh else 0) + self.reserved.get(share, 0) + size
         after -= old.blob.size if old and old.blob else 0
+        kept = sh.kept_bytes if sh else 0
+        if after <= self.quota < after + kept:
+            self._make_room_kept(share, after + kept - self.quota)
         if after <= self.quota:
             return None
         return Refused(InitStatus.NO_SPACE, 0,
@@ -347,7 +370,8 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         sh = self.shares.get(share)
         return sh is not None and path in sh.entries
 
-    def _put(self, share: str, path: str, blob: Blob, mtime_ns: int, mode: int, origin: int) -> int:
+    def _put(self, share: str, path: str, blob: Blob, mtime_ns: int, mode: int, origin: int,
+             writer: str = "") -> int:  # fmt: skip
         sh = self.shares.get(share)
         if sh is None:
             sh = self.shares[share] = Share()
@@ -357,18 +381,20 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable):
         old = sh.entries.get(path)
         if old is None:
             self.entries += 1
+        now = time.time()
         if old is not None and old.blob is not None:
             self.logical_bytes -= old.blob.size
             sh.bytes -= old.blob.size
-            self._unref(share, old.blob)
+            self._retire(share, sh, path, old, now)
         else:
             sh.live += 1
         sh.seq += 1
-        entry = Entry(sh.seq, mtime_ns, mode, blob)
+        entry = Entry(sh.seq, mtime_ns, mode, blob, int(now), self.writers.number(writer))
         sh.record(path, entry)
         self.changes.append((share, path, entry, origin))
         if self.journal is not None:
-            self.journal.append(("put", share, path, sh.seq, mtime_ns, mode, blob.id))
+            self.journal.append(("put", share, path, sh.seq, mtime_ns, mode, blob.id, now,
+                                 writer))  # fmt: skip
         return sh.seq
 
     def _new_blob(self, share: str, digest: bytes, size: int, offset: int,

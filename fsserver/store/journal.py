@@ -5,8 +5,12 @@ Every store call that changes something leaves journal records (``Store.take_jou
 
 - ``("blob", id, share, digest, size, arena offset, ticket)``: new content, to append to a
   segment (*ticket*: the upload it came from, or 0);
-- ``("put", share, path, version, mtime_ns, mode, blob id)``: a path's new version;
-- ``("del", share, path, version, mtime_ns, mode, unix time)``: a path's tombstone;
+- ``("put", share, path, version, mtime_ns, mode, blob id, unix time, writer)``: a path's
+  new version, when and by whom (a token's name) it was written;
+- ``("del", share, path, version, mtime_ns, mode, unix time, writer)``: a path's tombstone;
+- ``("keep", share, path, version, mtime_ns, mode, blob id, written at, writer, replaced
+  at)``: a path's version just replaced, kept (``--keep-versions``);
+- ``("drop", share, path, version)``: a kept version given up (by count, age or room);
 - ``("free", blob id)``: content nothing refers to any more;
 - ``("gone", share, path, version)``: a tombstone past its retention, forgotten;
 - ``("share", name)``: a share made before any file was put in it;

@@ -64,6 +64,8 @@ class ParkedUploads:
 
         def _take_hold(self, owner: int, hold_id: int, lease: bool) -> object: ...
 
+        def _give_up_oldest_kept(self) -> bool: ...
+
     def _init_parking(self, park_seconds: float) -> None:
         self.park_seconds = park_seconds
         self.parked: dict[ResumeKey, Parked] = {}
@@ -178,12 +180,15 @@ class ParkedUploads:
         self.allocator.free(parked.offset, parked.size)
 
     def _allocate(self, size: int) -> int:
-        """An extent of *size* bytes; when none fits, parked extents are given up, oldest
-        first, until one does (StoreFull if even that is not enough)."""
+        """An extent of *size* bytes; when none fits, kept versions are given up, oldest
+        first, then parked extents (uploads a client is about to resume), oldest first,
+        until one does (StoreFull if even that is not enough)."""
         while True:
             try:
                 return self.allocator.allocate(size)
             except StoreFull:
+                if self._give_up_oldest_kept():
+                    continue
                 if not self.parked:
                     raise
                 self._unpark_free(next(iter(self.parked)))

@@ -9,6 +9,11 @@ from typing import ClassVar, NamedTuple
 
 from common.messages import FileEntry
 
+PAGE_BYTES = 32 * 1024
+"""A list or change page stops after about this many bytes (paths plus a fixed share per
+entry), so that one store reply always fits one control message."""
+ENTRY_BYTES = 128
+
 
 class Reserved(NamedTuple):
     ticket: int
@@ -87,8 +92,9 @@ class StoreStats:
     largest_free_bytes: int = 0
     """The largest extent free in one piece: the largest upload that fits now."""
     share_quota: int = 0
-    per_share: tuple[tuple[str, int, int], ...] = ()
-    """(share, live files, their logical bytes) of each share holding files."""
+    per_share: tuple[tuple[str, int, int, int, int], ...] = ()
+    """(share, live files, their logical bytes, kept versions, their logical bytes) of each
+    share holding files or kept versions."""
 
 
 @dataclass(slots=True)

@@ -92,7 +92,9 @@ def load(folder: Path, store: Store, arena_file: Path, repair: bool = False) -> 
         if bad:
             done.damaged += sort_damage(bad, rows, blobs, repair)
             catalog.forget_blobs([blob_id for blob_id, _ in bad])
-        store.restore(catalog.shares(), blobs, catalog.entries())
+        left_out = store.restore(catalog.shares(), blobs, catalog.entries(), catalog.versions())
+        if left_out:
+            log.warning("left out %d kept versions whose content is lost", left_out)
         orphans = [blob for blob in blobs.values() if blob.refs == 0]
         if orphans:  # content no entry names (a crash between two groups): let it go
             catalog.forget_blobs([blob.id for blob in orphans])

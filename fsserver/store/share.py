@@ -19,24 +19,35 @@ from fsserver.store.versionlog import VersionLog
 
 _VERSION_BITS = 48
 _MODE_BITS = 32
-_MTIME_SHIFT = _VERSION_BITS + _MODE_BITS
+_WRITER_BITS = 24
+_WRITTEN_BITS = 40
+_WRITER_SHIFT = _VERSION_BITS + _MODE_BITS
+_WRITTEN_SHIFT = _WRITER_SHIFT + _WRITER_BITS
+_MTIME_SHIFT = _WRITTEN_SHIFT + _WRITTEN_BITS
 _VERSION_MASK = (1 << _VERSION_BITS) - 1
 _MODE_MASK = (1 << _MODE_BITS) - 1
+_WRITER_MASK = (1 << _WRITER_BITS) - 1
+_WRITTEN_MASK = (1 << _WRITTEN_BITS) - 1
 _MTIME_BIAS = 1 << 63
 """mtime_ns is a signed 64-bit number: biased, it packs as an unsigned one."""
 NO_DIGEST = bytes(16)
 
 
 class Entry:
-    """A path's version, mtime_ns and mode (packed in ``meta``) and its content (None: a
-    tombstone)."""
+    """A path's version, mtime_ns and mode, when it was written (unix seconds) and by whom
+    (a number of the store's ``Writers``), all packed in ``meta``, and its content (None: a
+    tombstone). Packed, the write's time and writer cost 8 bytes an entry, not two objects."""
 
     __slots__ = ("blob", "meta")
 
-    def __init__(self, version: int, mtime_ns: int, mode: int, blob: Blob | None) -> None:
+    def __init__(self, version: int, mtime_ns: int, mode: int, blob: Blob | None,
+                 written: int = 0, writer: int = 0) -> None:  # fmt: skip
         if version > _VERSION_MASK or mode > _MODE_MASK:  # (never negative: u64, u32)
             raise ValueError(f"version {version} or mode {mode} out of range")
-        self.meta = (mtime_ns + _MTIME_BIAS) << _MTIME_SHIFT | mode << _VERSION_BITS | version
+        written = min(max(written, 0), _WRITTEN_MASK)
+        self.meta = ((mtime_ns + _MTIME_BIAS) << _MTIME_SHIFT | written << _WRITTEN_SHIFT
+                     | (writer & _WRITER_MASK) << _WRITER_SHIFT | mode << _VERSION_BITS
+                     | version)  # fmt: skip
         self.blob = blob
 
     @property
@@ -50,6 +61,16 @@ class Entry:
     @property
     def mtime_ns(self) -> int:
         return (self.meta >> _MTIME_SHIFT) - _MTIME_BIAS
+
+    @property
+    def written(self) -> int:
+        """When this version was made, in unix seconds (0: not known, a data dir from
+        before versions)."""
+        return self.meta >> _WRITTEN_SHIFT & _WRITTEN_MASK
+
+    @property
+    def writer(self) -> int:
+        return self.meta >> _WRITER_SHIFT & _WRITER_MASK
 
     def record(self, path: str) -> FileEntry:
         meta, blob = self.meta, self.blob
@@ -74,6 +95,15 @@ class Share:
     """(unix time, version, path) of each delete, oldest first (see ``Retention``)."""
     pruned: int = 0
     """The version of the newest tombstone forgotten."""
+    history: SortedDict = field(default_factory=SortedDict)
+    """path -> its earlier versions (``versions.Kept``), oldest first: only paths that have
+    some, in path order (for ``ls --deleted``)."""
+    kept_bytes: int = 0
+    """Logical bytes of the kept versions (they count against the quota too)."""
+    kept_count: int = 0
+    kept_order: deque[tuple[float, int, str]] = field(default_factory=deque)
+    """(replaced at, version, path) of each kept version, oldest first (``--keep-days``, and
+    which to give up first); versions given up by count stay until they reach the front."""
 
     def record(self, path: str, entry: Entry) -> None:
         old = self.entries.get(path)
