@@ -1,6 +1,6 @@
 """FS benchmark harness: ``python -m bench`` (``make bench``).
 
-Six suites, all run by default (see ``bench.__main__``); each prints its results and the
+Seven suites, all run by default (see ``bench.__main__``); each prints its results and the
 targets, and rewrites its own section of ``docs/PERFORMANCE.md``.
 
 - core: on loopback, on the same bytes, FS (a real ``fsserver`` subprocess and
@@ -16,12 +16,15 @@ targets, and rewrites its own section of ``docs/PERFORMANCE.md``.
 - link (``--suite link``, root only): FS (``FS_COMPRESS`` off and auto) against ``rsync -a``
   and ``rsync -az`` over a link shaped to 100 Mbit/s and 1 Gbit/s between two network
   namespaces (``bench.shapedlink``): a 256 MiB log, the stdlib's source tree, random bytes.
+- http (``--suite http``): FS's HTTP API against nginx 1.22, both driven by the same ``curl``
+  commands: a 512 MiB file and 10,000 x 4 KiB files down and up, ``fsclient`` alongside.
 
     python -m bench                      # both suites, full runs
     python -m bench --suite core         # core only (256 MiB, 2000 small files, 7 rounds)
     python -m bench --suite sync         # sync only (5 rounds, ~2-3 minutes)
     python -m bench --suite latency      # fan-out and CLI start-up (~1 minute)
     python -m bench --suite link         # shaped links, compression (~7 minutes)
+    python -m bench --suite http         # HTTP API vs nginx, curl (~4 min, estimated)
     python -m bench --quick              # smoke test: small sizes, 1 round, no doc update
     python -m bench --no-write           # full run, leave the document alone
     python -m bench --profile upload4k   # cProfile one 4096-byte-packet upload in the client
@@ -31,5 +34,6 @@ Modules: ``run`` (the core rounds), ``fsbench``, ``rawtcp``, ``rsyncbench`` (the
 ``profiling``; ``syncrun`` (the sync suite), ``syncbench`` (its measurements), ``synctree``
 (its folders), ``ramdir`` (their place on tmpfs), ``syncreport`` (its tables and section);
 ``latency`` (the latency suite), ``fanout`` (its subscribers), ``startup`` (CLI timings);
-``linkbench`` (the link suite), ``shapedlink`` (its namespaces), ``linkdata``, ``linkreport``.
+``linkbench`` (the link suite), ``shapedlink`` (its namespaces), ``linkdata``, ``linkreport``;
+``httpbench`` (the http suite, its nginx), ``httpreport``.
 """

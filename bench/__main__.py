@@ -1,12 +1,13 @@
 """``python -m bench``: FS against raw TCP and rsync on loopback; see ``bench/__init__.py``.
 
-Six suites, all by default: ``--suite core`` (transfers through ``fsclient.Client``,
+Seven suites, all by default: ``--suite core`` (transfers through ``fsclient.Client``,
 ``bench.run``), ``--suite sync`` (whole ``fsclient sync`` commands and live clients,
 ``bench.syncrun``), ``--suite durable`` (what ``--data-dir`` costs, ``bench.durabench``),
 ``--suite latency`` (fan-out to 200 subscribers and CLI start-up, ``bench.latency``),
 ``--suite memory`` (the server's RAM per file, ``bench.membench``) and ``--suite link`` (FS
 and rsync over a shaped 100 Mbit/s and 1 Gbit/s link between network namespaces, root only,
-``bench.linkbench``).
+``bench.linkbench``) and ``--suite http`` (FS's HTTP API against nginx, both driven by curl,
+the FS protocol alongside, ``bench.httpbench`` and ``bench.httpreport``).
 Each writes its own section of docs/PERFORMANCE.md.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import rsyncbench
+from bench.httpbench import Unavailable
 from bench.procs import ROOT
 from bench.ramdir import NoRoom
 from bench.report import (
@@ -34,7 +36,7 @@ from bench.shapedlink import LinkError
 
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 SECTION = "core"
-SUITES = ("core", "sync", "durable", "latency", "memory", "link", "all")
+SUITES = ("core", "sync", "durable", "latency", "memory", "link", "http", "all")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--suite", choices=SUITES, default="all",
                    help="which suite to run (default all: core, sync, durable, "
-                   "latency, memory, link)")  # fmt: skip
+                   "latency, memory, link, http)")  # fmt: skip
     p.add_argument(
         "--quick", action="store_true", help="small sizes, 1 round, no doc update (smoke test)"
     )
@@ -51,11 +53,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--repeats",
         type=int,
-        help="timed rounds (default 7 core / 5 sync / 3 link, or 1 with --quick)",
+        help="timed rounds (default 7 core / 5 sync, http / 3 link, or 1 with --quick)",
     )
     p.add_argument("--big-mib", type=int, help="big file size in MiB (default 256, quick 32; "
-                   "link: the log file, random bytes a quarter of it)")  # fmt: skip
-    p.add_argument("--small-count", type=int, help="small files (default 2000, quick 200)")
+                   "http 512; link: the log file, random bytes a quarter of it)")  # fmt: skip
+    p.add_argument(
+        "--small-count",
+        type=int,
+        help="small files (default 2000, quick 200; http 10000, quick 1000)",
+    )
     p.add_argument("--doc", type=Path, default=DOC, help="document to update")
     p.add_argument(
         "--profile",
@@ -226,6 +232,20 @@ def run_link(args: argparse.Namespace) -> None:
         say(f"bench: wrote the '{section}' section of {args.doc}")
 
 
+def run_http(args: argparse.Namespace) -> None:
+    from bench import httpbench as hb
+    from bench import httpreport
+
+    s = hb.HttpSettings.quick() if args.quick else hb.HttpSettings()
+    s.rounds = max(1, args.repeats or s.rounds)
+    s.big = (args.big_mib or s.big // MiB) * MiB
+    s.small_count = args.small_count or s.small_count
+    out = hb.run_http_suite(s)
+    tables, met = httpreport.report(s, out)
+    finish(args, "http", tables, met, httpreport.SECTION,
+           lambda t: httpreport.document(s, out, t, args.quick))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.profile:
@@ -246,10 +266,12 @@ def main(argv: list[str] | None = None) -> int:
             run_memory(args)
         if args.suite in ("link", "all"):
             run_link(args)
+        if args.suite in ("http", "all"):
+            run_http(args)
     except KeyboardInterrupt:
         say("bench: interrupted, everything stopped")
         return 130
-    except (NoRoom, LinkError) as e:
+    except (NoRoom, LinkError, Unavailable) as e:
         say(f"bench: {e}")
         return 1
     return 0

@@ -44,6 +44,9 @@ def port_open(host: str, port: int) -> bool:
 class Child:
     """A subprocess whose merged stdout/stderr is collected line by line by a thread."""
 
+    STOP_SIGNAL = signal.SIGTERM
+    """What ``stop`` sends the leader first (it may clean up)."""
+
     def __init__(self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.lines: list[str] = []
@@ -93,10 +96,10 @@ class Child:
             time.sleep(0.02)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the leader (it may clean up), then SIGKILL the whole group."""
+        """``STOP_SIGNAL`` to the leader (it may clean up), then SIGKILL the whole group."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
+                self.proc.send_signal(self.STOP_SIGNAL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
         with contextlib.suppress(ProcessLookupError, PermissionError):
