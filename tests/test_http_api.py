@@ -9,8 +9,10 @@ import json
 import os
 import re
 import socket
+import tomllib
 
 import pytest
+import tomli_w
 import xxhash
 from openapi_spec_validator import validate
 
@@ -202,3 +204,67 @@ def test_one_connection_serves_many_requests_and_answers_expect_continue(web):
         assert sock.recv(64).startswith(b"HTTP/1.1 100 ")  # (curl would wait 1 s without it)
         sock.sendall(b"hello")
         assert sock.recv(4096).startswith(b"HTTP/1.1 201 ")
+
+
+def test_a_body_framed_two_ways_or_a_wild_mtime_is_refused_and_nothing_is_overwritten(web):
+    """``Content-Length: 1`` with a chunked body must not write past its one byte: other
+    files' bytes lie next to it in the arena."""
+    neighbour = os.urandom(64 << 10)
+    assert web.put("n.bin", neighbour).status == 201
+    with socket.create_connection((web.server.host, web.server.http_port), timeout=5) as sock:
+        sock.sendall(b"PUT /api/v1/shares/default/files/x.bin HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"10000\r\n" + b"\xff" * 0x10000 + b"\r\n0\r\n\r\n")  # fmt: skip
+        answer = sock.recv(4096)
+    assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 411 ")), answer[:80]
+    assert web.get("n.bin").body == neighbour
+    assert web.get("x.bin").status == 404
+    wild = web.put("m.bin", b"x", X_FS_Mtime_Ns="9" * 20)
+    assert (wild.status, wild.code) == (400, "MALFORMED")
+    odd = web.request("GET", web.url("default", "files") + "?limit=%C2%B2")  # a superscript 2
+    assert (odd.status, odd.code) == (400, "MALFORMED")
+
+
+def test_a_page_of_another_site_cannot_change_a_server_without_tokens(web):
+    web.put("r.txt", b"one")
+    web.put("r.txt", b"two")
+    old = web.request("GET", web.url("default", "versions", "r.txt")).json()["versions"][-1]
+    target = web.url("default", "restore", "r.txt") + f"?version={old['version']}"
+    here = f"http://{web.server.host}:{web.server.http_port}"
+    forged = web.request("POST", target, b"", {"Origin": "http://evil.example"})
+    assert (forged.status, forged.code) == (403, "DENIED")
+    assert web.request("DELETE", web.url("default", "files", "r.txt"), None,
+                       {"Origin": "http://evil.example"}).status == 403  # fmt: skip
+    assert web.get("r.txt").body == b"two"
+    assert web.request("POST", target, b"", {"Origin": here}).status == 200  # the page itself
+    assert web.get("r.txt").body == b"one"
+
+
+def test_an_error_answer_keeps_the_connection(web):
+    assert web.request("GET", web.url("default", "files", "none.txt"), keep=True).status == 404
+    first = web.conn.sock.getsockname()
+    assert web.request("GET", web.url("default", "files"), keep=True).status == 200
+    assert web.conn.sock.getsockname() == first
+    web.conn.close()
+
+
+def test_a_change_stream_ends_when_its_token_is_revoked(tmp_path, server_factory):
+    tokens = tmp_path / "tokens.toml"
+    token = add_token(tokens, "watcher", "default")
+    server = server_factory("--store-size", "16MiB", "--http-port", "0", "--tokens", str(tokens))
+    with socket.create_connection((server.host, server.http_port), timeout=15) as sock:
+        sock.sendall(b"GET /api/v1/shares/default/changes HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer " + token.encode() + b"\r\n\r\n")  # fmt: skip
+        stream = sock.makefile("rb")
+        while not stream.readline().startswith(b"event: ready"):
+            pass
+        data = tomllib.loads(tokens.read_text())
+        data["token"][0]["revoked"] = True
+        tokens.write_text(tomli_w.dumps(data))
+        lines: list[bytes] = []
+        while not lines or b"revoked" not in lines[-1]:
+            line = stream.readline()
+            assert line, "the stream ended without saying why"
+            if line.startswith((b"event: ", b"data: ")):
+                lines.append(line)
+    assert lines[-2] == b"event: error\n" and b"revoked" in lines[-1]

@@ -10,8 +10,10 @@ import pytest
 import xxhash
 
 from common.errors import InvalidPath, NotFound, PermissionDenied
+from common.limits import ANY_VERSION
 from fsclient import Client
 from fsclient.access import Access
+from fsserver.store import Refused, Reserved, Store
 from tests.cli import fsclient
 from tests.conftest import run
 from tests.secured import add_token
@@ -171,3 +173,38 @@ def test_bad_version_requests_get_typed_refusals(tmp_path, server_factory):
     assert usage.returncode == 2 and "not a version number" in usage.stderr
     missing = fsclient("restore", "f.txt", "--version", "99", "--token", writer, server=server)
     assert missing.returncode == 1 and "has no version 99" in missing.stderr
+
+
+def _put(store: Store, path: str, size: int, fill: int) -> None:
+    """A verified upload of *size* bytes of content *fill* (a digest of its own)."""
+    reserved = store.reserve(0, "s", path, size, 0, 0o644, None, ANY_VERSION)
+    assert isinstance(reserved, Reserved), reserved
+    store.commit(0, reserved.ticket, "s", path, 0, 0o644, bytes([fill]) * 16, ANY_VERSION)
+
+
+def test_kept_versions_give_way_only_when_that_makes_the_room():
+    """A full 768-byte arena: 256 live in a.bin and b.bin each, 256 kept of a.bin. An upload
+    of 512 bytes could not fit even without the kept version: it is refused and the history
+    stays. One of 256 fits once the kept version goes, and takes its place."""
+    store = Store(768, keep_versions=10)
+    _put(store, "a.bin", 256, 1)
+    _put(store, "a.bin", 256, 2)
+    _put(store, "b.bin", 256, 3)
+    refused = store.reserve(0, "s", "c.bin", 512, 0, 0o644, None, ANY_VERSION)
+    assert isinstance(refused, Refused)
+    assert len(store.history("s", "a.bin", 0, 10)[0]) == 2  # current + kept: nothing lost
+    _put(store, "c.bin", 256, 4)
+    assert len(store.history("s", "a.bin", 0, 10)[0]) == 1
+
+
+def test_a_write_cut_short_costs_no_kept_version():
+    """Kept versions give way to the quota when a write is made, not when it is admitted."""
+    store = Store(1 << 20, quota=1000, keep_versions=10)
+    _put(store, "a.bin", 400, 1)
+    _put(store, "a.bin", 400, 2)  # 400 live + 400 kept
+    reserved = store.reserve(0, "s", "b.bin", 500, 0, 0o644, None, ANY_VERSION)
+    assert isinstance(reserved, Reserved)  # 900 live: fits; 1,300 with the kept version
+    store.abort(0, reserved.ticket)
+    assert len(store.history("s", "a.bin", 0, 10)[0]) == 2
+    _put(store, "b.bin", 500, 3)
+    assert len(store.history("s", "a.bin", 0, 10)[0]) == 1

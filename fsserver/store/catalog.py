@@ -302,6 +302,7 @@ class Catalog:
                            "WHERE share = ? AND path = ?", keys)  # fmt: skip
             back = db.total_changes - before
             gone = db.execute("DELETE FROM entries WHERE blob IN (SELECT id FROM marked)").rowcount
+            db.execute("DELETE FROM versions WHERE blob IN (SELECT id FROM marked)")
             named = [row[0] for key in keys for row in db.execute(
                 "SELECT blob FROM entries WHERE share = ? AND path = ? AND blob IS NOT NULL",
                 key)]  # fmt: skip

@@ -349,17 +349,13 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable, KeptV
 
     def _over_quota(self, share: str, path: str, size: int) -> Refused | None:
         """Why *size* more bytes would pass the share's quota, or None. The live files must
-        fit; kept versions count too, but the oldest give way (the version this write
-        replaces is kept only as far as it fits, see ``_retire``)."""
+        fit; kept versions count too, but give way once the write is made (``_fit_quota``)."""
         if not self.quota:
             return None
         sh = self.shares.get(share)
         old = self._live(share, path)
         after = (sh.bytes if sh else 0) + self.reserved.get(share, 0) + size
         after -= old.blob.size if old and old.blob else 0
-        kept = sh.kept_bytes if sh else 0
-        if after <= self.quota < after + kept:
-            self._make_room_kept(share, after + kept - self.quota)
         if after <= self.quota:
             return None
         return Refused(InitStatus.NO_SPACE, 0,
@@ -391,6 +387,7 @@ class Store(BatchStoring, Persisted, Retention, ParkedUploads, ShareTable, KeptV
         sh.seq += 1
         entry = Entry(sh.seq, mtime_ns, mode, blob, int(now), self.writers.number(writer))
         sh.record(path, entry)
+        self._fit_quota(share, sh)
         self.changes.append((share, path, entry, origin))
         if self.journal is not None:
             self.journal.append(("put", share, path, sh.seq, mtime_ns, mode, blob.id, now,

@@ -18,11 +18,12 @@ They are given back, oldest first, when an allocation does not fit, and after ``
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from common.errors import StoreFull
 from common.messages import InitStatus
-from fsserver.store.allocator import ExtentAllocator
+from fsserver.store.allocator import ExtentAllocator, aligned
 from fsserver.store.records import Busy, Refused
 from fsserver.store.writebehind import STAGE_MIN
 
@@ -64,7 +65,9 @@ class ParkedUploads:
 
         def _take_hold(self, owner: int, hold_id: int, lease: bool) -> object: ...
 
-        def _give_up_oldest_kept(self) -> bool: ...
+        def _kept_to_give_up(self, size: int, free: int) -> list[tuple[str, str, int]]: ...
+
+        def _give_up_kept(self, share: str, path: str, version: int) -> None: ...
 
     def _init_parking(self, park_seconds: float) -> None:
         self.park_seconds = park_seconds
@@ -183,11 +186,16 @@ class ParkedUploads:
         """An extent of *size* bytes; when none fits, kept versions are given up, oldest
         first, then parked extents (uploads a client is about to resume), oldest first,
         until one does (StoreFull if even that is not enough)."""
+        kept: Iterator[tuple[str, str, int]] | None = None
         while True:
             try:
                 return self.allocator.allocate(size)
             except StoreFull:
-                if self._give_up_oldest_kept():
+                if kept is None:
+                    kept = iter(self._kept_to_give_up(aligned(size), self.allocator.free_bytes))
+                version = next(kept, None)
+                if version is not None:
+                    self._give_up_kept(*version)
                     continue
                 if not self.parked:
                     raise

@@ -100,10 +100,6 @@ class KeptVersions:
                                  blob.id, old.written, writer, now))  # fmt: skip
         while len(kept) > self.keep_versions:
             self._drop_kept(share, sh, path, 0)
-        if self.quota:  # the live files fit (``_over_quota``); kept versions as far as they do
-            over = sh.bytes + sh.kept_bytes + self.reserved.get(share, 0) - self.quota
-            if over > 0:
-                self._make_room_kept(share, over)
 
     def _drop_kept(self, share: str, sh: Share, path: str, at: int) -> int:
         """Give up the kept version at *at* of *path*; the bytes it counted."""
@@ -151,6 +147,15 @@ class KeptVersions:
                 gone += 1
         return gone
 
+    def _fit_quota(self, share: str, sh: Share) -> None:
+        """After a write: the live files fit the quota (``_over_quota`` saw to it); kept
+        versions stay only as far as they fit too, the oldest giving way. (Not before the
+        write: an upload that is then cut short would have cost them for nothing.)"""
+        if self.quota:
+            over = sh.bytes + sh.kept_bytes + self.reserved.get(share, 0) - self.quota
+            if over > 0:
+                self._make_room_kept(share, over)
+
     def _make_room_kept(self, share: str, need: int) -> int:
         """Give up the share's oldest kept versions until *need* bytes are counted no more
         (the quota); the bytes given up."""
@@ -163,14 +168,27 @@ class KeptVersions:
             freed += size
         return freed
 
-    def _give_up_oldest_kept(self) -> bool:
-        """Give up the oldest kept version of any share (the arena is full); False if none."""
-        fronts = [(sh.kept_order[0][0], name) for name, sh in self.shares.items()
-                  if sh.kept_order]  # fmt: skip
-        for _, name in sorted(fronts):
-            if self._drop_oldest(name, self.shares[name]) is not None:
-                return True
-        return False
+    def _kept_to_give_up(self, size: int, free: int) -> list[tuple[str, str, int]]:
+        """(share, path, version) of the kept versions to give up, oldest first, for an
+        extent of *size* bytes in an arena with *free*: only those whose content nothing else
+        names (no live file, lease or pin), since giving one up must free its extent; and
+        none if all of them could not make room (none is given up for nothing)."""
+        from fsserver.store.allocator import aligned
+
+        sole = sorted((k.replaced, name, path, k.entry.version, aligned(k.entry.blob.size))
+                      for name, sh in self.shares.items() for path, kept in sh.history.items()
+                      for k in kept
+                      if k.entry.blob is not None and k.entry.blob.refs == 1)  # fmt: skip
+        if free + sum(item[4] for item in sole) < size:
+            return []
+        return [(name, path, version) for _, name, path, version, _ in sole]
+
+    def _give_up_kept(self, share: str, path: str, version: int) -> None:
+        sh = self.shares[share]
+        for at, k in enumerate(sh.history.get(path, ())):
+            if k.entry.version == version:
+                self._drop_kept(share, sh, path, at)
+                return
 
     # -- calls -------------------------------------------------------------------------------
 

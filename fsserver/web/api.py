@@ -11,12 +11,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from common.errors import InvalidName, InvalidPath
 from common.limits import ANY_VERSION, MAX_LIST_ENTRIES, NO_VERSION
 from common.paths import check_name, normalize_path, normalize_prefix
 from fsserver import telemetry
+from fsserver.auth import token_hash
 from fsserver.rpc import RpcFailed
 from fsserver.store import Busy, ListPage, Refused
 from fsserver.web import changes, pages
@@ -38,6 +39,9 @@ from fsserver.web.replies import (
 Handler = Callable[["Call"], Awaitable[int]]
 BUSY_WAIT = 3.0
 _HEX = re.compile(r"[0-9a-fA-F]{32}$")
+_DIGITS = re.compile(r"[0-9]+$")
+_MTIME = re.compile(r"-?[0-9]{1,19}$")
+I64 = range(-(1 << 63), 1 << 63)
 
 
 @dataclass
@@ -49,6 +53,8 @@ class Call:
     path: str = ""
     writer: str = ""
     read_only: bool = False
+    token: bytes = b""
+    """The SHA-256 of the token the request came with (checked again by a long stream)."""
 
     @property
     def ctx(self) -> Any:
@@ -61,9 +67,16 @@ class Call:
             raise HttpError(503, "INTERNAL", f"store unavailable: {exc}") from None
 
     def writing(self) -> None:
+        """A request that changes the share: not with a read-only token, and, on a server
+        without tokens, not from a page of another site (a form may POST anywhere, and a
+        browser says where it came from; with tokens, no other site has the token)."""
         if self.read_only:
             telemetry.refused("read_only")
             raise HttpError(403, "DENIED", "this token is read-only")
+        origin, host = self.req.header("origin"), self.req.header("host")
+        if self.ctx.tokens is None and origin and urlsplit(origin).netloc != host:
+            telemetry.refused("cross_site")
+            raise HttpError(403, "DENIED", f"a change requested by a page of {origin}")
 
     def number(self, name: str, default: int | None = None) -> int:
         raw = self.req.query.get(name)
@@ -71,7 +84,7 @@ class Call:
             if default is None:
                 raise HttpError(400, "MALFORMED", f"the query needs {name}=N")
             return default
-        if not raw.isdigit():
+        if not _DIGITS.match(raw) or len(raw) > 19:
             raise HttpError(400, "MALFORMED", f"{name} must be a whole number, not {raw!r}")
         return int(raw)
 
@@ -133,7 +146,7 @@ async def upload(call: Call) -> int:
     call.writing()
     req = call.req
     length = req.header("content-length")
-    if length is None or not length.isdigit():
+    if req.header("transfer-encoding") is not None or length is None or not _DIGITS.match(length):
         raise HttpError(411, "LENGTH_REQUIRED", "a PUT needs a Content-Length (no chunked body)")
     size = int(length)
     why = call.ctx.too_large(size)
@@ -278,6 +291,7 @@ async def _admit(call: Call, share: str, path: str | None) -> None:
         if grant is None:
             raise _auth_failed(call.req, f"the token does not open share {call.share!r}")
         call.writer, call.read_only = grant.name, grant.read_only
+        call.token = token_hash(_token(call.req))
     known = call.ctx.known_shares
     if call.share not in known:
         if not await call.store("attach", call.share, tokens is not None):
@@ -312,10 +326,9 @@ def _digest_header(raw: str | None) -> bytes | None:
 def _mtime(raw: str | None) -> int:
     if raw is None:
         return time.time_ns()
-    try:
-        return int(raw)
-    except ValueError:
-        raise HttpError(400, "MALFORMED", "X-FS-Mtime-Ns must be a whole number") from None
+    if not _MTIME.match(raw.strip()) or int(raw) not in I64:
+        raise HttpError(400, "MALFORMED", "X-FS-Mtime-Ns must be a whole number of 64 bits")
+    return int(raw)
 
 
 async def _base_version(call: Call) -> int:
@@ -352,8 +365,10 @@ async def _reserve(call: Call, size: int, mtime_ns: int, base: int) -> tuple[int
 
 async def _receive(call: Call, offset: int, size: int) -> None:
     """The body, straight into the reserved extent."""
-    arena, at = call.ctx.arena, offset
+    arena, at, end = call.ctx.arena, offset, offset + size
     async for chunk in call.req.body():
+        if at + len(chunk) > end:  # (h11 frames by Content-Length: never, but never trusted)
+            raise HttpError(413, "TOO_LARGE", f"the body is longer than its {size} bytes")
         arena[at : at + len(chunk)] = chunk
         at += len(chunk)
     if at != offset + size:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 KEEP_ALIVE = 15.0
 """A comment line this often: proxies and browsers keep an idle stream open."""
+CHECK_EVERY = 1.0
+"""How often a stream checks that its token still opens the share (an FS connection is
+checked as often)."""
 LAG_BYTES = 4 << 20
 """A client that leaves this much unread is cut off (as an FS subscriber is)."""
 
@@ -87,6 +90,11 @@ class EventFeed:
         self.ended.set()
 
 
+def revoked(call: Call) -> bool:
+    tokens = call.ctx.tokens
+    return tokens is not None and tokens.grant_of(call.token, call.share) is None
+
+
 async def stream(call: Call) -> int:
     since = call.number("since", 0)
     http = call.req.conn
@@ -95,13 +103,20 @@ async def stream(call: Call) -> int:
     feed = EventFeed(http, call.share)
     subscription = Subscription(feed, http.ctx.feed, 0, since)  # type: ignore[arg-type]
     subscription.start()
+    quiet = 0.0
     try:
         while not feed.closing and not http.stopping:
             try:
-                await asyncio.wait_for(feed.ended.wait(), KEEP_ALIVE)
+                await asyncio.wait_for(feed.ended.wait(), CHECK_EVERY)
             except TimeoutError:
+                quiet += CHECK_EVERY
+            if revoked(call):
+                feed.fail(ErrorCode.PERMISSION_DENIED, "the token was revoked")
+            elif quiet >= KEEP_ALIVE:
                 feed.write(b": keep-alive\n\n")
+                quiet = 0.0
     finally:
+        feed.ended.set()  # (a store reply still on its way writes nothing now)
         subscription.stop()
     if not http.closed:
         http.end()

@@ -79,6 +79,8 @@ class HttpConnection(asyncio.Protocol):
         self.on_lost: Callable[[], None] | None = None
         self.origin = ctx.new_origin()
         """Names this connection in the changes it makes (as an FS connection's)."""
+        self.pending: Any = None
+        """An event of the request's body read while deciding to keep the connection."""
 
     # -- asyncio protocol --------------------------------------------------------------------
 
@@ -160,11 +162,12 @@ class HttpConnection(asyncio.Protocol):
         self._send(h11.Response(status_code=status, headers=list(headers), reason=reason))
 
     async def write(self, view: memoryview | bytes) -> None:
-        """Body bytes, straight from the arena: h11 frames them without a copy."""
+        """Body bytes, straight from the arena: h11 frames them without a copy. A client
+        that takes nothing for ``--idle-timeout`` is cut off (its lease must not stay)."""
         for at in range(0, len(view), WRITE_CHUNK):
             if self.closed:
                 raise Gone
-            await self.writable.wait()
+            await self._writable()
             part = view[at : at + WRITE_CHUNK]
             assert self.transport is not None
             self.transport.writelines(self.h11.send_with_data_passthrough(h11.Data(data=part)))
@@ -174,11 +177,29 @@ class HttpConnection(asyncio.Protocol):
         self._send(h11.EndOfMessage())
 
     async def drained(self) -> None:
-        """Every byte written has left the transport (its views of the arena are let go)."""
+        """Every byte written has left the transport (its views of the arena are let go);
+        Gone after ``--idle-timeout`` (the caller's lease must not stay for ever)."""
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + self.ctx.config.idle_timeout, DRAIN_POLL
         while not self.closed and self.transport is not None:
             if not self.transport.get_write_buffer_size():
                 return
-            await asyncio.sleep(DRAIN_POLL)
+            if loop.time() > deadline:
+                self.transport.abort()
+                raise Gone
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)  # (a client that stalls is not polled 500 times a s)
+
+    async def _writable(self) -> None:
+        """Room in the transport; Gone after ``--idle-timeout`` without any."""
+        if self.writable.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.writable.wait(), self.ctx.config.idle_timeout)
+        except TimeoutError:
+            assert self.transport is not None
+            self.transport.abort()
+            raise Gone from None
 
     def reply(self, reply: Reply) -> None:
         self.start(reply.status, reply.headers)
@@ -204,6 +225,7 @@ class HttpConnection(asyncio.Protocol):
                 if not isinstance(event, h11.Request):
                     break
                 request = Request(event, self)
+                self.pending = None
                 started = time.monotonic()
                 status = await self._run(handle, request)
                 httpmetrics.observe(request.route, request.method, status, started)
@@ -225,12 +247,32 @@ class HttpConnection(asyncio.Protocol):
         except HttpError as exc:
             if self.h11.our_state is not h11.SEND_RESPONSE:
                 raise Gone from None  # the response had begun: all we can do is cut it
-            self.reply(error_body(exc, keep_open=self.h11.their_state is h11.DONE))
+            self.reply(error_body(exc, keep_open=self._request_read()))
             return exc.status
+        except (Gone, ConnectionError):
+            raise
+        except Exception:
+            log.exception("http request %s %s from %s failed", request.method, request.path,
+                          self.peer)  # fmt: skip
+            if self.h11.our_state is not h11.SEND_RESPONSE:
+                raise Gone from None
+            failed = HttpError(500, "INTERNAL", "the server failed; see its log")
+            self.reply(error_body(failed, keep_open=False))
+            return 500
         except h11.RemoteProtocolError as exc:
             if self.h11.our_state is h11.SEND_RESPONSE:
                 self.reply(error_body(HttpError(400, "MALFORMED", str(exc)), keep_open=False))
             raise Gone from None
+
+    def _request_read(self) -> bool:
+        """Whether the request has been read to its end (a GET's end is read here: h11 has
+        it already), so that the connection can take the next one."""
+        if self.h11.their_state is h11.SEND_BODY:
+            event = self.h11.next_event()
+            if not isinstance(event, h11.EndOfMessage):
+                self.pending = event
+                return False
+        return self.h11.their_state is h11.DONE
 
     async def _linger(self) -> None:
         """The rest of a body the handler refused, read and dropped for a moment."""
@@ -251,10 +293,8 @@ class HttpConnection(asyncio.Protocol):
         """Whether the connection can take another request."""
         if self.closed or self.h11.our_state is not h11.DONE:
             return False
-        if self.h11.their_state is h11.SEND_BODY:  # a GET's end, not read by its handler
-            event = self.h11.next_event()
-            if not isinstance(event, h11.EndOfMessage):
-                return False  # a body the handler did not read: see _linger
+        if self.pending is not None or not self._request_read():
+            return False  # a body the handler did not read: see _linger
         try:
             self.h11.start_next_cycle()
         except h11.LocalProtocolError:

@@ -19,6 +19,11 @@ SECONDS = Histogram(
 )  # fmt: skip
 
 
+METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"})
+
+
 def observe(route: str, method: str, status: int, started: float) -> None:
-    REQUESTS.labels(route, method, str(status)).inc()
+    """(Any other method counts as ``other``: a label per made-up method would grow the
+    metrics without bound.)"""
+    REQUESTS.labels(route, method if method in METHODS else "other", str(status)).inc()
     SECONDS.labels(route).observe(time.monotonic() - started)

@@ -26,14 +26,14 @@ SECURITY = [
 
 
 @cache
-def _file(name: str) -> bytes | None:
-    path = STATIC / name
-    return path.read_bytes() if path.parent == STATIC and path.is_file() else None
+def _files() -> dict[str, bytes]:
+    """The page's files, read once (a request can name only these)."""
+    return {path.name: path.read_bytes() for path in STATIC.iterdir() if path.is_file()}
 
 
 async def asset(call: Call) -> int:
     name = getattr(call.req, "asset", "").removeprefix("static/") or "index.html"
-    body = _file(name)
+    body = _files().get(name)
     if body is None:
         raise HttpError(404, "NOT_FOUND", f"no file {call.req.path}")
     kind = TYPES.get(Path(name).suffix, "application/octet-stream")
