@@ -225,7 +225,7 @@ def test_a_download_ended_early_holds_its_bytes_until_they_are_sent(server_facto
     extent, so the extent stays taken (a 12 MiB upload that needs it is refused) until the
     client has read what was sent. What it reads is the file's own bytes; then the space is
     free."""
-    server = server_factory("--workers", "1", "--store-size", "16MiB")
+    server = server_factory("--workers", "1", "--store-size", "16MiB", "--keep-versions", "0")
     content = random.Random(3).randbytes(7 * MiB)
     put(server, content, "x.bin")
     reader = SlowReader(server.address)
