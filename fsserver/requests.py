@@ -95,29 +95,31 @@ class RequestHandlers:
             self.send(m.StatResponse(request_id, _OK, "", result))
 
     def on_delete(self, msg: m.DeleteRequest) -> None:
+        self.change_path(msg, m.DeleteResponse, "delete", msg.base_version)
+
+    def change_path(self, msg: m.DeleteRequest | m.RestoreRequest,
+                    reply: type[m.DeleteResponse | m.RestoreResponse], op: str,
+                    *args: int) -> None:  # fmt: skip
+        """A request that changes a path (a delete, a restore): refused for a read-only token
+        or a bad path, else the store's *op* on it, answered by a *reply* (request id,
+        status, version, message)."""
         rid = msg.request_id
         if self.read_only:
             telemetry.refused("read_only")
-            self.send(m.DeleteResponse(rid, m.LookupStatus.DENIED, 0, "this token is read-only"))
+            self.send(reply(rid, m.LookupStatus.DENIED, 0, "this token is read-only"))
             return
-        path = self._valid_path(msg.path, lambda text: m.DeleteResponse(rid, _INVALID, 0, text))
-        if path is not None:
-            self.request_store(
-                lambda result: self.on_deleted(rid, result),
-                "delete",
-                self.share,
-                path,
-                msg.base_version,
-                self.origin,
-                self.writer,
-            )
+        path = self._valid_path(msg.path, lambda text: reply(rid, _INVALID, 0, text))
+        if path is None:
+            return
 
-    def on_deleted(self, request_id: int, result: Any) -> None:
-        if isinstance(result, Refused):
-            status = m.LookupStatus(result.status)
-            self.send(m.DeleteResponse(request_id, status, result.version, result.message))
-        else:
-            self.send(m.DeleteResponse(request_id, _OK, result.version, ""))
+        def answer(result: Any) -> None:
+            if isinstance(result, Refused):
+                status = m.LookupStatus(result.status)
+                self.send(reply(rid, status, result.version, result.message))
+            else:
+                self.send(reply(rid, _OK, result.version, ""))
+
+        self.request_store(answer, op, self.share, path, *args, self.origin, self.writer)
 
     def _valid_path(self, path: str, refusal: Callable[[str], m.Message]) -> str | None:
         return checked_path(path, lambda text: self.send(refusal(text)))

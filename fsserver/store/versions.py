@@ -73,10 +73,6 @@ class KeptVersions:
         def _put(self, share: str, path: str, blob: Blob, mtime_ns: int, mode: int,
                  origin: int, writer: str = "") -> int: ...  # fmt: skip
 
-    @property
-    def kept_bytes(self) -> int:
-        return sum(sh.kept_bytes for sh in self.shares.values())
-
     # -- what the index does with a version it replaces --------------------------------------
 
     def _retire(self, share: str, sh: Share, path: str, old: Entry, now: float) -> None:
@@ -133,10 +129,9 @@ class KeptVersions:
             if before is not None and replaced >= before:
                 return None
             order.popleft()
-            kept = sh.history.get(path, ())
-            for at, k in enumerate(kept):
-                if k.entry.version == version:
-                    return self._drop_kept(share, sh, path, at)
+            size = self._give_up_kept(share, path, version)
+            if size is not None:
+                return size
         return None
 
     def prune_versions(self, cutoff: float) -> int:
@@ -183,12 +178,14 @@ class KeptVersions:
             return []
         return [(name, path, version) for _, name, path, version, _ in sole]
 
-    def _give_up_kept(self, share: str, path: str, version: int) -> None:
+    def _give_up_kept(self, share: str, path: str, version: int) -> int | None:
+        """Give up that kept version; the bytes it counted, or None if it is not kept (any
+        more: given up by count since)."""
         sh = self.shares[share]
         for at, k in enumerate(sh.history.get(path, ())):
             if k.entry.version == version:
-                self._drop_kept(share, sh, path, at)
-                return
+                return self._drop_kept(share, sh, path, at)
+        return None
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -241,16 +238,12 @@ class KeptVersions:
         current = self.shares[share].entries.get(path)
         if current is found and base_version in (ANY_VERSION, current.version):
             return Committed(current.version, reused=True)  # already current: nothing to do
-        blob.refs += 1  # held while the checks below may give up kept versions
-        try:
-            refused = self._admit(share, path, blob.size, base_version)
-            if refused:  # (in the terms of a request, not of an upload)
-                status = _RESTORE_REFUSALS.get(refused.status, LookupStatus.NO_SPACE)
-                return refused._replace(status=status)
-            return Committed(self._put(share, path, blob, found.mtime_ns, found.mode, origin,
-                                       writer))  # fmt: skip
-        finally:
-            self._unref(share, blob)
+        refused = self._admit(share, path, blob.size, base_version)
+        if refused:  # (in the terms of a request, not of an upload)
+            status = _RESTORE_REFUSALS.get(refused.status, LookupStatus.NO_SPACE)
+            return refused._replace(status=status)
+        # (_put takes the path's reference before the versions it replaces may give way)
+        return Committed(self._put(share, path, blob, found.mtime_ns, found.mode, origin, writer))
 
     def deleted(self, share: str, prefix: str, after: str, limit: int) -> ListPage:
         """Paths under *prefix* (after *after*) that are deleted but have kept versions, each

@@ -267,7 +267,7 @@ async def handle(req: Request) -> int:
         if needs:
             await _admit(call, groups["share"], groups.get("path"))
         else:
-            req.asset = groups.get("asset", "")  # type: ignore[attr-defined]
+            req.asset = groups.get("asset", "")
         return await handler(call)
     if allowed:
         raise HttpError(405, "METHOD_NOT_ALLOWED", f"{req.method} is not allowed here",

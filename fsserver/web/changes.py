@@ -12,8 +12,6 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import h11
-
 from common import messages as m
 from common.errors import ErrorCode
 from fsserver.feed import Subscription
@@ -60,9 +58,7 @@ class EventFeed:
         self.write(f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
 
     def write(self, raw: bytes) -> None:
-        http = self.http
-        if not http.closed and http.transport is not None:
-            http.transport.writelines(http.h11.send_with_data_passthrough(h11.Data(data=raw)))
+        self.http.send_data(raw)
 
     def call_store(self, on_result: Callable[[Any], None], op: str, *args: Any) -> None:
         def done(fut: asyncio.Future[Any]) -> None:

@@ -54,6 +54,8 @@ class Request:
         self.conn = conn
         self.route = "other"
         """The route's name, for the metrics (never the raw path: that is unbounded)."""
+        self.asset = ""
+        """The web page's file a page route names (``""``: the page itself)."""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -201,12 +203,15 @@ class HttpConnection(asyncio.Protocol):
             self.transport.abort()
             raise Gone from None
 
+    def send_data(self, raw: bytes) -> None:
+        """Body bytes that fit in memory (a JSON answer, an event), sent at once."""
+        if raw and not self.closed and self.transport is not None:
+            self.transport.writelines(self.h11.send_with_data_passthrough(h11.Data(data=raw)))
+            httpmetrics.BYTES.labels("sent").inc(len(raw))
+
     def reply(self, reply: Reply) -> None:
         self.start(reply.status, reply.headers)
-        if reply.body:
-            assert self.transport is not None
-            self.transport.write(self.h11.send(h11.Data(data=reply.body)) or b"")
-            httpmetrics.BYTES.labels("sent").inc(len(reply.body))
+        self.send_data(reply.body)
         self.end()
 
     def _send(self, event: Any) -> None:
@@ -232,8 +237,8 @@ class HttpConnection(asyncio.Protocol):
                 if not self._next_cycle():
                     await self._linger()
                     break
-        except (Gone, h11.RemoteProtocolError, ConnectionError):
-            pass
+        except (Gone, h11.RemoteProtocolError, ConnectionError) as exc:
+            log.debug("http connection from %s ended: %s", self.peer, type(exc).__name__)
         except Exception:
             log.exception("http connection from %s failed", self.peer)
         finally:

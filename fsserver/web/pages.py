@@ -32,7 +32,7 @@ def _files() -> dict[str, bytes]:
 
 
 async def asset(call: Call) -> int:
-    name = getattr(call.req, "asset", "").removeprefix("static/") or "index.html"
+    name = call.req.asset.removeprefix("static/") or "index.html"
     body = _files().get(name)
     if body is None:
         raise HttpError(404, "NOT_FOUND", f"no file {call.req.path}")
