@@ -70,6 +70,13 @@ def fsserver(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
         ([], {"FS_MAX_CONNECTIONS": "-3"}, "--max-connections must be at least 1"),
         (["--max-in-flight", "0"], {}, "--max-in-flight must be 1..65536"),
         (["--max-in-flight", "65537"], {}, "--max-in-flight must be 1..65536"),
+        (["--http-port", "web"], {}, "--http-port: not a port: 'web' (a number 0..65535, or off)"),
+        (["--http-port", "70000"], {}, "--http-port must be 0..65535 or off"),
+        ([], {"FS_HTTP_PORT": "-5"}, "FS_HTTP_PORT: not a port: '-5'"),
+        (["--keep-versions", "-1"], {}, "--keep-versions must be 0..100000"),
+        ([], {"FS_KEEP_VERSIONS": "ten"}, "FS_KEEP_VERSIONS: invalid literal"),
+        (["--keep-days", "0"], {}, "--keep-days must be positive"),
+        ([], {"FS_KEEP_DAYS": "nan"}, "--keep-days must be positive"),
     ],
 )
 def test_bad_settings_exit_2_with_a_clear_message(args, env, message):
